@@ -1,0 +1,175 @@
+"""Model registry: model id -> weights, dtype, device, SAEs per site and layer, evaluation data.
+
+Built-in entries: ``demo`` (the default demo world) and ``demo-small`` (the test world). More
+entries come from a TOML file named by ``FEATUREEDIT_REGISTRY`` or at
+``$FEATUREEDIT_HOME/models.toml``::
+
+    [models.gemma-2-2b]
+    hub_id = "google/gemma-2-2b"        # resolved from the local Hugging Face cache (offline)
+    # path = "/models/gemma-2-2b"       # or a local directory
+    dtype = "bfloat16"
+    device = "cuda:0"
+    locality_file = "/data/gemma-locality.jsonl"   # {"prompt": ..., "target": ...} per line
+    ppl_file = "/data/wikitext-sample.txt"         # general text, one passage per line
+    control_subjects = ["Alice Example", "Bob Example"]  # for the specificity filter
+
+    [models.gemma-2-2b.saes.resid_post]
+    release = "gemma-scope-2b-pt-res-canonical"    # sae-lens release, from the local HF cache
+    sae_id = "layer_{layer}/width_16k/canonical"
+    layers = [6, 12, 18]
+    # path = "/saes/gemma/res/layer_{layer}"       # or local sae-lens directories
+
+    [models.gemma-2-2b.saes.mlp_out]
+    release = "gemma-scope-2b-pt-mlp-canonical"
+    sae_id = "layer_{layer}/width_16k/canonical"
+    layers = [6, 12, 18]
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from editing import settings
+from editing.errors import ConfigError, NotFoundError, UnknownModelError
+
+DEMO_MODELS = {"demo": "default", "demo-small": "small"}
+
+
+@dataclass(frozen=True)
+class SAESource:
+    """Where the SAEs of one site come from: local directories or an sae-lens release."""
+
+    site: str
+    layers: tuple[int, ...]
+    path: str | None = None  # directory pattern with ``{layer}``
+    release: str | None = None
+    sae_id: str | None = None  # sae-lens id pattern with ``{layer}``
+
+    def describe(self, layer: int) -> str:
+        """Human-readable location of the SAE at ``layer`` (for error messages)."""
+        if self.path:
+            return self.path.format(layer=layer)
+        return f"sae-lens release {self.release!r} id {str(self.sae_id).format(layer=layer)!r}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model."""
+
+    model_id: str
+    path: str | None = None
+    hub_id: str | None = None
+    dtype: str = "float32"
+    device: str | None = None
+    saes: dict[str, SAESource] = field(default_factory=dict)
+    locality_file: str | None = None
+    ppl_file: str | None = None
+    control_subjects: tuple[str, ...] = ()
+    demo_size: str | None = None  # set for the built-in demo worlds
+
+    @property
+    def is_demo(self) -> bool:
+        """Whether this entry is a built-in demo world."""
+        return self.demo_size is not None
+
+    def sae_source(self, site: str) -> SAESource:
+        """The SAE source of ``site``; ConfigError listing the sites that have SAEs."""
+        if site not in self.saes:
+            raise ConfigError(
+                f"Model {self.model_id!r} has no SAEs at site {site!r}; sites with SAEs: "
+                f"{sorted(self.saes)}. Add [models.{self.model_id}.saes.{site}] to the registry."
+            )
+        return self.saes[site]
+
+    def public_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description (for ``featureedit models`` and the API)."""
+        return {
+            "model_id": self.model_id,
+            "source": self.path or self.hub_id or f"demo world ({self.demo_size})",
+            "dtype": self.dtype,
+            "device": self.device,
+            "saes": {s: {"layers": list(src.layers)} for s, src in self.saes.items()},
+        }
+
+
+def _demo_entry(model_id: str, size: str) -> ModelEntry:
+    from editing.world.build import get_recipe
+
+    recipe = get_recipe(size)
+    layers = tuple(range(recipe.lm.n_layers))
+    return ModelEntry(
+        model_id=model_id,
+        demo_size=size,
+        saes={s: SAESource(site=s, layers=layers) for s in recipe.sites},
+    )
+
+
+def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
+    known = {"path", "hub_id", "dtype", "device", "saes", "locality_file", "ppl_file",
+             "control_subjects"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{origin}: model {model_id!r} has unknown keys {sorted(unknown)}; "
+                          f"valid keys are {sorted(known)}.")
+    if not (raw.get("path") or raw.get("hub_id")):
+        raise ConfigError(f"{origin}: model {model_id!r} needs 'path' or 'hub_id'.")
+    saes = {}
+    for site, src in raw.get("saes", {}).items():
+        if not (src.get("path") or (src.get("release") and src.get("sae_id"))):
+            raise ConfigError(f"{origin}: SAEs of {model_id!r} at {site!r} need 'path' or "
+                              "'release' and 'sae_id'.")
+        saes[site] = SAESource(site=site, layers=tuple(src.get("layers", ())),
+                               path=src.get("path"), release=src.get("release"),
+                               sae_id=src.get("sae_id"))
+    settings.dtype(raw.get("dtype", "float32"))  # validates
+    return ModelEntry(
+        model_id=model_id, path=raw.get("path"), hub_id=raw.get("hub_id"),
+        dtype=raw.get("dtype", "float32"), device=raw.get("device"), saes=saes,
+        locality_file=raw.get("locality_file"), ppl_file=raw.get("ppl_file"),
+        control_subjects=tuple(raw.get("control_subjects", ())),
+    )
+
+
+def registry_file(home: str | os.PathLike[str] | None = None) -> Path | None:
+    """The registry TOML in force, if any (``FEATUREEDIT_REGISTRY``, else the home's models.toml)."""
+    env = os.environ.get("FEATUREEDIT_REGISTRY")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise NotFoundError(f"FEATUREEDIT_REGISTRY points to {path}, which does not exist.")
+        return path
+    path = settings.home(home) / "models.toml"
+    return path if path.is_file() else None
+
+
+def load_registry(home: str | os.PathLike[str] | None = None) -> dict[str, ModelEntry]:
+    """All registered models: the built-in demo worlds plus the registry file's entries."""
+    entries = {mid: _demo_entry(mid, size) for mid, size in DEMO_MODELS.items()}
+    path = registry_file(home)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        for model_id, raw in data.get("models", {}).items():
+            if model_id in DEMO_MODELS:
+                raise ConfigError(f"{path}: {model_id!r} is a built-in model id; choose another.")
+            entries[model_id] = _parse_entry(model_id, raw, str(path))
+    return entries
+
+
+def get_entry(model_id: str, home: str | os.PathLike[str] | None = None) -> ModelEntry:
+    """The registry entry of ``model_id`` (or an ad-hoc entry for a local model directory)."""
+    entries = load_registry(home)
+    if model_id in entries:
+        return entries[model_id]
+    if Path(model_id).expanduser().is_dir():
+        return ModelEntry(model_id=model_id, path=str(Path(model_id).expanduser()))
+    raise UnknownModelError(
+        f"Unknown model id {model_id!r}. Registered models: {sorted(entries)}. Register it in "
+        f"{registry_file(home) or settings.home(home) / 'models.toml'} or pass a local directory."
+    )

@@ -1,0 +1,110 @@
+"""Scoring prompts against targets: does greedy decoding reproduce the target, and how likely is it.
+
+``score_targets`` runs one teacher-forced forward pass per (prompt, target) pair: greedy decoding
+reproduces the target exactly when the argmax at every target position is the target's token, so
+this is greedy decoding's verdict for the target's canonical tokenisation, at one pass instead of
+one per token. ``greedy_generate`` really decodes, for audits that must not depend on tokenisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Greedy verdict and probability of one target after one prompt."""
+
+    reproduced: bool  # greedy decoding yields every target token
+    logprob: float  # log P(target tokens | prompt)
+    first_token_logprob: float
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, target: str
+) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt (with BOS) and of the target as it follows the prompt (``" " + t``)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    target_ids = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    return prompt_ids, target_ids
+
+
+def _right_padded(rows: Sequence[list[int]], pad: int, device: torch.device):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def score_targets(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 64,
+) -> list[TargetScore]:
+    """Score each ``targets[i]`` after ``prompts[i]`` (teacher forcing, batched)."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    out: list[TargetScore] = []
+    for start in range(0, len(prompts), batch_size):
+        pairs = [
+            encode_pair(tokenizer, p, t)
+            for p, t in zip(prompts[start : start + batch_size], targets[start : start + batch_size])
+        ]
+        ids, mask = _right_padded([p + t for p, t in pairs], pad, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logp = logits.log_softmax(-1)
+        for row, (p_ids, t_ids) in enumerate(pairs):
+            pos = torch.arange(len(p_ids) - 1, len(p_ids) + len(t_ids) - 1, device=device)
+            tgt = torch.tensor(t_ids, device=device)
+            lp = logp[row, pos].gather(-1, tgt[:, None]).squeeze(-1)
+            hit = bool((logits[row, pos].argmax(-1) == tgt).all())
+            out.append(TargetScore(hit, float(lp.sum()), float(lp[0])))
+    return out
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (decoded text of the new tokens only)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        rows = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):  # left padding so every row continues at the same column
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        texts += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+    return texts
+
+
+def contains_target(text: str, target: str) -> bool:
+    """Whether a generated continuation begins with the target (leading spaces ignored)."""
+    return text.lstrip().startswith(target)
