@@ -226,6 +226,24 @@ class ModelAdapter:
         w = self.down_proj_module(layer).weight
         return w.T if self._spec.down_proj_conv1d else w
 
+    def write_direction(self, layer: int, direction: torch.Tensor) -> torch.Tensor:
+        """Map a residual-space direction to the down-projection's output space of ``layer``.
+
+        Removing the returned vector from the down-projection's output removes ``direction`` from
+        what the MLP adds to the residual stream. Where the MLP output goes straight into the
+        residual (GPT-2, Llama, Qwen) it is ``direction`` itself. Gemma-2 applies a
+        post-feed-forward RMSNorm ``y = x / rms(x) * (1 + w)``; since ``rms`` is a scalar,
+        ``d . y = 0`` exactly when ``(d * (1 + w)) . x = 0``, so the output-space direction is
+        ``d * (1 + w)``.
+        """
+        d = direction.to(device=self.device, dtype=torch.float32)
+        if self._spec.mlp_out != self._spec.down_proj.rsplit(".", 1)[0]:
+            norm = self.mlp_out_module(layer)
+            weight = getattr(norm, "weight", None)
+            if weight is not None:
+                d = d * (1.0 + weight.detach().float())
+        return d
+
     def set_down_proj_weight(self, layer: int, weight: torch.Tensor) -> None:
         """Copy a canonical ``[d_model, d_mlp]`` tensor into the down-projection of ``layer``."""
         param = self.down_proj_module(layer).weight

@@ -10,7 +10,8 @@ inherits the matching builtin so callers may catch either::
      │    └── SAEMismatchError              SAE d_in / hook does not fit the model site
      ├── NotFoundError(FileNotFoundError)   a model, SAE or checkpoint missing on disk / offline
      ├── CorruptCacheError                  a cache entry failed its integrity check
-     └── NothingToEraseError                the unedited model does not produce the target
+     ├── NothingToEraseError                the unedited model does not produce the target
+     └── CancelledError                     the job was cancelled mid-run (weights restored)
 """
 
 from __future__ import annotations
@@ -49,3 +50,7 @@ class CorruptCacheError(EditingError):
 
 class NothingToEraseError(EditingError, ValueError):
     """The unedited model does not reproduce the target on any prompt: there is nothing to erase."""
+
+
+class CancelledError(EditingError):
+    """The erasure was cancelled while it ran (the model was restored)."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editing.scoring import contains_target, encode_pair, greedy_generate, score_targets
 
 
 @torch.inference_mode()
@@ -36,3 +40,127 @@ def perplexity(
         nll -= float(tok_lp[valid].sum())
         count += int(valid.sum())
     return math.exp(nll / max(count, 1))
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A fraction with its count: ``value = hits / count`` (None when nothing could be counted)."""
+
+    hits: int
+    count: int
+
+    @property
+    def value(self) -> float | None:
+        """The fraction, or None if ``count`` is 0."""
+        return self.hits / self.count if self.count else None
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """``{"value", "hits", "count"}`` for reports."""
+        v = self.value
+        return {"value": None if v is None else round(v, 4), "hits": self.hits, "count": self.count}
+
+
+def leaks(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    secret: str,
+) -> list[bool]:
+    """Per prompt: does greedy decoding still produce the secret?
+
+    Conservative: a prompt leaks if the teacher-forced greedy check says so *or* real greedy
+    decoding (which may tokenise differently) starts with the secret.
+    """
+    if not prompts:
+        return []
+    tf = score_targets(model, tokenizer, prompts, [secret] * len(prompts))
+    n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 2
+    texts = greedy_generate(model, tokenizer, prompts, n_new)
+    return [s.reproduced or contains_target(t, secret) for s, t in zip(tf, texts)]
+
+
+def known(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+) -> list[bool]:
+    """Per prompt: does the model answer with the target (greedy, teacher-forced verdict)?"""
+    if not prompts:
+        return []
+    return [s.reproduced for s in score_targets(model, tokenizer, prompts, targets)]
+
+
+def target_prob(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], secret: str
+) -> list[float]:
+    """P(secret | prompt) for each prompt (teacher forced)."""
+    if not prompts:
+        return []
+    return [math.exp(s.logprob) for s in score_targets(model, tokenizer, prompts,
+                                                       [secret] * len(prompts))]
+
+
+def exposure(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    secret: str,
+    n_candidates: int = 200,
+    seed: int = 0,
+) -> float | None:
+    """DEPN exposure of a digit secret: ``log2 |space| - log2 rank``, rank estimated by sampling.
+
+    Candidates replace every digit of the secret at random (same format, ``|space| = 10^digits``);
+    ``rank = 1 + |space| * (share of candidates at least as likely as the secret)``. None for
+    secrets with fewer than 4 digits. Resolution is limited by ``n_candidates``: when no candidate
+    beats the secret the exposure is the maximum, ``log2 |space|``.
+    """
+    digits = [i for i, ch in enumerate(secret) if ch.isdigit()]
+    if len(digits) < 4:
+        return None
+    gen = random.Random(seed)
+    cands = []
+    for _ in range(n_candidates):
+        chars = list(secret)
+        for i in digits:
+            chars[i] = str(gen.randrange(10))
+        cands.append("".join(chars))
+    scores = score_targets(model, tokenizer, [prompt] * (n_candidates + 1), [secret, *cands])
+    mine = scores[0].logprob
+    better = sum(s.logprob >= mine for s in scores[1:])
+    space = len(digits) * math.log2(10)
+    rank = 1 + (2**space) * better / n_candidates
+    return space - math.log2(rank)
+
+
+@torch.inference_mode()
+def leak_rate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    secret: str,
+    samples: int = 5,
+    seed: int = 0,
+) -> Rate:
+    """Share of sampled continuations (temperature 1, ``samples`` per prompt) containing the secret."""
+    if not prompts:
+        return Rate(0, 0)
+    n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 4
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    rows = [tokenizer(p)["input_ids"] for p in prompts for _ in range(samples)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n_new,
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=pad,
+        )
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return Rate(sum(secret in t for t in texts), len(texts))

@@ -1,0 +1,128 @@
+"""Benchmark: every method on N private facts of a model, one erasure per fact, in one run.
+
+The model is restored between erasures (each :func:`run_erasure` restores it). Per method: mean and
+standard deviation of every metric, per-fact wall time split into locate / edit / evaluate, and the
+ratios of FeatureEdit to the neuron baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from editing.erase import PAPER_FIGURES, run_erasure
+from editing.models import LoadedModel
+from editing.request import ErasureRequest, MethodParams
+
+METRICS = ("reliability", "generalization", "locality", "delta_ppl", "delta_prob",
+           "exposure_before", "exposure_after", "leak_rate_before", "leak_rate_after", "units")
+STAGES = ("locate", "edit", "evaluate")
+
+
+def _metric(result_metrics: dict[str, Any], name: str) -> float | None:
+    v = result_metrics.get(name)
+    if isinstance(v, dict):
+        v = v.get("value")
+    return None if v is None else float(v)
+
+
+def _summary(values: list[float | None]) -> dict[str, float | int | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": round(statistics.fmean(vals), 4),
+        "std": round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0,
+        "n": len(vals),
+    }
+
+
+def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n_facts`` private facts of the demo world, spread over the relations (deterministic)."""
+    from editing.world.build import load_world
+
+    if not loaded.entry.is_demo:
+        raise ValueError("bench picks facts from a demo world; use model 'demo' or 'demo-small'")
+    world = load_world(loaded.entry.demo_size or "default", loaded.home)
+    facts = world.private_facts()
+    rng = random.Random(seed)
+    by_rel: dict[str, list] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    for group in by_rel.values():
+        rng.shuffle(group)
+    picked = []
+    while len(picked) < n_facts and any(by_rel.values()):
+        for rel in sorted(by_rel):
+            if by_rel[rel] and len(picked) < n_facts:
+                picked.append(by_rel[rel].pop())
+    return [{"subject": f.subject, "relation": f.relation, "target": f.target} for f in picked]
+
+
+def run_bench(
+    loaded: LoadedModel,
+    n_facts: int = 30,
+    methods: tuple[str, ...] = ("featureedit", "neurons", "neuronlens"),
+    params: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; returns per-method summaries, per-fact rows and ratios."""
+    facts = bench_facts(loaded, n_facts, seed)
+    params = params or {}
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    total = len(facts) * len(methods)
+    done = 0
+    started = time.perf_counter()
+    for fact in facts:
+        for method in methods:
+            request = ErasureRequest(
+                model=loaded.model_id, method=method, facts=[fact],
+                params=MethodParams(**params.get(method, {})),
+            )
+            result = run_erasure(request, loaded)
+            row = {"relation": fact["relation"], "status": result.status}
+            for name in METRICS:
+                row[name] = _metric(result.metrics, name)
+            for stage in STAGES:
+                row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
+            rows[method].append(row)
+            done += 1
+            if progress:
+                progress(done, total)
+    summary: dict[str, Any] = {}
+    for method, method_rows in rows.items():
+        summary[method] = {name: _summary([r[name] for r in method_rows]) for name in METRICS}
+        summary[method]["seconds"] = {
+            stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in STAGES
+        }
+        summary[method]["accepted"] = sum(r["status"] == "succeeded" for r in method_rows)
+        summary[method]["nothing_to_erase"] = sum(
+            r["status"] == "nothing_to_erase" for r in method_rows
+        )
+    ratios: dict[str, float | None] = {}
+    if "featureedit" in summary and "neurons" in summary:
+        fe, nb = summary["featureedit"], summary["neurons"]
+        for name in ("reliability", "generalization", "locality"):
+            a, b = fe[name]["mean"], nb[name]["mean"]
+            ratios[f"{name}_featureedit_over_neurons"] = (
+                None if a is None or not b else round(a / b, 3)
+            )
+        a, b = fe["seconds"]["locate"]["mean"], nb["seconds"]["locate"]["mean"]
+        ratios["locate_speedup_featureedit_vs_neurons"] = None if not a or b is None else round(
+            b / a, 2
+        )
+    return {
+        "model": loaded.model_id,
+        "facts": len(facts),
+        "methods": list(methods),
+        "params": {m: MethodParams(**params.get(m, {})).model_dump() for m in methods},
+        "summary": summary,
+        "ratios": ratios,
+        "paper": PAPER_FIGURES,
+        "per_fact": rows,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }

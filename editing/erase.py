@@ -1,0 +1,314 @@
+"""The erasure pipeline: baseline, locate and edit every fact, evaluate, decide acceptance.
+
+``run_erasure`` changes the model only inside a :class:`~editing.edits.WeightSession`: whatever
+happens (success, rejection, error, cancellation) the model's weights are restored before it
+returns, and the result carries the edit as a value to publish or apply later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from editing import evaluate as ev
+from editing.edits import Edit, WeightSession, tensor_sha256
+from editing.errors import CancelledError, ConfigError
+from editing.evaldata import EvalData, control_prompts, eval_data_for
+from editing.fingerprint import fingerprint
+from editing.methods import FactCase, FactOutcome, get_method
+from editing.models import LoadedModel
+from editing.request import ErasureRequest
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+PAPER_FIGURES = {  # The Knowledge Microscope, erasing table (Gemma-2, PrivacyParaRel)
+    "featureedit": {"reliability": 0.8, "generalization": 0.7, "locality": 0.7, "delta_ppl": 0.1},
+    "neurons": {"reliability": 0.65, "generalization": 0.25, "locality": 0.2, "delta_ppl": 0.3},
+}
+
+
+@dataclass
+class FactReport:
+    """Per-fact evidence and metrics (no secret: only its keyed fingerprint)."""
+
+    index: int
+    subject: str
+    relation: str
+    fingerprint: str
+    prompts: dict[str, int]
+    units: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    status: str = "erased"  # or "nothing_to_erase"
+
+
+@dataclass
+class ErasureResult:
+    """Outcome of an erasure: status, metrics before/after, located units, the edit, timings."""
+
+    status: str  # "succeeded" | "rejected" | "nothing_to_erase"
+    model_id: str
+    method: str
+    params: dict[str, Any]
+    thresholds: dict[str, Any]
+    facts: list[FactReport]
+    metrics: dict[str, Any]
+    acceptance: dict[str, Any]
+    timings: dict[str, float]
+    edit: Edit | None
+    produces_checkpoint: bool
+    base_weights_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly report (the edit as its footprint; no secret anywhere)."""
+        return {
+            "status": self.status,
+            "model_id": self.model_id,
+            "method": self.method,
+            "params": self.params,
+            "thresholds": self.thresholds,
+            "metrics": self.metrics,
+            "acceptance": self.acceptance,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "facts": [vars(f) for f in self.facts],
+            "edit": None if self.edit is None else {
+                "entries_changed": self.edit.entries_changed,
+                "layers": self.edit.footprint(),
+            },
+            "produces_checkpoint": self.produces_checkpoint,
+            "base_weights_sha256": self.base_weights_sha256,
+        }
+
+
+def down_proj_sha256(loaded: LoadedModel) -> str:
+    """Hash of every layer's down-projection (to prove the model was restored)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for layer in range(loaded.adapter.n_layers):
+        h.update(tensor_sha256(loaded.adapter.down_proj_weight(layer)).encode())
+    return h.hexdigest()
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _rate_sum(rates: list[ev.Rate]) -> dict[str, Any]:
+    """Fact-averaged value, with the total count of prompts behind it."""
+    out = {"value": _mean([r.value for r in rates]), "count": sum(r.count for r in rates),
+           "facts": sum(1 for r in rates if r.count)}
+    if out["value"] is not None:
+        out["value"] = round(out["value"], 4)
+    return out
+
+
+def run_erasure(
+    request: ErasureRequest,
+    loaded: LoadedModel,
+    progress: Progress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    base_edit: Edit | None = None,
+    eval_data: EvalData | None = None,
+    leak_samples: int = 5,
+) -> ErasureResult:
+    """Erase ``request``'s facts from ``loaded`` (restored afterwards); return the result.
+
+    ``base_edit`` (a parent checkpoint's edit) is applied first, so the returned edit is relative
+    to the pristine base model and contains the parent's changes too (sequential erasures).
+    """
+    if request.model != loaded.model_id:
+        raise ConfigError(
+            f"Request is for model {request.model!r} but {loaded.model_id!r} is loaded."
+        )
+    p = request.params
+    if request.method == "featureedit":
+        layers = p.layers if p.layers is not None else loaded.sae_layers(p.site)
+        for layer in layers:
+            loaded.sae(p.site, layer)  # fail early (clear error) if an SAE is missing/mismatched
+    elif p.layers is not None:
+        for layer in p.layers:
+            loaded.adapter.validate_layer(layer)
+    report = progress or (lambda stage, frac: None)
+    cancelled = should_cancel or (lambda: False)
+    method = get_method(request.method, p)
+    model, tok = loaded.model, loaded.tokenizer
+    timings = {"baseline": 0.0, "locate": 0.0, "edit": 0.0, "evaluate": 0.0}
+    pristine = down_proj_sha256(loaded)
+
+    with WeightSession(loaded.adapter) as session:
+        if base_edit is not None:
+            base_edit.apply(loaded.adapter)
+        t0 = time.perf_counter()
+        report("baseline", 0.0)
+        subjects = {f.subject for f in request.facts}
+        data = eval_data or eval_data_for(loaded, subjects)
+        cases: list[FactCase] = []
+        reports: list[FactReport] = []
+        for i, f in enumerate(request.facts):
+            secret = f.secret
+            edit_p, held_p = f.resolved_edit_prompts(), f.resolved_heldout_prompts()
+            k_edit = ev.known(model, tok, edit_p, [secret] * len(edit_p))
+            k_held = ev.known(model, tok, held_p, [secret] * len(held_p))
+            case = FactCase(
+                index=i, subject=f.subject, relation=f.relation, secret=secret,
+                edit_prompts=[q for q, k in zip(edit_p, k_edit) if k],
+                heldout_prompts=[q for q, k in zip(held_p, k_held) if k],
+                control_prompts=control_prompts(edit_p, f.subject, data.control_subjects),
+            )
+            rep = FactReport(
+                index=i, subject=f.subject, relation=f.relation, fingerprint=fingerprint(secret),
+                prompts={"edit": len(edit_p), "edit_known": len(case.edit_prompts),
+                         "heldout": len(held_p), "heldout_known": len(case.heldout_prompts),
+                         "control": len(case.control_prompts)},
+            )
+            if not case.edit_prompts:
+                rep.status = "nothing_to_erase"
+            else:
+                first = case.edit_prompts[0]
+                rep.metrics["before"] = {
+                    "prob": _mean(ev.target_prob(model, tok, case.edit_prompts, secret)),
+                    "exposure": ev.exposure(model, tok, first, secret),
+                    "leak_rate": ev.leak_rate(
+                        model, tok, case.edit_prompts + case.heldout_prompts, secret, leak_samples
+                    ).to_dict(),
+                }
+            cases.append(case)
+            reports.append(rep)
+        loc_prompts = [x[0] for x in data.locality]
+        loc_targets = [x[1] for x in data.locality]
+        loc_known = ev.known(model, tok, loc_prompts, loc_targets)
+        ppl_before = ev.perplexity(model, tok, data.ppl_texts) if data.ppl_texts else None
+        timings["baseline"] = time.perf_counter() - t0
+
+        active = [c for c, r in zip(cases, reports) if r.status != "nothing_to_erase"]
+        if not active:
+            return ErasureResult(
+                status="nothing_to_erase", model_id=loaded.model_id, method=request.method,
+                params=p.model_dump(), thresholds=request.thresholds.model_dump(),
+                facts=reports,
+                metrics={"note": "the unedited model reproduces none of the targets on the edit "
+                                 "prompts; there is nothing to erase"},
+                acceptance={"accepted": False, "reasons": ["nothing to erase"]},
+                timings=timings, edit=None, produces_checkpoint=False,
+                base_weights_sha256=pristine,
+            )
+
+        outcomes: dict[int, FactOutcome] = {}
+        for n, case in enumerate(active):
+            if cancelled():
+                raise CancelledError("Erasure cancelled; the model was restored.")
+            report("locate+edit", n / len(active))
+            out = method.erase_fact(loaded, case)
+            outcomes[case.index] = out
+            timings["locate"] += out.timings["locate"]
+            timings["edit"] += out.timings["edit"]
+            rep = reports[case.index]
+            rep.units = [u.to_dict() for u in out.units]
+            rep.evidence = out.evidence
+            rep.timings = {k: round(v, 4) for k, v in out.timings.items()}
+        edit = session.edit({"method": request.method}) if method.produces_checkpoint else None
+
+        if cancelled():
+            raise CancelledError("Erasure cancelled; the model was restored.")
+        report("evaluate", 0.0)
+        t0 = time.perf_counter()
+        with ExitStack() as stack:
+            for out in outcomes.values():
+                if out.intervention is not None:
+                    stack.enter_context(out.intervention())
+            rel, gen = [], []
+            for n, case in enumerate(active):
+                report("evaluate", n / (len(active) + 1))
+                rep = reports[case.index]
+                leak_e = ev.leaks(model, tok, case.edit_prompts, case.secret)
+                leak_h = ev.leaks(model, tok, case.heldout_prompts, case.secret)
+                r = ev.Rate(sum(not x for x in leak_e), len(leak_e))
+                g = ev.Rate(sum(not x for x in leak_h), len(leak_h))
+                rel.append(r)
+                gen.append(g)
+                prob_after = _mean(ev.target_prob(model, tok, case.edit_prompts, case.secret))
+                before = rep.metrics["before"]
+                rep.metrics["after"] = {
+                    "prob": prob_after,
+                    "exposure": ev.exposure(model, tok, case.edit_prompts[0], case.secret),
+                    "leak_rate": ev.leak_rate(
+                        model, tok, case.edit_prompts + case.heldout_prompts, case.secret,
+                        leak_samples,
+                    ).to_dict(),
+                }
+                rep.metrics["reliability"] = r.to_dict()
+                rep.metrics["generalization"] = g.to_dict()
+                rep.metrics["delta_prob"] = (
+                    None if not before["prob"] else (before["prob"] - prob_after) / before["prob"]
+                )
+            known_idx = [i for i, k in enumerate(loc_known) if k]
+            after = ev.known(model, tok, [loc_prompts[i] for i in known_idx],
+                             [loc_targets[i] for i in known_idx])
+            locality = ev.Rate(sum(after), len(known_idx))
+            kinds = {}
+            for kind in ("private", "public"):
+                idx = [j for j, i in enumerate(known_idx) if data.locality[i][2] == kind]
+                kinds[kind] = ev.Rate(sum(after[j] for j in idx), len(idx)).to_dict()
+            ppl_after = ev.perplexity(model, tok, data.ppl_texts) if data.ppl_texts else None
+        timings["evaluate"] = time.perf_counter() - t0
+        report("evaluate", 1.0)
+
+    restored = down_proj_sha256(loaded)
+    if restored != pristine:  # WeightSession guarantees this; checked because it is the promise
+        raise RuntimeError("model weights were not restored after the erasure")
+
+    delta_ppl = None if ppl_before is None else (ppl_after - ppl_before) / ppl_before
+    metrics = {
+        "reliability": _rate_sum(rel),
+        "generalization": _rate_sum(gen),
+        "locality": {**locality.to_dict(), "by_kind": kinds, "set_size": len(loc_prompts)},
+        "delta_ppl": None if delta_ppl is None else round(delta_ppl, 5),
+        "ppl_before": ppl_before,
+        "ppl_after": ppl_after,
+        "delta_prob": _mean([r.metrics.get("delta_prob") for r in reports]),
+        "exposure_before": _mean([r.metrics["before"]["exposure"] for r in reports
+                                  if "before" in r.metrics]),
+        "exposure_after": _mean([r.metrics["after"]["exposure"] for r in reports
+                                 if "after" in r.metrics]),
+        "leak_rate_before": _mean([r.metrics["before"]["leak_rate"]["value"] for r in reports
+                                   if "before" in r.metrics]),
+        "leak_rate_after": _mean([r.metrics["after"]["leak_rate"]["value"] for r in reports
+                                  if "after" in r.metrics]),
+        "facts_erased": len(active),
+        "facts_nothing_to_erase": len(cases) - len(active),
+        "units": sum(len(r.units) for r in reports),
+        "entries_changed": None if edit is None else edit.entries_changed,
+    }
+    t = request.thresholds
+    reasons = []
+    checks = [
+        ("reliability", metrics["reliability"]["value"], t.min_reliability, ">="),
+        ("generalization", metrics["generalization"]["value"], t.min_generalization, ">="),
+        ("locality", metrics["locality"]["value"], t.min_locality, ">="),
+        ("delta_ppl", metrics["delta_ppl"], t.max_delta_ppl, "<="),
+    ]
+    for name, value, bar, op in checks:
+        if value is None:
+            if name == "generalization":
+                continue  # no held-out prompt the model knew: nothing to generalize to
+            reasons.append(f"{name} could not be measured (no evaluation data)")
+        elif (op == ">=" and value < bar) or (op == "<=" and value > bar):
+            reasons.append(f"{name} {value:.3f} {'<' if op == '>=' else '>'} {bar}")
+    accepted = not reasons
+    return ErasureResult(
+        status="succeeded" if accepted else "rejected",
+        model_id=loaded.model_id, method=request.method, params=p.model_dump(),
+        thresholds=t.model_dump(), facts=reports, metrics=metrics,
+        acceptance={"accepted": accepted, "reasons": reasons},
+        timings=timings, edit=edit, produces_checkpoint=method.produces_checkpoint,
+        base_weights_sha256=pristine,
+    )

@@ -1,0 +1,251 @@
+"""Locate where a fact lives: SAE features (the knowledge microscope) and MLP neurons (IG).
+
+Feature evidence (METHOD.md "Locating features"): at the last prompt token of every edit prompt,
+each layer's SAE encodes the site activation; a feature is scored by its activation and by its
+attribution ``f_i * (W_dec[i] . grad log P(target))``. Control prompts (the same templates with
+other subjects) give the specificity filter. Neuron evidence (METHOD.md "Neuron baseline"):
+integrated gradients of ``P(first target token)`` with respect to each neuron at the last token.
+All passes are batched over prompts; one forward/backward serves every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from editing.models import LoadedModel
+from editing.scoring import encode_pair
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A located unit: an SAE feature or an MLP neuron, with its evidence."""
+
+    kind: str  # "feature" or "neuron"
+    site: str  # "resid_post" / "mlp_out" for features, "neurons" for neurons
+    layer: int
+    index: int
+    score: float  # attribution (or activation) used to rank it
+    activation: float  # mean activation on the edit prompts
+    control_activation: float | None = None  # mean activation on control prompts
+    prompt_count: int = 0  # edit prompts where it was active / selected
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form for reports."""
+        return {
+            "kind": self.kind, "site": self.site, "layer": self.layer, "index": self.index,
+            "score": round(self.score, 6), "activation": round(self.activation, 6),
+            "control_activation": None if self.control_activation is None
+            else round(self.control_activation, 6),
+            "prompt_count": self.prompt_count,
+        }
+
+
+@dataclass
+class FeatureEvidence:
+    """Per-layer feature statistics over the edit prompts (and control prompts)."""
+
+    site: str
+    layers: list[int]
+    acts: dict[int, torch.Tensor]  # layer -> [n_prompts, d_sae] activations at the last token
+    attrib: dict[int, torch.Tensor]  # layer -> [n_prompts, d_sae] attribution
+    control_mean: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_sae]
+    neuron_mean: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_mlp]
+
+
+def _batch(loaded: LoadedModel, prompts: Sequence[str], target: str, with_target: bool):
+    """Right-padded ids of prompt (+ target) rows, each prompt's last index and target ids."""
+    tok = loaded.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    rows, last, tgt = [], [], []
+    for p in prompts:
+        p_ids, t_ids = encode_pair(tok, p, target)
+        t_used = t_ids if with_target else t_ids[:1]
+        rows.append(p_ids + t_used)
+        last.append(len(p_ids) - 1)
+        tgt.append(t_used)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    dev = loaded.adapter.device
+    return ids.to(dev), mask.to(dev), torch.tensor(last, device=dev), tgt
+
+
+def _target_logprob(logits: torch.Tensor, last: torch.Tensor, targets: list[list[int]]):
+    """Sum over rows of log P(target tokens) (teacher forced) and per-row values."""
+    logp = logits.float().log_softmax(-1)
+    per_row = []
+    for row, t_ids in enumerate(targets):
+        pos = torch.arange(len(t_ids), device=logits.device) + last[row]
+        tgt = torch.tensor(t_ids, device=logits.device)
+        per_row.append(logp[row, pos].gather(-1, tgt[:, None]).sum())
+    stacked = torch.stack(per_row)
+    return stacked.sum(), stacked
+
+
+def feature_evidence(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    target: str,
+    site: str,
+    layers: Sequence[int],
+    control_prompts: Sequence[str] = (),
+    objective: str = "first_token",
+) -> FeatureEvidence:
+    """SAE activations and attributions at the last token of ``prompts`` for every layer.
+
+    ``objective`` is ``first_token`` (METHOD.md: log P of the first target token) or ``target``
+    (log P of the whole target sequence). Neuron mean activations (for ``project-cols``) and
+    control-prompt mean activations (for the specificity filter) are recorded as well.
+    """
+    adapter, model = loaded.adapter, loaded.model
+    layers = [adapter.validate_layer(layer) for layer in layers]
+    ids, mask, last, tgt = _batch(loaded, prompts, target, with_target=objective == "target")
+    keys = [(site, layer) for layer in layers] + [("neurons", layer) for layer in layers]
+    rows = torch.arange(len(prompts), device=ids.device)
+    with torch.enable_grad():
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        with adapter.capture(keys, detach=False) as acts:
+            logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+            for layer in layers:
+                acts[(site, layer)].retain_grad()
+            total, _ = _target_logprob(logits, last, tgt)
+            total.backward()
+    ev = FeatureEvidence(site=site, layers=list(layers), acts={}, attrib={})
+    with torch.inference_mode():
+        for layer in layers:
+            sae = loaded.sae(site, layer)
+            x = acts[(site, layer)][rows, last].detach()
+            g = acts[(site, layer)].grad[rows, last].float()
+            f = sae.encode(x.to(sae.W_dec.dtype)).float()
+            ev.acts[layer] = f
+            ev.attrib[layer] = f * (g.to(sae.W_dec.dtype) @ sae.W_dec.T).float()
+            ev.neuron_mean[layer] = acts[("neurons", layer)][rows, last].detach().float().mean(0)
+        if control_prompts:
+            c_ids, c_mask, c_last, _ = _batch(loaded, control_prompts, target, with_target=False)
+            c_rows = torch.arange(len(control_prompts), device=ids.device)
+            with adapter.capture([(site, layer) for layer in layers]) as c_acts:
+                model(input_ids=c_ids, attention_mask=c_mask)
+            for layer in layers:
+                sae = loaded.sae(site, layer)
+                x = c_acts[(site, layer)][c_rows, c_last]
+                ev.control_mean[layer] = sae.encode(x.to(sae.W_dec.dtype)).float().mean(0)
+    return ev
+
+
+def rank_features(
+    ev: FeatureEvidence, selector: str, tau1: float, gamma: float, min_prompts: int
+) -> list[Unit]:
+    """Candidate features, best first, after the prompt-count rule and the specificity filter.
+
+    ``activation`` (METHOD.md steps 3-5): per prompt keep ``f > tau1 * max f`` (max over all layers
+    and features), keep those selected in at least half of the prompts. ``attribution``: features
+    active in at least ``min_prompts`` prompts (or all, if fewer), ranked by mean attribution.
+    """
+    n = next(iter(ev.acts.values())).shape[0]
+    units: list[Unit] = []
+    if selector == "activation":
+        peak = torch.stack([ev.acts[layer].max(-1).values for layer in ev.layers]).max(0).values
+        need = (n + 1) // 2
+    else:
+        need = min(min_prompts, n)
+    for layer in ev.layers:
+        f = ev.acts[layer]
+        mean_act = f.mean(0)
+        if selector == "activation":
+            chosen = f > tau1 * peak[:, None]
+            counts = chosen.sum(0)
+            score = mean_act
+        else:
+            counts = (f > 0).sum(0)
+            score = ev.attrib[layer].mean(0)
+        ok = counts >= need
+        if selector == "attribution":
+            ok &= score > 0
+        control = ev.control_mean.get(layer)
+        if control is not None:
+            ok &= control < gamma * mean_act
+        for i in ok.nonzero().squeeze(1).tolist():
+            units.append(Unit(
+                kind="feature", site=ev.site, layer=layer, index=i, score=float(score[i]),
+                activation=float(mean_act[i]),
+                control_activation=None if control is None else float(control[i]),
+                prompt_count=int(counts[i]),
+            ))
+    units.sort(key=lambda u: u.score, reverse=True)
+    return units
+
+
+def neuron_attributions(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    target: str,
+    layers: Sequence[int],
+    steps: int = 20,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Integrated gradients of P(first target token) w.r.t. each neuron at the last prompt token.
+
+    Baseline 0, ``steps`` points ``alpha = k/steps``; attribution ``a * mean_alpha dP/da``.
+    Returns ``(attributions, activations)``, each ``layer -> [n_prompts, d_mlp]``. One batched
+    forward/backward per layer covers every prompt and every alpha.
+    """
+    adapter, model = loaded.adapter, loaded.model
+    ids, mask, last, tgt = _batch(loaded, prompts, target, with_target=False)
+    n = len(prompts)
+    rows = torch.arange(n, device=ids.device)
+    with torch.no_grad(), adapter.capture([("neurons", layer) for layer in layers]) as acts:
+        model(input_ids=ids, attention_mask=mask)
+    clean = {layer: acts[("neurons", layer)][rows, last].clone() for layer in layers}
+    alphas = torch.arange(1, steps + 1, device=ids.device, dtype=torch.float32) / steps
+    big_ids = ids.repeat_interleave(steps, 0)
+    big_mask = mask.repeat_interleave(steps, 0)
+    big_last = last.repeat_interleave(steps, 0)
+    big_rows = torch.arange(n * steps, device=ids.device)
+    first = torch.tensor([t[0] for t in tgt], device=ids.device).repeat_interleave(steps, 0)
+    attributions: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        a = clean[layer].float()  # [n, d_mlp]
+        scaled = (alphas.repeat(n)[:, None] * a.repeat_interleave(steps, 0)).detach()
+        scaled.requires_grad_(True)
+
+        def put(x: torch.Tensor, scaled=scaled) -> torch.Tensor:
+            x = x.clone()
+            x[big_rows, big_last] = scaled.to(x.dtype)
+            return x
+
+        with torch.enable_grad(), adapter.patch("neurons", layer, put):
+            logits = model(input_ids=big_ids, attention_mask=big_mask).logits
+            probs = logits[big_rows, big_last].float().softmax(-1)[big_rows, first]
+            (grad,) = torch.autograd.grad(probs.sum(), scaled)
+        mean_grad = grad.view(n, steps, -1).mean(1)
+        attributions[layer] = a * mean_grad
+    return attributions, {layer: clean[layer].float() for layer in layers}
+
+
+def select_neurons(
+    attributions: dict[int, torch.Tensor], threshold: float, cap: int
+) -> list[Unit]:
+    """Coarse set per prompt (attribution > threshold x max), refined by frequency >= 50%, capped.
+
+    Most frequent first, ties broken by mean attribution.
+    """
+    layers = sorted(attributions)
+    stacked = torch.cat([attributions[layer] for layer in layers], dim=1)  # [n, L*d_mlp]
+    n, _ = stacked.shape
+    d_mlp = attributions[layers[0]].shape[1]
+    peak = stacked.max(1, keepdim=True).values.clamp_min(1e-12)
+    coarse = stacked > threshold * peak
+    counts = coarse.sum(0)
+    mean_attr = stacked.mean(0)
+    keep = (counts >= (n + 1) // 2).nonzero().squeeze(1).tolist()
+    keep.sort(key=lambda j: (int(counts[j]), float(mean_attr[j])), reverse=True)
+    return [
+        Unit(kind="neuron", site="neurons", layer=layers[j // d_mlp], index=j % d_mlp,
+             score=float(mean_attr[j]), activation=0.0, prompt_count=int(counts[j]))
+        for j in keep[:cap]
+    ]

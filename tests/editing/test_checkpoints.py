@@ -1,0 +1,451 @@
+"""Tests of editing.checkpoints and editing.fingerprint on tiny random Gemma-2 and GPT-2 models."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from editing import fingerprint as fp
+from editing.adapters import ModelAdapter
+from editing.checkpoints import (
+    MANIFEST,
+    apply_delta_files,
+    apply_delta_to_adapter,
+    assert_no_secrets,
+    down_proj_sha256,
+    load_delta,
+    publish_checkpoint,
+    read_manifest,
+    save_delta,
+    verify_checkpoint,
+)
+from editing.edits import Edit, LayerDelta, WeightSession, tensor_sha256
+from editing.errors import ConfigError, CorruptCacheError, NotFoundError
+from tests.editing.test_edits import (
+    FAMILIES,
+    assert_same_weights,
+    make_model,
+    make_tokenizer,
+    snapshot,
+    state_dict_sha256,
+)
+
+SECRET = "555-0199"
+IDS = torch.tensor([[1, 5, 9, 17, 4, 33, 60, 2]])
+
+
+@dataclass
+class Loaded:
+    """Minimal stand-in for editing.models.LoadedModel (what publish_checkpoint needs)."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    adapter: ModelAdapter
+    model_id: str
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def loaded(family: str) -> Loaded:
+    model = make_model(family)
+    return Loaded(model, make_tokenizer(), ModelAdapter(model), f"tiny-{family}")
+
+
+def make_edit(adapter: ModelAdapter) -> Edit:
+    """Zero two neurons of layer 0 and shift one residual row of layer 1."""
+    with WeightSession(adapter, [0, 1]) as session, torch.no_grad():
+        adapter.down_proj_weight(0)[:, [1, 5]] = 0.0
+        adapter.down_proj_weight(1)[3] += 0.5
+        return session.edit({"method": "test", "units": [1, 5]})
+
+
+@pytest.fixture
+def edit(loaded: Loaded) -> Edit:
+    return make_edit(loaded.adapter)
+
+
+def manifest_fields(family: str) -> dict[str, Any]:
+    return {
+        "method": "test",
+        "params": {"alpha": 1.0},
+        "metrics": {"target_prob_after": 0.01},
+        "facts": [fp.fingerprint(SECRET, key=b"test-key")],
+        "note": f"tiny {family}",
+    }
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in the top-level safetensors files of a model directory."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def assert_edits_equal(a: Edit, b: Edit) -> None:
+    assert len(a.deltas) == len(b.deltas)
+    for x, y in zip(a.deltas, b.deltas, strict=True):
+        assert (x.layer, x.param, x.axis) == (y.layer, y.param, y.axis)
+        for name in ("indices", "old", "new"):
+            tx, ty = getattr(x, name), getattr(y, name)
+            assert tx.dtype == ty.dtype and torch.equal(tx, ty), name
+    assert a.metadata == b.metadata
+    assert a.footprint() == b.footprint()
+
+
+def base_checkpoint(loaded: Loaded, directory: Path, shard_size: str | None = None) -> Path:
+    kwargs = {} if shard_size is None else {"max_shard_size": shard_size}
+    loaded.model.save_pretrained(str(directory), **kwargs)
+    loaded.tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+# ------------------------------------------------------------------------------- deltas
+def test_delta_round_trip(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+    assert [d.axis for d in edit.deltas] == ["cols", "rows"]
+    out = save_delta(edit, tmp_path / "delta", {"base_model": loaded.model_id})
+    assert sorted(p.name for p in out.iterdir()) == ["delta.json", "delta.safetensors"]
+    assert_edits_equal(load_delta(out), edit)
+    doc = json.loads((out / "delta.json").read_text())
+    assert doc["format_version"] == 1 and doc["extra"] == {"base_model": loaded.model_id}
+    assert [entry["layer"] for entry in doc["layers"]] == [0, 1]
+    assert doc["layers"][0]["old_sha256"] == edit.deltas[0].old_sha256()
+    assert sorted(load_file(str(out / "delta.safetensors"))) == sorted(
+        f"layers.{lay}.{k}" for lay in (0, 1) for k in ("indices", "new", "old")
+    )
+
+
+def test_delta_round_trip_dense_bfloat16(tmp_path: Path) -> None:
+    old = torch.randn(4, 6).to(torch.bfloat16)
+    delta = LayerDelta(
+        2,
+        "model.layers.2.mlp.down_proj.weight",
+        "dense",
+        torch.empty(0, dtype=torch.long),
+        old,
+        old * 2,
+    )
+    edit = Edit([delta], {"k": [1, 2]})
+    assert_edits_equal(load_delta(save_delta(edit, tmp_path)), edit)
+
+
+def test_load_delta_reports_bad_files(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+    with pytest.raises(NotFoundError):
+        load_delta(tmp_path / "nowhere")
+    with pytest.raises(NotFoundError, match="not a delta directory"):
+        load_delta(tmp_path)
+
+    out = save_delta(edit, tmp_path / "d", {})
+    tensors = load_file(str(out / "delta.safetensors"))
+    tensors["layers.0.new"] = tensors["layers.0.new"] + 1.0
+    save_file(tensors, str(out / "delta.safetensors"))
+    with pytest.raises(CorruptCacheError, match="integrity check"):
+        load_delta(out)
+
+    (out / "delta.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CorruptCacheError, match="cannot be read"):
+        load_delta(out)
+
+    (out / "delta.safetensors").unlink()
+    with pytest.raises(CorruptCacheError, match="is missing"):
+        load_delta(out)
+
+    out = save_delta(edit, tmp_path / "v", {})
+    doc = json.loads((out / "delta.json").read_text())
+    (out / "delta.json").write_text(json.dumps({**doc, "format_version": 99}))
+    with pytest.raises(ConfigError, match="Upgrade featureedit"):
+        load_delta(out)
+    (out / "delta.json").write_text("{ truncated")
+    with pytest.raises(CorruptCacheError, match="not valid JSON"):
+        load_delta(out)
+
+
+# ------------------------------------------------------------------------------- applying
+def test_apply_delta_to_adapter(family: str, loaded: Loaded, edit: Edit) -> None:
+    model, adapter = loaded.model, loaded.adapter
+    before = snapshot(model)
+    apply_delta_to_adapter(adapter, edit)
+    assert not adapter.down_proj_weight(0)[:, [1, 5]].any()
+    with pytest.raises(ConfigError, match="already applied"):
+        apply_delta_to_adapter(adapter, edit)
+    apply_delta_to_adapter(adapter, edit, revert=True)
+    assert_same_weights(model, before)
+    with pytest.raises(ConfigError, match="already reverted"):
+        apply_delta_to_adapter(adapter, edit, revert=True)
+
+    # a model on which layer 0 fits but layer 1 does not: nothing may be written
+    hybrid = make_model(family, seed=1)
+    hybrid_adapter = ModelAdapter(hybrid)
+    hybrid_adapter.set_down_proj_weight(0, adapter.down_proj_weight(0))
+    hybrid_before = snapshot(hybrid)
+    with pytest.raises(ConfigError, match="layer 1"):
+        apply_delta_to_adapter(hybrid_adapter, edit)
+    assert_same_weights(hybrid, hybrid_before)
+
+
+@pytest.mark.parametrize("shard_size", [None, "20KB"])
+def test_apply_delta_files_matches_published_and_reverts(
+    tmp_path: Path, loaded: Loaded, edit: Edit, shard_size: str | None
+) -> None:
+    base = base_checkpoint(loaded, tmp_path / "base", shard_size)
+    published = publish_checkpoint(loaded, edit, tmp_path / "pub", manifest_fields("x"))
+    out = apply_delta_files(base, published / "delta", tmp_path / "out")
+
+    assert (out / "model.safetensors.index.json").is_file() == (shard_size is not None)
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+    assert not (out / MANIFEST).exists() and not (out / "delta").exists()
+    edited, expected = load_tensors(out), load_tensors(published)
+    assert edited.keys() == expected.keys()
+    assert all(torch.equal(edited[k], expected[k]) for k in expected)
+
+    reverted = apply_delta_files(out, published, tmp_path / "rev", revert=True)  # delta/ found
+    base_tensors = load_tensors(base)
+    assert {k: tensor_sha256(t) for k, t in load_tensors(reverted).items()} == {
+        k: tensor_sha256(t) for k, t in base_tensors.items()
+    }
+
+    with pytest.raises(ConfigError, match="already applied"):
+        apply_delta_files(out, published / "delta", tmp_path / "again")
+    with pytest.raises(ConfigError, match="not empty"):
+        apply_delta_files(base, published / "delta", out)
+    assert not (tmp_path / "again").exists()
+
+
+def test_apply_delta_files_rejects_other_base(
+    tmp_path: Path, family: str, loaded: Loaded, edit: Edit
+) -> None:
+    delta = save_delta(edit, tmp_path / "delta", {})
+    other = make_model(family, seed=1)
+    other_loaded = Loaded(other, loaded.tokenizer, ModelAdapter(other), "other")
+    base = base_checkpoint(other_loaded, tmp_path / "other")
+    with pytest.raises(ConfigError, match="does not hold the values the edit was made from"):
+        apply_delta_files(base, delta, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["delta", "other"]  # no temp left
+
+
+def test_apply_delta_files_accepts_hub_style_keys(
+    tmp_path: Path, loaded: Loaded, edit: Edit
+) -> None:
+    base = base_checkpoint(loaded, tmp_path / "base")
+    tensors = load_file(
+        str(base / "model.safetensors")
+    )  # drop the base-model prefix, as on the Hub
+    save_file({k.split(".", 1)[1]: v for k, v in tensors.items()}, str(base / "model.safetensors"))
+    delta = save_delta(edit, tmp_path / "delta", {})
+    out = load_tensors(apply_delta_files(base, delta, tmp_path / "out"))
+    with edit.applied(loaded.adapter):
+        expected = {k.split(".", 1)[1]: v.clone() for k, v in loaded.model.state_dict().items()}
+    assert all(torch.equal(out[k], expected[k]) for k in out)
+
+
+# ------------------------------------------------------------------------------- publishing
+def test_publish_loads_with_edited_logits(
+    tmp_path: Path, family: str, loaded: Loaded, edit: Edit
+) -> None:
+    model, adapter = loaded.model, loaded.adapter
+    before_sha = state_dict_sha256(model)
+    base_logits = logits(model)
+    with edit.applied(adapter):
+        edited_logits = logits(model)
+    assert not torch.equal(edited_logits, base_logits)
+
+    fields = {**manifest_fields(family), "parent_checkpoint_id": "0123456789abcdef"}
+    path = publish_checkpoint(loaded, edit, tmp_path / "ckpts", fields)
+
+    assert state_dict_sha256(model) == before_sha  # the model in memory is left unedited
+    reloaded = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    assert torch.equal(logits(reloaded), edited_logits)
+    assert AutoTokenizer.from_pretrained(path)("alice phone").input_ids == [8, 5]
+    assert_edits_equal(load_delta(path / "delta"), edit)
+
+    manifest = read_manifest(path)
+    assert manifest["checkpoint_id"] == path.name and len(path.name) == 16
+    assert manifest["parent_checkpoint_id"] == "0123456789abcdef"
+    assert manifest["base_model"]["model_id"] == f"tiny-{family}"
+    assert manifest["base_model"]["down_proj_sha256"] == down_proj_sha256(adapter)
+    assert manifest["created_at"].endswith("+00:00")
+    assert manifest["code_version"]["version"] == "0.1.0"
+    for key, value in manifest_fields(family).items():
+        assert manifest[key] == value
+    assert manifest["edit"]["entries_changed"] == edit.entries_changed
+    names = [f["name"] for f in manifest["files"]]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(names)
+    assert {"delta/delta.safetensors", "delta/delta.json"} <= set(names)
+    assert MANIFEST not in names
+    assert verify_checkpoint(path) == []
+    assert [p.name for p in (tmp_path / "ckpts").iterdir()] == [path.name]
+
+
+def test_sharded_publish(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+    with edit.applied(loaded.adapter):
+        edited_logits = logits(loaded.model)
+    path = publish_checkpoint(loaded, edit, tmp_path, manifest_fields("x"), shard_size="20KB")
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (path / "model.safetensors").exists()
+    assert set(shards) <= {f["name"] for f in read_manifest(path)["files"]}
+    reloaded = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    assert torch.equal(logits(reloaded), edited_logits)
+    assert verify_checkpoint(path) == []
+
+
+def test_publish_is_content_addressed(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+    first = publish_checkpoint(loaded, edit, tmp_path, {"run": 1})
+    created_at = read_manifest(first)["created_at"]
+    second = publish_checkpoint(loaded, edit, tmp_path, {"run": 2})
+    assert second == first and [p.name for p in tmp_path.iterdir()] == [first.name]
+    assert read_manifest(first)["run"] == 1 and read_manifest(first)["created_at"] == created_at
+
+
+def test_verify_detects_corruption(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+    path = publish_checkpoint(loaded, edit, tmp_path, {})
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    problems = verify_checkpoint(path)
+    assert len(problems) == 1 and problems[0].startswith("model.safetensors: sha256")
+
+    (path / "delta" / "delta.json").unlink()
+    (path / "extra.txt").write_text("added later")
+    problems = verify_checkpoint(path)
+    assert "delta/delta.json: missing" in problems
+    assert "extra.txt: not listed in manifest.json" in problems
+
+    (path / MANIFEST).unlink()
+    assert verify_checkpoint(path) == [
+        f"{path} is not a published checkpoint: manifest.json is missing."
+    ]
+
+
+def test_publish_failure_leaves_model_pristine_and_nothing_behind(
+    tmp_path: Path, loaded: Loaded, edit: Edit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = loaded.model
+    before = snapshot(model)
+    save = model.save_pretrained
+
+    def save_then_fail(directory: str, **kwargs: Any) -> None:
+        save(directory, **kwargs)
+        assert not loaded.adapter.down_proj_weight(0)[:, 1].any()  # the edit is applied here
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save_pretrained", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        publish_checkpoint(loaded, edit, tmp_path, {})
+    assert_same_weights(model, before)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_rejects_reserved_and_unserialisable_manifest(
+    tmp_path: Path, loaded: Loaded, edit: Edit
+) -> None:
+    with pytest.raises(ConfigError, match="files"):
+        publish_checkpoint(loaded, edit, tmp_path, {"files": []})
+    with pytest.raises(ConfigError, match="JSON"):
+        publish_checkpoint(loaded, edit, tmp_path, {"metric": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_refuses_a_secret(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+    before = snapshot(loaded.model)
+    with pytest.raises(ConfigError) as info:
+        publish_checkpoint(
+            loaded, edit, tmp_path, {"note": f"erased {SECRET}"}, secrets=["x@y.org", SECRET]
+        )
+    message = str(info.value)
+    assert SECRET not in message and "#1" in message and "manifest.json" in message
+    assert list(tmp_path.iterdir()) == []  # neither a checkpoint nor a temp dir
+    assert_same_weights(loaded.model, before)
+
+    path = publish_checkpoint(loaded, edit, tmp_path, manifest_fields("x"), secrets=[SECRET])
+    assert verify_checkpoint(path) == []
+
+
+# ------------------------------------------------------------------------------- secrets
+def test_find_secrets_in_dir_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = ["José Ruiz", "call 555 0199", "never there"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "raw.txt").write_bytes("x José Ruiz y".encode())
+    (tmp_path / "escaped.json").write_text(json.dumps({"v": "José Ruiz"}))  # "Jos\u00e9 Ruiz"
+    (tmp_path / "sub" / "vocab.json").write_text(
+        json.dumps({"callĠ555Ġ0199": 7}, ensure_ascii=False)
+    )
+    (tmp_path / "sp.txt").write_text("▁call▁555▁0199")
+    decomposed = unicodedata.normalize("NFD", "José Ruiz")
+    (tmp_path / "nfd.txt").write_text(decomposed)
+    (tmp_path / "clean.bin").write_bytes(bytes(range(256)) * 10)
+    monkeypatch.setattr(fp, "_CHUNK", 4)  # secrets straddle read boundaries
+    hits = fp.find_secrets_in_dir(tmp_path, secrets)
+    assert hits == [
+        (tmp_path / "escaped.json", 0),
+        (tmp_path / "nfd.txt", 0),
+        (tmp_path / "raw.txt", 0),
+        (tmp_path / "sp.txt", 1),
+        (tmp_path / "sub" / "vocab.json", 1),
+    ]
+    with pytest.raises(ConfigError) as info:
+        assert_no_secrets(tmp_path, secrets)
+    assert "José" not in str(info.value) and "0199" not in str(info.value)
+    with pytest.raises(ConfigError, match="empty"):
+        fp.find_secrets_in_dir(tmp_path, [""])
+
+
+def test_redact_longest_first() -> None:
+    text = "call 555-0199 or 555, mail a@b.org"
+    assert fp.redact(text, ["555", "555-0199", "a@b.org", ""]) == (
+        "call [REDACTED] or [REDACTED], mail [REDACTED]"
+    )
+    assert fp.redact(text, []) == text
+
+
+def test_fingerprint_keyed_and_stable() -> None:
+    a = fp.fingerprint(SECRET, key=b"key-a")
+    assert a == fp.fingerprint(SECRET, key=b"key-a")
+    assert a != fp.fingerprint(SECRET, key=b"key-b")
+    assert a != fp.fingerprint("555-0198", key=b"key-a")
+    assert a.startswith("hmac-sha256:") and len(a) == len("hmac-sha256:") + 64
+    assert SECRET not in a and "0199" not in a
+    composed, decomposed = "José", unicodedata.normalize("NFD", "José")
+    assert composed != decomposed
+    assert fp.fingerprint(composed, key=b"k") == fp.fingerprint(decomposed, key=b"k")
+
+
+def test_fingerprint_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATUREEDIT_HOME", str(tmp_path))
+    monkeypatch.delenv("FEATUREEDIT_FINGERPRINT_KEY", raising=False)
+    key = fp.fingerprint_key()
+    key_file = tmp_path / "keys" / "fingerprint.key"
+    assert len(key) == 32 and stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert fp.fingerprint_key() == key  # generated once
+    assert fp.fingerprint(SECRET) == fp.fingerprint(SECRET, key=key)
+
+    monkeypatch.setenv("FEATUREEDIT_FINGERPRINT_KEY", "00ff10")
+    assert fp.fingerprint_key() == b"\x00\xff\x10"
+    monkeypatch.setenv("FEATUREEDIT_FINGERPRINT_KEY", "a text key")
+    assert fp.fingerprint_key() == b"a text key"
+    assert fp.fingerprint(SECRET) == fp.fingerprint(SECRET, key=b"a text key")
+
+    monkeypatch.delenv("FEATUREEDIT_FINGERPRINT_KEY")
+    key_file.write_text("garbage\n")
+    with pytest.raises(ConfigError, match="malformed"):
+        fp.fingerprint_key()
