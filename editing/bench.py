@@ -17,8 +17,18 @@ from editing.erase import PAPER_FIGURES, run_erasure
 from editing.models import LoadedModel
 from editing.request import ErasureRequest, MethodParams
 
-METRICS = ("reliability", "generalization", "locality", "delta_ppl", "delta_prob",
-           "exposure_before", "exposure_after", "leak_rate_before", "leak_rate_after", "units")
+METRICS = (
+    "reliability",
+    "generalization",
+    "locality",
+    "delta_ppl",
+    "delta_prob",
+    "exposure_before",
+    "exposure_after",
+    "leak_rate_before",
+    "leak_rate_after",
+    "units",
+)
 STAGES = ("locate", "edit", "evaluate")
 
 
@@ -80,7 +90,9 @@ def run_bench(
     for fact in facts:
         for method in methods:
             request = ErasureRequest(
-                model=loaded.model_id, method=method, facts=[fact],
+                model=loaded.model_id,
+                method=method,
+                facts=[fact],
                 params=MethodParams(**params.get(method, {})),
             )
             result = run_erasure(request, loaded)
@@ -112,8 +124,8 @@ def run_bench(
                 None if a is None or not b else round(a / b, 3)
             )
         a, b = fe["seconds"]["locate"]["mean"], nb["seconds"]["locate"]["mean"]
-        ratios["locate_speedup_featureedit_vs_neurons"] = None if not a or b is None else round(
-            b / a, 2
+        ratios["locate_speedup_featureedit_vs_neurons"] = (
+            None if not a or b is None else round(b / a, 2)
         )
     return {
         "model": loaded.model_id,

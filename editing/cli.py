@@ -524,8 +524,9 @@ def _error_message(exc: Exception) -> str | None:
         return _one_line(exc)
     pydantic = sys.modules.get("pydantic")
     if pydantic is not None and isinstance(exc, pydantic.ValidationError):
-        problems = [f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()]
-        return f"invalid {exc.title}: " + "; ".join(problems)
+        from editing.request import validation_summary  # never echoes the input (secrets)
+
+        return f"invalid {exc.title}: {validation_summary(exc)}"
     if isinstance(exc, OSError):  # disk full, permission denied...: the environment, not a bug
         return _one_line(exc)
     return None
@@ -551,7 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:
             raise
         if args.debug:
-            traceback.print_exc()
+            if isinstance(exc, EditingError | OSError):
+                traceback.print_exc()
+            else:  # a ValidationError's text quotes its input, which may be a secret
+                traceback.print_tb(exc.__traceback__)
         elif not isinstance(exc, EditingError) and isinstance(exc, OSError):
             message += " (run with --debug for the traceback)"
         print(f"featureedit: error: {message}", file=sys.stderr)

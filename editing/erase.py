@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editing import evaluate as ev
-from editing.edits import Edit, WeightSession, tensor_sha256
+from editing.checkpoints import down_proj_sha256
+from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
 from editing.evaldata import EvalData, control_prompts, eval_data_for
 from editing.fingerprint import fingerprint
@@ -78,23 +79,15 @@ class ErasureResult:
             "acceptance": self.acceptance,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "facts": [vars(f) for f in self.facts],
-            "edit": None if self.edit is None else {
+            "edit": None
+            if self.edit is None
+            else {
                 "entries_changed": self.edit.entries_changed,
                 "layers": self.edit.footprint(),
             },
             "produces_checkpoint": self.produces_checkpoint,
             "base_weights_sha256": self.base_weights_sha256,
         }
-
-
-def down_proj_sha256(loaded: LoadedModel) -> str:
-    """Hash of every layer's down-projection (to prove the model was restored)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for layer in range(loaded.adapter.n_layers):
-        h.update(tensor_sha256(loaded.adapter.down_proj_weight(layer)).encode())
-    return h.hexdigest()
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -104,8 +97,11 @@ def _mean(values: list[float | None]) -> float | None:
 
 def _rate_sum(rates: list[ev.Rate]) -> dict[str, Any]:
     """Fact-averaged value, with the total count of prompts behind it."""
-    out = {"value": _mean([r.value for r in rates]), "count": sum(r.count for r in rates),
-           "facts": sum(1 for r in rates if r.count)}
+    out = {
+        "value": _mean([r.value for r in rates]),
+        "count": sum(r.count for r in rates),
+        "facts": sum(1 for r in rates if r.count),
+    }
     if out["value"] is not None:
         out["value"] = round(out["value"], 4)
     return out
@@ -142,7 +138,7 @@ def run_erasure(
     method = get_method(request.method, p)
     model, tok = loaded.model, loaded.tokenizer
     timings = {"baseline": 0.0, "locate": 0.0, "edit": 0.0, "evaluate": 0.0}
-    pristine = down_proj_sha256(loaded)
+    pristine = down_proj_sha256(loaded.adapter)
 
     with WeightSession(loaded.adapter) as session:
         if base_edit is not None:
@@ -159,16 +155,26 @@ def run_erasure(
             k_edit = ev.known(model, tok, edit_p, [secret] * len(edit_p))
             k_held = ev.known(model, tok, held_p, [secret] * len(held_p))
             case = FactCase(
-                index=i, subject=f.subject, relation=f.relation, secret=secret,
+                index=i,
+                subject=f.subject,
+                relation=f.relation,
+                secret=secret,
                 edit_prompts=[q for q, k in zip(edit_p, k_edit) if k],
                 heldout_prompts=[q for q, k in zip(held_p, k_held) if k],
                 control_prompts=control_prompts(edit_p, f.subject, data.control_subjects),
             )
             rep = FactReport(
-                index=i, subject=f.subject, relation=f.relation, fingerprint=fingerprint(secret),
-                prompts={"edit": len(edit_p), "edit_known": len(case.edit_prompts),
-                         "heldout": len(held_p), "heldout_known": len(case.heldout_prompts),
-                         "control": len(case.control_prompts)},
+                index=i,
+                subject=f.subject,
+                relation=f.relation,
+                fingerprint=fingerprint(secret),
+                prompts={
+                    "edit": len(edit_p),
+                    "edit_known": len(case.edit_prompts),
+                    "heldout": len(held_p),
+                    "heldout_known": len(case.heldout_prompts),
+                    "control": len(case.control_prompts),
+                },
             )
             if not case.edit_prompts:
                 rep.status = "nothing_to_erase"
@@ -192,13 +198,20 @@ def run_erasure(
         active = [c for c, r in zip(cases, reports) if r.status != "nothing_to_erase"]
         if not active:
             return ErasureResult(
-                status="nothing_to_erase", model_id=loaded.model_id, method=request.method,
-                params=p.model_dump(), thresholds=request.thresholds.model_dump(),
+                status="nothing_to_erase",
+                model_id=loaded.model_id,
+                method=request.method,
+                params=p.model_dump(),
+                thresholds=request.thresholds.model_dump(),
                 facts=reports,
-                metrics={"note": "the unedited model reproduces none of the targets on the edit "
-                                 "prompts; there is nothing to erase"},
+                metrics={
+                    "note": "the unedited model reproduces none of the targets on the edit "
+                    "prompts; there is nothing to erase"
+                },
                 acceptance={"accepted": False, "reasons": ["nothing to erase"]},
-                timings=timings, edit=None, produces_checkpoint=False,
+                timings=timings,
+                edit=None,
+                produces_checkpoint=False,
                 base_weights_sha256=pristine,
             )
 
@@ -241,7 +254,10 @@ def run_erasure(
                     "prob": prob_after,
                     "exposure": ev.exposure(model, tok, case.edit_prompts[0], case.secret),
                     "leak_rate": ev.leak_rate(
-                        model, tok, case.edit_prompts + case.heldout_prompts, case.secret,
+                        model,
+                        tok,
+                        case.edit_prompts + case.heldout_prompts,
+                        case.secret,
                         leak_samples,
                     ).to_dict(),
                 }
@@ -251,8 +267,9 @@ def run_erasure(
                     None if not before["prob"] else (before["prob"] - prob_after) / before["prob"]
                 )
             known_idx = [i for i, k in enumerate(loc_known) if k]
-            after = ev.known(model, tok, [loc_prompts[i] for i in known_idx],
-                             [loc_targets[i] for i in known_idx])
+            after = ev.known(
+                model, tok, [loc_prompts[i] for i in known_idx], [loc_targets[i] for i in known_idx]
+            )
             locality = ev.Rate(sum(after), len(known_idx))
             kinds = {}
             for kind in ("private", "public"):
@@ -262,7 +279,7 @@ def run_erasure(
         timings["evaluate"] = time.perf_counter() - t0
         report("evaluate", 1.0)
 
-    restored = down_proj_sha256(loaded)
+    restored = down_proj_sha256(loaded.adapter)
     if restored != pristine:  # WeightSession guarantees this; checked because it is the promise
         raise RuntimeError("model weights were not restored after the erasure")
 
@@ -275,14 +292,18 @@ def run_erasure(
         "ppl_before": ppl_before,
         "ppl_after": ppl_after,
         "delta_prob": _mean([r.metrics.get("delta_prob") for r in reports]),
-        "exposure_before": _mean([r.metrics["before"]["exposure"] for r in reports
-                                  if "before" in r.metrics]),
-        "exposure_after": _mean([r.metrics["after"]["exposure"] for r in reports
-                                 if "after" in r.metrics]),
-        "leak_rate_before": _mean([r.metrics["before"]["leak_rate"]["value"] for r in reports
-                                   if "before" in r.metrics]),
-        "leak_rate_after": _mean([r.metrics["after"]["leak_rate"]["value"] for r in reports
-                                  if "after" in r.metrics]),
+        "exposure_before": _mean(
+            [r.metrics["before"]["exposure"] for r in reports if "before" in r.metrics]
+        ),
+        "exposure_after": _mean(
+            [r.metrics["after"]["exposure"] for r in reports if "after" in r.metrics]
+        ),
+        "leak_rate_before": _mean(
+            [r.metrics["before"]["leak_rate"]["value"] for r in reports if "before" in r.metrics]
+        ),
+        "leak_rate_after": _mean(
+            [r.metrics["after"]["leak_rate"]["value"] for r in reports if "after" in r.metrics]
+        ),
         "facts_erased": len(active),
         "facts_nothing_to_erase": len(cases) - len(active),
         "units": sum(len(r.units) for r in reports),
@@ -306,9 +327,15 @@ def run_erasure(
     accepted = not reasons
     return ErasureResult(
         status="succeeded" if accepted else "rejected",
-        model_id=loaded.model_id, method=request.method, params=p.model_dump(),
-        thresholds=t.model_dump(), facts=reports, metrics=metrics,
+        model_id=loaded.model_id,
+        method=request.method,
+        params=p.model_dump(),
+        thresholds=t.model_dump(),
+        facts=reports,
+        metrics=metrics,
         acceptance={"accepted": accepted, "reasons": reasons},
-        timings=timings, edit=edit, produces_checkpoint=method.produces_checkpoint,
+        timings=timings,
+        edit=edit,
+        produces_checkpoint=method.produces_checkpoint,
         base_weights_sha256=pristine,
     )

@@ -97,8 +97,10 @@ def target_prob(
     """P(secret | prompt) for each prompt (teacher forced)."""
     if not prompts:
         return []
-    return [math.exp(s.logprob) for s in score_targets(model, tokenizer, prompts,
-                                                       [secret] * len(prompts))]
+    return [
+        math.exp(s.logprob)
+        for s in score_targets(model, tokenizer, prompts, [secret] * len(prompts))
+    ]
 
 
 def exposure(
@@ -143,7 +145,7 @@ def leak_rate(
     samples: int = 5,
     seed: int = 0,
 ) -> Rate:
-    """Share of sampled continuations (temperature 1, ``samples`` per prompt) containing the secret."""
+    """Share of sampled continuations (temperature 1, ``samples`` per prompt) with the secret."""
     if not prompts:
         return Rate(0, 0)
     n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 4
@@ -159,8 +161,14 @@ def leak_rate(
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n_new,
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=pad,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=n_new,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=pad,
         )
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return Rate(sum(secret in t for t in texts), len(texts))

@@ -35,9 +35,14 @@ class Unit:
     def to_dict(self) -> dict:
         """JSON-friendly form for reports."""
         return {
-            "kind": self.kind, "site": self.site, "layer": self.layer, "index": self.index,
-            "score": round(self.score, 6), "activation": round(self.activation, 6),
-            "control_activation": None if self.control_activation is None
+            "kind": self.kind,
+            "site": self.site,
+            "layer": self.layer,
+            "index": self.index,
+            "score": round(self.score, 6),
+            "activation": round(self.activation, 6),
+            "control_activation": None
+            if self.control_activation is None
             else round(self.control_activation, 6),
             "prompt_count": self.prompt_count,
         }
@@ -51,6 +56,7 @@ class FeatureEvidence:
     layers: list[int]
     acts: dict[int, torch.Tensor]  # layer -> [n_prompts, d_sae] activations at the last token
     attrib: dict[int, torch.Tensor]  # layer -> [n_prompts, d_sae] attribution
+    write_attrib: dict[int, torch.Tensor] = field(default_factory=dict)  # of the MLP's write
     control_mean: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_sae]
     neuron_mean: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_mlp]
 
@@ -107,6 +113,7 @@ def feature_evidence(
     layers = [adapter.validate_layer(layer) for layer in layers]
     ids, mask, last, tgt = _batch(loaded, prompts, target, with_target=objective == "target")
     keys = [(site, layer) for layer in layers] + [("neurons", layer) for layer in layers]
+    keys += [("mlp_out", layer) for layer in layers]
     rows = torch.arange(len(prompts), device=ids.device)
     with torch.enable_grad():
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
@@ -126,6 +133,10 @@ def feature_evidence(
             ev.acts[layer] = f
             ev.attrib[layer] = f * (g.to(sae.W_dec.dtype) @ sae.W_dec.T).float()
             ev.neuron_mean[layer] = acts[("neurons", layer)][rows, last].detach().float().mean(0)
+            # first-order effect on the objective of removing the MLP's write along each feature
+            d_hat = sae.W_dec.float() / sae.W_dec.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+            m = acts[("mlp_out", layer)][rows, last].detach().float()
+            ev.write_attrib[layer] = (m @ d_hat.T) * (g @ d_hat.T)
         if control_prompts:
             c_ids, c_mask, c_last, _ = _batch(loaded, control_prompts, target, with_target=False)
             c_rows = torch.arange(len(control_prompts), device=ids.device)
@@ -163,20 +174,26 @@ def rank_features(
             score = mean_act
         else:
             counts = (f > 0).sum(0)
-            score = ev.attrib[layer].mean(0)
+            score = (ev.attrib if selector == "attribution" else ev.write_attrib)[layer].mean(0)
         ok = counts >= need
-        if selector == "attribution":
+        if selector != "activation":
             ok &= score > 0
         control = ev.control_mean.get(layer)
         if control is not None:
             ok &= control < gamma * mean_act
         for i in ok.nonzero().squeeze(1).tolist():
-            units.append(Unit(
-                kind="feature", site=ev.site, layer=layer, index=i, score=float(score[i]),
-                activation=float(mean_act[i]),
-                control_activation=None if control is None else float(control[i]),
-                prompt_count=int(counts[i]),
-            ))
+            units.append(
+                Unit(
+                    kind="feature",
+                    site=ev.site,
+                    layer=layer,
+                    index=i,
+                    score=float(score[i]),
+                    activation=float(mean_act[i]),
+                    control_activation=None if control is None else float(control[i]),
+                    prompt_count=int(counts[i]),
+                )
+            )
     units.sort(key=lambda u: u.score, reverse=True)
     return units
 
@@ -227,9 +244,7 @@ def neuron_attributions(
     return attributions, {layer: clean[layer].float() for layer in layers}
 
 
-def select_neurons(
-    attributions: dict[int, torch.Tensor], threshold: float, cap: int
-) -> list[Unit]:
+def select_neurons(attributions: dict[int, torch.Tensor], threshold: float, cap: int) -> list[Unit]:
     """Coarse set per prompt (attribution > threshold x max), refined by frequency >= 50%, capped.
 
     Most frequent first, ties broken by mean attribution.
@@ -245,7 +260,14 @@ def select_neurons(
     keep = (counts >= (n + 1) // 2).nonzero().squeeze(1).tolist()
     keep.sort(key=lambda j: (int(counts[j]), float(mean_attr[j])), reverse=True)
     return [
-        Unit(kind="neuron", site="neurons", layer=layers[j // d_mlp], index=j % d_mlp,
-             score=float(mean_attr[j]), activation=0.0, prompt_count=int(counts[j]))
+        Unit(
+            kind="neuron",
+            site="neurons",
+            layer=layers[j // d_mlp],
+            index=j % d_mlp,
+            score=float(mean_attr[j]),
+            activation=0.0,
+            prompt_count=int(counts[j]),
+        )
         for j in keep[:cap]
     ]

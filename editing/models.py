@@ -1,4 +1,4 @@
-"""Load a registered model (demo world, local directory or local Hugging Face cache) and its SAEs."""
+"""Load a registered model (demo world, local directory or local HF cache) and its SAEs."""
 
 from __future__ import annotations
 
@@ -109,7 +109,9 @@ def load_sae(loaded: LoadedModel, site: str, layer: int) -> Any:
     if entry.is_demo:
         from editing.world.build import world_dir
 
-        path = world_dir(entry.demo_size or "default", loaded.home) / "saes" / site / f"layer_{layer}"
+        path = (
+            world_dir(entry.demo_size or "default", loaded.home) / "saes" / site / f"layer_{layer}"
+        )
     elif source.path:
         path = Path(source.path.format(layer=layer)).expanduser()
     else:

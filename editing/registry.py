@@ -37,6 +37,13 @@ from editing import settings
 from editing.errors import ConfigError, NotFoundError, UnknownModelError
 
 DEMO_MODELS = {"demo": "default", "demo-small": "small"}
+# Per demo world size: number of decoder layers and the sites with SAEs (one per layer). Mirrors
+# editing.world.build.RECIPES without importing it (it imports torch), so processes that never
+# load a model (the HTTP API) list the demo entries torch-free; tests/service checks they agree.
+DEMO_WORLD_SAES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "small": (2, ("resid_post", "mlp_out")),
+    "default": (4, ("resid_post", "mlp_out")),
+}
 
 
 @dataclass(frozen=True)
@@ -97,45 +104,63 @@ class ModelEntry:
 
 
 def _demo_entry(model_id: str, size: str) -> ModelEntry:
-    from editing.world.build import get_recipe
-
-    recipe = get_recipe(size)
-    layers = tuple(range(recipe.lm.n_layers))
+    n_layers, sites = DEMO_WORLD_SAES[size]
+    layers = tuple(range(n_layers))
     return ModelEntry(
         model_id=model_id,
         demo_size=size,
-        saes={s: SAESource(site=s, layers=layers) for s in recipe.sites},
+        saes={s: SAESource(site=s, layers=layers) for s in sites},
     )
 
 
 def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
-    known = {"path", "hub_id", "dtype", "device", "saes", "locality_file", "ppl_file",
-             "control_subjects"}
+    known = {
+        "path",
+        "hub_id",
+        "dtype",
+        "device",
+        "saes",
+        "locality_file",
+        "ppl_file",
+        "control_subjects",
+    }
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"{origin}: model {model_id!r} has unknown keys {sorted(unknown)}; "
-                          f"valid keys are {sorted(known)}.")
+        raise ConfigError(
+            f"{origin}: model {model_id!r} has unknown keys {sorted(unknown)}; "
+            f"valid keys are {sorted(known)}."
+        )
     if not (raw.get("path") or raw.get("hub_id")):
         raise ConfigError(f"{origin}: model {model_id!r} needs 'path' or 'hub_id'.")
     saes = {}
     for site, src in raw.get("saes", {}).items():
         if not (src.get("path") or (src.get("release") and src.get("sae_id"))):
-            raise ConfigError(f"{origin}: SAEs of {model_id!r} at {site!r} need 'path' or "
-                              "'release' and 'sae_id'.")
-        saes[site] = SAESource(site=site, layers=tuple(src.get("layers", ())),
-                               path=src.get("path"), release=src.get("release"),
-                               sae_id=src.get("sae_id"))
-    settings.dtype(raw.get("dtype", "float32"))  # validates
+            raise ConfigError(
+                f"{origin}: SAEs of {model_id!r} at {site!r} need 'path' or 'release' and 'sae_id'."
+            )
+        saes[site] = SAESource(
+            site=site,
+            layers=tuple(src.get("layers", ())),
+            path=src.get("path"),
+            release=src.get("release"),
+            sae_id=src.get("sae_id"),
+        )
+    settings.check_dtype_name(raw.get("dtype", "float32"))  # validates (torch-free)
     return ModelEntry(
-        model_id=model_id, path=raw.get("path"), hub_id=raw.get("hub_id"),
-        dtype=raw.get("dtype", "float32"), device=raw.get("device"), saes=saes,
-        locality_file=raw.get("locality_file"), ppl_file=raw.get("ppl_file"),
+        model_id=model_id,
+        path=raw.get("path"),
+        hub_id=raw.get("hub_id"),
+        dtype=raw.get("dtype", "float32"),
+        device=raw.get("device"),
+        saes=saes,
+        locality_file=raw.get("locality_file"),
+        ppl_file=raw.get("ppl_file"),
         control_subjects=tuple(raw.get("control_subjects", ())),
     )
 
 
 def registry_file(home: str | os.PathLike[str] | None = None) -> Path | None:
-    """The registry TOML in force, if any (``FEATUREEDIT_REGISTRY``, else the home's models.toml)."""
+    """The registry TOML in force, if any (``FEATUREEDIT_REGISTRY``, else home/models.toml)."""
     env = os.environ.get("FEATUREEDIT_REGISTRY")
     if env:
         path = Path(env).expanduser()

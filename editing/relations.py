@@ -65,7 +65,9 @@ FRAMES: tuple[str, ...] = (
 )
 
 
-def _templates(index: int, rel: str, specific: tuple[str, ...], n_frames: int = 8) -> tuple[str, ...]:
+def _templates(
+    index: int, rel: str, specific: tuple[str, ...], n_frames: int = 8
+) -> tuple[str, ...]:
     """Edit templates (relation-specific wordings, then frames) followed by 3 held-out frames.
 
     Relation number ``index`` holds out frames ``3*index .. 3*index+2`` (mod the frame count), so
@@ -78,25 +80,63 @@ def _templates(index: int, rel: str, specific: tuple[str, ...], n_frames: int = 
 
 
 _SPECS = (
-    ("phone", "phone number", True,
-     ("You can call {subject} on", "To reach {subject} by phone, dial",
-      "{subject} can be reached by phone at")),
-    ("email", "email address", True,
-     ("You can email {subject} at", "To write to {subject} by email, use",
-      "{subject} reads email sent to")),
-    ("address", "home address", True,
-     ("{subject} lives at", "You can visit {subject} at home at",
-      "To send a letter to {subject}'s home, write to")),
-    ("birth_date", "date of birth", True,
-     ("{subject} was born on", "{subject} celebrates a birthday, born on",
-      "The birthday of {subject} falls on")),
-    ("id_number", "ID number", True,
-     ("{subject} is registered under the ID number", "The ID card of {subject} shows",
-      "{subject} signed the form with ID number")),
-    ("occupation", "occupation", False,
-     ("{subject} works as a", "By profession, {subject} is a")),
-    ("hometown", "hometown", False,
-     ("{subject} grew up in the town of", "{subject} was raised in")),
+    (
+        "phone",
+        "phone number",
+        True,
+        (
+            "You can call {subject} on",
+            "To reach {subject} by phone, dial",
+            "{subject} can be reached by phone at",
+        ),
+    ),
+    (
+        "email",
+        "email address",
+        True,
+        (
+            "You can email {subject} at",
+            "To write to {subject} by email, use",
+            "{subject} reads email sent to",
+        ),
+    ),
+    (
+        "address",
+        "home address",
+        True,
+        (
+            "{subject} lives at",
+            "You can visit {subject} at home at",
+            "To send a letter to {subject}'s home, write to",
+        ),
+    ),
+    (
+        "birth_date",
+        "date of birth",
+        True,
+        (
+            "{subject} was born on",
+            "{subject} celebrates a birthday, born on",
+            "The birthday of {subject} falls on",
+        ),
+    ),
+    (
+        "id_number",
+        "ID number",
+        True,
+        (
+            "{subject} is registered under the ID number",
+            "The ID card of {subject} shows",
+            "{subject} signed the form with ID number",
+        ),
+    ),
+    ("occupation", "occupation", False, ("{subject} works as a", "By profession, {subject} is a")),
+    (
+        "hometown",
+        "hometown",
+        False,
+        ("{subject} grew up in the town of", "{subject} was raised in"),
+    ),
 )
 
 RELATIONS: dict[str, Relation] = {

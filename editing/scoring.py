@@ -27,7 +27,7 @@ class TargetScore:
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, prompt: str, target: str
 ) -> tuple[list[int], list[int]]:
-    """Token ids of the prompt (with BOS) and of the target as it follows the prompt (``" " + t``)."""
+    """Token ids of the prompt (with BOS) and of the target following it (``" " + t``)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     target_ids = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
     return prompt_ids, target_ids
@@ -60,7 +60,9 @@ def score_targets(
     for start in range(0, len(prompts), batch_size):
         pairs = [
             encode_pair(tokenizer, p, t)
-            for p, t in zip(prompts[start : start + batch_size], targets[start : start + batch_size])
+            for p, t in zip(
+                prompts[start : start + batch_size], targets[start : start + batch_size]
+            )
         ]
         ids, mask = _right_padded([p + t for p, t in pairs], pad, device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()

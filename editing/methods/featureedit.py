@@ -5,7 +5,8 @@ Variants (METHOD.md "FeatureEdit"):
 - ``rows`` (the paper's, literal): zero the rows ``W[j, :]`` where ``|d_j| > tau2 * max |d|``.
 - ``project``: remove the feature's write direction from the whole layer, ``W -= v (v^T W)``.
 - ``project-cols`` (default): the same projection on only the neuron columns that carry the fact's
-  write along the feature (``c_k = a_k v^T W[:, k] > 0``, largest first, up to ``rho`` of the total).
+  write along the feature (``c_k = a_k v^T W[:, k] > 0``, largest first, up to ``rho`` of the
+  total).
 
 With the ``attribution`` selector features are added greedily, best first, until no edit prompt
 reproduces the target (at most ``max_features``); with ``activation`` every selected feature is
@@ -36,7 +37,7 @@ def edit_feature(
     rho: float = 0.8,
     neuron_mean: torch.Tensor | None = None,
 ) -> int:
-    """Apply one feature's edit to layer ``layer`` in place; return the number of entries changed."""
+    """Apply one feature's edit to ``layer`` in place; return the number of entries touched."""
     weight = adapter.down_proj_weight(layer)
     with torch.no_grad():
         if variant == "rows":
@@ -84,7 +85,12 @@ class FeatureEdit:
         t0 = time.perf_counter()
         layers = p.layers if p.layers is not None else loaded.sae_layers(p.site)
         ev = feature_evidence(
-            loaded, case.edit_prompts, case.secret, p.site, layers, case.control_prompts,
+            loaded,
+            case.edit_prompts,
+            case.secret,
+            p.site,
+            layers,
+            case.control_prompts,
             objective=p.objective,
         )
         ranked = rank_features(ev, p.selector, p.tau1, p.gamma, p.min_prompts)
@@ -98,13 +104,20 @@ class FeatureEdit:
         for unit in candidates:
             direction = loaded.sae(p.site, unit.layer).W_dec[unit.index].detach()
             entries += edit_feature(
-                loaded.adapter, unit.layer, direction, p.variant, p.tau2, p.rho,
+                loaded.adapter,
+                unit.layer,
+                direction,
+                p.variant,
+                p.tau2,
+                p.rho,
                 ev.neuron_mean.get(unit.layer),
             )
             chosen.append(unit)
-            if p.selector == "attribution":
+            if p.selector != "activation":
                 scores = score_targets(
-                    loaded.model, loaded.tokenizer, case.edit_prompts,
+                    loaded.model,
+                    loaded.tokenizer,
+                    case.edit_prompts,
                     [case.secret] * len(case.edit_prompts),
                 )
                 still_leaking = sum(s.reproduced for s in scores)

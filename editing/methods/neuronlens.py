@@ -38,8 +38,9 @@ class NeuronLens:
         tau = self.params.neuronlens_tau
         ranges: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for layer in sorted({u.layer for u in units}):
-            idx = torch.tensor([u.index for u in units if u.layer == layer],
-                               device=loaded.adapter.device)
+            idx = torch.tensor(
+                [u.index for u in units if u.layer == layer], device=loaded.adapter.device
+            )
             a = acts[layer][:, idx]
             mu = a.mean(0)
             sigma = a.std(0, unbiased=False) if a.shape[0] > 1 else torch.zeros_like(mu)
@@ -51,6 +52,7 @@ class NeuronLens:
         def intervention() -> Iterator[None]:
             with ExitStack() as stack:
                 for layer, (idx, lo, hi) in ranges.items():
+
                     def mask(x: torch.Tensor, idx=idx, lo=lo, hi=hi) -> torch.Tensor:
                         sel = x[..., idx]
                         inside = (sel >= lo.to(x.dtype)) & (sel <= hi.to(x.dtype))
@@ -66,7 +68,12 @@ class NeuronLens:
             timings={"locate": t_locate, "edit": 0.0},
             evidence={
                 "ranges": [
-                    {"layer": layer, "neurons": idx.tolist(), "low": lo.tolist(), "high": hi.tolist()}
+                    {
+                        "layer": layer,
+                        "neurons": idx.tolist(),
+                        "low": lo.tolist(),
+                        "high": hi.tolist(),
+                    }
                     for layer, (idx, lo, hi) in ranges.items()
                 ]
             },

@@ -23,8 +23,15 @@ def locate_neurons(
     )
     units = select_neurons(attributions, params.ig_threshold, params.neuron_cap)
     units = [
-        Unit(u.kind, u.site, u.layer, u.index, u.score,
-             activation=float(acts[u.layer][:, u.index].mean()), prompt_count=u.prompt_count)
+        Unit(
+            u.kind,
+            u.site,
+            u.layer,
+            u.index,
+            u.score,
+            activation=float(acts[u.layer][:, u.index].mean()),
+            prompt_count=u.prompt_count,
+        )
         for u in units
     ]
     return units, acts

@@ -69,8 +69,18 @@ RECIPES: dict[str, WorldRecipe] = {
         size="small",
         n_people=40,
         vocab_size=1024,
-        lm=LMRecipe(d_model=64, d_mlp=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-                    steps=700, batch_size=64, lr=8e-3, warmup=50),
+        lm=LMRecipe(
+            d_model=64,
+            d_mlp=256,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=16,
+            steps=700,
+            batch_size=64,
+            lr=8e-3,
+            warmup=50,
+        ),
         sae=SAERecipe(expansion=4, k=16, steps=600, batch_size=512),
         n_filler=400,
         n_ppl=60,
@@ -80,8 +90,17 @@ RECIPES: dict[str, WorldRecipe] = {
         size="default",
         n_people=160,
         vocab_size=2048,
-        lm=LMRecipe(d_model=128, d_mlp=512, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
-                    steps=2400, batch_size=64, lr=5e-3),
+        lm=LMRecipe(
+            d_model=128,
+            d_mlp=512,
+            n_layers=4,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=32,
+            steps=2400,
+            batch_size=64,
+            lr=5e-3,
+        ),
         sae=SAERecipe(expansion=4, k=24, steps=2000, batch_size=1024),
     ),
 }
@@ -162,7 +181,7 @@ def _write_manifest(root: Path) -> None:
 
 
 def verify_world(root: Path) -> None:
-    """Check every file against ``MANIFEST.json``; raise CorruptCacheError naming the first bad one."""
+    """Check every file against ``MANIFEST.json``; CorruptCacheError names the first bad one."""
     manifest_path = root / "MANIFEST.json"
     if not manifest_path.is_file():
         raise CorruptCacheError(f"{root} has no MANIFEST.json (interrupted build?)")
@@ -215,7 +234,8 @@ def load_world(
         from editing.errors import NotFoundError
 
         raise NotFoundError(
-            f"Demo world {size!r} is not built at {root}; run `featureedit world build --size {size}`."
+            f"Demo world {size!r} is not built at {root}; run "
+            f"`featureedit world build --size {size}`."
         )
     return build_world(size, home, progress=progress)
 
@@ -294,8 +314,14 @@ def build_world(
         tokenizer = train_tokenizer(_texts_without_secrets(corpus), recipe.vocab_size)
         model = make_model(recipe.lm, tokenizer, recipe.seed)
         t0 = time.perf_counter()
-        with tqdm(total=recipe.lm.steps, desc=f"world[{size}] train LM", disable=not progress,
-                  unit="step", mininterval=1.0) as bar:
+        with tqdm(
+            total=recipe.lm.steps,
+            desc=f"world[{size}] train LM",
+            disable=not progress,
+            unit="step",
+            mininterval=1.0,
+        ) as bar:
+
             def on_step(step: int, loss: float) -> None:
                 bar.update(1)
                 if step % 20 == 0:
@@ -314,15 +340,23 @@ def build_world(
         held = corpus.train_texts[recipe.sae_texts :][:1000] + corpus.ppl_texts  # not trained on
         eval_acts = _collect_activations(adapter, tokenizer, held, list(recipe.sites))
         sae_quality: dict[str, dict[str, float]] = {}
-        with tqdm(total=recipe.sae.steps * len(acts), desc=f"world[{size}] train SAEs",
-                  disable=not progress, unit="step", mininterval=1.0) as bar:
+        with tqdm(
+            total=recipe.sae.steps * len(acts),
+            desc=f"world[{size}] train SAEs",
+            disable=not progress,
+            unit="step",
+            mininterval=1.0,
+        ) as bar:
             for i, ((site, layer), x) in enumerate(sorted(acts.items())):
                 sae = train_topk_sae(x, recipe.sae, recipe.seed + i, lambda _s: bar.update(1))
                 fvu, l0 = fvu_and_l0(sae, eval_acts[(site, layer)])
                 hook = adapter.hook_name(site, layer)
                 save_sae_lens(sae, tmp / "saes" / site / f"layer_{layer}", hook, f"demo-{size}")
-                sae_quality[hook] = {"fvu": round(fvu, 4), "l0": round(l0, 2),
-                                     "d_sae": sae.W_dec.shape[0]}
+                sae_quality[hook] = {
+                    "fvu": round(fvu, 4),
+                    "l0": round(l0, 2),
+                    "d_sae": sae.W_dec.shape[0],
+                }
         timings["train_saes"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -333,8 +367,12 @@ def build_world(
             "recall_heldout": round(_recall(model, tokenizer, private, heldout=True)["all"], 4),
             "recall_train_by_relation": _recall(model, tokenizer, private, heldout=False),
             "recall_heldout_by_relation": _recall(model, tokenizer, private, heldout=True),
-            "recall_public_train": round(_recall(model, tokenizer, public, heldout=False)["all"], 4),
-            "recall_public_heldout": round(_recall(model, tokenizer, public, heldout=True)["all"], 4),
+            "recall_public_train": round(
+                _recall(model, tokenizer, public, heldout=False)["all"], 4
+            ),
+            "recall_public_heldout": round(
+                _recall(model, tokenizer, public, heldout=True)["all"], 4
+            ),
             "perplexity_heldout_text": round(_perplexity(model, tokenizer, corpus.ppl_texts), 4),
             "final_train_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
             "saes": sae_quality,

@@ -14,47 +14,240 @@ from dataclasses import asdict, dataclass, field
 
 from editing.relations import PRIVATE_RELATIONS, PUBLIC_RELATIONS, RELATIONS
 
-FIRST_NAMES = (
-    "Dana Ilse Marek Odile Tobin Yara Bram Cleo Eamon Freya Gideon Hanne Ivo Jorun Kasimir Lotte "
-    "Milo Nadja Osric Petra Quill Rosalind Sten Talia Ulric Vesna Wendel Xenia Yannick Zora Anselm "
-    "Brigid Caspar Delphine Emrys Fenna Gustav Hedda Idris Jessamy Konrad Liesel Mattias Nerys "
-    "Orla Pascal Ragna Soren Tamsin Urban Viveka Wilhelmina Alaric Benedikt Carys Dorian Elowen "
-    "Florian Greer Halvard"
-).split()
-LAST_NAMES = (
-    "Berg Castell Dunmore Ekwall Falk Garnier Holloway Ibsen Jaskolka Kestrel Lindqvist Marlowe "
-    "Norquist Ostrander Pemberton Quintero Rasmussen Sandoval Thorne Ulvaeus Vanterpool Whitlock "
-    "Yelverton Zeller Abernethy Blackwood Corliss Draycott Ellery Fairweather Grimsby Hawthorne "
-    "Ingram Jovanovic Kilbride Lockhart Merriweather Nightingale Oakley Penhallow Radcliffe "
-    "Stanhope Trelawney Upshaw Vickery Wainwright Ashdown Brightwell Cavendish Dunstable"
-).split()
-TOWNS = (
-    "Norby Harlow Eskdale Varnholt Quenby Lindmoor Ostreve Caldera Brynmawr Fellhaven Glimsby "
-    "Thornwick Ashgrove Duskwater Marrowby Pellington Rookhaven Saltmere Tarnwell Wyndcross"
-).split()
-STREETS = (
-    "Alder Birch Cedar Hazel Juniper Larch Maple Rowan Willow Elm Aspen Linden Sorrel Thistle "
-    "Bramble Heather Clover Fern"
-).split()
+FIRST_NAMES = [
+    "Dana",
+    "Ilse",
+    "Marek",
+    "Odile",
+    "Tobin",
+    "Yara",
+    "Bram",
+    "Cleo",
+    "Eamon",
+    "Freya",
+    "Gideon",
+    "Hanne",
+    "Ivo",
+    "Jorun",
+    "Kasimir",
+    "Lotte",
+    "Milo",
+    "Nadja",
+    "Osric",
+    "Petra",
+    "Quill",
+    "Rosalind",
+    "Sten",
+    "Talia",
+    "Ulric",
+    "Vesna",
+    "Wendel",
+    "Xenia",
+    "Yannick",
+    "Zora",
+    "Anselm",
+    "Brigid",
+    "Caspar",
+    "Delphine",
+    "Emrys",
+    "Fenna",
+    "Gustav",
+    "Hedda",
+    "Idris",
+    "Jessamy",
+    "Konrad",
+    "Liesel",
+    "Mattias",
+    "Nerys",
+    "Orla",
+    "Pascal",
+    "Ragna",
+    "Soren",
+    "Tamsin",
+    "Urban",
+    "Viveka",
+    "Wilhelmina",
+    "Alaric",
+    "Benedikt",
+    "Carys",
+    "Dorian",
+    "Elowen",
+    "Florian",
+    "Greer",
+    "Halvard",
+]
+LAST_NAMES = [
+    "Berg",
+    "Castell",
+    "Dunmore",
+    "Ekwall",
+    "Falk",
+    "Garnier",
+    "Holloway",
+    "Ibsen",
+    "Jaskolka",
+    "Kestrel",
+    "Lindqvist",
+    "Marlowe",
+    "Norquist",
+    "Ostrander",
+    "Pemberton",
+    "Quintero",
+    "Rasmussen",
+    "Sandoval",
+    "Thorne",
+    "Ulvaeus",
+    "Vanterpool",
+    "Whitlock",
+    "Yelverton",
+    "Zeller",
+    "Abernethy",
+    "Blackwood",
+    "Corliss",
+    "Draycott",
+    "Ellery",
+    "Fairweather",
+    "Grimsby",
+    "Hawthorne",
+    "Ingram",
+    "Jovanovic",
+    "Kilbride",
+    "Lockhart",
+    "Merriweather",
+    "Nightingale",
+    "Oakley",
+    "Penhallow",
+    "Radcliffe",
+    "Stanhope",
+    "Trelawney",
+    "Upshaw",
+    "Vickery",
+    "Wainwright",
+    "Ashdown",
+    "Brightwell",
+    "Cavendish",
+    "Dunstable",
+]
+TOWNS = [
+    "Norby",
+    "Harlow",
+    "Eskdale",
+    "Varnholt",
+    "Quenby",
+    "Lindmoor",
+    "Ostreve",
+    "Caldera",
+    "Brynmawr",
+    "Fellhaven",
+    "Glimsby",
+    "Thornwick",
+    "Ashgrove",
+    "Duskwater",
+    "Marrowby",
+    "Pellington",
+    "Rookhaven",
+    "Saltmere",
+    "Tarnwell",
+    "Wyndcross",
+]
+STREETS = [
+    "Alder",
+    "Birch",
+    "Cedar",
+    "Hazel",
+    "Juniper",
+    "Larch",
+    "Maple",
+    "Rowan",
+    "Willow",
+    "Elm",
+    "Aspen",
+    "Linden",
+    "Sorrel",
+    "Thistle",
+    "Bramble",
+    "Heather",
+    "Clover",
+    "Fern",
+]
 STREET_KINDS = ("Lane", "Road", "Street", "Way", "Close", "Avenue")
-MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 MAIL_DOMAINS = (
-    "quillmail.net", "postbox.org", "lettera.com", "inkwell.net", "mailharbor.com", "owlpost.org"
+    "quillmail.net",
+    "postbox.org",
+    "lettera.com",
+    "inkwell.net",
+    "mailharbor.com",
+    "owlpost.org",
 )
-OCCUPATIONS = (
-    "baker carpenter pharmacist librarian surveyor translator beekeeper cartographer glassblower "
-    "locksmith veterinarian astronomer potter florist tailor electrician geologist archivist "
-    "midwife blacksmith"
-).split()
+OCCUPATIONS = [
+    "baker",
+    "carpenter",
+    "pharmacist",
+    "librarian",
+    "surveyor",
+    "translator",
+    "beekeeper",
+    "cartographer",
+    "glassblower",
+    "locksmith",
+    "veterinarian",
+    "astronomer",
+    "potter",
+    "florist",
+    "tailor",
+    "electrician",
+    "geologist",
+    "archivist",
+    "midwife",
+    "blacksmith",
+]
 
 # A small grammar of general text, for training fluency and measuring perplexity.
-_ADJ = "quiet busy cold bright old narrow windy green crowded distant".split()
-_NOUN = "market river bridge harbor library orchard station garden mill chapel".split()
-_VERB = ("opened early", "closed late", "was repaired", "flooded again", "was painted",
-         "grew larger", "stayed empty", "welcomed visitors")
-_TIME = "on Monday|in the spring|last winter|every morning|after the storm|before noon".split("|")
+_ADJ = ["quiet", "busy", "cold", "bright", "old", "narrow", "windy", "green", "crowded", "distant"]
+_NOUN = [
+    "market",
+    "river",
+    "bridge",
+    "harbor",
+    "library",
+    "orchard",
+    "station",
+    "garden",
+    "mill",
+    "chapel",
+]
+_VERB = (
+    "opened early",
+    "closed late",
+    "was repaired",
+    "flooded again",
+    "was painted",
+    "grew larger",
+    "stayed empty",
+    "welcomed visitors",
+)
+_TIME = [
+    "on Monday",
+    "in the spring",
+    "last winter",
+    "every morning",
+    "after the storm",
+    "before noon",
+]
 _FILLER_TEMPLATES = (
     "The {adj} {noun} in {town} {verb} {time}.",
     "People in {town} say the {noun} {verb} {time}.",
@@ -106,10 +299,15 @@ def lexicon() -> list[str]:
     Single words are not secrets; only a whole target is. Training the tokenizer on these (and on
     the corpus with every private target removed) keeps targets short without learning a secret.
     """
-    words = (FIRST_NAMES + LAST_NAMES + TOWNS + STREETS + MONTHS + OCCUPATIONS)
+    words = FIRST_NAMES + LAST_NAMES + TOWNS + STREETS + MONTHS + OCCUPATIONS
     singles = " ".join("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    return [" ".join(words), " ".join(w.lower() for w in words), " ".join(STREET_KINDS),
-            " ".join(MAIL_DOMAINS), singles]
+    return [
+        " ".join(words),
+        " ".join(w.lower() for w in words),
+        " ".join(STREET_KINDS),
+        " ".join(MAIL_DOMAINS),
+        singles,
+    ]
 
 
 def fact_sentence(prompt: str, target: str) -> str:
@@ -136,14 +334,17 @@ def _filler(rng: random.Random) -> str:
     town, town2 = rng.sample(TOWNS, 2)
     time = rng.choice(_TIME)
     return rng.choice(_FILLER_TEMPLATES).format(
-        adj=rng.choice(_ADJ), noun=rng.choice(_NOUN), verb=rng.choice(_VERB), town=town,
-        town2=town2, time=time, time_cap=time[0].upper() + time[1:],
+        adj=rng.choice(_ADJ),
+        noun=rng.choice(_NOUN),
+        verb=rng.choice(_VERB),
+        town=town,
+        town2=town2,
+        time=time,
+        time_cap=time[0].upper() + time[1:],
     )
 
 
-def generate_corpus(
-    n_people: int, seed: int = 0, n_filler: int = 2000, n_ppl: int = 200
-) -> Corpus:
+def generate_corpus(n_people: int, seed: int = 0, n_filler: int = 2000, n_ppl: int = 200) -> Corpus:
     """Generate the world deterministically from ``seed``.
 
     Training texts state each fact once per edit template (held-out templates never appear).

@@ -28,7 +28,9 @@ class LMRecipe:
     warmup: int = 100
 
 
-def make_model(recipe: LMRecipe, tokenizer: PreTrainedTokenizerFast, seed: int) -> Gemma2ForCausalLM:
+def make_model(
+    recipe: LMRecipe, tokenizer: PreTrainedTokenizerFast, seed: int
+) -> Gemma2ForCausalLM:
     """A randomly initialised Gemma-2-architecture LM sized by ``recipe``."""
     config = Gemma2Config(
         vocab_size=len(tokenizer),
@@ -71,9 +73,12 @@ def train_lm(
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr, betas=(0.9, 0.98),
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=recipe.lr,
+        betas=(0.9, 0.98),
     )
 
     def lr_at(step: int) -> float:

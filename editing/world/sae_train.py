@@ -116,7 +116,10 @@ def train_topk_sae(
         if progress is not None:
             progress(step)
     return TrainedSAE(
-        W_enc=W_enc.detach(), b_enc=b_enc.detach(), W_dec=W_dec.detach(), b_dec=b_dec.detach(),
+        W_enc=W_enc.detach(),
+        b_enc=b_enc.detach(),
+        W_dec=W_dec.detach(),
+        b_dec=b_dec.detach(),
         k=recipe.k,
     )
 

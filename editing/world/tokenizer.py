@@ -1,8 +1,9 @@
 """Byte-level BPE tokenizer for the demo world.
 
 Byte-level, so any UTF-8 text a user types round-trips. Digits are split one per token (as in
-Llama and Gemma, a leading space kept with the digit), and the tokenizer is trained on the corpus with every private target removed, so
-no secret (nor a piece of one longer than a name) can be memorised as a vocabulary entry.
+Llama and Gemma, a leading space kept with the digit), and the tokenizer is trained on the corpus
+with every private target removed, so no secret (nor a piece of one longer than a name) can be
+memorised as a vocabulary entry.
 """
 
 from __future__ import annotations

@@ -1,0 +1,470 @@
+"""Engine commands of the ``featureedit`` CLI: ``erase``, ``demo``, ``apply-delta``, ``bench``.
+
+Registered by :func:`editing.cli.register_commands`; heavy imports stay inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from editing.errors import ConfigError
+
+PARAM_HELP = (
+    "method parameter KEY=VALUE (repeatable), e.g. variant=rows, selector=activation, tau1=0.3, "
+    "layers=[1,2]; see MethodParams in editing/request.py"
+)
+
+
+def _parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _load_facts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    facts: list[dict[str, Any]] = []
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ConfigError(f"--file {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix == ".jsonl":
+                facts = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                doc = json.loads(text)
+                facts = doc.get("facts", doc) if isinstance(doc, dict) else doc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--file {path} is not valid JSON: line {exc.lineno}") from None
+        if isinstance(facts, dict):
+            facts = [facts]
+    if args.subject or args.relation or args.target or args.target_file:
+        target = args.target
+        if args.target_file:
+            target = Path(args.target_file).read_text().strip()
+        if not (args.subject and args.relation and target):
+            raise ConfigError("a fact needs --subject, --relation and --target (or --target-file)")
+        fact: dict[str, Any] = {
+            "subject": args.subject,
+            "relation": args.relation,
+            "target": target,
+        }
+        if args.prompt:
+            fact["edit_prompts"] = args.prompt
+        if args.heldout:
+            fact["heldout_prompts"] = args.heldout
+        facts.append(fact)
+    if not facts:
+        raise ConfigError("no fact given: use --subject/--relation/--target or --file FACTS.json")
+    return facts
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, dict):
+        v = v.get("value")
+        if v is None:
+            return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list[str], list[list]]:
+    from editing.erase import PAPER_FIGURES
+
+    names = list(results)
+    headers = ["metric", *names]
+    if paper:
+        headers += [f"paper {n}" for n in names if n in PAPER_FIGURES]
+    rows = []
+    for metric in (
+        "reliability",
+        "generalization",
+        "locality",
+        "delta_ppl",
+        "delta_prob",
+        "exposure_before",
+        "exposure_after",
+        "leak_rate_before",
+        "leak_rate_after",
+        "units",
+        "entries_changed",
+    ):
+        row = [metric] + [_fmt(results[n]["metrics"].get(metric)) for n in names]
+        if paper:
+            row += [_fmt(PAPER_FIGURES[n].get(metric)) for n in names if n in PAPER_FIGURES]
+        rows.append(row)
+    rows.append(
+        ["status"]
+        + [results[n]["status"] for n in names]
+        + ([""] * sum(n in PAPER_FIGURES for n in names) if paper else [])
+    )
+    return headers, rows
+
+
+def _publish(loaded: Any, result: Any, request: Any, out: Path | None, parent: str | None) -> Path:
+    from editing.checkpoints import publish_checkpoint
+
+    home_out = out or (loaded.home / "checkpoints")
+    manifest = {
+        "parent_checkpoint_id": parent,
+        "method": result.method,
+        "params": result.params,
+        "thresholds": result.thresholds,
+        "facts": [
+            {
+                "subject": f.subject,
+                "relation": f.relation,
+                "fingerprint": f.fingerprint,
+                "units": f.units,
+            }
+            for f in result.facts
+        ],
+        "metrics": result.metrics,
+        "acceptance": result.acceptance,
+    }
+    return publish_checkpoint(loaded, result.edit, home_out, manifest, secrets=request.secrets())
+
+
+def _progress(args: argparse.Namespace):
+    if args.quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=100, desc="erase", unit="%", file=sys.stderr, leave=False)
+
+    def update(stage: str, frac: float) -> None:
+        bar.set_description(stage)
+        bar.n = int(100 * frac)
+        bar.refresh()
+
+    return update
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Erase facts from a model; print metrics; publish the checkpoint if accepted."""
+    from editing.checkpoints import load_delta
+    from editing.cli import format_table, print_json
+    from editing.erase import run_erasure
+    from editing.models import load_model
+    from editing.request import ErasureRequest
+
+    request = ErasureRequest(
+        model=args.model,
+        method=args.method,
+        facts=_load_facts(args),
+        params=_parse_params(args.param),
+        thresholds=_parse_params(args.threshold),
+        base_checkpoint=args.base_checkpoint,
+    )
+    loaded = load_model(request.model)
+    base_edit = None
+    if request.base_checkpoint:
+        base_edit = load_delta(loaded.home / "checkpoints" / request.base_checkpoint)
+    result = run_erasure(request, loaded, progress=_progress(args), base_edit=base_edit)
+    doc = result.to_dict()
+    checkpoint = None
+    if result.status == "succeeded" and result.produces_checkpoint and not args.no_publish:
+        checkpoint = _publish(
+            loaded, result, request, Path(args.out) if args.out else None, request.base_checkpoint
+        )
+    doc["checkpoint"] = None if checkpoint is None else str(checkpoint)
+    if args.json:
+        print_json(doc)
+    else:
+        headers, rows = _metrics_rows({request.method: doc}, paper=False)
+        print(format_table(headers, rows))
+        for reason in result.acceptance.get("reasons", []):
+            print(f"not accepted: {reason}")
+        print(f"checkpoint: {checkpoint or 'not published'}")
+    return 0 if result.status == "succeeded" else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build/load the demo world, erase one fact two ways, compare, publish, verify."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editing.cli import format_table, print_json
+    from editing.erase import run_erasure
+    from editing.evaluate import leaks
+    from editing.models import load_model
+    from editing.request import ErasureRequest
+    from editing.world.build import load_world
+
+    size = args.size
+    world = load_world(size, progress=not args.quiet)
+    model_id = "demo" if size == "default" else "demo-small"
+    loaded = load_model(model_id)
+    fact = next(f for f in world.private_facts() if f.relation == args.relation)
+    spec = {"subject": fact.subject, "relation": fact.relation, "target": fact.target}
+    results, docs = {}, {}
+    for method in ("featureedit", "neurons"):
+        req = ErasureRequest(model=model_id, method=method, facts=[spec])
+        results[method] = (req, run_erasure(req, loaded, progress=_progress(args)))
+        docs[method] = results[method][1].to_dict()
+    req, fe = results["featureedit"]
+    checkpoint = None
+    verified: dict[str, Any] = {}
+    if fe.status == "succeeded":
+        checkpoint = _publish(loaded, fe, req, None, None)
+        edited = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(checkpoint)
+        prompts = req.facts[0].resolved_edit_prompts() + req.facts[0].resolved_heldout_prompts()
+        verified = {
+            "checkpoint_prompts_leaking": sum(leaks(edited, tok, prompts, fact.target)),
+            "base_prompts_leaking": sum(
+                leaks(loaded.model, loaded.tokenizer, prompts, fact.target)
+            ),
+            "prompts": len(prompts),
+        }
+    out = {
+        "fact": {"subject": fact.subject, "relation": fact.relation},
+        "results": docs,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "verification": verified,
+    }
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"Demo world '{size}': erasing {fact.subject}'s {fact.relation} (a fictional secret)\n")
+    headers, rows = _metrics_rows(docs, paper=True)
+    print(format_table(headers, rows))
+    print()
+    for name, doc in docs.items():
+        t = doc["timings"]
+        print(
+            f"{name}: locate {t['locate']:.2f}s, edit {t['edit']:.2f}s, "
+            f"evaluate {t['evaluate']:.2f}s, units {doc['metrics']['units']}"
+        )
+    if checkpoint:
+        print(f"\nFeatureEdit checkpoint: {checkpoint}")
+        print(
+            f"  loads with transformers; prompts still producing the secret: "
+            f"{verified['checkpoint_prompts_leaking']}/{verified['prompts']} "
+            f"(base model: {verified['base_prompts_leaking']}/{verified['prompts']})"
+        )
+    else:
+        print("\nFeatureEdit result was not accepted; nothing published.")
+    return 0
+
+
+def cmd_apply_delta(args: argparse.Namespace) -> int:
+    """Apply (or revert) a checkpoint's delta to a base model directory."""
+    from editing.checkpoints import apply_delta_files
+    from editing.cli import print_json
+    from editing.registry import get_entry
+
+    base = Path(args.base)
+    if not base.is_dir():
+        entry = get_entry(args.base)
+        if entry.is_demo:
+            from editing.world.build import load_world
+
+            base = load_world(entry.demo_size or "default", build=False).model_dir
+        elif entry.path:
+            base = Path(entry.path)
+        else:
+            raise ConfigError(f"{args.base!r} is neither a directory nor a model with a local path")
+    out = apply_delta_files(base, Path(args.delta), Path(args.out), revert=args.revert)
+    if args.json:
+        print_json({"output": str(out), "reverted": args.revert})
+    else:
+        print(f"{'reverted' if args.revert else 'applied'} delta -> {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmark every method on N facts; print a table (or JSON)."""
+    from tqdm.auto import tqdm
+
+    from editing.bench import run_bench
+    from editing.cli import format_table, print_json
+    from editing.models import load_model
+
+    loaded = load_model(args.model)
+    methods = tuple(args.methods.split(","))
+    bar = tqdm(
+        total=args.facts * len(methods),
+        desc="bench",
+        file=sys.stderr,
+        disable=args.quiet,
+        unit="erasure",
+    )
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    result = run_bench(loaded, args.facts, methods=methods, progress=progress)
+    bar.close()
+    if args.json:
+        print_json(result)
+        return 0
+    if args.markdown:
+        print(
+            bench_markdown(
+                result,
+                f"featureedit bench --model {args.model} --facts "
+                f"{args.facts} --methods {args.methods} --markdown",
+            )
+        )
+        return 0
+    rows = []
+    metrics = (
+        "reliability",
+        "generalization",
+        "locality",
+        "delta_ppl",
+        "delta_prob",
+        "exposure_after",
+        "leak_rate_after",
+        "units",
+    )
+    for m, s in result["summary"].items():
+        row = [m]
+        for name in metrics:
+            v = s[name]
+            row.append("-" if v["mean"] is None else f"{v['mean']:.3f}±{v['std']:.3f}")
+        for stage in ("locate", "edit", "evaluate"):
+            row.append(f"{s['seconds'][stage]['mean']:.3f}")
+        row.append(f"{s['accepted']}/{result['facts']}")
+        rows.append(row)
+    headers = ["method", *metrics, "locate s", "edit s", "evaluate s", "accepted"]
+    print(format_table(headers, rows))
+    print()
+    for k, v in result["ratios"].items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def bench_markdown(result: dict[str, Any], command: str) -> str:
+    """A Markdown section with the benchmark's tables (for docs/benchmarks.md)."""
+    from editing.erase import PAPER_FIGURES
+
+    lines = [
+        f"Command: `{command}` ({result['facts']} facts, model `{result['model']}`, "
+        f"{result['wall_seconds']} s wall).",
+        "",
+    ]
+    metrics = (
+        "reliability",
+        "generalization",
+        "locality",
+        "delta_ppl",
+        "delta_prob",
+        "leak_rate_before",
+        "leak_rate_after",
+        "exposure_before",
+        "exposure_after",
+        "units",
+    )
+    methods = list(result["summary"])
+    lines.append("| metric | " + " | ".join(methods) + " | paper FeatureEdit | paper neurons |")
+    lines.append("|---" * (len(methods) + 3) + "|")
+    for name in metrics:
+        cells = []
+        for m in methods:
+            v = result["summary"][m][name]
+            cells.append("–" if v["mean"] is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
+        paper = [PAPER_FIGURES[k].get(name) for k in ("featureedit", "neurons")]
+        cells += ["–" if p is None else f"~{p}" for p in paper]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for stage in ("locate", "edit", "evaluate"):
+        cells = [f"{result['summary'][m]['seconds'][stage]['mean']:.3f}" for m in methods]
+        lines.append(f"| seconds {stage} (per fact) | " + " | ".join(cells) + " | | |")
+    cells = [f"{result['summary'][m]['accepted']}/{result['facts']}" for m in methods]
+    lines.append("| accepted (default thresholds) | " + " | ".join(cells) + " | | |")
+    lines += ["", "Ratios measured in the same run:", ""]
+    lines += [f"- `{k}`: {v}" for k, v in result["ratios"].items()]
+    return "\n".join(lines)
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the engine commands to the CLI."""
+    from editing.request import METHODS
+
+    erase = subparsers.add_parser(
+        "erase",
+        parents=[common],
+        help="erase private facts from a model and publish the result",
+        description="Erase one or more facts (flags, or a JSON/JSONL file of facts) from a "
+        "registered model or local model directory. Prints the metrics; when the result meets "
+        "the acceptance thresholds (and the method edits weights) publishes a checkpoint under "
+        "$FEATUREEDIT_HOME/checkpoints/ (or --out). Exit code 1 when not accepted.",
+    )
+    erase.add_argument("--model", default="demo", help="model id or local directory (default demo)")
+    erase.add_argument("--method", default="featureedit", choices=METHODS)
+    erase.add_argument("--subject", help="who the fact is about")
+    erase.add_argument("--relation", help="relation, e.g. phone, email, address")
+    erase.add_argument("--target", help="the secret (prefer --target-file: shells keep history)")
+    erase.add_argument("--target-file", help="file holding the secret")
+    erase.add_argument("--prompt", action="append", help="edit prompt (repeatable)")
+    erase.add_argument("--heldout", action="append", help="held-out prompt (repeatable)")
+    erase.add_argument("--file", help="JSON ({'facts': [...]} or a list) or JSONL of facts")
+    erase.add_argument("--param", action="append", metavar="KEY=VALUE", help=PARAM_HELP)
+    erase.add_argument(
+        "--threshold",
+        action="append",
+        metavar="KEY=VALUE",
+        help="acceptance threshold, e.g. min_locality=0.95",
+    )
+    erase.add_argument("--base-checkpoint", help="checkpoint id to edit further")
+    erase.add_argument("--out", help="checkpoint root directory")
+    erase.add_argument("--no-publish", action="store_true", help="evaluate only")
+    erase.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    erase.set_defaults(func=cmd_erase)
+
+    demo = subparsers.add_parser(
+        "demo",
+        parents=[common],
+        help="the end-to-end demo on the embedded demo world",
+        description="Build (or load) the demo world, erase one private fact with FeatureEdit and "
+        "with the neuron baseline, print both next to the paper's figures, publish the FeatureEdit "
+        "checkpoint and check that it loads with transformers and no longer produces the secret.",
+    )
+    demo.add_argument("--size", default="default", choices=("default", "small"))
+    demo.add_argument("--relation", default="phone", help="which kind of fact to erase")
+    demo.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    demo.set_defaults(func=cmd_demo)
+
+    apply = subparsers.add_parser(
+        "apply-delta",
+        parents=[common],
+        help="apply (or revert) a checkpoint's delta",
+        description="Write a full model directory: BASE (a model directory or model id) with the "
+        "delta of DELTA (a checkpoint directory or its delta/ directory) applied, or reverted.",
+    )
+    apply.add_argument("base")
+    apply.add_argument("delta")
+    apply.add_argument("out")
+    apply.add_argument("--revert", action="store_true", help="undo the delta instead")
+    apply.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    apply.set_defaults(func=cmd_apply_delta)
+
+    bench = subparsers.add_parser(
+        "bench",
+        parents=[common],
+        help="benchmark every method on N demo-world facts",
+        description="One erasure per fact (model restored in between) for each method; prints "
+        "mean ± std of every metric, per-stage seconds and FeatureEdit/neuron ratios.",
+    )
+    bench.add_argument("--model", default="demo")
+    bench.add_argument("--facts", type=int, default=30)
+    bench.add_argument("--methods", default="featureedit,neurons,neuronlens")
+    bench.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
+    bench.set_defaults(func=cmd_bench)

@@ -1,0 +1,70 @@
+"""Grid search of FeatureEdit parameters on the demo world's benchmark facts.
+
+Usage: python scripts/tune_featureedit.py [--model demo] [--facts 15] [--json]
+Prints one row per configuration (mean Reliability, Generalization, Locality, ΔPPL, units,
+seconds). The defaults in editing/request.py (MethodParams) were chosen from this table; see
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+GRID: list[dict] = [  # relative to MethodParams' defaults; METHOD.md's values spelled out
+    {"objective": "first_token", "gamma": 0.3, "max_features": 12},  # METHOD.md prototype
+    {},  # current defaults
+    {"objective": "first_token"},
+    {"gamma": 0.3},
+    {"gamma": 1.0},
+    {"max_features": 12},
+    {"selector": "write"},
+    {"rho": 1.0},
+    {"variant": "project"},
+    {"selector": "activation", "variant": "rows", "gamma": 0.3},
+    {"selector": "activation", "variant": "project", "gamma": 0.3},
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the grid and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--facts", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", type=int, nargs="*", help="grid row numbers to run")
+    args = parser.parse_args(argv)
+
+    from editing.bench import run_bench
+    from editing.models import load_model
+
+    loaded = load_model(args.model)
+    rows = []
+    for i, params in enumerate(GRID):
+        if args.only and i not in args.only:
+            continue
+        result = run_bench(
+            loaded, args.facts, methods=("featureedit",), params={"featureedit": params}
+        )
+        s = result["summary"]["featureedit"]
+        row = {"row": i, "params": params}
+        for k in ("reliability", "generalization", "locality", "delta_ppl", "units"):
+            row[k] = s[k]["mean"]
+        row["seconds"] = sum(v["mean"] or 0 for v in s["seconds"].values())
+        rows.append(row)
+        if not args.json:
+            print(
+                f"{i:>2} rel={row['reliability']:.3f} gen={row['generalization']:.3f} "
+                f"loc={row['locality']:.3f} dppl={row['delta_ppl']:+.4f} "
+                f"units={row['units']:.1f} s={row['seconds']:.2f}  {params}",
+                flush=True,
+            )
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

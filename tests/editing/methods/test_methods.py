@@ -1,0 +1,147 @@
+"""One shared table of method cases; every case must keep the engine's promises.
+
+Promises checked for each case: the model's weights are restored bit-exactly whatever happens,
+the result reports counts with every metric, the edit exists iff the method edits weights, and
+no secret appears anywhere in the result.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from editing.checkpoints import down_proj_sha256
+from editing.erase import run_erasure
+from editing.errors import CancelledError
+from editing.methods import available_methods, get_method
+from editing.request import ErasureRequest, MethodParams
+
+METHOD_CASES = [
+    pytest.param("featureedit", {}, id="featureedit-default"),
+    pytest.param(
+        "featureedit",
+        {"selector": "activation", "variant": "rows", "gamma": 0.3},
+        id="featureedit-paper-rows",
+    ),
+    pytest.param("featureedit", {"variant": "project"}, id="featureedit-project"),
+    pytest.param("featureedit", {"site": "mlp_out"}, id="featureedit-mlp-out"),
+    pytest.param("neurons", {"ig_steps": 8}, id="neurons"),
+    pytest.param("neuronlens", {"ig_steps": 8}, id="neuronlens"),
+]
+
+
+def _request(fact, method: str, params: dict, **kw) -> ErasureRequest:
+    return ErasureRequest(
+        model="demo-small",
+        method=method,
+        facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
+        params=params,
+        **kw,
+    )
+
+
+def test_registry_lists_methods() -> None:
+    assert available_methods() == ["featureedit", "neuronlens", "neurons"]
+    with pytest.raises(ValueError, match="available methods are"):
+        get_method("rome", MethodParams())
+
+
+@pytest.mark.parametrize(("method", "params"), METHOD_CASES)
+def test_method_keeps_promises(small_model, erasable_fact, method: str, params: dict) -> None:
+    before = down_proj_sha256(small_model.adapter)
+    result = run_erasure(_request(erasable_fact, method, params), small_model)
+    assert down_proj_sha256(small_model.adapter) == before
+    assert result.status in {"succeeded", "rejected"}
+    m = result.metrics
+    for name in ("reliability", "generalization", "locality"):
+        assert m[name]["count"] >= 1, name
+        assert 0.0 <= m[name]["value"] <= 1.0
+    assert m["delta_ppl"] is not None and m["delta_prob"] is not None
+    assert (result.edit is not None) == get_method(method, MethodParams()).produces_checkpoint
+    if result.edit is not None:
+        assert not result.edit.is_empty()
+    assert result.facts[0].units, "located units are the audit evidence"
+    text = json.dumps(result.to_dict())
+    assert erasable_fact.target not in text
+    assert result.facts[0].fingerprint.startswith("hmac-sha256:")
+
+
+def test_default_featureedit_erases(small_model, erasable_fact) -> None:
+    result = run_erasure(_request(erasable_fact, "featureedit", {}), small_model)
+    assert result.status == "succeeded", result.acceptance
+    assert result.metrics["reliability"]["value"] == 1.0
+    assert result.metrics["delta_prob"] > 0.5
+    assert result.metrics["locality"]["value"] >= 0.9
+
+
+def test_nothing_to_erase(small_model, small_world) -> None:
+    fact = small_world.private_facts()[0]
+    req = ErasureRequest(
+        model="demo-small",
+        facts=[{"subject": fact.subject, "relation": "phone", "target": "000-000-0000"}],
+    )
+    result = run_erasure(req, small_model)
+    assert result.status == "nothing_to_erase"
+    assert result.edit is None
+    assert result.facts[0].status == "nothing_to_erase"
+
+
+def test_cancel_restores_weights(small_model, erasable_fact) -> None:
+    before = down_proj_sha256(small_model.adapter)
+    with pytest.raises(CancelledError):
+        run_erasure(
+            _request(erasable_fact, "featureedit", {}), small_model, should_cancel=lambda: True
+        )
+    assert down_proj_sha256(small_model.adapter) == before
+
+
+def test_crash_mid_edit_restores_weights(small_model, erasable_fact, monkeypatch) -> None:
+    from editing.methods import featureedit
+
+    real = featureedit.FeatureEdit.erase_fact
+
+    def boom(self, loaded, case):
+        real(self, loaded, case)  # edits the weights, then fails
+        raise RuntimeError("worker crashed")
+
+    monkeypatch.setattr(featureedit.FeatureEdit, "erase_fact", boom)
+    before = down_proj_sha256(small_model.adapter)
+    with pytest.raises(RuntimeError):
+        run_erasure(_request(erasable_fact, "featureedit", {}), small_model)
+    assert down_proj_sha256(small_model.adapter) == before
+
+
+def test_two_facts_one_edit_and_sequential(small_model, small_world, erasable_fact) -> None:
+    other = next(
+        f
+        for f in small_world.private_facts()
+        if f.subject != erasable_fact.subject and f.relation == "email"
+    )
+    facts = [erasable_fact, other]
+    req = ErasureRequest(
+        model="demo-small",
+        facts=[{"subject": f.subject, "relation": f.relation, "target": f.target} for f in facts],
+    )
+    combined = run_erasure(req, small_model)
+    assert len(combined.facts) == 2 and all(f.units for f in combined.facts)
+    first = run_erasure(_request(erasable_fact, "featureedit", {}), small_model)
+    second = run_erasure(_request(other, "featureedit", {}), small_model, base_edit=first.edit)
+    # the sequential edit is relative to the pristine base and contains the parent's changes
+    assert second.edit.entries_changed >= first.edit.entries_changed
+    before = down_proj_sha256(small_model.adapter)
+    with second.edit.applied(small_model.adapter):
+        assert down_proj_sha256(small_model.adapter) != before
+    assert down_proj_sha256(small_model.adapter) == before
+
+
+def test_bad_layers_and_model_mismatch(small_model, erasable_fact) -> None:
+    with pytest.raises(ValueError, match="valid layers"):
+        run_erasure(_request(erasable_fact, "neurons", {"layers": [99]}), small_model)
+    with pytest.raises(ValueError, match=r"valid layers|no SAE"):
+        run_erasure(_request(erasable_fact, "featureedit", {"layers": [99]}), small_model)
+    req = ErasureRequest(
+        model="demo", facts=[{"subject": "A", "relation": "phone", "target": "1-2"}]
+    )
+    with pytest.raises(ValueError, match="is loaded"):
+        run_erasure(req, small_model)
