@@ -1,0 +1,413 @@
+"""``/v1/erasures``: submit, read, list, cancel, follow (SSE) and report erasures.
+
+Routes validate, store, enqueue and return. The submitted request is stored twice: its public
+form (targets replaced by keyed fingerprints, prompts by their counts) in the record, and the
+whole request encrypted as a blob that only the worker decrypts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import AsyncIterable
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
+
+from editing.fingerprint import fingerprint
+from editing.request import ErasureRequest
+from service.api.deps import ContextDep, TenantDep
+from service.api.errors import Unprocessable, from_validation_error
+from service.api.schemas import (
+    ErasureAccepted,
+    ErasureCreate,
+    ErasureList,
+    ErasurePublic,
+    EventPublic,
+    Problem,
+    callback_host_is_private,
+)
+from service.catalog import RegistryUnavailable, method_problem, registered_models
+from service.checkpoint_files import read_manifest
+from service.queueing import QueueUnavailable
+from service.records import TERMINAL, ErasureRecord, Status
+from service.report_html import render_report_html
+from service.security import encrypt_request
+from service.store import new_erasure_id, record_event
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/erasures", tags=["erasures"])
+
+_NOT_FOUND = {404: {"model": Problem, "description": "No such erasure (for this tenant)."}}
+QUEUE_UNAVAILABLE = "queue unavailable"
+
+
+# ----------------------------------------------------------------------------- helpers
+def owned_erasure(erasure_id: str, ctx: ContextDep, tenant: TenantDep) -> ErasureRecord:
+    """The tenant's erasure ``erasure_id``; 404 if absent or another tenant's."""
+    record = ctx.store.get_erasure(erasure_id)
+    if record is None or record.tenant != tenant:
+        raise HTTPException(status_code=404, detail="Erasure not found")
+    return record
+
+
+OwnedErasure = Annotated[ErasureRecord, Depends(owned_erasure)]
+
+
+def public_request(request: ErasureRequest, key: bytes) -> tuple[dict[str, Any], list[str]]:
+    """``(request_public, fact_fingerprints)``: the request with no target and no prompt text."""
+    fingerprints = [fingerprint(f.secret, key) for f in request.facts]
+    facts = [
+        {
+            "subject": f.subject,
+            "relation": f.relation,
+            "fingerprint": fp,
+            "edit_prompts": None if f.edit_prompts is None else len(f.edit_prompts),
+            "heldout_prompts": None if f.heldout_prompts is None else len(f.heldout_prompts),
+        }
+        for f, fp in zip(request.facts, fingerprints, strict=True)
+    ]
+    doc = {
+        "model": request.model,
+        "method": request.method,
+        "params": request.params.model_dump(mode="json"),
+        "thresholds": request.thresholds.model_dump(mode="json"),
+        "base_checkpoint": request.base_checkpoint,
+        "facts": facts,
+    }
+    return doc, fingerprints
+
+
+def _encode_cursor(erasure_id: str | None) -> str | None:
+    if erasure_id is None:
+        return None
+    return base64.urlsafe_b64encode(erasure_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Unprocessable(["query", "cursor"], "invalid cursor", "cursor_invalid") from None
+
+
+def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> ErasureRequest:
+    """The request to run, or Unprocessable / 503 naming what is wrong (never echoing input)."""
+    s = ctx.settings
+    if len(body.facts) > s.max_facts:
+        raise Unprocessable(
+            ["body", "facts"],
+            f"too many facts: at most {s.max_facts} per request, got {len(body.facts)}; "
+            "split them over several requests",
+            "too_many_facts",
+        )
+    try:
+        request = body.to_request()
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    try:
+        models = registered_models(s)
+    except RegistryUnavailable:
+        raise HTTPException(
+            status_code=503, detail="The model registry is misconfigured; contact the operator"
+        ) from None
+    entry = models.get(request.model)
+    if entry is None:
+        raise Unprocessable(
+            ["body", "model"],
+            f"model is not registered; registered models: {sorted(models)}",
+            "unknown_model",
+        )
+    problem = method_problem(entry, request)
+    if problem is not None:
+        raise Unprocessable(problem[0], problem[1], "method_unavailable")
+    if request.base_checkpoint is not None:
+        owner = ctx.store.checkpoint_owner(request.base_checkpoint)
+        directory = ctx.store.checkpoint_dir(request.base_checkpoint)
+        if owner is None or owner.get("tenant") != tenant or directory is None:
+            raise Unprocessable(
+                ["body", "base_checkpoint"],
+                "base_checkpoint is not one of your published checkpoints",
+                "unknown_checkpoint",
+            )
+        base_model = (read_manifest(directory).get("base_model") or {}).get("model_id")
+        if base_model is not None and base_model != request.model:
+            raise Unprocessable(
+                ["body", "base_checkpoint"],
+                f"base_checkpoint was made from model '{base_model}', not '{request.model}'",
+                "checkpoint_model_mismatch",
+            )
+    if (
+        body.callback_url is not None
+        and not s.callback_allow_private
+        and callback_host_is_private(str(body.callback_url))
+    ):
+        raise Unprocessable(
+            ["body", "callback_url"],
+            "callback_url must name a public host (not localhost or a private address)",
+            "callback_url_private",
+        )
+    return request
+
+
+def _ensure_enqueued(ctx: ContextDep, record: ErasureRecord) -> None:
+    """Enqueue a replayed, still-queued erasure whose job is missing (a crash before enqueue)."""
+    if record.status != "queued":
+        return
+    try:
+        if not ctx.queue.job_exists(record.id):
+            ctx.queue.enqueue(record.id, record.model)  # unique: never a second job
+            log.warning("re-enqueued a queued erasure without a job", extra={"erasure": record.id})
+    except QueueUnavailable:
+        log.warning("queue unavailable while replaying", extra={"erasure": record.id})
+
+
+# ----------------------------------------------------------------------------- routes
+@router.post(
+    "",
+    status_code=202,
+    response_model=ErasureAccepted,
+    summary="Submit an erasure",
+    responses={
+        200: {"model": ErasureAccepted, "description": "Idempotency-Key replayed: same erasure."},
+        413: {"model": Problem, "description": "Body too large."},
+        422: {"description": "Invalid request (never echoes the input)."},
+        429: {"model": Problem, "description": "Rate limit exceeded (see Retry-After)."},
+        503: {"model": Problem, "description": "Queue unavailable: recorded as failed."},
+    },
+)
+def create_erasure(
+    body: ErasureCreate,
+    request: Request,
+    response: Response,
+    ctx: ContextDep,
+    tenant: TenantDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Retry-safe submission: the same key returns the same erasure.",
+        ),
+    ] = None,
+) -> ErasureAccepted:
+    """Validate and store the request, then enqueue its job. Returns 202 with the status URL."""
+    erasure_request = _validate_create(body, ctx, tenant)
+    request_public, fingerprints = public_request(erasure_request, ctx.fingerprint_key())
+    record = ErasureRecord(
+        id=new_erasure_id(),
+        tenant=tenant,
+        model=erasure_request.model,
+        method=erasure_request.method,
+        request_public=request_public,
+        fact_fingerprints=fingerprints,
+        callback_url=str(body.callback_url) if body.callback_url else None,
+    )
+    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
+    blob = encrypt_request(erasure_request, home=ctx.settings.home, key=ctx.request_key())
+    stored, created = ctx.store.create_erasure(record, blob, idempotency_key)
+    request.state.audit_erasure_id = stored.id
+    status_url = f"{ctx.base_url(request)}/v1/erasures/{stored.id}"
+    response.headers["Location"] = status_url
+
+    if not created:
+        if (
+            stored.request_public != record.request_public
+            or stored.callback_url != record.callback_url
+        ):
+            raise Unprocessable(
+                ["header", "Idempotency-Key"],
+                "this Idempotency-Key was already used for a different request; use a new key",
+                "idempotency_key_reused",
+            )
+        _ensure_enqueued(ctx, stored)
+        request.state.audit_outcome = "replayed"
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        return ErasureAccepted(id=stored.id, status=stored.status, status_url=status_url)
+
+    try:
+        ctx.queue.enqueue(stored.id, stored.model)
+    except QueueUnavailable as exc:
+        log.error("enqueue failed", extra={"erasure": stored.id, "error": str(exc)})
+
+        def fail(r: ErasureRecord) -> None:
+            if r.status == "queued":
+                record_event(r, "failed", stage="queued", detail=QUEUE_UNAVAILABLE)
+                r.error = QUEUE_UNAVAILABLE
+
+        ctx.store.update_erasure(stored.id, fail)
+        ctx.store.delete_request_blob(stored.id)
+        request.state.audit_outcome = "queue_unavailable"
+        raise HTTPException(
+            status_code=503,
+            detail=f"The job queue is unavailable; erasure {stored.id} was recorded as failed "
+            "('queue unavailable'). Submit again later (with a new Idempotency-Key).",
+            headers={"Retry-After": "30"},
+        ) from None
+    request.state.audit_outcome = "accepted"
+    return ErasureAccepted(id=stored.id, status=stored.status, status_url=status_url)
+
+
+@router.get("", response_model=ErasureList, summary="List your erasures, newest first")
+def list_erasures(
+    request: Request,
+    ctx: ContextDep,
+    tenant: TenantDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> ErasureList:
+    """A page of the tenant's erasures (filter by ``status``; follow ``next_cursor``)."""
+    after = _decode_cursor(cursor) if cursor else None
+    try:
+        items, last = ctx.store.list_erasures(tenant, status=status, limit=limit, cursor=after)
+    except ValueError:
+        raise Unprocessable(["query", "cursor"], "invalid cursor", "cursor_invalid") from None
+    base = ctx.base_url(request)
+    return ErasureList(
+        items=[ErasurePublic.from_record(r, base) for r in items],
+        next_cursor=_encode_cursor(last),
+    )
+
+
+@router.get(
+    "/{erasure_id}", response_model=ErasurePublic, responses=_NOT_FOUND, summary="Get an erasure"
+)
+def get_erasure(record: OwnedErasure, request: Request, ctx: ContextDep) -> ErasurePublic:
+    """The erasure's status, progress, metrics and links."""
+    return ErasurePublic.from_record(record, ctx.base_url(request))
+
+
+@router.delete(
+    "/{erasure_id}",
+    response_model=ErasurePublic,
+    summary="Cancel an erasure",
+    responses={
+        **_NOT_FOUND,
+        202: {"model": ErasurePublic, "description": "Running: cancellation requested."},
+        409: {"model": Problem, "description": "Already finished."},
+    },
+)
+def cancel_erasure(
+    record: OwnedErasure, request: Request, response: Response, ctx: ContextDep
+) -> ErasurePublic:
+    """Queued: taken off the queue and cancelled (200). Running: cancellation requested (202).
+
+    Finished: 409.
+    """
+    if record.status in TERMINAL:
+        raise HTTPException(status_code=409, detail=f"Erasure is already {record.status}")
+    removed = True
+    if record.status == "queued":
+        try:
+            removed = ctx.queue.cancel(record.id)
+        except QueueUnavailable:
+            # the worker checks the record before running a job, so marking it is enough
+            log.warning("queue unavailable while cancelling", extra={"erasure": record.id})
+    outcome: dict[str, str] = {}
+
+    def mutate(r: ErasureRecord) -> None:
+        if r.status in TERMINAL:
+            outcome["terminal"] = r.status
+        elif r.status == "queued" and removed:
+            record_event(r, "cancelled", stage=r.stage, detail="cancelled by the client")
+            outcome["done"] = "cancelled"
+        else:
+            r.cancel_requested = True
+            outcome["done"] = "cancel_requested"
+
+    updated = ctx.store.update_erasure(record.id, mutate)
+    if "terminal" in outcome:
+        raise HTTPException(status_code=409, detail=f"Erasure is already {outcome['terminal']}")
+    request.state.audit_outcome = outcome["done"]
+    if outcome["done"] == "cancelled":
+        ctx.store.delete_request_blob(record.id)
+    else:
+        response.status_code = 202
+    return ErasurePublic.from_record(updated, ctx.base_url(request))
+
+
+@router.get(
+    "/{erasure_id}/events",
+    response_class=EventSourceResponse,
+    summary="Follow an erasure (Server-Sent Events)",
+    responses=_NOT_FOUND,
+)
+async def erasure_events(
+    record: OwnedErasure,
+    ctx: ContextDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=20, description="Resume after this seq."),
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=-1, description="Resume after this seq (for clients without headers).")
+    ] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    """The status history as ``status`` events (``id`` = seq), then new events as they happen.
+
+    Ends after a terminal event, or after ``sse_max_seconds`` (reconnect with Last-Event-ID).
+    """
+    last = after if after is not None else -1
+    if last_event_id is not None and last_event_id.strip().lstrip("-").isdigit():
+        last = int(last_event_id.strip())
+    s = ctx.settings
+    deadline = time.monotonic() + s.sse_max_seconds
+    first = True
+    current: ErasureRecord | None = record
+    while current is not None:
+        for event in current.history:
+            if event.seq <= last:
+                continue
+            data = EventPublic(erasure_id=current.id, **event.model_dump())
+            yield ServerSentEvent(
+                id=str(event.seq), event="status", data=data, retry=2000 if first else None
+            )
+            first = False
+            last = event.seq
+            if event.status in TERMINAL:
+                return
+        if current.status in TERMINAL or time.monotonic() >= deadline:
+            return
+        await anyio.sleep(s.sse_poll_interval)
+        current = await anyio.to_thread.run_sync(ctx.store.get_erasure, current.id)
+
+
+@router.get(
+    "/{erasure_id}/report",
+    summary="The erasure's compliance report (JSON or HTML)",
+    responses={
+        **_NOT_FOUND,
+        200: {"content": {"application/json": {}, "text/html": {}}},
+    },
+)
+def get_report(
+    record: OwnedErasure,
+    ctx: ContextDep,
+    format: Literal["json", "html"] = "json",
+) -> Response:
+    """Metrics before and after, acceptance, located units per fact (no secret)."""
+    report = ctx.store.get_report(record.id)
+    if report is None:
+        raise HTTPException(
+            status_code=404, detail=f"Report not available (erasure is {record.status})"
+        )
+    if format == "html":
+        page = render_report_html(report, erasure_id=record.id, status=record.status)
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+    doc = {"erasure_id": record.id, "checkpoint_id": record.checkpoint_id, **report}
+    return JSONResponse(doc)

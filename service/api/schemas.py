@@ -1,0 +1,239 @@
+"""Request and response bodies of the HTTP API.
+
+Requests and responses are separate models: :class:`ErasureCreate` carries the targets (as
+``SecretStr``); :class:`ErasurePublic` is built from an :class:`~service.records.ErasureRecord`,
+which holds only keyed fingerprints, so a response cannot echo a secret by construction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+from editing.request import ErasureRequest, FactSpec
+from service.records import ErasureRecord, Status, StatusEvent
+
+
+# ----------------------------------------------------------------------------- requests
+class ErasureCreate(ErasureRequest):
+    """Body of ``POST /v1/erasures``: an :class:`~editing.request.ErasureRequest` plus a callback.
+
+    The number of facts is capped by the server setting ``max_facts`` (checked by the route, so
+    the error says so clearly).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "demo",
+                    "method": "featureedit",
+                    "facts": [
+                        {"subject": "Alice Example", "relation": "phone", "target": "555-0100"}
+                    ],
+                    "callback_url": "https://example.com/hooks/featureedit",
+                }
+            ]
+        },
+    )
+
+    facts: list[FactSpec] = Field(min_length=1, description="Facts to erase.")
+    callback_url: HttpUrl | None = Field(
+        default=None,
+        description="POSTed the final record when the erasure ends, signed with "
+        "X-Featureedit-Signature: sha256=<HMAC-SHA256 of the body>.",
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_only(cls, url: HttpUrl | None) -> HttpUrl | None:
+        if url is not None and url.scheme not in ("http", "https"):
+            raise ValueError("callback_url must be an http or https URL")
+        return url
+
+    def to_request(self) -> ErasureRequest:
+        """The :class:`ErasureRequest` part (validated again, e.g. against ``MAX_FACTS``)."""
+        return ErasureRequest.model_validate(
+            {name: getattr(self, name) for name in ErasureRequest.model_fields}
+        )
+
+
+def callback_host_is_private(url: str) -> bool:
+    """Whether a callback URL names localhost or a literal private/loopback/link-local address.
+
+    Host names are not resolved here (the worker that sends the callback must check the address
+    it connects to); this only refuses the obvious cases at submission time.
+    """
+    host = (HttpUrl(url).host or "").strip("[]").lower()
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not addr.is_global
+
+
+# ----------------------------------------------------------------------------- responses
+class FactPublic(BaseModel):
+    """A fact as the API shows it: who, which relation, and the target's keyed fingerprint."""
+
+    subject: str
+    relation: str
+    fingerprint: str = Field(description="hmac-sha256 fingerprint of the target.")
+    edit_prompts: int | None = Field(
+        default=None, description="Number of edit prompts given (null: the relation's templates)."
+    )
+    heldout_prompts: int | None = Field(
+        default=None, description="Number of held-out prompts given (null: templates)."
+    )
+
+
+class Links(BaseModel):
+    """Where to follow an erasure."""
+
+    self_: str = Field(serialization_alias="self")
+    events: str
+    report: str
+    checkpoint: str | None = None
+
+
+class ErasurePublic(BaseModel):
+    """An erasure as the API shows it (never a target)."""
+
+    id: str
+    status: Status
+    stage: str | None = None
+    progress: float = 0.0
+    cancel_requested: bool = False
+    model: str
+    method: str
+    params: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None
+    base_checkpoint: str | None = None
+    facts: list[FactPublic]
+    created_at: str
+    updated_at: str
+    metrics: dict[str, Any] | None = None
+    acceptance: dict[str, Any] | None = None
+    checkpoint_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per stage (model_load, locate, edit, evaluate, publish, total); "
+        "model_cached is 1 when the worker already held the model (no load).",
+    )
+    links: Links
+
+    @classmethod
+    def from_record(cls, record: ErasureRecord, base_url: str) -> ErasurePublic:
+        """The public view of ``record``; links are absolute under ``base_url``."""
+        pub = record.request_public
+        facts = [FactPublic.model_validate(f) for f in pub.get("facts", [])]
+        me = f"{base_url}/v1/erasures/{record.id}"
+        links = Links(
+            self_=me,
+            events=f"{me}/events",
+            report=f"{me}/report",
+            checkpoint=(
+                f"{base_url}/v1/checkpoints/{record.checkpoint_id}"
+                if record.checkpoint_id
+                else None
+            ),
+        )
+        return cls(
+            id=record.id,
+            status=record.status,
+            stage=record.stage,
+            progress=record.progress,
+            cancel_requested=record.cancel_requested,
+            model=record.model,
+            method=record.method,
+            params=pub.get("params"),
+            thresholds=pub.get("thresholds"),
+            base_checkpoint=pub.get("base_checkpoint"),
+            facts=facts,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            metrics=record.metrics,
+            acceptance=record.acceptance,
+            checkpoint_id=record.checkpoint_id,
+            error=record.error,
+            attempts=record.attempts,
+            timings=record.timings,
+            links=links,
+        )
+
+
+class ErasureList(BaseModel):
+    """A page of erasures, newest first."""
+
+    items: list[ErasurePublic]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ?cursor= for the next page; null on the last page."
+    )
+
+
+class ErasureAccepted(BaseModel):
+    """Body of a 202 (or of a 200 when an Idempotency-Key was replayed)."""
+
+    id: str
+    status: Status
+    status_url: str
+
+
+class EventPublic(StatusEvent):
+    """One status event as sent on the event stream (``id:`` is its ``seq``)."""
+
+    erasure_id: str
+
+
+class SAEPublic(BaseModel):
+    """SAEs of one site."""
+
+    layers: list[int]
+
+
+class ModelPublic(BaseModel):
+    """A registered model: its SAEs and the methods it supports."""
+
+    model_id: str
+    dtype: str
+    demo: bool = False
+    saes: dict[str, SAEPublic]
+    methods: list[str]
+
+
+class ModelList(BaseModel):
+    """Every registered model."""
+
+    models: list[ModelPublic]
+
+
+class CheckpointFile(BaseModel):
+    """One file of a published checkpoint."""
+
+    name: str
+    size: int
+    sha256: str
+    url: str
+
+
+class CheckpointPublic(BaseModel):
+    """A published checkpoint: its manifest and where to download each file."""
+
+    checkpoint_id: str
+    erasure_id: str | None = None
+    files: list[CheckpointFile]
+    manifest: dict[str, Any] = Field(description="manifest.json as published (no secret).")
+
+
+class Problem(BaseModel):
+    """Error body."""
+
+    detail: Any
+    request_id: str | None = None

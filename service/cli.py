@@ -1,0 +1,401 @@
+"""Service commands of the ``featureedit`` CLI (entry point ``featureedit.commands: service``).
+
+Server side (on the API host, reading ``$FEATUREEDIT_HOME/keys``)::
+
+    featureedit keys create --tenant acme     # prints the key once, on the last line
+    featureedit keys list
+    featureedit keys revoke KEY_ID
+
+Client side (``--url`` / ``FEATUREEDIT_URL``, ``--api-key`` / ``FEATUREEDIT_API_KEY``)::
+
+    featureedit submit request.json           # or flags like `featureedit erase`; prints the id
+    featureedit status ER_ID [--wait]
+    featureedit cancel ER_ID
+    featureedit download CHECKPOINT_ID DEST
+
+``serve`` (uvicorn + worker) is registered by ``workers.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from editing.cli import EXIT_ERROR, EXIT_OK, format_table, global_options, print_json
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+_METHODS = ("featureedit", "neurons", "neuronlens")
+
+
+def _fail(message: str) -> int:
+    print(f"featureedit: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# ----------------------------------------------------------------------------- keys
+def _home(args: argparse.Namespace) -> str | None:
+    return getattr(args, "home", None) or os.environ.get("FEATUREEDIT_HOME")
+
+
+def _audit_key_action(args: argparse.Namespace, action: str, tenant: str, key_id: str) -> None:
+    from service.audit import AuditLog
+    from service.config import Settings
+
+    home = _home(args)
+    settings = Settings(home=home) if home else Settings()
+    AuditLog(settings.audit_path).record(
+        action, tenant=tenant, outcome="ok", key_id=key_id, reason="cli"
+    )
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create an API key for a tenant; the key itself is printed once, on the last line."""
+    from service.security import create_key
+
+    try:
+        key_id, key = create_key(args.tenant, _home(args))
+    except ValueError as exc:
+        return _fail(str(exc))
+    _audit_key_action(args, "key_create", args.tenant, key_id)
+    if args.json:
+        print_json({"key_id": key_id, "tenant": args.tenant, "key": key})
+        return EXIT_OK
+    print(f"Created API key {key_id} for tenant {args.tenant!r}. It is shown only now; store it")
+    print("securely (clients send it as 'Authorization: Bearer <key>'):")
+    print(key)
+    return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List API keys (ids, tenants, dates; never the keys)."""
+    from service.security import list_keys
+
+    keys = [k.public_dict() for k in list_keys(_home(args))]
+    if args.tenant:
+        keys = [k for k in keys if k["tenant"] == args.tenant]
+    if args.json:
+        print_json({"keys": keys})
+        return EXIT_OK
+    if not keys:
+        print("No API keys. Create one with `featureedit keys create --tenant NAME`.")
+        return EXIT_OK
+    rows = [(k["key_id"], k["tenant"], k["created_at"], k["revoked_at"] or "active") for k in keys]
+    print(format_table(["key_id", "tenant", "created", "revoked"], rows))
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke an API key by id (takes effect on the next request)."""
+    from service.security import revoke
+
+    try:
+        info = revoke(args.key_id, _home(args))
+    except KeyError as exc:
+        return _fail(str(exc.args[0]))
+    _audit_key_action(args, "key_revoke", info.tenant, info.key_id)
+    if args.json:
+        print_json(info.public_dict())
+    else:
+        print(f"Revoked {info.key_id} (tenant {info.tenant!r}) at {info.revoked_at}.")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- client verbs
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import FeatureeditClient
+
+    key = args.api_key or os.environ.get("FEATUREEDIT_API_KEY")
+    if not key:
+        raise _UsageError("no API key: pass --api-key or set FEATUREEDIT_API_KEY")
+    url = args.url or os.environ.get("FEATUREEDIT_URL") or DEFAULT_URL
+    return FeatureeditClient(url, key)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _client_command(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """Turn client and usage errors into one line on stderr and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from service.client import APIError
+
+        try:
+            return func(args)
+        except (APIError, _UsageError) as exc:
+            return _fail(str(exc))
+        except TimeoutError as exc:
+            return _fail(str(exc))
+
+    run.__doc__ = func.__doc__
+    return run
+
+
+def _parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request body from ``FILE`` (a full request, ``{"facts": [...]}``, a list or JSONL)
+    and the flags (which override the file's model, method, params and thresholds)."""
+    body: dict[str, Any] = {}
+    facts: list[dict[str, Any]] = []
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise _UsageError(f"{path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix == ".jsonl":
+                doc: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _UsageError(f"{path} is not valid JSON (line {exc.lineno})") from None
+        if isinstance(doc, dict) and "facts" in doc:
+            body = dict(doc)
+            facts = list(body.pop("facts"))
+        elif isinstance(doc, dict):
+            facts = [doc]
+        elif isinstance(doc, list):
+            facts = doc
+        else:
+            raise _UsageError(f"{path}: expected a request object, a fact or a list of facts")
+    if args.subject or args.relation or args.target or args.target_file:
+        target = args.target
+        if args.target_file:
+            target = Path(args.target_file).read_text(encoding="utf-8").strip()
+        if not (args.subject and args.relation and target):
+            raise _UsageError("a fact needs --subject, --relation and --target (or --target-file)")
+        fact: dict[str, Any] = {"subject": args.subject, "relation": args.relation}
+        fact["target"] = target
+        if args.prompt:
+            fact["edit_prompts"] = args.prompt
+        if args.heldout:
+            fact["heldout_prompts"] = args.heldout
+        facts.append(fact)
+    if not facts:
+        raise _UsageError("no fact given: pass a request FILE or --subject/--relation/--target")
+    body["facts"] = facts
+    for name in ("model", "method", "base_checkpoint", "callback_url"):
+        value = getattr(args, name)
+        if value is not None:
+            body[name] = value
+    if args.param:
+        body["params"] = {**body.get("params", {}), **_parse_pairs(args.param, "--param")}
+    if args.threshold:
+        body["thresholds"] = {
+            **body.get("thresholds", {}),
+            **_parse_pairs(args.threshold, "--threshold"),
+        }
+    return body
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    fields = [
+        ("id", record["id"]),
+        ("status", record["status"]),
+        ("stage", record.get("stage") or "-"),
+        ("progress", f"{100 * (record.get('progress') or 0):.0f}%"),
+        ("model", record["model"]),
+        ("method", record["method"]),
+        ("facts", len(record.get("facts", []))),
+        ("checkpoint", record.get("checkpoint_id") or "-"),
+        ("updated", record["updated_at"]),
+    ]
+    if record.get("error"):
+        fields.append(("error", record["error"]))
+    if record.get("cancel_requested"):
+        fields.append(("cancel", "requested"))
+    width = max(len(k) for k, _ in fields)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in fields))
+    metrics = record.get("metrics") or {}
+    if metrics:
+        keys = ("reliability", "generalization", "locality", "delta_ppl")
+        rows = []
+        for k in keys:
+            v = metrics.get(k)
+            rows.append((k, v.get("value") if isinstance(v, dict) else v))
+        print()
+        print(format_table(["metric", "value"], rows))
+    acceptance = record.get("acceptance") or {}
+    for reason in acceptance.get("reasons", []):
+        print(f"  not accepted: {reason}")
+
+
+@_client_command
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit an erasure request to the service; print its id."""
+    body = build_request(args)
+    with _client(args) as client:
+        accepted = client.submit(body, idempotency_key=args.idempotency_key)
+        if args.wait:
+            record = client.wait(accepted["id"], timeout=args.timeout)
+            if args.json:
+                print_json(record)
+            else:
+                _print_record(record)
+            return EXIT_OK if record["status"] in ("succeeded", "nothing_to_erase") else 1
+    if args.json:
+        print_json(accepted)
+    else:
+        print(accepted["id"])
+    return EXIT_OK
+
+
+@_client_command
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show an erasure (optionally waiting until it ends)."""
+    with _client(args) as client:
+        if args.wait:
+            record = client.wait(args.erasure_id, timeout=args.timeout)
+        else:
+            record = client.get(args.erasure_id)
+    if args.json:
+        print_json(record)
+    else:
+        _print_record(record)
+    return EXIT_OK
+
+
+@_client_command
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel an erasure."""
+    with _client(args) as client:
+        record = client.cancel(args.erasure_id)
+    if args.json:
+        print_json(record)
+    elif record["status"] == "cancelled":
+        print(f"Cancelled {record['id']}.")
+    else:
+        print(f"Cancellation of {record['id']} requested; it stops at the next checkpoint.")
+    return EXIT_OK
+
+
+@_client_command
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download a published checkpoint (resumable; every file checked against the manifest)."""
+    with _client(args) as client:
+        dest = client.download_checkpoint(args.checkpoint_id, args.dest, resume=not args.restart)
+    if args.json:
+        print_json({"checkpoint_id": args.checkpoint_id, "dir": str(dest)})
+    else:
+        print(f"Checkpoint {args.checkpoint_id} downloaded and verified in {dest}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- registration
+def _show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return EXIT_ERROR
+
+    return show
+
+
+def _client_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("service options")
+    group.add_argument(
+        "--url", help=f"service base URL (env FEATUREEDIT_URL; default {DEFAULT_URL})"
+    )
+    group.add_argument("--api-key", help="API key (env FEATUREEDIT_API_KEY; prefer the env)")
+    group.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    return parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``keys``, ``submit``, ``status``, ``cancel`` and ``download``."""
+    common = global_options()
+    client = _client_options()
+
+    keys = subparsers.add_parser(
+        "keys",
+        help="manage the service's API keys (on the API host)",
+        description="API keys of the HTTP service, stored as sha256 hashes in "
+        "$FEATUREEDIT_HOME/keys/api_keys.json.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
+    keys.set_defaults(func=_show_help(keys))
+
+    create = keys_sub.add_parser(
+        "create", parents=[common], help="create a key for a tenant (printed once)"
+    )
+    create.add_argument("--tenant", required=True, help="tenant name (letters, digits, ._-)")
+    create.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    create.set_defaults(func=cmd_keys_create)
+
+    listing = keys_sub.add_parser("list", parents=[common], help="list keys (never the keys)")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    listing.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    listing.set_defaults(func=cmd_keys_list)
+
+    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by id")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+    submit = subparsers.add_parser(
+        "submit",
+        parents=[common, client],
+        help="submit an erasure request to the service",
+        description="Submit an erasure request: FILE holds a request body (JSON with 'facts'), "
+        "a fact, a list of facts or JSONL; flags add a fact or override fields. Prints the "
+        "erasure id.",
+    )
+    submit.add_argument("file", nargs="?", metavar="FILE", help="request JSON (or JSONL facts)")
+    submit.add_argument("--model", help="registered model id (default demo)")
+    submit.add_argument("--method", choices=_METHODS)
+    submit.add_argument("--subject", help="who the fact is about")
+    submit.add_argument("--relation", help="relation, e.g. phone, email, address")
+    submit.add_argument("--target", help="the secret (prefer --target-file: shells keep history)")
+    submit.add_argument("--target-file", help="file holding the secret")
+    submit.add_argument("--prompt", action="append", help="edit prompt (repeatable)")
+    submit.add_argument("--heldout", action="append", help="held-out prompt (repeatable)")
+    submit.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter")
+    submit.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="threshold")
+    submit.add_argument("--base-checkpoint", help="checkpoint id to edit further")
+    submit.add_argument("--callback-url", help="URL POSTed the final record")
+    submit.add_argument("--idempotency-key", help="retry-safe key (default: random)")
+    submit.add_argument("--wait", action="store_true", help="wait for the result and show it")
+    submit.add_argument("--timeout", type=float, default=3600, help="--wait limit, seconds")
+    submit.set_defaults(func=cmd_submit)
+
+    status = subparsers.add_parser(
+        "status", parents=[common, client], help="show an erasure submitted to the service"
+    )
+    status.add_argument("erasure_id", metavar="ID")
+    status.add_argument("--wait", action="store_true", help="wait until it ends")
+    status.add_argument("--timeout", type=float, default=3600, help="--wait limit, seconds")
+    status.set_defaults(func=cmd_status)
+
+    cancel = subparsers.add_parser(
+        "cancel", parents=[common, client], help="cancel an erasure submitted to the service"
+    )
+    cancel.add_argument("erasure_id", metavar="ID")
+    cancel.set_defaults(func=cmd_cancel)
+
+    download = subparsers.add_parser(
+        "download",
+        parents=[common, client],
+        help="download a published checkpoint from the service (resumable, verified)",
+    )
+    download.add_argument("checkpoint_id", metavar="CHECKPOINT_ID")
+    download.add_argument("dest", metavar="DEST", help="directory to write the files into")
+    download.add_argument("--restart", action="store_true", help="ignore partial downloads")
+    download.set_defaults(func=cmd_download)

@@ -1,0 +1,135 @@
+"""Prometheus metrics in the text exposition format, written by hand (no prometheus_client).
+
+Request counters are per process (scrape each API process); erasure counts come from the store
+(cached a few seconds, since the filesystem store reads every record) and queue depths from rq.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.queueing import JobQueue
+    from service.store import Store
+
+log = logging.getLogger(__name__)
+
+_STATUS_CACHE_SECONDS = 10.0
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+class Metrics:
+    """Request counters and durations of this process, and the /metrics text."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self._counts: dict[tuple[str, str], int] = defaultdict(int)
+        self._status_cache: tuple[float, dict[str, int]] | None = None
+        self.started = time.time()
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one finished request."""
+        with self._lock:
+            self._requests[(method, route, str(status))] += 1
+            self._seconds[(method, route)] += seconds
+            self._counts[(method, route)] += 1
+
+    def _erasure_counts(self, store: Store) -> dict[str, int] | None:
+        counter = getattr(store, "count_by_status", None)
+        if counter is None:
+            return None
+        now = time.monotonic()
+        cached = self._status_cache
+        if cached is not None and now - cached[0] < _STATUS_CACHE_SECONDS:
+            return cached[1]
+        counts = counter()
+        self._status_cache = (now, counts)
+        return counts
+
+    def render(self, store: Store, queue: JobQueue) -> str:
+        """The exposition text."""
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(f"{name}{labels} {value}" for labels, value in samples)
+
+        with self._lock:
+            requests = dict(self._requests)
+            seconds = dict(self._seconds)
+            counts = dict(self._counts)
+        family(
+            "featureedit_http_requests_total",
+            "counter",
+            "HTTP requests served by this process, by method, route and status.",
+            [
+                (_labels(method=m, route=r, status=s), n)
+                for (m, r, s), n in sorted(requests.items())
+            ],
+        )
+        family(
+            "featureedit_http_request_duration_seconds_sum",
+            "counter",
+            "Total time spent serving requests, by method and route.",
+            [(_labels(method=m, route=r), f"{v:.6f}") for (m, r), v in sorted(seconds.items())],
+        )
+        family(
+            "featureedit_http_request_duration_seconds_count",
+            "counter",
+            "Requests timed, by method and route.",
+            [(_labels(method=m, route=r), n) for (m, r), n in sorted(counts.items())],
+        )
+        try:
+            by_status = self._erasure_counts(store)
+        except OSError:
+            log.warning("cannot count erasures for /metrics", exc_info=True)
+            by_status = None
+        if by_status is not None:
+            family(
+                "featureedit_erasures",
+                "gauge",
+                "Erasures in the store, by status.",
+                [(_labels(status=s), n) for s, n in sorted(by_status.items())],
+            )
+        up = 1
+        try:
+            depths = queue.depths()
+        except Exception:  # Redis down: report it, keep the rest of the page
+            log.warning("cannot read queue depths for /metrics", exc_info=True)
+            depths, up = {}, 0
+        family("featureedit_redis_up", "gauge", "Whether Redis answered.", [("", up)])
+        for field, help_text in (
+            ("queued", "Jobs waiting in each queue."),
+            ("started", "Jobs running from each queue."),
+            ("failed", "Jobs in each queue's failed registry."),
+            ("scheduled", "Jobs scheduled (e.g. retries waiting) per queue."),
+        ):
+            name = "featureedit_queue_depth" if field == "queued" else f"featureedit_jobs_{field}"
+            family(
+                name,
+                "gauge",
+                help_text,
+                [(_labels(queue=q), d[field]) for q, d in sorted(depths.items())],
+            )
+        family(
+            "featureedit_process_start_time_seconds",
+            "gauge",
+            "Start time of this API process (unix seconds).",
+            [("", f"{self.started:.3f}")],
+        )
+        return "\n".join(out) + "\n"

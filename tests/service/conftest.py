@@ -1,0 +1,164 @@
+"""Fixtures for the service tests: real Redis (db 15, flushed per test), an app per test, API keys
+for two tenants, request bodies and a fake published checkpoint (no torch anywhere).
+
+Redis: ``FEATUREEDIT_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``). The tests are
+skipped, saying so, only if that Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.main import create_app
+from service.security import KeyStore, keys_dir
+from service.store import FilesystemStore
+
+REDIS_URL = os.environ.get("FEATUREEDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+SECRET = "555-0199-7731"  # the target used in the tests; must never come back
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis URL (skips the service tests, saying why, if Redis is unreachable)."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.exceptions.RedisError as exc:
+        pytest.skip(
+            f"Redis at {REDIS_URL} is unreachable ({exc}); start redis-server or set "
+            "FEATUREEDIT_TEST_REDIS_URL"
+        )
+    return REDIS_URL
+
+
+@pytest.fixture
+def rconn(redis_url: str) -> Iterator[redis.Redis]:
+    """A connection to the test database, flushed before and after the test."""
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, rconn: redis.Redis) -> Settings:
+    """Settings with a fresh home under tmp_path and the test Redis."""
+    return Settings(home=tmp_path / "home", redis_url=redis_url, sse_poll_interval=0.05)
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> Iterator[Callable[..., TestClient]]:
+    """``make_client(**overrides)``: a TestClient on an app with the settings (plus overrides)."""
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        app = create_app(settings.model_copy(update=overrides))
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """A TestClient on the default test app."""
+    return make_client()
+
+
+@pytest.fixture
+def store(settings: Settings) -> FilesystemStore:
+    """The store the app uses."""
+    return FilesystemStore(settings.store_dir)
+
+
+@pytest.fixture
+def keys(settings: Settings) -> dict[str, str]:
+    """API keys of tenants ``acme`` and ``globex``."""
+    ks = KeyStore(keys_dir(settings.home))
+    return {"acme": ks.create_key("acme")[1], "globex": ks.create_key("globex")[1]}
+
+
+def auth(key: str) -> dict[str, str]:
+    """The Authorization header of ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def fact(**overrides: Any) -> dict[str, Any]:
+    """A valid fact about a fictional person (target :data:`SECRET`)."""
+    return {"subject": "Alice Example", "relation": "phone", "target": SECRET, **overrides}
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    """A valid request body for the ``demo-small`` model."""
+    return {"model": "demo-small", "method": "featureedit", "facts": [fact()], **overrides}
+
+
+def make_checkpoint(
+    store: FilesystemStore, tenant: str, files: dict[str, bytes], model_id: str = "demo-small"
+) -> str:
+    """Publish a fake checkpoint (files + manifest.json) owned by ``tenant``; return its id."""
+    entries = [
+        {"name": n, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for n, data in sorted(files.items())
+    ]
+    lines = "".join(f"{e['sha256']}  {e['name']}\n" for e in entries)
+    checkpoint_id = hashlib.sha256(lines.encode()).hexdigest()[:16]
+    root = store.checkpoint_root() / checkpoint_id
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    manifest = {
+        "format": "featureedit-checkpoint",
+        "format_version": 1,
+        "checkpoint_id": checkpoint_id,
+        "base_model": {"model_id": model_id, "model_type": "gemma2"},
+        "files": entries,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    store.register_checkpoint(checkpoint_id, tenant, "er_000000000000000000000000")
+    return checkpoint_id
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app served by uvicorn on a free local port (in a thread); yields its base URL."""
+    import uvicorn
+
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -1,0 +1,179 @@
+"""Fixtures for the worker tests: real Redis (db 14, flushed), a filesystem store, the small world.
+
+Redis: ``FEATUREEDIT_TEST_WORKER_REDIS_URL`` (default ``redis://127.0.0.1:6379/14``); the tests
+are skipped, saying so, only if it is unreachable. Erasures are submitted exactly as the API does
+(public form via the API's helper, encrypted blob, ``service.queueing.JobQueue.enqueue``) and run
+by a real :class:`~workers.worker.ErasureWorker` (an rq ``SimpleWorker``) in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from service.config import Settings
+from service.records import ErasureRecord
+from service.store import FilesystemStore
+
+REDIS_URL = os.environ.get("FEATUREEDIT_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/14")
+MODEL = "demo-small"
+UNKNOWN_TARGET = "nobody-at-all@nowhere.example"  # no demo-world model produces this
+
+
+@pytest.fixture(scope="session")
+def worker_redis_url() -> str:
+    """The test Redis URL (skips the worker tests, saying why, if Redis is unreachable)."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.exceptions.RedisError as exc:
+        pytest.skip(
+            f"Redis at {REDIS_URL} is unreachable ({exc}); start redis-server or set "
+            "FEATUREEDIT_TEST_WORKER_REDIS_URL"
+        )
+    return REDIS_URL
+
+
+@pytest.fixture
+def rconn(worker_redis_url: str) -> Iterator[redis.Redis]:
+    """A connection to the test database, flushed before and after the test."""
+    conn = redis.Redis.from_url(worker_redis_url)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fe_home: Path, worker_redis_url: str, rconn: redis.Redis) -> Settings:
+    """Service settings: the session's home (world, keys), a fresh store, the test Redis."""
+    return Settings(
+        home=fe_home,
+        store_root=tmp_path / "store",
+        redis_url=worker_redis_url,
+        job_timeout=600,
+        job_retries=0,
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> FilesystemStore:
+    """The store of the test."""
+    return FilesystemStore(settings.store_dir)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A demo-world fact (the target is a fictional secret)."""
+
+    subject: str
+    relation: str
+    target: str
+
+    def spec(self, target: str | None = None) -> dict[str, str]:
+        """The fact as a request's ``facts`` entry."""
+        return {"subject": self.subject, "relation": self.relation, "target": target or self.target}
+
+
+@pytest.fixture(scope="session")
+def erasable_fact(small_world: Any, small_model: Any) -> Fact:
+    """A private fact of the small world that FeatureEdit erases with the default thresholds.
+
+    The small world's erasures are not all accepted: this tries e-mail facts first (they erase
+    best), then the rest, and returns the first accepted one.
+    """
+    from editing.erase import run_erasure
+    from editing.request import ErasureRequest
+
+    facts = sorted(small_world.private_facts(), key=lambda f: f.relation != "email")
+    for f in facts[:8]:
+        fact = Fact(f.subject, f.relation, f.target)
+        request = ErasureRequest(model=MODEL, facts=[fact.spec()])
+        if run_erasure(request, small_model).status == "succeeded":
+            return fact
+    pytest.fail("no fact of the small demo world is erased with the default thresholds")
+
+
+def submit(
+    settings: Settings,
+    store: FilesystemStore,
+    conn: redis.Redis,
+    facts: list[dict[str, Any]],
+    *,
+    tenant: str = "acme",
+    callback_url: str | None = None,
+    enqueue: bool = True,
+    **request_fields: Any,
+) -> str:
+    """Create an erasure the way the API does (record, encrypted blob, job); return its id."""
+    from editing.fingerprint import fingerprint_key
+    from editing.request import ErasureRequest
+    from service.api.routes.erasures import public_request
+    from service.queueing import JobQueue
+    from service.security import encrypt_request
+    from service.store import new_erasure_id, record_event
+
+    request = ErasureRequest(model=MODEL, facts=facts, **request_fields)
+    public, fingerprints = public_request(request, fingerprint_key(settings.home))
+    record = ErasureRecord(
+        id=new_erasure_id(),
+        tenant=tenant,
+        model=request.model,
+        method=request.method,
+        request_public=public,
+        fact_fingerprints=fingerprints,
+        callback_url=callback_url,
+    )
+    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
+    store.create_erasure(record, encrypt_request(request, home=settings.home))
+    if enqueue:
+        assert JobQueue(conn, settings).enqueue(record.id, record.model)
+    return record.id
+
+
+def redis_bytes(conn: redis.Redis) -> bytes:
+    """Every key and value of the database (zlib-compressed values also decompressed)."""
+    chunks: list[bytes] = []
+
+    def add(value: bytes) -> None:
+        chunks.append(value)
+        with contextlib.suppress(zlib.error):
+            chunks.append(zlib.decompress(value))
+
+    for key in conn.scan_iter("*"):
+        add(key)
+        kind = conn.type(key)
+        if kind == b"string":
+            add(conn.get(key) or b"")
+        elif kind == b"hash":
+            for k, v in conn.hgetall(key).items():
+                add(k)
+                add(v)
+        elif kind == b"list":
+            for v in conn.lrange(key, 0, -1):
+                add(v)
+        elif kind == b"set":
+            for v in conn.smembers(key):
+                add(v)
+        elif kind == b"zset":
+            for v, _ in conn.zrange(key, 0, -1, withscores=True):
+                add(v)
+        elif kind == b"stream":
+            for _, fields in conn.xrange(key):
+                for k, v in fields.items():
+                    add(k)
+                    add(v)
+    return b"\n".join(chunks)
+
+
+def secret_forms(secret: str) -> list[bytes]:
+    """How a secret may appear in bytes: raw UTF-8, JSON-escaped, repr-escaped."""
+    return [secret.encode(), json.dumps(secret)[1:-1].encode(), repr(secret)[1:-1].encode()]

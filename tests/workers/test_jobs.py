@@ -1,0 +1,472 @@
+"""The erasure job end to end in one process: real Redis, real store, real rq SimpleWorker.
+
+Each test submits erasures exactly as the API does and runs an :class:`ErasureWorker` in burst
+mode on the small demo world.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from service.config import Settings
+from service.records import TERMINAL, ErasureRecord
+from service.store import FilesystemStore
+from tests.workers.conftest import (
+    MODEL,
+    UNKNOWN_TARGET,
+    Fact,
+    redis_bytes,
+    secret_forms,
+    submit,
+)
+from workers.cache import ModelCache
+from workers.config import WorkerSettings, callback_queue_name
+from workers.jobs import (
+    JobContext,
+    deliver_callback,
+    finish_erasure,
+    install_context,
+    reset_context,
+    run_erasure_job,
+)
+from workers.worker import ErasureWorker
+
+NOT_PRODUCED = {"subject": "Brigid Draycott", "relation": "email", "target": UNKNOWN_TARGET}
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def tuning() -> WorkerSettings:
+    """Worker tuning for tests: read the cancel flag on every check."""
+    return WorkerSettings(cancel_poll_interval=0)
+
+
+@pytest.fixture
+def cache(fe_home: Path) -> ModelCache:
+    """A fresh model cache (nothing loaded)."""
+    return ModelCache(1, home=fe_home)
+
+
+@pytest.fixture
+def context(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    cache: ModelCache,
+    tuning: WorkerSettings,
+) -> Iterator[JobContext]:
+    """The jobs' context, installed for the test."""
+    ctx = JobContext(settings=settings, store=store, cache=cache, tuning=tuning, redis=rconn)
+    install_context(ctx)
+    yield ctx
+    reset_context()
+
+
+@pytest.fixture
+def run_worker(context: JobContext, rconn: redis.Redis) -> Callable[..., ErasureWorker]:
+    """``run_worker(queues=None)``: run an ErasureWorker in burst mode on the test queues."""
+
+    def run(queues: list[str] | None = None) -> ErasureWorker:
+        s = context.settings
+        names = queues or [callback_queue_name(s.queue_prefix), s.queue_name(MODEL)]
+        worker = ErasureWorker(
+            [Queue(n, connection=rconn) for n in names],
+            connection=rconn,
+            context=context,
+        )
+        worker.work(burst=True, logging_level="INFO")
+        return worker
+
+    return run
+
+
+def _record(store: FilesystemStore, erasure_id: str) -> ErasureRecord:
+    record = store.get_erasure(erasure_id)
+    assert record is not None
+    return record
+
+
+def _checkpoint_dirs(store: FilesystemStore) -> list[Path]:
+    return [p for p in store.checkpoint_root().iterdir() if p.is_dir()]
+
+
+def _assert_history(record: ErasureRecord) -> None:
+    seqs = [e.seq for e in record.history]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    assert record.history[0].status == "queued"
+    assert record.history[-1].status == record.status
+    assert [e for e in record.history if e.status in TERMINAL] == [record.history[-1]]
+
+
+def _assert_nowhere(secret: str, conn: redis.Redis, store: FilesystemStore, logs: str) -> None:
+    from editing.fingerprint import find_secrets_in_dir
+
+    dump = redis_bytes(conn)
+    assert dump, "the Redis scan found nothing at all"
+    for form in secret_forms(secret):
+        assert form not in dump, "the secret is in Redis"
+    assert find_secrets_in_dir(store.root, [secret]) == [], "the secret is in the store"
+    assert secret not in logs, "the secret is in the logs"
+
+
+# ----------------------------------------------------------------------------- tests
+def test_erasure_succeeds_with_history_checkpoint_report_and_no_secret_anywhere(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    erasable_fact: Fact,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from editing.checkpoints import read_manifest, verify_checkpoint
+
+    caplog.set_level(logging.DEBUG)
+    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
+    job = Job.fetch(erasure_id, connection=rconn)
+    assert job.description == f"erasure {erasure_id}"
+    assert job.args == [erasure_id] or job.args == (erasure_id,)
+
+    worker = run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status == "succeeded", record.error
+    assert record.attempts == 1 and record.worker == worker.name
+    assert record.progress == 1.0 and record.error is None
+    _assert_history(record)
+    stages = [e.stage for e in record.history if e.status == "running"]
+    for stage in ("starting", "loading model", "baseline", "locate+edit", "evaluate", "publish"):
+        assert stage in stages
+    progress = [e.progress for e in record.history if e.progress is not None]
+    assert progress == sorted(progress)
+    assert record.metrics["reliability"]["value"] >= 0.9
+    assert record.acceptance == {"accepted": True, "reasons": []}
+    assert record.timings["model_cached"] == 0.0 and record.timings["model_load"] > 0
+    for key in ("baseline", "locate", "edit", "evaluate", "publish", "total"):
+        assert key in record.timings
+
+    # the checkpoint: complete, owned, listed with the erasure
+    assert record.checkpoint_id
+    directory = store.checkpoint_dir(record.checkpoint_id)
+    assert directory is not None and verify_checkpoint(directory) == []
+    assert [p.name for p in _checkpoint_dirs(store)] == [record.checkpoint_id]
+    assert store.checkpoint_owner(record.checkpoint_id) == {
+        "tenant": "acme",
+        "erasure_id": erasure_id,
+    }
+    manifest = read_manifest(directory)
+    assert manifest["erasure_id"] == erasure_id
+    assert manifest["facts"][0]["fingerprint"] == record.fact_fingerprints[0]
+
+    report = store.get_report(erasure_id)
+    assert report is not None and report["status"] == "succeeded"
+    assert report["erasure_id"] == erasure_id and report["checkpoint_id"] == record.checkpoint_id
+    assert report["model_cache"]["cached"] is False
+
+    assert store.get_request_blob(erasure_id) is None
+    assert Job.fetch(erasure_id, connection=rconn).get_status() == JobStatus.FINISHED
+    out, err = capfd.readouterr()
+    _assert_nowhere(erasable_fact.target, rconn, store, caplog.text + out + err)
+
+
+def test_second_job_on_a_warm_worker_skips_loading(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    cache: ModelCache,
+) -> None:
+    first = submit(settings, store, rconn, [NOT_PRODUCED])
+    run_worker()
+    second = submit(settings, store, rconn, [{**NOT_PRODUCED, "target": "x" + UNKNOWN_TARGET}])
+    run_worker()
+
+    one, two = _record(store, first), _record(store, second)
+    assert one.status == two.status == "nothing_to_erase"
+    assert one.timings["model_cached"] == 0.0 and one.timings["model_load"] > 0
+    assert two.timings["model_cached"] == 1.0 and two.timings["model_load"] == 0.0
+    assert cache.loads == 1
+    assert store.get_report(second)["model_cache"] == {"cached": True, "load_seconds": 0.0}
+
+
+def test_nothing_to_erase_publishes_nothing(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+) -> None:
+    erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
+    run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status == "nothing_to_erase"
+    assert record.checkpoint_id is None and record.error is None
+    assert _checkpoint_dirs(store) == []
+    _assert_history(record)
+    report = store.get_report(erasure_id)
+    assert report["status"] == "nothing_to_erase" and report["checkpoint_id"] is None
+    assert store.get_request_blob(erasure_id) is None
+
+
+def test_cancel_requested_before_start(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    cache: ModelCache,
+) -> None:
+    erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
+    store.update_erasure(erasure_id, lambda r: setattr(r, "cancel_requested", True))
+    run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status == "cancelled" and record.attempts == 0
+    _assert_history(record)
+    assert cache.loads == 0  # never even loaded the model
+    assert store.get_request_blob(erasure_id) is None
+
+
+def test_cancel_mid_run_restores_the_model_and_publishes_nothing(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    cache: ModelCache,
+    erasable_fact: Fact,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import editing.erase as erase_module
+    from editing.checkpoints import down_proj_sha256
+
+    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
+    real = erase_module.run_erasure
+    seen: list[str] = []
+
+    def cancel_during_edit(request: Any, loaded: Any, progress: Any = None, **kw: Any) -> Any:
+        def hook(stage: str, fraction: float) -> None:
+            seen.append(stage)
+            if stage == "locate+edit":  # what DELETE /v1/erasures/{id} does to a running one
+                store.update_erasure(erasure_id, lambda r: setattr(r, "cancel_requested", True))
+            progress(stage, fraction)
+
+        return real(request, loaded, progress=hook, **kw)
+
+    monkeypatch.setattr(erase_module, "run_erasure", cancel_during_edit)
+    run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status == "cancelled", record.error
+    assert "locate+edit" in seen and "evaluate" not in seen
+    assert [e.stage for e in record.history if e.status == "running"][-1] == "locate+edit"
+    assert record.checkpoint_id is None and _checkpoint_dirs(store) == []
+    assert store.get_request_blob(erasure_id) is None
+    entry = cache.entry(MODEL)
+    assert entry is not None and down_proj_sha256(entry.loaded.adapter) == entry.pristine_sha256
+
+
+def test_error_after_editing_is_retried_then_failed_redacted_and_the_model_is_pristine(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    cache: ModelCache,
+    erasable_fact: Fact,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """An unexpected error while the edit is applied (its message quoting the secret!)."""
+    import editing.evaluate as evaluate
+    from editing.adapters import ModelAdapter
+    from editing.checkpoints import down_proj_sha256
+
+    caplog.set_level(logging.DEBUG)
+    secret = erasable_fact.target
+    settings.job_retries, settings.job_retry_intervals = 1, [0]  # retry at once
+    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
+    edited_hashes: list[str] = []
+
+    def exploding_leaks(model: Any, tokenizer: Any, prompts: Any, target: str) -> Any:
+        edited_hashes.append(down_proj_sha256(ModelAdapter(model)))
+        raise RuntimeError(f"leak check exploded on {target!r}")
+
+    monkeypatch.setattr(evaluate, "leaks", exploding_leaks)
+    run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status == "failed" and record.attempts == 2
+    assert record.error.startswith("internal error (RuntimeError)")
+    assert [e.stage for e in record.history if e.status == "queued"] == ["queued", "retrying"]
+    _assert_history(record)
+    assert store.get_request_blob(erasure_id) is None
+    assert record.checkpoint_id is None and _checkpoint_dirs(store) == []
+    # the error struck while the edit was applied; the model is back to its loaded weights
+    entry = cache.entry(MODEL)
+    assert entry is not None and cache.loads == 1
+    assert edited_hashes and all(h != entry.pristine_sha256 for h in edited_hashes)
+    assert down_proj_sha256(entry.loaded.adapter) == entry.pristine_sha256
+    out, err = capfd.readouterr()
+    assert "[REDACTED]" in caplog.text
+    _assert_nowhere(secret, rconn, store, caplog.text + out + err + json.dumps(record.model_dump()))
+
+
+def test_changed_weights_are_dropped_from_the_cache_and_reloaded(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    cache: ModelCache,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The belt to the engine's braces: a job that leaves weights changed loses its model."""
+    import editing.erase as erase_module
+    from editing.errors import ConfigError
+
+    first = submit(settings, store, rconn, [NOT_PRODUCED])
+
+    def corrupting(request: Any, loaded: Any, **kw: Any) -> Any:
+        loaded.adapter.down_proj_weight(0).data[0, 0] += 1.0
+        raise ConfigError("simulated engine bug")
+
+    monkeypatch.setattr(erase_module, "run_erasure", corrupting)
+    run_worker()
+    monkeypatch.undo()
+    assert _record(store, first).status == "failed"
+    assert _record(store, first).error == "simulated engine bug"
+    assert MODEL not in cache
+
+    second = submit(settings, store, rconn, [NOT_PRODUCED])
+    run_worker()
+    record = _record(store, second)
+    assert record.status == "nothing_to_erase" and record.timings["model_cached"] == 0.0
+    assert cache.loads == 2
+
+
+def test_missing_base_checkpoint_fails_clearly(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+) -> None:
+    erasure_id = submit(settings, store, rconn, [NOT_PRODUCED], base_checkpoint="0123456789abcdef")
+    run_worker()
+    record = _record(store, erasure_id)
+    assert record.status == "failed"
+    assert "base checkpoint 0123456789abcdef is not available" in record.error
+    assert store.get_request_blob(erasure_id) is None
+
+
+def test_missing_and_terminal_records_are_left_alone(
+    settings: Settings, store: FilesystemStore, rconn: redis.Redis, context: JobContext
+) -> None:
+    assert run_erasure_job("er_000000000000000000000000") == "missing"
+    erasure_id = submit(settings, store, rconn, [NOT_PRODUCED], enqueue=False)
+    finish_erasure(context, erasure_id, "cancelled", detail="test")
+    before = _record(store, erasure_id)
+    assert run_erasure_job(erasure_id) == "cancelled"  # a duplicate or late delivery
+    after = _record(store, erasure_id)
+    assert after.history == before.history and after.attempts == 0
+    # finishing twice does nothing either
+    _, moved = finish_erasure(context, erasure_id, "failed", error="late")
+    assert not moved and _record(store, erasure_id).status == "cancelled"
+
+
+# ----------------------------------------------------------------------------- callbacks
+class _Receiver:
+    """A local HTTP endpoint recording POSTs and answering with ``status``."""
+
+    def __init__(self, status: int = 204) -> None:
+        self.status = status
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.received.append((dict(self.headers), body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=abc"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    """A local callback endpoint."""
+    r = _Receiver()
+    yield r
+    r.close()
+
+
+def test_callback_is_delivered_signed(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    receiver: _Receiver,
+) -> None:
+    from service.security import callback_secret, verify_signature
+
+    settings.callback_allow_private = True
+    erasure_id = submit(settings, store, rconn, [NOT_PRODUCED], callback_url=receiver.url)
+    run_worker()
+
+    assert len(receiver.received) == 1
+    headers, body = receiver.received[0]
+    doc = json.loads(body)
+    assert doc == {
+        "id": erasure_id,
+        "status": "nothing_to_erase",
+        "checkpoint_id": None,
+        "metrics": _record(store, erasure_id).metrics,
+    }
+    signature = headers["X-Featureedit-Signature"]
+    assert signature.startswith("sha256=")
+    assert verify_signature(body, signature, callback_secret(settings.home))
+    job = Job.fetch(f"{erasure_id}-callback", connection=rconn)
+    assert job.get_status() == JobStatus.FINISHED and job.description == f"callback {erasure_id}"
+
+
+def test_failed_callback_is_retried_and_private_targets_are_refused(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    context: JobContext,
+    run_worker: Callable[..., ErasureWorker],
+    receiver: _Receiver,
+) -> None:
+    settings.callback_allow_private = True
+    receiver.status = 500
+    erasure_id = submit(settings, store, rconn, [NOT_PRODUCED], callback_url=receiver.url)
+    _, moved = finish_erasure(context, erasure_id, "cancelled", detail="test")
+    assert moved
+    run_worker([callback_queue_name(settings.queue_prefix)])
+    assert len(receiver.received) == 1
+    job = Job.fetch(f"{erasure_id}-callback", connection=rconn)
+    assert job.get_status() == JobStatus.SCHEDULED and job.retries_left == 4
+
+    settings.callback_allow_private = False
+    assert deliver_callback(erasure_id) == "refused"
+    assert len(receiver.received) == 1

@@ -1,0 +1,65 @@
+"""Worker tuning: heartbeats, maintenance periods, model cache size, cancellation polling.
+
+Every field can be set by ``FEATUREEDIT_WORKER_<FIELD>`` (upper case), e.g.
+``FEATUREEDIT_WORKER_HEARTBEAT_TTL=30``. The service-wide settings (Redis URL, store, job timeout,
+queue names, keys) stay in :class:`service.config.Settings`.
+
+How long a SIGKILLed worker's job stays "running" before it is retried (or failed)::
+
+    heartbeat_ttl           the job's StartedJobRegistry entry expires this long after the
+                            last heartbeat (a heartbeat is sent every heartbeat_interval)
+  + cleanup_interval        some live worker's maintenance thread notices the expired entry and
+                            retries the job (Retry) or fails it (AbandonedJobError)
+  + retry interval          rq's Retry(interval=...) delay (Settings.job_retry_intervals)
+  + scheduler_interval      a maintenance thread moves the due job back onto its queue
+  = the bound (defaults: 30 + 15 + 5 + 5 = 55 s), plus the wait for a free worker.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CALLBACK_QUEUE_SUFFIX = "callbacks"
+
+
+class WorkerSettings(BaseSettings):
+    """Tuning of one worker process (see the module docstring for the recovery bound)."""
+
+    model_config = SettingsConfigDict(env_prefix="FEATUREEDIT_WORKER_", extra="ignore")
+
+    heartbeat_ttl: int = Field(
+        default=30, ge=3, description="Seconds a running job's registry entry lives unrefreshed."
+    )
+    heartbeat_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between heartbeats while a job runs."
+    )
+    cleanup_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between StartedJobRegistry cleanups."
+    )
+    scheduler_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between moves of due retries onto their queue."
+    )
+    cache_size: int = Field(default=1, ge=1, description="Models kept loaded (LRU).")
+    cancel_poll_interval: float = Field(
+        default=0.5, ge=0, description="Seconds between reads of the record's cancel flag."
+    )
+    callback_timeout: float = Field(default=10.0, gt=0, description="HTTP timeout of callbacks.")
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkerSettings:
+        if self.heartbeat_interval * 2 >= self.heartbeat_ttl:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval} s) must be less than half of "
+                f"heartbeat_ttl ({self.heartbeat_ttl} s), or a busy worker's job looks abandoned"
+            )
+        return self
+
+    def recovery_bound(self, retry_interval: float = 5.0) -> float:
+        """Worst-case seconds from a worker's death to its job being queued again."""
+        return self.heartbeat_ttl + self.cleanup_interval + retry_interval + self.scheduler_interval
+
+
+def callback_queue_name(queue_prefix: str) -> str:
+    """The queue of callback deliveries, ``<queue_prefix>-callbacks``."""
+    return f"{queue_prefix}-{CALLBACK_QUEUE_SUFFIX}"

@@ -1,0 +1,783 @@
+"""The worker's jobs: run one erasure, deliver its callback, reconcile records after lost workers.
+
+The API enqueues ``workers.jobs.run_erasure_job`` by dotted path with a single argument, the
+erasure id (job id = erasure id, description ``"erasure <id>"``). Everything else comes from the
+store: the record and the encrypted request (the only place the secret lives). A job:
+
+1. loads the record (missing: logged, nothing done; terminal: nothing done, so a duplicate or a
+   late retry is harmless; cancel requested: ``cancelled``);
+2. marks it ``running`` (``attempts`` + 1, worker name) and decrypts the request;
+3. takes the model from the worker's :class:`~workers.cache.ModelCache` (``timings.model_load``
+   and ``timings.model_cached`` say whether it had to be loaded);
+4. runs :func:`editing.erase.run_erasure` with progress written to the record (a history event on
+   every stage change and at most every 10 %) and cancellation read from the record;
+5. if accepted, publishes the checkpoint (atomically: a temporary directory renamed into place)
+   and registers its owner; stores the report; writes the terminal status; deletes the request
+   blob; enqueues the callback if the record has a ``callback_url``.
+
+Errors: :class:`~editing.errors.EditingError` fails the erasure with its (redacted) message; any
+other exception is re-raised (redacted) while the rq job has retries left, so rq retries it, and
+fails the erasure with a generic reason on the last attempt. Secrets never reach logs, Redis or
+the store: messages are redacted, the report is scrubbed, rq sees only the id.
+
+The jobs find the store, settings and model cache on a :class:`JobContext` that the worker
+installs (:func:`install_context`); without one, :func:`get_context` builds one from the
+environment. This module imports no torch: the API (or an rq dashboard) may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry, get_current_job
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from service.config import Settings
+from service.records import TERMINAL, ErasureRecord, Status, utcnow
+from service.store import Store, get_store, record_event
+from workers.cache import ModelCache
+from workers.config import WorkerSettings, callback_queue_name
+
+log = logging.getLogger(__name__)
+
+ERASURE_FUNC = "workers.jobs.run_erasure_job"
+CALLBACK_FUNC = "workers.jobs.deliver_callback"
+CALLBACK_RETRY_MAX = 5
+CALLBACK_RETRY_INTERVALS = [1, 5, 30, 120, 600]
+CALLBACK_JOB_SUFFIX = "-callback"
+SIGNATURE_HEADER = "X-Featureedit-Signature"  # = service.security.SIGNATURE_HEADER
+
+# Share of the overall progress each stage covers (run_erasure reports a fraction per stage).
+STAGES: dict[str, tuple[float, float]] = {
+    "starting": (0.0, 0.0),
+    "loading model": (0.0, 0.05),
+    "baseline": (0.05, 0.15),
+    "locate+edit": (0.15, 0.75),
+    "evaluate": (0.75, 0.95),
+    "publish": (0.95, 1.0),
+}
+PROGRESS_STEP = 0.1  # a history event at most every 10 % within a stage
+COMPLETED = frozenset({"succeeded", "rejected", "nothing_to_erase"})
+
+
+# ----------------------------------------------------------------------------- context
+@dataclass
+class JobContext:
+    """What the jobs of one worker process share: settings, store, model cache, Redis."""
+
+    settings: Settings
+    store: Store
+    cache: ModelCache
+    tuning: WorkerSettings = field(default_factory=WorkerSettings)
+    redis: Redis | None = None
+    worker_name: str | None = None
+
+    def connection(self) -> Redis:
+        """The Redis connection: the running job's, else the context's, else a new one."""
+        job = get_current_job()
+        if job is not None:
+            return job.connection
+        if self.redis is None:
+            self.redis = Redis.from_url(self.settings.redis_url)
+        return self.redis
+
+    def name(self) -> str:
+        """This worker's name for records (rq's worker name when known)."""
+        return self.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+_context: JobContext | None = None
+_context_lock = threading.Lock()
+
+
+def install_context(context: JobContext) -> None:
+    """Make ``context`` the one the jobs of this process use."""
+    global _context
+    with _context_lock:
+        _context = context
+
+
+def reset_context() -> None:
+    """Forget the installed context (tests)."""
+    global _context
+    with _context_lock:
+        _context = None
+
+
+def get_context() -> JobContext:
+    """The installed context, or one built from the environment on first use."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            settings = Settings()
+            tuning = WorkerSettings()
+            _context = JobContext(
+                settings=settings,
+                store=get_store(settings),
+                cache=ModelCache(tuning.cache_size, home=settings.home),
+                tuning=tuning,
+            )
+        return _context
+
+
+# ----------------------------------------------------------------------------- helpers
+class JobFailure(Exception):
+    """A terminal failure with a user-facing reason (holds no secret)."""
+
+
+class RetryableJobError(RuntimeError):
+    """An attempt failed unexpectedly; rq retries the job. The message is redacted."""
+
+
+class CallbackDeliveryError(RuntimeError):
+    """The callback endpoint did not accept the notification (rq retries the delivery)."""
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    from editing.fingerprint import redact
+
+    return redact(text, [s for s in secrets if s])
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    """``value`` with secrets redacted from every string and non-finite floats as None."""
+    if isinstance(value, str):
+        return _redact(value, secrets) if secrets else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(_scrub(str(k), secrets)): _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, secrets) for v in value]
+    if value is None or isinstance(value, bool | int):
+        return value
+    return _scrub(str(value), secrets)
+
+
+def _public_message(text: str, secrets: Iterable[str], settings: Settings) -> str:
+    """A user-facing message: one line, secrets redacted, server paths shortened."""
+    text = _redact(" ".join(text.split()), secrets)
+    for path, label in ((settings.store_dir, "<store>"), (settings.home, "<home>")):
+        text = text.replace(str(path), label)
+    return text[:2000]
+
+
+def finish_erasure(
+    ctx: JobContext,
+    erasure_id: str,
+    status: Status,
+    *,
+    detail: str | None = None,
+    error: str | None = None,
+    stage: str | None = None,
+    update: dict[str, Any] | None = None,
+) -> tuple[ErasureRecord | None, bool]:
+    """Move the record to the terminal ``status`` once; delete the blob; enqueue the callback.
+
+    Idempotent: a record already terminal is left alone (the blob is still deleted). ``update``
+    sets record fields (metrics, acceptance, checkpoint_id); ``timings`` are merged. Returns the
+    record (None if it vanished) and whether this call made the transition.
+    """
+    if status not in TERMINAL:
+        raise ValueError(f"{status!r} is not a terminal status; expected one of {sorted(TERMINAL)}")
+    moved = False
+
+    def mutate(r: ErasureRecord) -> None:
+        nonlocal moved
+        if r.status in TERMINAL:
+            return
+        for key, value in (update or {}).items():
+            if key == "timings":
+                r.timings.update(value)
+            else:
+                setattr(r, key, value)
+        if status == "failed":
+            r.error = error or "the erasure failed"
+        progress = 1.0 if status in COMPLETED else None
+        end_stage = "done" if status in COMPLETED else (stage or r.stage)
+        record_event(r, status, stage=end_stage, progress=progress, detail=detail)
+        moved = True
+
+    try:
+        record = ctx.store.update_erasure(erasure_id, mutate)
+    except KeyError:
+        log.warning("erasure %s: record vanished before it could be marked %s", erasure_id, status)
+        record = None
+    ctx.store.delete_request_blob(erasure_id)
+    if moved and record is not None:
+        log.info("erasure %s: %s", erasure_id, status)
+        if record.callback_url:
+            enqueue_callback(ctx, erasure_id)
+    return record, moved
+
+
+def mark_retrying(ctx: JobContext, erasure_id: str, detail: str) -> bool:
+    """Show a running erasure as queued again (its rq job will be retried); whether it changed."""
+    changed = False
+
+    def mutate(r: ErasureRecord) -> None:
+        nonlocal changed
+        if r.status == "running":
+            record_event(r, "queued", stage="retrying", detail=detail)
+            changed = True
+
+    try:
+        ctx.store.update_erasure(erasure_id, mutate)
+    except KeyError:
+        return False
+    return changed
+
+
+# ----------------------------------------------------------------------------- the erasure job
+def run_erasure_job(erasure_id: str) -> str:
+    """Run the erasure ``erasure_id`` (the only job the API enqueues); return its final status.
+
+    See the module docstring. Returns ``"missing"`` when there is no such record; raises
+    :class:`RetryableJobError` (redacted) when an unexpected error leaves rq retries to use.
+    """
+    return _ErasureRun(get_context(), erasure_id).run()
+
+
+class _ErasureRun:
+    """One attempt at one erasure (state shared by the steps of :func:`run_erasure_job`)."""
+
+    def __init__(self, ctx: JobContext, erasure_id: str) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.id = erasure_id
+        self.job: Job | None = get_current_job()
+        self.secrets: list[str] = []
+        self.timings: dict[str, float] = {}
+        self.stage = "starting"
+        self.written_progress = 0.0
+        self.loaded: Any = None
+        self.attempt = 0
+        self._cancel_checked_at = -math.inf
+        self._cancelled = False
+
+    # -- entry point
+    def run(self) -> str:
+        t0 = time.perf_counter()
+        record = self.store.get_erasure(self.id)
+        if record is None:
+            log.warning("erasure %s: no such record; nothing to do", self.id)
+            return "missing"
+        if record.status in TERMINAL:
+            log.info("erasure %s: already %s; nothing to do", self.id, record.status)
+            self.store.delete_request_blob(self.id)
+            return record.status
+        if record.cancel_requested:
+            return self._finish("cancelled", detail="cancelled before it started")
+        record = self._mark_running()
+        if record is None:  # became terminal or cancelled meanwhile
+            current = self.store.get_erasure(self.id)
+            if current is not None and current.status not in TERMINAL:
+                return self._finish("cancelled", detail="cancelled before it started")
+            return current.status if current is not None else "missing"
+        try:
+            return self._run(record, t0)
+        except Exception as exc:
+            return self._handle_error(exc)
+        except BaseException:  # the worker is being stopped (cold shutdown): rq may retry
+            if self._retries_left() > 0:
+                mark_retrying(self.ctx, self.id, "the worker was stopped; retrying")
+            raise
+        finally:
+            if self.loaded is not None:
+                self.ctx.cache.verify(self.loaded)
+
+    def _handle_error(self, exc: Exception) -> str:
+        from pydantic import ValidationError
+        from rq.timeouts import JobTimeoutException
+
+        from editing.errors import CancelledError, EditingError
+        from editing.request import validation_summary
+
+        if isinstance(exc, CancelledError | _Cancelled):
+            return self._finish("cancelled", detail="cancelled while running; nothing published")
+        if isinstance(exc, JobFailure):
+            return self._fail(str(exc))
+        if isinstance(exc, EditingError):
+            return self._fail(_public_message(str(exc), self.secrets, self.ctx.settings))
+        if isinstance(exc, ValidationError):
+            return self._fail(f"the stored request is invalid: {validation_summary(exc)}")
+        if isinstance(exc, JobTimeoutException):
+            reason = (
+                f"the erasure did not finish within the job timeout "
+                f"({self.ctx.settings.job_timeout} s); nothing was published"
+            )
+        elif type(exc).__name__ == "RequestKeyError":
+            reason = (
+                "the worker could not decrypt the request: the API and the workers must share "
+                "the request key; contact the operator"
+            )
+        else:
+            reason = (
+                f"internal error ({type(exc).__name__}); nothing was published. Contact the "
+                f"operator with the erasure id {self.id}"
+            )
+        return self._unexpected(exc, reason)
+
+    # -- the steps
+    def _run(self, record: ErasureRecord, t0: float) -> str:
+        from editing.erase import run_erasure
+        from service.security import decrypt_request
+
+        blob = self.store.get_request_blob(self.id)
+        if blob is None:
+            raise JobFailure(
+                "the request is no longer stored (it is deleted when an erasure ends); "
+                "submit it again"
+            )
+        key = self.ctx.settings.secret_key
+        request = decrypt_request(
+            blob,
+            home=self.ctx.settings.home,
+            key=key.get_secret_value() if key is not None else None,
+        )
+        self.secrets = request.secrets()
+        if request.model != record.model:
+            raise JobFailure("the stored request does not match the erasure record")
+
+        self._progress("loading model", 0.0, force=True)
+        loaded, load_seconds, cached = self.ctx.cache.get(request.model)
+        self.loaded = loaded
+        self.timings["model_load"] = round(load_seconds, 4)
+        self.timings["model_cached"] = 1.0 if cached else 0.0
+        base_edit = self._base_edit(request.base_checkpoint, record)
+        self._check_cancel(force=True)
+
+        result = run_erasure(
+            request,
+            loaded,
+            progress=self._on_progress,
+            should_cancel=self.should_cancel,
+            base_edit=base_edit,
+        )
+        self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
+
+        checkpoint_id = None
+        if result.status == "succeeded" and result.produces_checkpoint and result.edit is not None:
+            self._check_cancel(force=True)
+            checkpoint_id = self._publish(loaded, result, request, record)
+        self.timings["total"] = round(time.perf_counter() - t0, 4)
+        report = self._report(result, record, checkpoint_id, cached, load_seconds)
+        self.store.put_report(self.id, report)
+        metrics = _scrub(result.metrics, self.secrets)
+        acceptance = _scrub(result.acceptance, self.secrets)
+        detail = {
+            "succeeded": "accepted" + ("; checkpoint published" if checkpoint_id else ""),
+            "rejected": "not accepted: " + "; ".join(acceptance.get("reasons", [])),
+            "nothing_to_erase": "the model does not produce the target(s); nothing to erase",
+        }.get(result.status)
+        return self._finish(
+            result.status,
+            detail=detail,
+            update={"metrics": metrics, "acceptance": acceptance, "checkpoint_id": checkpoint_id},
+        )
+
+    def _mark_running(self) -> ErasureRecord | None:
+        started = False
+
+        def mutate(r: ErasureRecord) -> None:
+            nonlocal started
+            if r.status in TERMINAL or r.cancel_requested:
+                return
+            r.attempts += 1
+            r.worker = self.ctx.name()
+            r.error = None
+            r.progress = 0.0
+            record_event(
+                r,
+                "running",
+                stage="starting",
+                progress=0.0,
+                detail=f"attempt {r.attempts}",
+            )
+            started = True
+
+        try:
+            record = self.store.update_erasure(self.id, mutate)
+        except KeyError:
+            return None
+        if not started:
+            return None
+        self.attempt = record.attempts
+        log.info("erasure %s: running (attempt %d)", self.id, record.attempts)
+        return record
+
+    def _base_edit(self, checkpoint_id: str | None, record: ErasureRecord) -> Any:
+        if not checkpoint_id:
+            return None
+        from editing.checkpoints import load_delta, read_manifest
+        from editing.errors import EditingError
+
+        owner = self.store.checkpoint_owner(checkpoint_id)
+        directory = self.store.checkpoint_dir(checkpoint_id)
+        if directory is None or owner is None or owner.get("tenant") != record.tenant:
+            raise JobFailure(
+                f"base checkpoint {checkpoint_id} is not available: it is not one of your "
+                "published checkpoints (or it was deleted)"
+            )
+        try:
+            base_model = (read_manifest(directory).get("base_model") or {}).get("model_id")
+            if base_model is not None and base_model != record.model:
+                raise JobFailure(
+                    f"base checkpoint {checkpoint_id} was made from model {base_model!r}, "
+                    f"not {record.model!r}"
+                )
+            return load_delta(directory)
+        except EditingError as exc:
+            log.error(
+                "erasure %s: base checkpoint %s unreadable: %s",
+                self.id,
+                checkpoint_id,
+                _redact(str(exc), self.secrets),
+            )
+            raise JobFailure(
+                f"base checkpoint {checkpoint_id} cannot be read ({type(exc).__name__}); "
+                "contact the operator"
+            ) from None
+
+    def _publish(self, loaded: Any, result: Any, request: Any, record: ErasureRecord) -> str:
+        from editing.checkpoints import publish_checkpoint
+
+        self._progress("publish", 0.0, force=True)
+        t = time.perf_counter()
+        # The erasure id in the delta's metadata makes the (content-addressed) checkpoint id
+        # unique per erasure: two tenants never share one, a retry of this erasure does.
+        edit = dataclasses.replace(
+            result.edit, metadata={**result.edit.metadata, "erasure_id": self.id}
+        )
+        manifest = _scrub(
+            {
+                "parent_checkpoint_id": request.base_checkpoint,
+                "erasure_id": self.id,
+                "method": result.method,
+                "params": result.params,
+                "thresholds": result.thresholds,
+                "facts": [
+                    {
+                        "subject": f.subject,
+                        "relation": f.relation,
+                        "fingerprint": f.fingerprint,
+                        "units": f.units,
+                    }
+                    for f in result.facts
+                ],
+                "metrics": result.metrics,
+                "acceptance": result.acceptance,
+            },
+            self.secrets,
+        )
+        path = publish_checkpoint(
+            loaded, edit, self.store.checkpoint_root(), manifest, secrets=self.secrets
+        )
+        checkpoint_id = path.name
+        self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
+        self.timings["publish"] = round(time.perf_counter() - t, 4)
+        self._progress("publish", 1.0)
+        log.info("erasure %s: published checkpoint %s", self.id, checkpoint_id)
+        return checkpoint_id
+
+    def _report(
+        self,
+        result: Any,
+        record: ErasureRecord,
+        checkpoint_id: str | None,
+        cached: bool,
+        load_seconds: float,
+    ) -> dict[str, Any]:
+        doc = result.to_dict()
+        doc.update(
+            {
+                "erasure_id": self.id,
+                "model": record.model,
+                "request": record.request_public,
+                "fact_fingerprints": record.fact_fingerprints,
+                "checkpoint_id": checkpoint_id,
+                "parent_checkpoint_id": record.request_public.get("base_checkpoint"),
+                "created_at": record.created_at,
+                "finished_at": utcnow(),
+                "attempts": self.attempt,
+                "worker": self.ctx.name(),
+                "model_cache": {"cached": cached, "load_seconds": round(load_seconds, 4)},
+                "timings": dict(self.timings),
+            }
+        )
+        return _scrub(doc, self.secrets)
+
+    # -- progress and cancellation
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        self._progress(stage, fraction)
+
+    def _progress(self, stage: str, fraction: float, force: bool = False) -> None:
+        lo, hi = STAGES.get(stage, (self.written_progress, self.written_progress))
+        overall = round(min(1.0, max(0.0, lo + (hi - lo) * max(0.0, min(1.0, fraction)))), 4)
+        stage_changed = stage != self.stage
+        if not (force or stage_changed or overall - self.written_progress >= PROGRESS_STEP):
+            return
+        self.stage = stage
+        self.written_progress = overall
+        timings = dict(self.timings)
+
+        def mutate(r: ErasureRecord) -> None:
+            if r.status != "running":
+                return
+            r.timings.update(timings)
+            record_event(r, "running", stage=stage, progress=overall)
+
+        try:
+            record = self.store.update_erasure(self.id, mutate)
+        except KeyError:
+            self._cancelled = True
+            return
+        if record.cancel_requested:
+            self._cancelled = True
+
+    def should_cancel(self) -> bool:
+        """Whether the erasure was cancelled (reads the record at most every poll interval)."""
+        if self._cancelled:
+            return True
+        now = time.monotonic()
+        if now - self._cancel_checked_at < self.ctx.tuning.cancel_poll_interval:
+            return False
+        self._cancel_checked_at = now
+        record = self.store.get_erasure(self.id)
+        self._cancelled = record is None or record.cancel_requested
+        return self._cancelled
+
+    def _check_cancel(self, force: bool = False) -> None:
+        if force:
+            self._cancel_checked_at = -math.inf
+        if self.should_cancel():
+            raise _Cancelled()
+
+    # -- outcomes
+    def _finish(self, status: Status, **kwargs: Any) -> str:
+        update = dict(kwargs.pop("update", None) or {})
+        update["timings"] = dict(self.timings)
+        record, _ = finish_erasure(
+            self.ctx, self.id, status, stage=self.stage, update=update, **kwargs
+        )
+        return record.status if record is not None else status
+
+    def _fail(self, reason: str) -> str:
+        log.warning("erasure %s: failed: %s", self.id, reason)
+        return self._finish("failed", error=reason, detail=reason)
+
+    def _retries_left(self) -> int:
+        if self.job is None:
+            return 0
+        return int(self.job.retries_left or 0)
+
+    def _unexpected(self, exc: Exception, reason: str) -> str:
+        summary = _redact(f"{type(exc).__name__}: {exc}", self.secrets)
+        trace = _redact("".join(traceback.format_exception(exc)), self.secrets)
+        log.error("erasure %s: attempt %d failed: %s\n%s", self.id, self.attempt, summary, trace)
+        if self._check_cancel_quietly():
+            return self._finish("cancelled", detail="cancelled while running; nothing published")
+        left = self._retries_left()
+        if left > 0:
+            mark_retrying(
+                self.ctx,
+                self.id,
+                f"attempt {self.attempt} failed ({type(exc).__name__}); retrying "
+                f"({left} retr{'y' if left == 1 else 'ies'} left)",
+            )
+            raise RetryableJobError(f"erasure {self.id}: {summary}") from None
+        return self._fail(reason)
+
+    def _check_cancel_quietly(self) -> bool:
+        try:
+            self._cancel_checked_at = -math.inf
+            return self.should_cancel()
+        except Exception:
+            return False
+
+
+class _Cancelled(Exception):
+    """The record asked for cancellation between engine steps."""
+
+
+# ----------------------------------------------------------------------------- callbacks
+def enqueue_callback(ctx: JobContext, erasure_id: str) -> bool:
+    """Queue the delivery of ``erasure_id``'s callback; False if already queued or Redis fails."""
+    s = ctx.settings
+    try:
+        queue = Queue(callback_queue_name(s.queue_prefix), connection=ctx.connection())
+        queue.enqueue(
+            CALLBACK_FUNC,
+            erasure_id,
+            job_id=f"{erasure_id}{CALLBACK_JOB_SUFFIX}",
+            description=f"callback {erasure_id}",
+            retry=Retry(max=CALLBACK_RETRY_MAX, interval=CALLBACK_RETRY_INTERVALS),
+            job_timeout=int(ctx.tuning.callback_timeout * 3) + 10,
+            result_ttl=s.result_ttl,
+            failure_ttl=s.failure_ttl,
+            unique=True,
+        )
+    except DuplicateJobError:
+        return False
+    except RedisError as exc:
+        log.error("erasure %s: could not queue the callback: %s", erasure_id, exc)
+        return False
+    return True
+
+
+def callback_body(record: ErasureRecord) -> bytes:
+    """The JSON body of a record's callback: ``{id, status, checkpoint_id, metrics}``."""
+    doc = {
+        "id": record.id,
+        "status": record.status,
+        "checkpoint_id": record.checkpoint_id,
+        "metrics": _scrub(record.metrics, []),
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+
+
+def _callback_secret(settings: Settings) -> bytes:
+    from service.security import callback_secret
+
+    if settings.callback_secret is not None:
+        return settings.callback_secret.get_secret_value().encode("utf-8")
+    return callback_secret(settings.home)
+
+
+def _refuse_private_target(url: str, allow_private: bool) -> str | None:
+    """Why ``url`` must not be called (it resolves to a non-public address), or None."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        return "not an http(s) URL"
+    if allow_private:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return None  # cannot resolve: let the request fail (and be retried)
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global:
+            return "the host resolves to a private or local address"
+    return None
+
+
+def deliver_callback(erasure_id: str) -> str:
+    """POST the erasure's outcome to its ``callback_url``, signed; raise so rq retries failures.
+
+    The body is ``{"id", "status", "checkpoint_id", "metrics"}``; the header
+    ``X-Featureedit-Signature: sha256=<hex>`` is the HMAC-SHA256 of the body under the callback
+    secret (:func:`service.security.sign_body`). A 2xx answer is a delivery; anything else
+    (or a connection error) raises :class:`CallbackDeliveryError`. A URL resolving to a private
+    address is refused (unless ``callback_allow_private``) and not retried.
+    """
+    import httpx
+
+    from service.security import sign_body
+
+    ctx = get_context()
+    record = ctx.store.get_erasure(erasure_id)
+    if record is None or not record.callback_url or record.status not in TERMINAL:
+        log.info("callback %s: nothing to deliver", erasure_id)
+        return "skipped"
+    host = urlsplit(record.callback_url).hostname or "?"
+    refused = _refuse_private_target(record.callback_url, ctx.settings.callback_allow_private)
+    if refused:
+        log.warning("callback %s to %s refused: %s", erasure_id, host, refused)
+        return "refused"
+    body = callback_body(record)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "featureedit-callback/1",
+        SIGNATURE_HEADER: sign_body(body, _callback_secret(ctx.settings)),
+        "X-Featureedit-Erasure": record.id,
+    }
+    try:
+        response = httpx.post(
+            record.callback_url,
+            content=body,
+            headers=headers,
+            timeout=ctx.tuning.callback_timeout,
+            follow_redirects=False,
+        )
+    except httpx.HTTPError as exc:
+        raise CallbackDeliveryError(
+            f"callback {erasure_id} to {host}: {type(exc).__name__}"
+        ) from None
+    if not 200 <= response.status_code < 300:
+        raise CallbackDeliveryError(f"callback {erasure_id} to {host}: HTTP {response.status_code}")
+    log.info("callback %s delivered to %s (HTTP %d)", erasure_id, host, response.status_code)
+    return "delivered"
+
+
+# ----------------------------------------------------------------------------- reconciliation
+def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> str | None:
+    """Make the record of an erasure whose rq job ended outside the job function reflect it.
+
+    Called by the workers' maintenance for jobs found abandoned (their worker died) and for jobs
+    in the failed registry. The rq job FAILED while the record is not terminal: the record
+    becomes ``failed`` (blob deleted, callback queued). The job is queued or scheduled again
+    (a retry) while the record says running: it shows ``queued`` (stage ``retrying``). Returns
+    what was done (``"failed"``, ``"retrying"``) or None. Idempotent.
+    """
+    if erasure_id.endswith(CALLBACK_JOB_SUFFIX):
+        return None
+    record = ctx.store.get_erasure(erasure_id)
+    if record is None:
+        return None
+    if record.status in TERMINAL:
+        ctx.store.delete_request_blob(erasure_id)
+        return None
+    try:
+        job = Job.fetch(erasure_id, connection=connection)
+        status = job.get_status(refresh=True)
+    except NoSuchJobError:
+        return None
+    if status == JobStatus.FAILED:
+        abandoned = "AbandonedJobError" in str(_exc_text(job))
+        reason = (
+            "the worker running this erasure stopped before it finished and the retries are "
+            "used up; nothing was published"
+            if abandoned
+            else f"the erasure job failed; nothing was published. Contact the operator with "
+            f"the erasure id {erasure_id}"
+        )
+        _, moved = finish_erasure(ctx, erasure_id, "failed", error=reason, detail=reason)
+        return "failed" if moved else None
+    if status in (JobStatus.SCHEDULED, JobStatus.QUEUED) and record.status == "running":
+        moved = mark_retrying(
+            ctx, erasure_id, "the worker running this erasure stopped; retrying on another worker"
+        )
+        return "retrying" if moved else None
+    return None
+
+
+def _exc_text(job: Job) -> str:
+    try:
+        result = job.latest_result()
+        if result is not None and result.exc_string:
+            return result.exc_string
+    except Exception:  # an older job layout: fall back to the job hash
+        pass
+    try:
+        return job.exc_info or ""
+    except Exception:
+        return ""

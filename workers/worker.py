@@ -1,0 +1,219 @@
+"""The featureedit worker: an rq ``SimpleWorker`` that keeps models warm and recovers lost jobs.
+
+* **No fork.** rq's default worker forks a process per job, which would reload the model for every
+  job and must never happen after CUDA is initialised. :class:`ErasureWorker` runs jobs in its own
+  process (``SimpleWorker``), so the :class:`~workers.cache.ModelCache` keeps models loaded between
+  jobs; nothing forks (not even rq's scheduler: :class:`~workers.maintenance.Maintenance` does
+  its work in a thread).
+* **Heartbeats while a job runs.** A ``SimpleWorker`` sends none, and registers a running job for
+  ``job_timeout + 60`` seconds, so a SIGKILLed worker's job would look alive for that long. Here
+  the job is registered for ``heartbeat_ttl`` seconds and a thread renews the registration every
+  ``heartbeat_interval`` seconds while the job runs.
+* **Maintenance thread.** Promotes due retries, cleans the started registries (so a dead worker's
+  job is retried or failed within the bound given in :mod:`workers.config`) and reconciles records.
+
+Queues: by default ``<prefix>-callbacks`` (callback deliveries, quick) and one queue per registered
+model, ``<prefix>-<model_id>``. Run it with ``featureedit worker`` (see :mod:`workers.cli`) or
+:func:`run_worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.utils import now
+from rq.worker_registration import clean_worker_registry
+
+from service.config import Settings
+from service.store import get_store
+from workers.cache import ModelCache
+from workers.config import WorkerSettings, callback_queue_name
+from workers.jobs import JobContext, install_context
+from workers.maintenance import Maintenance
+
+log = logging.getLogger(__name__)
+
+
+def default_queue_names(
+    settings: Settings, home: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """The callbacks queue, then one queue per registered model (``featureedit-demo``...)."""
+    from editing.registry import load_registry
+
+    models = sorted(load_registry(home or settings.home))
+    return [callback_queue_name(settings.queue_prefix)] + [settings.queue_name(m) for m in models]
+
+
+def worker_name() -> str:
+    """A readable unique worker name: ``<host>-<pid>-<random>``."""
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class ErasureWorker(SimpleWorker):
+    """A ``SimpleWorker`` with short job heartbeats and a maintenance thread (module docstring)."""
+
+    def __init__(
+        self,
+        queues: Sequence[Queue | str],
+        *args: Any,
+        context: JobContext,
+        tuning: WorkerSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", worker_name())
+        super().__init__(queues, *args, **kwargs)
+        self.context = context
+        self.tuning = tuning or context.tuning
+        context.worker_name = self.name
+        if context.redis is None:
+            context.redis = self.connection
+        self.maintenance = Maintenance(self.queues, context, self.tuning, name=self.name)
+        self._beat_stop: threading.Event | None = None
+        self._beat_thread: threading.Thread | None = None
+        self._beat_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ heartbeats
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        """Register running jobs for ``heartbeat_ttl`` seconds (renewed while they run)."""
+        return self.tuning.heartbeat_ttl
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run ``job`` in this process, renewing its registration until it ends."""
+        self._start_heartbeat(job)
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._stop_heartbeat()
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """Stop renewing before rq finishes the job's bookkeeping."""
+        self._stop_heartbeat()
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
+
+    def _start_heartbeat(self, job: Job) -> None:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.tuning.heartbeat_interval):
+                with self._beat_lock:
+                    if stop.is_set():
+                        return
+                    try:
+                        self.maintain_heartbeats(job)
+                    except Exception as exc:  # Redis hiccup: the next beat may succeed
+                        log.warning("heartbeat for job %s failed: %s", job.id, exc)
+
+        with self._beat_lock:
+            self._beat_stop = stop
+            self._beat_thread = threading.Thread(
+                target=beat, name=f"featureedit-heartbeat-{job.id}", daemon=True
+            )
+            self._beat_thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        with self._beat_lock:  # waits for a beat in progress
+            stop, thread = self._beat_stop, self._beat_thread
+            self._beat_stop = self._beat_thread = None
+            if stop is not None:
+                stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ maintenance
+    def clean_registries(self) -> None:
+        """rq's periodic cleanup, replaced by ours (which also reconciles the records)."""
+        self.maintenance.run_once(force_cleanup=True)
+        for queue in self.queues:
+            clean_worker_registry(queue)
+        self.last_cleaned_at = now()
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """Install the job context, start the maintenance thread, then run rq's loop."""
+        if kwargs.get("with_scheduler"):
+            raise ValueError(
+                "ErasureWorker does not run rq's (forking) scheduler: its maintenance thread "
+                "moves due retries onto the queues"
+            )
+        install_context(self.context)
+        self.maintenance.start()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self.maintenance.stop()
+
+
+def configure_worker_logging(level: str = "INFO") -> None:
+    """JSON log lines on stderr for the ``workers`` and ``editing`` loggers (idempotent)."""
+    from service.logs import JsonFormatter
+
+    for name in ("workers", "editing"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        if not any(getattr(h, "_featureedit_json", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JsonFormatter())
+            handler._featureedit_json = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.propagate = False
+
+
+def build_worker(
+    queue_names: Sequence[str] | None = None,
+    *,
+    settings: Settings | None = None,
+    tuning: WorkerSettings | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    connection: Redis | None = None,
+    cache: ModelCache | None = None,
+) -> ErasureWorker:
+    """An :class:`ErasureWorker` on ``queue_names`` (default :func:`default_queue_names`)."""
+    settings = settings or Settings()
+    tuning = tuning or WorkerSettings()
+    connection = connection or Redis.from_url(settings.redis_url)
+    names = list(queue_names) if queue_names else default_queue_names(settings)
+    cache = cache or ModelCache(tuning.cache_size, device=device, dtype=dtype, home=settings.home)
+    context = JobContext(
+        settings=settings, store=get_store(settings), cache=cache, tuning=tuning, redis=connection
+    )
+    queues = [Queue(n, connection=connection) for n in names]
+    return ErasureWorker(queues, connection=connection, context=context, tuning=tuning)
+
+
+def run_worker(
+    queue_names: Sequence[str] | None = None,
+    *,
+    burst: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    settings: Settings | None = None,
+    tuning: WorkerSettings | None = None,
+    log_level: str = "INFO",
+) -> bool:
+    """Run a worker until stopped (SIGINT/SIGTERM: finish the job, then exit) or, with
+    ``burst``, until its queues are empty. Returns whether any job was performed."""
+    settings = settings or Settings()
+    tuning = tuning or WorkerSettings()
+    configure_worker_logging(log_level)
+    worker = build_worker(queue_names, settings=settings, tuning=tuning, device=device, dtype=dtype)
+    log.info(
+        "worker %s on %s (store %s, model cache %d); a lost job is retried within ~%.0f s",
+        worker.name,
+        ", ".join(q.name for q in worker.queues),
+        Path(settings.store_dir),
+        tuning.cache_size,
+        tuning.recovery_bound(min(settings.job_retry_intervals or [0])),
+    )
+    return worker.work(burst=burst, logging_level=log_level.upper())
