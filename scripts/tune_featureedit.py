@@ -12,18 +12,20 @@ import argparse
 import json
 import sys
 
-GRID: list[dict] = [  # relative to MethodParams' defaults; METHOD.md's values spelled out
-    {"objective": "first_token", "gamma": 0.3, "max_features": 12},  # METHOD.md prototype
-    {},  # current defaults
-    {"objective": "first_token"},
-    {"gamma": 0.3},
-    {"gamma": 1.0},
-    {"max_features": 12},
-    {"selector": "write"},
-    {"rho": 1.0},
-    {"variant": "project"},
-    {"selector": "activation", "variant": "rows", "gamma": 0.3},
-    {"selector": "activation", "variant": "project", "gamma": 0.3},
+_PROTOTYPE = {"objective": "first_token", "gamma": 0.3, "max_features": 12}  # METHOD.md values
+GRID: list[dict] = [  # every parameter not named here takes MethodParams' default
+    {**_PROTOTYPE},
+    {**_PROTOTYPE, "objective": "target"},
+    {**_PROTOTYPE, "selector": "write"},
+    {**_PROTOTYPE, "selector": "write", "objective": "target"},
+    {**_PROTOTYPE, "max_features": 32},
+    {**_PROTOTYPE, "objective": "target", "max_features": 32},
+    {**_PROTOTYPE, "selector": "write", "objective": "target", "max_features": 32},
+    {**_PROTOTYPE, "rho": 1.0, "objective": "target", "max_features": 32},
+    {**_PROTOTYPE, "gamma": 0.6, "objective": "target", "max_features": 32},  # = the defaults
+    {**_PROTOTYPE, "variant": "project", "objective": "target", "max_features": 32},
+    {**_PROTOTYPE, "selector": "activation", "variant": "rows"},  # the paper's literal method
+    {**_PROTOTYPE, "selector": "activation", "variant": "project"},
 ]
 
 

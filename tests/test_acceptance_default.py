@@ -1,0 +1,55 @@
+"""Acceptance on the default demo world (slow: builds it, ~7 minutes on 2 CPU cores).
+
+Checks the foundation's quality bars and runs the README's main job, `featureedit demo`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from editing.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_world(fe_home):
+    from editing.world.build import load_world
+
+    return load_world("default", fe_home, progress=False)
+
+
+def test_default_world_quality(default_world) -> None:
+    q = default_world.quality
+    assert q["recall_train"] >= 0.95
+    assert q["recall_heldout"] >= 0.70
+    assert len(default_world.people) >= 150
+    for hook, sae in q["saes"].items():
+        assert sae["fvu"] <= 0.10, hook
+        assert sae["l0"] <= 32, hook
+
+
+def test_demo_command(default_world, capsys) -> None:
+    assert main(["demo", "--json", "-q"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    fe = doc["results"]["featureedit"]
+    assert fe["status"] == "succeeded"
+    assert doc["checkpoint"] is not None
+    assert doc["verification"]["checkpoint_prompts_leaking"] == 0
+    assert doc["verification"]["base_prompts_leaking"] > 0
+
+
+def test_bench_bars(default_world, capsys) -> None:
+    """The engine issue's bars on 10 facts (the docs hold the 30-fact run)."""
+    assert main(["bench", "--facts", "10", "--methods", "featureedit,neurons", "--json",
+                 "-q"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    fe, nb = doc["summary"]["featureedit"], doc["summary"]["neurons"]
+    assert fe["reliability"]["mean"] >= 0.95
+    assert fe["generalization"]["mean"] >= 0.85
+    assert fe["locality"]["mean"] >= 0.95
+    assert fe["delta_ppl"]["mean"] <= 0.02
+    assert fe["generalization"]["mean"] > nb["generalization"]["mean"]
+    assert fe["locality"]["mean"] >= nb["locality"]["mean"]
