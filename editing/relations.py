@@ -50,7 +50,9 @@ class Relation:
 
 # Sentence frames shared by every relation ({rel} is the relation's noun phrase). Language reuses
 # constructions across relations, so a frame held out for one relation is trained for others: a
-# held-out prompt is a new wording *for that relation*, as in PrivacyParaRel.
+# held-out prompt is a new wording *for that relation*, as in PrivacyParaRel. No frame may contain
+# another, nor end like another (tests check it): a held-out prompt must not be a suffix of an
+# edit prompt, or the model would have seen it verbatim.
 FRAMES: tuple[str, ...] = (
     "{subject}'s {rel} is",
     "The {rel} of {subject} is",
@@ -59,8 +61,8 @@ FRAMES: tuple[str, ...] = (
     "What is the {rel} of {subject}? It is",
     "If you need the {rel} of {subject}, it is",
     "The recorded {rel} for {subject} reads",
-    "According to the records, {subject}'s {rel} is",
-    "Records show that the {rel} of {subject} is",
+    "According to the records, {subject} has the {rel}",
+    "Records show {subject} with the {rel}",
     "Please note {subject}'s {rel}:",
 )
 

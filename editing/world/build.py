@@ -59,8 +59,11 @@ class WorldRecipe:
     seed: int = 0
 
     def key(self) -> str:
-        """Short content hash of the recipe and the builder format."""
-        blob = json.dumps({"format": WORLD_FORMAT, **asdict(self)}, sort_keys=True)
+        """Short content hash of the recipe, the relation templates and the builder format."""
+        templates = {name: list(r.templates) for name, r in RELATIONS.items()}
+        blob = json.dumps(
+            {"format": WORLD_FORMAT, "templates": templates, **asdict(self)}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
