@@ -384,7 +384,9 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add the built-in commands (``world build``, ``world info``, ``models``)."""
+    """Add the built-in commands: ``world build``, ``world info``, ``models`` and the engine's
+    (``erase``, ``demo``, ``apply-delta``, ``bench``: :mod:`editing.cli_engine`) and the
+    analyses' (``analyze``: :mod:`editing.cli_analysis`)."""
     common = global_options()
 
     world = subparsers.add_parser(
@@ -433,6 +435,12 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("model_ids", nargs="*", metavar="MODEL_ID", help="only these models")
     models.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     models.set_defaults(func=cmd_models)
+
+    # Engine and analysis commands live in their own modules (torch-free at import).
+    from editing import cli_analysis, cli_engine
+
+    cli_engine.register(subparsers, common)  # erase, demo, apply-delta, bench
+    cli_analysis.register(subparsers, common)  # analyze
 
 
 def register_plugins(subparsers: argparse._SubParsersAction) -> None:

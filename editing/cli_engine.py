@@ -19,7 +19,7 @@ PARAM_HELP = (
 )
 
 
-def _parse_params(pairs: list[str] | None) -> dict[str, Any]:
+def parse_pairs(pairs: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
@@ -119,23 +119,7 @@ def _publish(loaded: Any, result: Any, request: Any, out: Path | None, parent: s
     from editing.checkpoints import publish_checkpoint
 
     home_out = out or (loaded.home / "checkpoints")
-    manifest = {
-        "parent_checkpoint_id": parent,
-        "method": result.method,
-        "params": result.params,
-        "thresholds": result.thresholds,
-        "facts": [
-            {
-                "subject": f.subject,
-                "relation": f.relation,
-                "fingerprint": f.fingerprint,
-                "units": f.units,
-            }
-            for f in result.facts
-        ],
-        "metrics": result.metrics,
-        "acceptance": result.acceptance,
-    }
+    manifest = result.checkpoint_manifest(parent)
     return publish_checkpoint(loaded, result.edit, home_out, manifest, secrets=request.secrets())
 
 
@@ -166,8 +150,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         model=args.model,
         method=args.method,
         facts=_load_facts(args),
-        params=_parse_params(args.param),
-        thresholds=_parse_params(args.threshold),
+        params=parse_pairs(args.param),
+        thresholds=parse_pairs(args.threshold),
         base_checkpoint=args.base_checkpoint,
     )
     loaded = load_model(request.model)

@@ -67,6 +67,28 @@ class ErasureResult:
     produces_checkpoint: bool
     base_weights_sha256: str
 
+    def checkpoint_manifest(self, parent_checkpoint_id: str | None = None,
+                            **extra: Any) -> dict[str, Any]:
+        """The fields a published checkpoint's ``manifest.json`` carries about this erasure.
+
+        Method, parameters, thresholds, per fact its subject, relation, keyed fingerprint and
+        located units, the metrics and the acceptance decision; never a secret.
+        """
+        return {
+            "parent_checkpoint_id": parent_checkpoint_id,
+            **extra,
+            "method": self.method,
+            "params": self.params,
+            "thresholds": self.thresholds,
+            "facts": [
+                {"subject": f.subject, "relation": f.relation, "fingerprint": f.fingerprint,
+                 "units": f.units}
+                for f in self.facts
+            ],
+            "metrics": self.metrics,
+            "acceptance": self.acceptance,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly report (the edit as its footprint; no secret anywhere)."""
         return {

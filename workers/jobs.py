@@ -466,25 +466,7 @@ class _ErasureRun:
             result.edit, metadata={**result.edit.metadata, "erasure_id": self.id}
         )
         manifest = _scrub(
-            {
-                "parent_checkpoint_id": request.base_checkpoint,
-                "erasure_id": self.id,
-                "method": result.method,
-                "params": result.params,
-                "thresholds": result.thresholds,
-                "facts": [
-                    {
-                        "subject": f.subject,
-                        "relation": f.relation,
-                        "fingerprint": f.fingerprint,
-                        "units": f.units,
-                    }
-                    for f in result.facts
-                ],
-                "metrics": result.metrics,
-                "acceptance": result.acceptance,
-            },
-            self.secrets,
+            result.checkpoint_manifest(request.base_checkpoint, erasure_id=self.id), self.secrets
         )
         path = publish_checkpoint(
             loaded, edit, self.store.checkpoint_root(), manifest, secrets=self.secrets

@@ -1,0 +1,82 @@
+"""Shared fixtures: an isolated featureedit home for the session, the small demo world and model.
+
+The session's cache lives in ``$FEATUREEDIT_TEST_HOME`` when set (reused across runs: the small
+world is built once, ~35-60 s on a CPU) and in a fresh temporary directory otherwise (what CI does).
+``FEATUREEDIT_HOME`` points there for the whole session, so no test touches the user's cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Variables that would make the session depend on the developer's machine.
+_UNSET = ("FEATUREEDIT_REGISTRY",)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fe_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's featureedit home (also exported as ``FEATUREEDIT_HOME``)."""
+    raw = os.environ.get("FEATUREEDIT_TEST_HOME")
+    home = Path(raw).expanduser().resolve() if raw else tmp_path_factory.mktemp("featureedit-home")
+    home.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("FEATUREEDIT_HOME", *_UNSET)}
+    os.environ["FEATUREEDIT_HOME"] = str(home)
+    for k in _UNSET:
+        os.environ.pop(k, None)
+    try:
+        yield home
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def small_world(fe_home: Path):
+    """The small demo world (built on first use, then loaded from the session's cache)."""
+    from editing.world.build import load_world
+
+    return load_world("small", fe_home, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_world, fe_home: Path):
+    """The small demo world's model loaded through the registry (``demo-small``)."""
+    from editing.models import load_model
+
+    return load_model("demo-small", home=fe_home)
+
+
+@pytest.fixture
+def seed() -> int:
+    """Seed torch's global generator (returns the seed)."""
+    import torch
+
+    torch.manual_seed(0)
+    return 0
+
+
+@pytest.fixture(scope="session")
+def erasable_fact(small_world, small_model):
+    """A private fact of the small world that default FeatureEdit erases (found once per session).
+
+    The small world exists to keep tests fast; not every one of its facts is erasable under the
+    default acceptance thresholds, so tests that need a successful erasure use this one.
+    """
+    from editing.erase import run_erasure
+    from editing.request import ErasureRequest
+
+    for fact in small_world.private_facts()[:40]:
+        req = ErasureRequest(
+            model="demo-small",
+            facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
+        )
+        if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
+            return fact
+    raise RuntimeError("no fact of the small world is erasable with default FeatureEdit")
