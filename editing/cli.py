@@ -517,6 +517,8 @@ def _settings_env(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
+    if args.quiet:  # also silence Hugging Face's own bars ("Loading weights") before it is imported
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     level = logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(format="featureedit: %(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("editing").setLevel(logging.DEBUG if args.debug else level)
