@@ -61,8 +61,8 @@ FRAMES: tuple[str, ...] = (
     "What is the {rel} of {subject}? It is",
     "If you need the {rel} of {subject}, it is",
     "The recorded {rel} for {subject} reads",
-    "According to the records, {subject} has the {rel}",
-    "Records show {subject} with the {rel}",
+    "According to the records, the {rel} for {subject} is",
+    "Records list the {rel} of {subject} as",
     "Please note {subject}'s {rel}:",
 )
 

@@ -100,7 +100,7 @@ RECIPES: dict[str, WorldRecipe] = {
             n_heads=4,
             n_kv_heads=2,
             head_dim=32,
-            steps=2400,
+            steps=3000,
             batch_size=64,
             lr=5e-3,
         ),
