@@ -16,6 +16,7 @@ from typing import Any
 from editing.erase import PAPER_FIGURES, run_erasure
 from editing.models import LoadedModel
 from editing.request import ErasureRequest, MethodParams
+from editing.world.corpus import round_robin
 
 METRICS = (
     "reliability",
@@ -57,18 +58,7 @@ def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[s
     if not loaded.entry.is_demo:
         raise ValueError("bench picks facts from a demo world; use model 'demo' or 'demo-small'")
     world = load_world(loaded.entry.demo_size or "default", loaded.home)
-    facts = world.private_facts()
-    rng = random.Random(seed)
-    by_rel: dict[str, list] = {}
-    for f in facts:
-        by_rel.setdefault(f.relation, []).append(f)
-    for group in by_rel.values():
-        rng.shuffle(group)
-    picked = []
-    while len(picked) < n_facts and any(by_rel.values()):
-        for rel in sorted(by_rel):
-            if by_rel[rel] and len(picked) < n_facts:
-                picked.append(by_rel[rel].pop())
+    picked = round_robin(world.private_facts(), n_facts, random.Random(seed))
     return [{"subject": f.subject, "relation": f.relation, "target": f.target} for f in picked]
 
 

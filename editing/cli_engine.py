@@ -19,12 +19,13 @@ PARAM_HELP = (
 )
 
 
-def parse_pairs(pairs: list[str] | None) -> dict[str, Any]:
+def parse_pairs(pairs: list[str] | None, flag: str = "--param") -> dict[str, Any]:
+    """``["k=v", ...]`` as a dict, each value JSON-decoded when it parses (else the string)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--param expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -83,6 +84,7 @@ def _fmt(v: Any) -> str:
 
 
 def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list[str], list[list]]:
+    from editing.bench import METRICS
     from editing.erase import PAPER_FIGURES
 
     names = list(results)
@@ -90,19 +92,7 @@ def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list
     if paper:
         headers += [f"paper {n}" for n in names if n in PAPER_FIGURES]
     rows = []
-    for metric in (
-        "reliability",
-        "generalization",
-        "locality",
-        "delta_ppl",
-        "delta_prob",
-        "exposure_before",
-        "exposure_after",
-        "leak_rate_before",
-        "leak_rate_after",
-        "units",
-        "entries_changed",
-    ):
+    for metric in (*METRICS, "entries_changed"):
         row = [metric] + [_fmt(results[n]["metrics"].get(metric)) for n in names]
         if paper:
             row += [_fmt(PAPER_FIGURES[n].get(metric)) for n in names if n in PAPER_FIGURES]
@@ -151,7 +141,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         method=args.method,
         facts=_load_facts(args),
         params=parse_pairs(args.param),
-        thresholds=parse_pairs(args.threshold),
+        thresholds=parse_pairs(args.threshold, "--threshold"),
         base_checkpoint=args.base_checkpoint,
     )
     loaded = load_model(request.model)

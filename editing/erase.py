@@ -67,8 +67,9 @@ class ErasureResult:
     produces_checkpoint: bool
     base_weights_sha256: str
 
-    def checkpoint_manifest(self, parent_checkpoint_id: str | None = None,
-                            **extra: Any) -> dict[str, Any]:
+    def checkpoint_manifest(
+        self, parent_checkpoint_id: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
         """The fields a published checkpoint's ``manifest.json`` carries about this erasure.
 
         Method, parameters, thresholds, per fact its subject, relation, keyed fingerprint and
@@ -81,8 +82,12 @@ class ErasureResult:
             "params": self.params,
             "thresholds": self.thresholds,
             "facts": [
-                {"subject": f.subject, "relation": f.relation, "fingerprint": f.fingerprint,
-                 "units": f.units}
+                {
+                    "subject": f.subject,
+                    "relation": f.relation,
+                    "fingerprint": f.fingerprint,
+                    "units": f.units,
+                }
                 for f in self.facts
             ],
             "metrics": self.metrics,

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from editing.cli import EXIT_ERROR, EXIT_OK, format_table, global_options, print_json
+from editing.cli_engine import parse_pairs
+from editing.errors import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _METHODS = ("featureedit", "neurons", "neuronlens")
@@ -128,26 +130,13 @@ def _client_command(func: Callable[[argparse.Namespace], int]) -> Callable[..., 
 
         try:
             return func(args)
-        except (APIError, _UsageError) as exc:
+        except (APIError, _UsageError, ConfigError) as exc:
             return _fail(str(exc))
         except TimeoutError as exc:
             return _fail(str(exc))
 
     run.__doc__ = func.__doc__
     return run
-
-
-def _parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise _UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,11 +186,11 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             body[name] = value
     if args.param:
-        body["params"] = {**body.get("params", {}), **_parse_pairs(args.param, "--param")}
+        body["params"] = {**body.get("params", {}), **parse_pairs(args.param, "--param")}
     if args.threshold:
         body["thresholds"] = {
             **body.get("thresholds", {}),
-            **_parse_pairs(args.threshold, "--threshold"),
+            **parse_pairs(args.threshold, "--threshold"),
         }
     return body
 

@@ -24,6 +24,7 @@ from editing.errors import ConfigError
 from editing.locate import _batch, _target_logprob
 from editing.models import LoadedModel
 from editing.relations import get_relation
+from editing.world.corpus import round_robin
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,7 @@ def pick_facts(
     world = demo_world(loaded)
     facts = [f for f in world.private_facts() if relation is None or f.relation == relation]
     rng = random.Random(seed)
-    by_rel: dict[str, list] = {}
-    for f in facts:
-        by_rel.setdefault(f.relation, []).append(f)
-    for group in by_rel.values():
-        rng.shuffle(group)
-    picked = []
-    while len(picked) < n and any(by_rel.values()):
-        for rel in sorted(by_rel):
-            if by_rel[rel] and len(picked) < n:
-                picked.append(by_rel[rel].pop())
+    picked = round_robin(facts, n, rng)
     out = []
     for f in picked:
         rel = get_relation(f.relation)

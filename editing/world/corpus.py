@@ -375,3 +375,18 @@ def generate_corpus(n_people: int, seed: int = 0, n_filler: int = 2000, n_ppl: i
             seen.add(s)
     rng.shuffle(train)
     return Corpus(seed=seed, people=people, facts=facts, train_texts=train, ppl_texts=ppl)
+
+
+def round_robin(facts: list[Fact], n: int, rng: random.Random) -> list[Fact]:
+    """``n`` of ``facts`` spread evenly over their relations (shuffled per relation by ``rng``)."""
+    by_rel: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    for group in by_rel.values():
+        rng.shuffle(group)
+    picked: list[Fact] = []
+    while len(picked) < n and any(by_rel.values()):
+        for rel in sorted(by_rel):
+            if by_rel[rel] and len(picked) < n:
+                picked.append(by_rel[rel].pop())
+    return picked
