@@ -9,10 +9,14 @@ the callback signing secret) are ``SecretStr``; when unset, a random key is gene
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QUEUE_CLASS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _default_home() -> Path:
@@ -33,6 +37,23 @@ class Settings(BaseSettings):
     store_root: Path | None = Field(
         default=None, description="Root of the filesystem store (default <home>/store)."
     )
+    store_backend: Literal["filesystem", "s3"] = Field(
+        default="filesystem",
+        description="Where records, reports and checkpoints live: 'filesystem' (store_root, "
+        "shared by every API and worker process) or 's3' (an S3-compatible bucket).",
+    )
+    s3_bucket: str | None = Field(default=None, description="S3 bucket (store_backend=s3).")
+    s3_prefix: str = Field(default="featureedit", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint for MinIO/Ceph/moto (e.g. http://minio:9000); unset for AWS. "
+        "Credentials: the standard AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or role.",
+    )
+    s3_region: str | None = Field(default=None, description="S3 region (e.g. eu-west-1).")
+    s3_cache_dir: Path | None = Field(
+        default=None,
+        description="Local staging and checkpoint cache of the S3 store (default <home>/s3-cache).",
+    )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("FEATUREEDIT_REDIS_URL", "REDIS_URL"),
@@ -43,6 +64,12 @@ class Settings(BaseSettings):
     )
     queue_prefix: str = Field(
         default="featureedit", description="Queue of a model: '<queue_prefix>-<model_id>'."
+    )
+    queue_classes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Model id -> queue (GPU) class, e.g. {"gemma-2-2b": "gpu-24g"} (JSON in '
+        "the environment): the model's jobs go to '<queue_prefix>-<class>', which only "
+        "workers that can hold such models read. Models not named keep their own queue.",
     )
 
     # request limits
@@ -93,6 +120,25 @@ class Settings(BaseSettings):
         default=None, description="Base URL for links in responses (default: from the request)."
     )
 
+    @field_validator("queue_classes")
+    @classmethod
+    def _check_queue_classes(cls, value: dict[str, str]) -> dict[str, str]:
+        for model_id, name in value.items():
+            if not QUEUE_CLASS_RE.fullmatch(name):
+                raise ValueError(
+                    f"queue class {name!r} of model {model_id!r}: use letters, digits, '.', '_' "
+                    "and '-' (at most 64 characters), e.g. 'gpu-24g'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> Settings:
+        if self.store_backend == "s3" and not self.s3_bucket:
+            raise ValueError(
+                "FEATUREEDIT_STORE_BACKEND=s3 needs FEATUREEDIT_S3_BUCKET (the bucket name)"
+            )
+        return self
+
     @property
     def store_dir(self) -> Path:
         """The filesystem store's root."""
@@ -108,6 +154,15 @@ class Settings(BaseSettings):
         """The append-only audit log."""
         return self.home / "audit" / "audit.log"
 
+    def queue_class(self, model_id: str) -> str | None:
+        """The queue (GPU) class ``model_id`` is assigned to in ``queue_classes``, or None."""
+        return self.queue_classes.get(model_id)
+
     def queue_name(self, model_id: str) -> str:
-        """The rq queue that serves ``model_id``."""
-        return f"{self.queue_prefix}-{model_id}"
+        """The rq queue that serves ``model_id``: its class's queue if it has one
+        (``<queue_prefix>-<class>``), else its own (``<queue_prefix>-<model_id>``)."""
+        return f"{self.queue_prefix}-{self.queue_class(model_id) or model_id}"
+
+    def class_queue_name(self, queue_class: str) -> str:
+        """The rq queue of a queue class, ``<queue_prefix>-<class>``."""
+        return f"{self.queue_prefix}-{queue_class}"

@@ -18,9 +18,10 @@ plus, private to the filesystem backend, ``locks/`` (flock files serialising upd
 and creations under one idempotency key, across processes) and ``index/<tenant>/<id>`` (empty
 files listing a tenant's erasures; ids sort by creation time, see :func:`new_erasure_id`).
 
-Backends: :class:`FilesystemStore` (here). ``S3Store`` (records and blobs as objects with
-conditional writes, checkpoints fetched to a local cache by ``checkpoint_dir``) comes with the
-production issue; :func:`get_store` is where it will be chosen.
+Backends: :class:`FilesystemStore` (here) and :class:`service.store_s3.S3Store` (records and
+blobs as objects with conditional writes, checkpoints uploaded after a complete local build and
+fetched to a local cache by ``checkpoint_dir``); :func:`get_store` chooses one from
+``Settings.store_backend``.
 
 Conventions shared by the API and the workers (see also :func:`record_event`):
 
@@ -121,6 +122,11 @@ class Store(Protocol):
 # ----------------------------------------------------------------------------- shared helpers
 _SAFE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def valid_id(value: str) -> bool:
+    """Whether ``value`` is a safe erasure or checkpoint id (letters, digits, ``_-``; ≤ 128)."""
+    return isinstance(value, str) and _SAFE_ID_RE.fullmatch(value) is not None
 
 
 def new_erasure_id() -> str:
@@ -237,7 +243,7 @@ class FilesystemStore:
 
     @staticmethod
     def _valid_id(value: str) -> bool:
-        return isinstance(value, str) and _SAFE_ID_RE.fullmatch(value) is not None
+        return valid_id(value)
 
     # -- erasures
     def _read_record(self, erasure_id: str) -> ErasureRecord | None:
@@ -434,5 +440,10 @@ class FilesystemStore:
 
 
 def get_store(settings: Settings) -> Store:
-    """The store the settings name (the filesystem store under ``settings.store_dir``)."""
+    """The store ``settings.store_backend`` names: the filesystem store under
+    ``settings.store_dir`` (default) or :class:`~service.store_s3.S3Store` (``"s3"``)."""
+    if settings.store_backend == "s3":
+        from service.store_s3 import S3Store  # boto3 only when used
+
+        return S3Store.from_settings(settings)
     return FilesystemStore(settings.store_dir)

@@ -80,3 +80,24 @@ def erasable_fact(small_world, small_model):
         if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
             return fact
     raise RuntimeError("no fact of the small world is erasable with default FeatureEdit")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real S3-compatible server (``moto_server``, see tests/s3_server.py) on loopback.
+
+    Exports its test credentials as ``AWS_*`` for the session, as a deployment would.
+    """
+    from tests.s3_server import CREDENTIALS, moto_server
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        with moto_server(tmp_path_factory.mktemp("moto")) as url:
+            yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,15 +1,20 @@
-"""FilesystemStore: atomic records, cross-process updates, concurrent idempotency, listing."""
+"""The Store contract, on both backends (filesystem and S3 via a real S3 server on loopback):
+atomic records, cross-process updates, concurrent idempotency, listing, checkpoint ownership."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.records import ErasureRecord
-from service.store import FilesystemStore, new_erasure_id, record_event
+from service.store import FilesystemStore, Store, new_erasure_id, record_event
+from service.store_s3 import S3Store
 
 
 def _record(tenant: str = "acme", erasure_id: str | None = None) -> ErasureRecord:
@@ -25,12 +30,47 @@ def _record(tenant: str = "acme", erasure_id: str | None = None) -> ErasureRecor
     return record
 
 
-def test_create_get_update_and_blobs(tmp_path: Path):
-    store = FilesystemStore(tmp_path)
+def open_store(spec: dict[str, Any]) -> Store:
+    """A store instance on the storage ``spec`` describes (picklable, for child processes)."""
+    if spec["backend"] == "filesystem":
+        return FilesystemStore(spec["root"])
+    return S3Store(
+        spec["bucket"], cache_dir=spec["cache_dir"], endpoint_url=spec["endpoint"], prefix="t"
+    )
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Where a test's store lives, on each backend."""
+    if request.param == "filesystem":
+        return {"backend": "filesystem", "root": str(tmp_path / "store")}
+    from tests.s3_server import new_bucket
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return {
+        "backend": "s3",
+        "bucket": new_bucket(endpoint),
+        "endpoint": endpoint,
+        "cache_dir": str(tmp_path / "s3-cache"),
+    }
+
+
+@pytest.fixture
+def store(spec: dict[str, Any]) -> Store:
+    """The test's store."""
+    return open_store(spec)
+
+
+def test_create_get_update_and_blobs(store: Store, spec: dict[str, Any]):
     record, created = store.create_erasure(_record(), b"blob")
     assert created and store.get_erasure(record.id) == record
     assert store.get_request_blob(record.id) == b"blob"
-    assert (tmp_path / "requests" / f"{record.id}.bin").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):  # an id is never overwritten
+        store.create_erasure(_record(erasure_id=record.id), b"other")
+    assert store.get_request_blob(record.id) == b"blob"
+    if spec["backend"] == "filesystem":
+        root = Path(spec["root"])
+        assert (root / "requests" / f"{record.id}.bin").stat().st_mode & 0o777 == 0o600
 
     def advance(r: ErasureRecord) -> None:
         record_event(r, "running", stage="locate", progress=0.2)
@@ -54,12 +94,12 @@ def test_create_get_update_and_blobs(tmp_path: Path):
     assert store.get_request_blob(record.id) is None
     store.put_report(record.id, {"metrics": {"reliability": 1.0}})
     assert store.get_report(record.id) == {"metrics": {"reliability": 1.0}}
-    assert not list((tmp_path / "erasures").glob(".*"))  # no temporary files left
+    if spec["backend"] == "filesystem":  # no temporary files left
+        assert not list((Path(spec["root"]) / "erasures").glob(".*"))
     assert store.writable()
 
 
-def test_bad_ids_and_tenants(tmp_path: Path):
-    store = FilesystemStore(tmp_path)
+def test_bad_ids_and_tenants(store: Store):
     assert store.get_erasure("../../etc/passwd") is None
     assert store.checkpoint_dir("../keys") is None and store.checkpoint_owner("..") is None
     with pytest.raises(ValueError):
@@ -68,8 +108,7 @@ def test_bad_ids_and_tenants(tmp_path: Path):
         store.list_erasures("acme", cursor="../x")
 
 
-def test_list_newest_first_paginated_and_per_tenant(tmp_path: Path):
-    store = FilesystemStore(tmp_path)
+def test_list_newest_first_paginated_and_per_tenant(store: Store):
     ids = []
     for i in range(7):
         record = _record(erasure_id=f"er_{i:012x}{0:012x}")
@@ -95,8 +134,7 @@ def test_new_ids_sort_by_time():
     assert a < b and len(a) == len(b) == 27
 
 
-def test_concurrent_creations_with_one_key_make_one_erasure(tmp_path: Path):
-    store = FilesystemStore(tmp_path)
+def test_concurrent_creations_with_one_key_make_one_erasure(store: Store):
     results: list[tuple[ErasureRecord, bool]] = []
     lock = threading.Lock()
     barrier = threading.Barrier(30)
@@ -114,11 +152,13 @@ def test_concurrent_creations_with_one_key_make_one_erasure(tmp_path: Path):
         t.join()
     assert sum(created for _, created in results) == 1
     assert len({r.id for r, _ in results}) == 1
-    assert len(list((tmp_path / "erasures").glob("*.json"))) == 1
+    assert store.count_by_status() == {"queued": 1}  # the losers left no record behind
+    assert store.get_request_blob(results[0][0].id) == b"blob"
+    assert store.list_erasures("acme")[0] == [results[0][0]]
 
 
-def _bump(root: str, erasure_id: str, n: int) -> None:
-    store = FilesystemStore(root)
+def _bump(spec: dict[str, Any], erasure_id: str, n: int) -> None:
+    store = open_store(spec)
 
     def inc(r: ErasureRecord) -> None:
         r.attempts += 1
@@ -127,11 +167,10 @@ def _bump(root: str, erasure_id: str, n: int) -> None:
         store.update_erasure(erasure_id, inc)
 
 
-def test_updates_are_serialised_across_processes(tmp_path: Path):
-    store = FilesystemStore(tmp_path)
+def test_updates_are_serialised_across_processes(store: Store, spec: dict[str, Any]):
     record, _ = store.create_erasure(_record(), b"")
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_bump, args=(str(tmp_path), record.id, 25)) for _ in range(4)]
+    procs = [ctx.Process(target=_bump, args=(spec, record.id, 25)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -140,10 +179,33 @@ def test_updates_are_serialised_across_processes(tmp_path: Path):
     assert store.get_erasure(record.id).attempts == 100
 
 
-def test_checkpoint_ownership(tmp_path: Path):
-    store = FilesystemStore(tmp_path)
-    (store.checkpoint_root() / "abcdef0123456789").mkdir()
-    store.register_checkpoint("abcdef0123456789", "acme", "er_x")
-    assert store.checkpoint_owner("abcdef0123456789") == {"tenant": "acme", "erasure_id": "er_x"}
-    assert store.checkpoint_dir("abcdef0123456789") == store.checkpoint_root() / "abcdef0123456789"
+def _stage_checkpoint(store: Store, files: dict[str, bytes]) -> str:
+    """Build a checkpoint directory (files + manifest.json) under checkpoint_root; its id."""
+    entries = [
+        {"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+        for n, d in sorted(files.items())
+    ]
+    checkpoint_id = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    root = store.checkpoint_root() / checkpoint_id
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    manifest = {
+        "format": "featureedit-checkpoint",
+        "checkpoint_id": checkpoint_id,
+        "files": entries,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return checkpoint_id
+
+
+def test_checkpoint_ownership(store: Store):
+    files = {"model.safetensors": b"weights", "delta/delta.json": b"{}"}
+    checkpoint_id = _stage_checkpoint(store, files)
+    store.register_checkpoint(checkpoint_id, "acme", "er_x")
+    assert store.checkpoint_owner(checkpoint_id) == {"tenant": "acme", "erasure_id": "er_x"}
+    directory = store.checkpoint_dir(checkpoint_id)
+    assert directory is not None and directory.name == checkpoint_id
+    assert {n: (directory / n).read_bytes() for n in files} == files
     assert store.checkpoint_dir("0000000000000000") is None
+    assert store.checkpoint_owner("0000000000000000") is None

@@ -1,0 +1,528 @@
+""":class:`S3Store`: the :class:`~service.store.Store` protocol on an S3-compatible object store.
+
+For deployments whose API and workers share no filesystem (several hosts, Kubernetes). Objects
+under ``s3://<bucket>/<prefix>/``::
+
+    erasures/<id>.json                  ErasureRecord
+    requests/<id>.bin                   the encrypted request body (deleted when the job ends)
+    reports/<id>.json                   the compliance report (no secret)
+    index/<tenant>/<inverted id>        empty; lists a tenant's erasures newest first (below)
+    idempotency/<tenant>/<sha256(key)>  the erasure id an Idempotency-Key maps to
+    locks/erasure-<id>                  short lease serialising updates of one record
+    checkpoints/<checkpoint_id>/<file>  published checkpoint files, ``manifest.json`` last
+    checkpoints/<checkpoint_id>.owner.json  {"tenant", "erasure_id"}, written after the manifest
+
+Concurrency uses S3 conditional writes (``If-None-Match: *`` and ``If-Match: <ETag>`` on
+PutObject; AWS S3 since 2024, MinIO, moto; a 412 answers a failed condition):
+
+* **Creations** put the record with ``If-None-Match: *`` (an id is never overwritten). With an
+  idempotency key, blob and record are written first, then the key's mapping with
+  ``If-None-Match: *``: exactly one concurrent creator wins; the losers delete what they wrote and
+  return the winner's record. A tenant's index entry is written only by the winner, so a list never
+  shows a loser.
+* **Updates** (:meth:`S3Store.update_erasure`) take a lease on ``locks/erasure-<id>`` (created with
+  ``If-None-Match: *``; a lease older than ``lock_ttl`` by the server's clock is taken over with
+  ``If-Match`` on its ETag, so one taker wins), then read the record with its ETag, mutate it once
+  and write it with ``If-Match``. The lease keeps ``mutate`` to one run per update (callers'
+  closures count on it); the ETag check still refuses a lost update should a lease be taken over
+  from a holder that stalled longer than ``lock_ttl``; then the update is retried on the fresh
+  record.
+* **Lists**: S3 lists keys in ascending order only, so index keys hold the erasure id with every
+  hex digit ``d`` replaced by ``f - d``: ascending inverted ids are newest-first ids, and a cursor
+  is a ``StartAfter``.
+* **Checkpoints** are built locally: :meth:`S3Store.checkpoint_root` is a staging directory in
+  the local cache where ``editing.checkpoints.publish_checkpoint`` writes a complete checkpoint;
+  :meth:`S3Store.register_checkpoint` then uploads every file the manifest lists (checking size and
+  sha256), ``manifest.json`` last, then the owner object. A checkpoint counts as published when
+  its manifest object exists, so a half-uploaded one is never visible (a crashed upload is redone
+  by the job's retry; content-addressed keys make re-uploads idempotent).
+  :meth:`S3Store.checkpoint_dir` downloads a checkpoint into ``<cache>/checkpoints/<id>/`` (into a
+  temporary directory first, every file verified against the manifest, then renamed into place)
+  and reuses it afterwards: checkpoint ids are content hashes, so a cached copy never goes stale.
+
+Credentials come from boto3's standard chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+``AWS_PROFILE``, an instance or pod role); bucket, prefix, endpoint and region from
+:class:`service.config.Settings` (``FEATUREEDIT_S3_*``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.checkpoint_files import MANIFEST, file_sha256, is_safe_name, read_manifest
+from service.records import ErasureRecord, utcnow
+from service.store import valid_id, valid_tenant
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+_HEX_INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
+
+
+def invert_id(erasure_id: str) -> str:
+    """``erasure_id`` with each lowercase hex digit ``d`` replaced by ``f - d`` (an involution).
+
+    Ids from :func:`service.store.new_erasure_id` sort by time, so inverted ids sort newest first.
+    """
+    return erasure_id.translate(_HEX_INVERT)
+
+
+class S3StoreError(RuntimeError):
+    """The object store refused or failed a request the store cannot recover from."""
+
+
+class S3Store:
+    """:class:`~service.store.Store` on an S3-compatible bucket; see the module docstring."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "featureedit",
+        cache_dir: str | os.PathLike[str],
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any = None,
+        lock_ttl: float = 30.0,
+        lock_timeout: float = 60.0,
+    ) -> None:
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region,
+                config=Config(
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    connect_timeout=5,
+                    read_timeout=60,
+                    s3={"addressing_style": "path"} if endpoint_url else None,
+                ),
+            )
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.cache_dir = Path(cache_dir)
+        self.lock_ttl = lock_ttl
+        self.lock_timeout = lock_timeout
+        self._download_lock = threading.Lock()
+        for sub in ("staging", "checkpoints"):
+            (self.cache_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Store:
+        """The store ``settings`` describe (``FEATUREEDIT_S3_*``)."""
+        if not settings.s3_bucket:
+            raise ValueError("FEATUREEDIT_S3_BUCKET must be set when FEATUREEDIT_STORE_BACKEND=s3")
+        return cls(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            cache_dir=settings.s3_cache_dir or settings.home / "s3-cache",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
+
+    # ------------------------------------------------------------------ object helpers
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)
+
+    @staticmethod
+    def _code(exc: Exception) -> tuple[str, int]:
+        response = getattr(exc, "response", None) or {}
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return code, status
+
+    def _is(self, exc: Exception, *kinds: str) -> bool:
+        code, status = self._code(exc)
+        wanted = {
+            "missing": ({"NoSuchKey", "404", "NotFound"}, 404),
+            "precondition": ({"PreconditionFailed", "412"}, 412),
+            "conflict": ({"ConditionalRequestConflict", "409"}, 409),
+        }
+        return any(code in wanted[k][0] or status == wanted[k][1] for k in kinds)
+
+    def _get(self, key: str) -> tuple[bytes, str] | None:
+        """``(body, etag)`` of ``key``, or None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if self._is(exc, "missing"):
+                return None
+            raise
+        return obj["Body"].read(), obj["ETag"]
+
+    def _put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> bool:
+        """Put ``data``; with a condition, False (nothing written) when it fails."""
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        try:
+            self.client.put_object(**kwargs)
+        except ClientError as exc:
+            conditional = if_none_match or if_match is not None
+            if conditional and self._is(exc, "precondition", "conflict"):
+                return False
+            if if_match is not None and self._is(exc, "missing"):
+                return False
+            raise
+        return True
+
+    def _delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def _exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if self._is(exc, "missing"):
+                return False
+            raise
+        return True
+
+    def _keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Keys under ``prefix`` in ascending order (paginated)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        for page in paginator.paginate(**kwargs):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    @staticmethod
+    def _check_tenant(tenant: str) -> None:
+        if not valid_tenant(tenant):
+            raise ValueError(
+                "tenant names use letters, digits, '.', '_' and '-' (at most 64 characters)"
+            )
+
+    # ------------------------------------------------------------------ lease
+    @contextmanager
+    def _lease(self, name: str) -> Iterator[None]:
+        """Hold ``locks/<name>`` (see the module docstring); TimeoutError after lock_timeout."""
+        from botocore.exceptions import ClientError
+
+        key = self._key("locks", name)
+        token = json.dumps({"holder": f"{os.getpid()}-{secrets.token_hex(8)}"}).encode()
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.01
+        while True:
+            if self._put(key, token, if_none_match=True):
+                break
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if self._is(exc, "missing"):
+                    continue  # released meanwhile
+                raise
+            server_now = email.utils.parsedate_to_datetime(
+                head["ResponseMetadata"]["HTTPHeaders"].get("date", "")
+            )
+            age = (server_now - head["LastModified"]).total_seconds()
+            if age > self.lock_ttl and self._put(key, token, if_match=head["ETag"]):
+                log.warning("took over a stale store lease %s (%.0f s old)", name, age)
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"store lease {name} is held by another process; try again")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        try:
+            yield
+        finally:
+            try:
+                self._delete(key)
+            except ClientError as exc:  # the lease expires by itself
+                log.warning("could not release store lease %s: %s", name, self._code(exc)[0])
+
+    # ------------------------------------------------------------------ erasures
+    def _record_key(self, erasure_id: str) -> str:
+        return self._key("erasures", f"{erasure_id}.json")
+
+    def _blob_key(self, erasure_id: str) -> str:
+        return self._key("requests", f"{erasure_id}.bin")
+
+    def _index_key(self, tenant: str, erasure_id: str) -> str:
+        return self._key("index", tenant, invert_id(erasure_id))
+
+    def create_erasure(
+        self, record: ErasureRecord, encrypted_request: bytes, idempotency_key: str | None = None
+    ) -> tuple[ErasureRecord, bool]:
+        """Persist a new erasure; with a known idempotency key, the existing one (see Store)."""
+        self._check_tenant(record.tenant)
+        if not valid_id(record.id):
+            raise ValueError(f"invalid erasure id {record.id!r}")
+        mapping = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+            mapping = self._key("idempotency", record.tenant, digest)
+            existing = self._existing_for_key(mapping)
+            if existing is not None:
+                return existing, False
+        if not self._put(self._blob_key(record.id), encrypted_request, if_none_match=True):
+            raise FileExistsError(f"erasure id {record.id} already exists")
+        if not self._put(
+            self._record_key(record.id), record.model_dump_json().encode(), if_none_match=True
+        ):
+            raise FileExistsError(f"erasure id {record.id} already exists")
+        if mapping is not None and not self._put(
+            mapping, record.id.encode("ascii"), if_none_match=True
+        ):
+            existing = self._existing_for_key(mapping)
+            self._delete(self._record_key(record.id))
+            self._delete(self._blob_key(record.id))
+            if existing is not None:
+                return existing, False
+            raise S3StoreError("idempotency mapping points to a missing erasure")
+        self._put(self._index_key(record.tenant, record.id), b"")
+        return record, True
+
+    def _existing_for_key(self, mapping: str) -> ErasureRecord | None:
+        got = self._get(mapping)
+        if got is None:
+            return None
+        return self.get_erasure(got[0].decode("ascii").strip())
+
+    def get_erasure(self, erasure_id: str) -> ErasureRecord | None:
+        """The record, or None (also for malformed ids)."""
+        if not valid_id(erasure_id):
+            return None
+        got = self._get(self._record_key(erasure_id))
+        return None if got is None else ErasureRecord.model_validate_json(got[0])
+
+    def list_erasures(
+        self, tenant: str, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[ErasureRecord], str | None]:
+        """A tenant's erasures, newest first; the cursor is the last id returned.
+
+        Raises ValueError for a malformed cursor.
+        """
+        if not valid_tenant(tenant):
+            return [], None
+        if cursor is not None and not valid_id(cursor):
+            raise ValueError("invalid cursor")
+        limit = max(1, limit)
+        prefix = self._key("index", tenant) + "/"
+        start = prefix + invert_id(cursor) if cursor is not None else None
+        items: list[ErasureRecord] = []
+        for key in self._keys(prefix, start_after=start):
+            record = self.get_erasure(invert_id(key[len(prefix) :]))
+            if record is None or record.tenant != tenant:
+                continue
+            if status is not None and record.status != status:
+                continue
+            if len(items) == limit:
+                return items, items[-1].id
+            items.append(record)
+        return items, None
+
+    def update_erasure(
+        self, erasure_id: str, mutate: Callable[[ErasureRecord], None]
+    ) -> ErasureRecord:
+        """Load, mutate and save under the record's lease, written with ``If-Match``.
+
+        KeyError if there is no such record; if ``mutate`` raises, nothing is written.
+        ``mutate`` runs once, unless the lease was taken over from this process (it stalled for
+        longer than ``lock_ttl``): then it runs again on the fresh record.
+        """
+        if not valid_id(erasure_id):
+            raise KeyError(erasure_id)
+        key = self._record_key(erasure_id)
+        with self._lease(f"erasure-{erasure_id}"):
+            for _ in range(10):
+                got = self._get(key)
+                if got is None:
+                    raise KeyError(erasure_id)
+                record = ErasureRecord.model_validate_json(got[0])
+                mutate(record)
+                record.updated_at = utcnow()
+                if self._put(key, record.model_dump_json().encode(), if_match=got[1]):
+                    return record
+                log.warning("erasure %s changed under a stale lease; updating again", erasure_id)
+        raise S3StoreError(f"erasure {erasure_id} keeps changing concurrently; try again")
+
+    # ------------------------------------------------------------------ blobs and reports
+    def get_request_blob(self, erasure_id: str) -> bytes | None:
+        """The encrypted request, or None once deleted."""
+        if not valid_id(erasure_id):
+            return None
+        got = self._get(self._blob_key(erasure_id))
+        return None if got is None else got[0]
+
+    def delete_request_blob(self, erasure_id: str) -> None:
+        """Forget the encrypted request (idempotent)."""
+        if valid_id(erasure_id):
+            self._delete(self._blob_key(erasure_id))
+
+    def put_report(self, erasure_id: str, report: dict[str, Any]) -> None:
+        """Store the compliance report (JSON; must hold no secret)."""
+        if not valid_id(erasure_id):
+            raise ValueError(f"invalid erasure id {erasure_id!r}")
+        data = json.dumps(report, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        self._put(self._key("reports", f"{erasure_id}.json"), data)
+
+    def get_report(self, erasure_id: str) -> dict[str, Any] | None:
+        """The report, or None."""
+        if not valid_id(erasure_id):
+            return None
+        got = self._get(self._key("reports", f"{erasure_id}.json"))
+        return None if got is None else json.loads(got[0])
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_root(self) -> Path:
+        """``<cache>/staging``: where checkpoints are built before :meth:`register_checkpoint`."""
+        return self.cache_dir / "staging"
+
+    def _checkpoint_key(self, checkpoint_id: str, name: str) -> str:
+        return self._key("checkpoints", checkpoint_id, name)
+
+    def register_checkpoint(self, checkpoint_id: str, tenant: str, erasure_id: str) -> None:
+        """Upload the staged checkpoint (files, then the manifest), then record its owner.
+
+        The staged directory then moves into the local cache. ValueError if the checkpoint is
+        neither staged nor already uploaded, or a staged file does not match its manifest.
+        """
+        if not valid_id(checkpoint_id):
+            raise ValueError(f"invalid checkpoint id {checkpoint_id!r}")
+        self._check_tenant(tenant)
+        staged = self.checkpoint_root() / checkpoint_id
+        manifest_key = self._checkpoint_key(checkpoint_id, MANIFEST)
+        if staged.is_dir():
+            if not self._exists(manifest_key):
+                self._upload_checkpoint(checkpoint_id, staged)
+            self._adopt_into_cache(checkpoint_id, staged)
+        elif not self._exists(manifest_key):
+            raise ValueError(
+                f"checkpoint {checkpoint_id} is neither staged under {self.checkpoint_root()} "
+                "nor uploaded; publish it there first"
+            )
+        doc = {"tenant": tenant, "erasure_id": erasure_id}
+        self._put(self._key("checkpoints", f"{checkpoint_id}.owner.json"), json.dumps(doc).encode())
+
+    def _upload_checkpoint(self, checkpoint_id: str, staged: Path) -> None:
+        manifest = read_manifest(staged)
+        for entry in manifest["files"]:
+            name = entry["name"]
+            path = staged / name
+            if not is_safe_name(name) or not path.is_file():
+                raise ValueError(f"checkpoint {checkpoint_id}: {name!r} is listed but not staged")
+            if path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
+                raise ValueError(f"checkpoint {checkpoint_id}: {name} does not match its manifest")
+            self.client.upload_file(
+                str(path), self.bucket, self._checkpoint_key(checkpoint_id, name)
+            )
+        self.client.upload_file(
+            str(staged / MANIFEST), self.bucket, self._checkpoint_key(checkpoint_id, MANIFEST)
+        )
+        log.info("uploaded checkpoint %s (%d files)", checkpoint_id, len(manifest["files"]) + 1)
+
+    def _adopt_into_cache(self, checkpoint_id: str, staged: Path) -> None:
+        target = self.cache_dir / "checkpoints" / checkpoint_id
+        try:
+            staged.rename(target)
+        except OSError:  # already cached (or a concurrent adoption won)
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def checkpoint_owner(self, checkpoint_id: str) -> dict[str, str] | None:
+        """``{"tenant", "erasure_id"}``, or None (also for malformed ids)."""
+        if not valid_id(checkpoint_id):
+            return None
+        got = self._get(self._key("checkpoints", f"{checkpoint_id}.owner.json"))
+        return None if got is None else json.loads(got[0])
+
+    def checkpoint_dir(self, checkpoint_id: str) -> Path | None:
+        """The checkpoint in the local cache, downloaded first if needed; None if unpublished."""
+        if not valid_id(checkpoint_id):
+            return None
+        target = self.cache_dir / "checkpoints" / checkpoint_id
+        if (target / MANIFEST).is_file():
+            return target
+        with self._download_lock:  # one download per process; others wait for it
+            if (target / MANIFEST).is_file():
+                return target
+            got = self._get(self._checkpoint_key(checkpoint_id, MANIFEST))
+            if got is None:
+                return None
+            self._download(checkpoint_id, got[0], target)
+        return target
+
+    def _download(self, checkpoint_id: str, manifest_bytes: bytes, target: Path) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{checkpoint_id}-", dir=target.parent))
+        try:
+            (tmp / MANIFEST).write_bytes(manifest_bytes)
+            manifest = read_manifest(tmp)
+            for entry in manifest["files"]:
+                name = entry["name"]
+                if not is_safe_name(name):
+                    raise S3StoreError(f"checkpoint {checkpoint_id}: unsafe file name in manifest")
+                path = tmp / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.client.download_file(
+                    self.bucket, self._checkpoint_key(checkpoint_id, name), str(path)
+                )
+                if path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
+                    raise S3StoreError(
+                        f"checkpoint {checkpoint_id}: {name} in the bucket does not match its "
+                        "manifest"
+                    )
+            try:
+                tmp.rename(target)
+            except OSError:  # another process cached it meanwhile
+                if not (target / MANIFEST).is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ health and statistics
+    def writable(self) -> bool:
+        """Whether a probe object can be written and deleted."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key("locks", f".probe-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            self._put(key, b"ok")
+            self._delete(key)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    def count_by_status(self) -> dict[str, int]:
+        """Number of erasures per status (reads every record: for /metrics)."""
+        counts: dict[str, int] = {}
+        for key in self._keys(self._key("erasures") + "/"):
+            got = self._get(key)
+            if got is None:
+                continue
+            try:
+                status = json.loads(got[0]).get("status", "unknown")
+            except ValueError:
+                continue
+            counts[status] = counts.get(status, 0) + 1
+        return counts
