@@ -12,6 +12,7 @@ Client side (``--url`` / ``FEATUREEDIT_URL``, ``--api-key`` / ``FEATUREEDIT_API_
     featureedit status ER_ID [--wait]
     featureedit cancel ER_ID
     featureedit download CHECKPOINT_ID DEST
+    featureedit report ER_ID --format pdf --out report.pdf   # the compliance report
 
 ``serve`` (uvicorn + worker) is registered by ``workers.cli``.
 """
@@ -288,6 +289,33 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_client_command
+def cmd_report(args: argparse.Namespace) -> int:
+    """Fetch an erasure's compliance report (JSON, HTML or PDF) to a file or stdout."""
+    with _client(args) as client:
+        report = client.report(args.erasure_id, format=args.format)
+    if isinstance(report, dict):
+        data = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+    elif isinstance(report, str):
+        data = report.encode("utf-8")
+    else:
+        data = report
+    if args.out in (None, "-"):
+        if args.format == "pdf" and sys.stdout.isatty():
+            return _fail("a PDF is binary: write it to a file with --out FILE")
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return EXIT_OK
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        return _fail(f"--out {args.out}: directory {out.parent} does not exist; create it first")
+    tmp = out.with_name(f".{out.name}.part")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    print(f"Report of {args.erasure_id} ({args.format}, {len(data)} bytes) written to {out}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- registration
 def _show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(_args: argparse.Namespace) -> int:
@@ -309,7 +337,7 @@ def _client_options() -> argparse.ArgumentParser:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``keys``, ``submit``, ``status``, ``cancel`` and ``download``."""
+    """Add ``keys``, ``submit``, ``status``, ``cancel``, ``download`` and ``report``."""
     common = global_options()
     client = _client_options()
 
@@ -388,3 +416,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("dest", metavar="DEST", help="directory to write the files into")
     download.add_argument("--restart", action="store_true", help="ignore partial downloads")
     download.set_defaults(func=cmd_download)
+
+    report = subparsers.add_parser(
+        "report",
+        parents=[common, client],
+        help="fetch an erasure's compliance report (json, html or pdf)",
+        description="Fetch the compliance report of an erasure: acceptance with thresholds vs "
+        "measured values, metrics before and after, located units, the edit's footprint, "
+        "lineage and file hashes. Never contains a secret (keyed fingerprints only).",
+    )
+    report.add_argument("erasure_id", metavar="ID")
+    report.add_argument("--format", choices=("json", "html", "pdf"), default="html")
+    report.add_argument("--out", metavar="FILE", help="write it to FILE (default: stdout)")
+    report.set_defaults(func=cmd_report)

@@ -214,11 +214,13 @@ class FeatureeditClient:
                 time.sleep(1.0)
         raise TimeoutError(f"no terminal event for erasure {erasure_id} within {timeout} s")
 
-    def report(self, erasure_id: str, format: str = "json") -> dict[str, Any] | str:
-        """The report: a dict, or the HTML page with ``format="html"``."""
+    def report(self, erasure_id: str, format: str = "json") -> dict[str, Any] | str | bytes:
+        """The report: a dict, the HTML page (``format="html"``) or the PDF bytes (``"pdf"``)."""
         response = self._request(
             "GET", f"/v1/erasures/{erasure_id}/report", params={"format": format}
         )
+        if format == "pdf":
+            return response.content
         return response.text if format == "html" else response.json()
 
     # -- checkpoints

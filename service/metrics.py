@@ -2,6 +2,9 @@
 
 Request counters are per process (scrape each API process); erasure counts come from the store
 (cached a few seconds, since the filesystem store reads every record) and queue depths from rq.
+Job figures (per-stage duration histograms, erasures finished by status, failures by reason) are
+recorded by the workers in Redis (:mod:`service.job_metrics`) and are the same from every API
+process.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ import threading
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from service.job_metrics import JobMetrics, JobMetricsSnapshot
 
 if TYPE_CHECKING:
     from service.queueing import JobQueue
@@ -60,8 +67,8 @@ class Metrics:
         self._status_cache = (now, counts)
         return counts
 
-    def render(self, store: Store, queue: JobQueue) -> str:
-        """The exposition text."""
+    def render(self, store: Store, queue: JobQueue, jobs: JobMetrics | None = None) -> str:
+        """The exposition text (with the workers' job metrics when ``jobs`` is given)."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:
@@ -126,6 +133,13 @@ class Metrics:
                 help_text,
                 [(_labels(queue=q), d[field]) for q, d in sorted(depths.items())],
             )
+        if jobs is not None:
+            try:
+                snapshot = jobs.snapshot()
+            except RedisError:
+                log.warning("cannot read job metrics for /metrics", exc_info=True)
+            else:
+                out.extend(_job_families(snapshot))
         family(
             "featureedit_process_start_time_seconds",
             "gauge",
@@ -133,3 +147,39 @@ class Metrics:
             [("", f"{self.started:.3f}")],
         )
         return "\n".join(out) + "\n"
+
+
+def _job_families(snap: JobMetricsSnapshot) -> list[str]:
+    """Exposition lines of the workers' job metrics."""
+    name = "featureedit_job_stage_duration_seconds"
+    out = [
+        f"# HELP {name} Seconds each erasure spent per stage (queue_wait: enqueue to start), "
+        "recorded by the workers.",
+        f"# TYPE {name} histogram",
+    ]
+    for stage, hist in snap.stages.items():
+        for le, n in hist.buckets.items():
+            bound = "+Inf" if le == float("inf") else f"{le:g}"
+            out.append(f"{name}_bucket{_labels(stage=stage, le=bound)} {n}")
+        out.append(f"{name}_sum{_labels(stage=stage)} {hist.sum:.6f}")
+        out.append(f"{name}_count{_labels(stage=stage)} {hist.count}")
+    for metric, label, counts, help_text in (
+        (
+            "featureedit_erasures_finished_total",
+            "status",
+            snap.finished,
+            "Erasures that ended, by terminal status (counted by the workers).",
+        ),
+        (
+            "featureedit_erasure_failures_total",
+            "reason",
+            snap.failures,
+            "Failed erasures by "
+            "reason (a closed set: invalid_request, engine_error, timeout, request_key, "
+            "internal_error, worker_lost, job_failed, other).",
+        ),
+    ):
+        out.append(f"# HELP {metric} {help_text}")
+        out.append(f"# TYPE {metric} counter")
+        out.extend(f"{metric}{_labels(**{label: k})} {v}" for k, v in counts.items())
+    return out

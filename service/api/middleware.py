@@ -157,6 +157,8 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope["method"]
             self.metrics.observe(method, template, status, elapsed)
+            params = scope.get("path_params") or {}
+            erasure_id = _short(state.get("audit_erasure_id") or params.get("erasure_id"))
             log.info(
                 "request",
                 extra={
@@ -165,6 +167,7 @@ class RequestContextMiddleware:
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                     "tenant": state.get("tenant"),
+                    **({"erasure_id": erasure_id} if erasure_id else {}),
                 },
             )
             if scope["path"].startswith("/v1"):

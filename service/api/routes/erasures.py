@@ -383,29 +383,49 @@ async def erasure_events(
 
 @router.get(
     "/{erasure_id}/report",
-    summary="The erasure's compliance report (JSON or HTML)",
+    summary="The erasure's compliance report (JSON, HTML or PDF)",
     responses={
         **_NOT_FOUND,
-        200: {"content": {"application/json": {}, "text/html": {}}},
+        200: {"content": {"application/json": {}, "text/html": {}, "application/pdf": {}}},
     },
 )
 def get_report(
     record: OwnedErasure,
     ctx: ContextDep,
-    format: Literal["json", "html"] = "json",
+    format: Literal["json", "html", "pdf"] = "json",
 ) -> Response:
-    """Metrics before and after, acceptance, located units per fact (no secret)."""
+    """Acceptance (thresholds vs measured), metrics before and after, located units per fact,
+    the edit's footprint, lineage, file hashes, code version and history; never a secret.
+
+    ``html`` is one self-contained page (inline CSS and SVG charts, no script); ``pdf`` the same
+    document as an A4 PDF, served as an attachment.
+    """
     report = ctx.store.get_report(record.id)
     if report is None:
         raise HTTPException(
             status_code=404, detail=f"Report not available (erasure is {record.status})"
         )
+    history = [e.model_dump() for e in record.history]
     if format == "html":
-        page = render_report_html(report, erasure_id=record.id, status=record.status)
+        page = render_report_html(
+            report, erasure_id=record.id, status=record.status, history=history
+        )
         return HTMLResponse(
             page,
             headers={
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+    if format == "pdf":
+        from service.report_pdf import render_report_pdf
+
+        pdf = render_report_pdf(report, erasure_id=record.id, status=record.status, history=history)
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={
+                "Content-Disposition": f'attachment; filename="erasure-{record.id}-report.pdf"',
                 "X-Content-Type-Options": "nosniff",
             },
         )

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.api.deps import ContextDep
+from service.job_metrics import JobMetrics
 
 router = APIRouter(tags=["health"])
 
@@ -33,8 +34,10 @@ def readyz(ctx: ContextDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 def metrics(ctx: ContextDep) -> PlainTextResponse:
-    """Request counts by route and status, erasures by status, queue depths (text format)."""
+    """Request counts by route and status, erasures by status, queue depths, and the workers'
+    job metrics: stage duration histograms, erasures finished by status, failures by reason."""
+    jobs = JobMetrics(ctx.redis, ctx.settings.redis_prefix)
     return PlainTextResponse(
-        ctx.metrics.render(ctx.store, ctx.queue),
+        ctx.metrics.render(ctx.store, ctx.queue, jobs),
         media_type="text/plain; version=0.0.4; charset=utf-8",
     )

@@ -1,0 +1,286 @@
+"""The compliance report's HTML and PDF formats, the ``report`` CLI and the job metrics on
+``/metrics`` (real Redis, real HTTP where the CLI is involved; no torch).
+
+The report documents here are shaped like the worker's (``workers.jobs._ErasureRun._report``);
+``tests/workers/test_report_observability.py`` renders the report of a real erasure.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pytest
+
+from service.job_metrics import FAILURE_REASONS, STAGES, JobMetrics
+from tests.service.conftest import SECRET, auth, body
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+SHA = "ab" * 32
+ALLOWED_TAGS = {
+    *("html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "span", "b"),
+    *("code", "table", "tr", "th", "td", "figure", "svg", "rect", "line", "text"),
+}
+
+
+def _report(erasure_id: str, subject: str = HOSTILE) -> dict[str, Any]:
+    """A worker-shaped report with every section filled (and a hostile subject)."""
+    return {
+        "erasure_id": erasure_id,
+        "status": "succeeded",
+        "model_id": "demo-small",
+        "model": "demo-small",
+        "method": "featureedit",
+        "params": {"site": "resid_post", "top_k": 4, "note": HOSTILE},
+        "thresholds": {
+            "min_reliability": 0.9,
+            "min_generalization": 0.7,
+            "min_locality": 0.9,
+            "max_delta_ppl": 0.05,
+        },
+        "metrics": {
+            "reliability": {"value": 1.0, "count": 8, "facts": 1},
+            "generalization": {"value": 0.75, "count": 4, "facts": 1},
+            "locality": {
+                "value": 0.98,
+                "hits": 49,
+                "count": 50,
+                "by_kind": {"private": {"value": 1.0, "hits": 10, "count": 10}},
+                "set_size": 60,
+            },
+            "delta_ppl": 0.004,
+            "ppl_before": 7.25,
+            "ppl_after": 7.28,
+            "exposure_before": 9.5,
+            "exposure_after": 0.4,
+            "leak_rate_before": 0.9,
+            "leak_rate_after": 0.0,
+            "entries_changed": 512,
+        },
+        "acceptance": {"accepted": True, "reasons": []},
+        "facts": [
+            {
+                "index": 0,
+                "subject": subject,
+                "relation": "phone",
+                "fingerprint": "hmac-sha256:" + SHA,
+                "prompts": {"edit": 8, "edit_known": 8, "heldout": 4, "heldout_known": 4},
+                "status": "erased",
+                "metrics": {
+                    "before": {"prob": 0.8, "exposure": 9.5, "leak_rate": {"value": 0.9}},
+                    "after": {"prob": 0.01, "exposure": 0.4, "leak_rate": {"value": 0.0}},
+                    "reliability": {"value": 1.0, "hits": 8, "count": 8},
+                    "delta_prob": 0.98,
+                },
+                "units": [
+                    {
+                        "kind": "feature",
+                        "site": "resid_post",
+                        "layer": 1,
+                        "index": 42,
+                        "score": 0.5,
+                        "activation": 3.2,
+                        "control_activation": 0.1,
+                        "prompt_count": 8,
+                    }
+                ],
+            }
+        ],
+        "edit": {
+            "entries_changed": 512,
+            "delta_bytes": 4160,
+            "layers": [
+                {
+                    "layer": 1,
+                    "param": "model.layers.1.mlp.down_proj.weight",
+                    "axis": "cols",
+                    "indices": [3, 7, 11, 19],
+                    "entries_changed": 512,
+                    "old_sha256": SHA,
+                    "new_sha256": "cd" * 32,
+                }
+            ],
+        },
+        "checkpoint_id": "0123456789abcdef",
+        "parent_checkpoint_id": None,
+        "checkpoint": {
+            "checkpoint_id": "0123456789abcdef",
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "base_model": {
+                "model_id": "demo-small",
+                "model_type": "gemma2",
+                "down_proj_sha256": SHA,
+            },
+            "edited_down_proj_sha256": "ef" * 32,
+            "files": [{"name": "model.safetensors", "size": 1234, "sha256": "12" * 32}],
+            "total_bytes": 1234,
+            "delta_bytes_on_disk": 0,
+        },
+        "base_weights_sha256": SHA,
+        "code_version": {"package": "featureedit", "version": "0.1.0", "git_commit": "abc123"},
+        "created_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:00Z",
+        "timings": {"baseline": 1.0, "locate": 2.0, "edit": 0.1, "evaluate": 3.0},
+    }
+
+
+def _stored(client, keys, store) -> str:
+    r = client.post("/v1/erasures", json=body(), headers=auth(keys["acme"]))
+    erasure_id = r.json()["id"]
+    store.put_report(erasure_id, _report(erasure_id))
+    return erasure_id
+
+
+def _get(client, keys, erasure_id: str, fmt: str):
+    return client.get(
+        f"/v1/erasures/{erasure_id}/report", params={"format": fmt}, headers=auth(keys["acme"])
+    )
+
+
+def pdf_text(data: bytes) -> str:
+    """The text of every page of a PDF (pypdf)."""
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    return "\n".join(page.extract_text() or "" for page in reader.pages)
+
+
+def test_html_report_is_self_contained_escaped_and_complete(client, keys, store):
+    erasure_id = _stored(client, keys, store)
+    page = _get(client, keys, erasure_id, "html")
+    assert page.status_code == 200, page.text
+    text = page.text
+    assert "<script" not in text and "<img" not in text and "&lt;script&gt;" in text
+    tags = re.findall(r"<([a-zA-Z][\w-]*)([^>]*)>", text)
+    assert {name.lower() for name, _ in tags} <= ALLOWED_TAGS
+    for _, attrs in tags:  # nothing loaded, nothing run
+        assert not re.search(r"\b(src|href|on\w+)\s*=", attrs), attrs
+    assert "url(" not in text and "@import" not in text
+    assert text.count("<svg") >= 4  # acceptance, leak rate, exposure, perplexity, per fact...
+    for needle in (
+        "ACCEPTED",
+        "hmac-sha256:" + SHA,  # the fact's keyed fingerprint
+        "0123456789abcdef",  # checkpoint id
+        "ef" * 32,  # edited hash
+        "12" * 32,  # file sha256
+        "model.layers.1.mlp.down_proj.weight",
+        "4160 B",  # delta size
+        "abc123",  # code version
+        "&gt;= 0.9",  # threshold vs measured
+    ):
+        assert needle in text, needle
+    assert SECRET not in text
+
+
+def test_pdf_report_parses_and_holds_the_key_fields(client, keys, store):
+    erasure_id = _stored(client, keys, store)
+    r = _get(client, keys, erasure_id, "pdf")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/pdf"
+    assert "attachment" in r.headers["content-disposition"]
+    assert r.content.startswith(b"%PDF-")
+    text = pdf_text(r.content)
+    flat = re.sub(r"\s+", "", text)
+    for needle in (erasure_id, "ACCEPTED", "0123456789abcdef", "hmac-sha256:" + SHA, "4160B"):
+        assert re.sub(r"\s+", "", needle) in flat, needle
+    assert "<script>" in text  # shown literally, as text
+    assert SECRET not in text
+
+
+def test_unknown_report_format_is_a_clear_422(client, keys, store):
+    erasure_id = _stored(client, keys, store)
+    r = _get(client, keys, erasure_id, "docx")
+    assert r.status_code == 422
+    assert "pdf" in r.text and "html" in r.text
+
+
+def test_report_cli_writes_pdf_and_html_over_http(live_server, keys, store, tmp_path, capsys):
+    from editing.cli import main
+    from service.client import FeatureeditClient
+
+    with FeatureeditClient(live_server, api_key=keys["acme"]) as client:
+        erasure_id = client.submit(body())["id"]
+    store.put_report(erasure_id, _report(erasure_id, subject="Dana Berg"))
+    common = ["--url", live_server, "--api-key", keys["acme"]]
+    out = tmp_path / "report.pdf"
+    assert main(["report", erasure_id, "--format", "pdf", "--out", str(out), *common]) == 0
+    assert out.read_bytes().startswith(b"%PDF-") and "Dana Berg" in pdf_text(out.read_bytes())
+    html_out = tmp_path / "report.html"
+    assert main(["report", erasure_id, "--out", str(html_out), *common]) == 0
+    assert "Dana Berg" in html_out.read_text()
+    missing = tmp_path / "nowhere" / "r.pdf"
+    assert main(["report", erasure_id, "--format", "pdf", "--out", str(missing), *common]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_job_metrics_on_metrics_page_parse_with_closed_labels(client, rconn, settings):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    jobs = JobMetrics(rconn, settings.redis_prefix)
+    jobs.observe_stages({"locate": 0.3, "edit": 0.02, "queue_wait": 1.5, "bogus": 1.0})
+    jobs.observe_stages({"locate": 45.0})
+    jobs.count_finished("succeeded")
+    jobs.count_finished("failed", "timeout")
+    jobs.count_finished("failed", f"free text with {SECRET}")  # not a reason: counted as other
+    jobs.count_finished("exploded")  # not a terminal status: ignored
+    text = client.get("/metrics").text
+    assert SECRET not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    hist = families["featureedit_job_stage_duration_seconds"]
+    assert hist.type == "histogram"
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in hist.samples}
+    count = "featureedit_job_stage_duration_seconds_count"
+    bucket = "featureedit_job_stage_duration_seconds_bucket"
+    assert samples[(count, (("stage", "locate"),))] == 2
+    assert samples[(bucket, (("le", "0.5"), ("stage", "locate")))] == 1
+    assert samples[(bucket, (("le", "+Inf"), ("stage", "locate")))] == 2
+    assert samples[(count, (("stage", "queue_wait"),))] == 1
+    assert {s.labels["stage"] for s in hist.samples} == set(STAGES)
+    finished = {
+        s.labels["status"]: s.value for s in families["featureedit_erasures_finished"].samples
+    }
+    assert finished["succeeded"] == 1 and finished["failed"] == 2
+    failures = {
+        s.labels["reason"]: s.value for s in families["featureedit_erasure_failures"].samples
+    }
+    assert set(failures) == set(FAILURE_REASONS)
+    assert failures["timeout"] == 1 and failures["other"] == 1
+
+
+def test_metrics_page_survives_redis_down(make_client):
+    down = make_client(redis_url="redis://127.0.0.1:1/0")
+    r = down.get("/metrics")
+    assert r.status_code == 200 and "featureedit_redis_up 0" in r.text
+    assert "featureedit_job_stage_duration_seconds" not in r.text
+
+
+@pytest.mark.parametrize("level", ["INFO"])
+def test_api_log_lines_are_json_with_request_and_erasure_ids(client, keys, level):
+    import json
+    import logging
+
+    from service.logs import JsonFormatter
+
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("service")
+    logger.addHandler(handler)
+    try:
+        r = client.post(
+            "/v1/erasures", json=body(), headers={**auth(keys["acme"]), "X-Request-ID": "rid-42"}
+        )
+        erasure_id = r.json()["id"]
+        assert r.headers["x-request-id"] == "rid-42"
+        client.get(f"/v1/erasures/{erasure_id}", headers=auth(keys["acme"]))
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert lines
+    for line in lines:
+        assert {"ts", "level", "logger", "msg"} <= set(line), line
+        assert SECRET not in json.dumps(line)
+    access = [x for x in lines if x["logger"] == "service.access"]
+    assert access[0]["request_id"] == "rid-42" and access[0]["status"] == 202
+    assert any(x.get("erasure_id") == erasure_id for x in access)
