@@ -1,6 +1,12 @@
 """Engine commands of the ``featureedit`` CLI: ``erase``, ``demo``, ``apply-delta``, ``bench``.
 
 Registered by :func:`editing.cli.register_commands`; heavy imports stay inside the commands.
+
+``bench`` extensions: other packages add modes to ``featureedit bench`` through the entry-point
+group ``featureedit.bench``, without ``editing`` importing them. An entry point ``NAME`` names a
+callable ``register(bench_parser) -> command`` that adds a ``--NAME`` flag (dest ``NAME``) and its
+own options and returns ``command(args) -> int``, run instead of the engine benchmark when
+``--NAME`` is given (``workers.cli_perf:register_bench`` adds ``--service``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 from editing.errors import ConfigError
 
+BENCH_EXTENSION_GROUP = "featureedit.bench"
 PARAM_HELP = (
     "method parameter KEY=VALUE (repeatable), e.g. variant=rows, selector=activation, tau1=0.3, "
     "layers=[1,2]; see MethodParams in editing/request.py"
@@ -262,7 +269,12 @@ def cmd_apply_delta(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Benchmark every method on N facts; print a table (or JSON)."""
+    """Benchmark every method on N facts; print a table (or JSON). Extensions: module docstring."""
+    for name, command in getattr(args, "bench_extensions", {}).items():
+        if getattr(args, name, False):
+            return command(args)
+    args.model = args.model or "demo"
+    args.methods = args.methods or "featureedit,neurons,neuronlens"
     from tqdm.auto import tqdm
 
     from editing.bench import run_bench
@@ -436,9 +448,26 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="One erasure per fact (model restored in between) for each method; prints "
         "mean ± std of every metric, per-stage seconds and FeatureEdit/neuron ratios.",
     )
-    bench.add_argument("--model", default="demo")
+    bench.add_argument("--model", help="model id (default demo; an extension may differ)")
     bench.add_argument("--facts", type=int, default=30)
-    bench.add_argument("--methods", default="featureedit,neurons,neuronlens")
+    bench.add_argument("--methods", help="comma-separated (default featureedit,neurons,neuronlens)")
     bench.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
+
+
+def _bench_extensions(bench: argparse.ArgumentParser) -> dict[str, Any]:
+    """Load the ``featureedit.bench`` entry points (a broken one only warns); name -> command."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Any] = {}
+    for ep in sorted(entry_points(group=BENCH_EXTENSION_GROUP), key=lambda e: e.name):
+        try:
+            found[ep.name] = ep.load()(bench)
+        except Exception as exc:  # a broken extension must not break the engine benchmark
+            print(
+                f"featureedit: warning: bench extension {ep.name!r} ({ep.value}) not loaded: "
+                f"{exc.__class__.__name__}: {exc}",
+                file=sys.stderr,
+            )
+    return found

@@ -1,0 +1,442 @@
+"""Service benchmark: erasure jobs end to end through the real API and real RQ workers.
+
+:func:`run_bench_service` (``featureedit bench --service``) starts a private
+:class:`~workers.stack.LocalStack` on loopback (own Redis, ``serve --no-worker``, N ``worker``
+processes, a fresh store), submits erasures over HTTP and waits for each, then splits every job's
+latency into stages from two sources that never see a secret:
+
+* the record's history (API-side timestamps): ``queue_wait`` = first ``running`` event minus
+  ``created_at``; ``e2e_server`` = terminal event minus ``created_at``;
+* the worker's ``timings`` (``ErasurePublic.timings``): ``model_load`` (``model_cached`` says
+  whether the worker already held the model: the first job of a worker is *cold*, later ones
+  *warm*, see :mod:`workers.cache`), ``baseline`` (the unedited model's metrics), ``locate``,
+  ``edit``, ``evaluate``, ``publish`` (the full safetensors checkpoint and its delta: every
+  published checkpoint has both; their sizes come from the checkpoint manifest) and ``total``.
+
+``engine`` = baseline + locate + edit + evaluate (what :func:`editing.erase.run_erasure`
+computes); ``overhead`` = ``e2e_server`` - ``engine`` (queueing, model load, publishing and the
+service's bookkeeping). ``e2e_client`` adds the client's polling resolution (0.2 s).
+
+Jobs, one at a time unless noted: the first job (FeatureEdit, 1 fact) is cold; then, per fact
+count (1, 10, 100 by default) and per method (FeatureEdit and the neuron baseline, same facts),
+one warm job; then ``throughput_jobs`` 1-fact jobs submitted at once (jobs per minute with the
+stack's workers). Acceptance thresholds are set to accept everything so each job publishes
+(the publish stage is part of what is measured); metrics are reported but are not the point here
+(``featureedit bench`` is the quality benchmark).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.records import TERMINAL
+
+STAGES = ("queue_wait", "model_load", "baseline", "locate", "edit", "evaluate", "publish")
+ENGINE_STAGES = ("baseline", "locate", "edit", "evaluate")
+# Accept every result so every job publishes a checkpoint (publish is measured too).
+ACCEPT_ALL = {
+    "min_reliability": 0.0,
+    "min_generalization": 0.0,
+    "min_locality": 0.0,
+    "max_delta_ppl": 1e9,
+}
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class ServiceBenchPlan:
+    """What to measure."""
+
+    model: str = "demo-small"
+    methods: tuple[str, ...] = ("featureedit", "neurons")
+    fact_counts: tuple[int, ...] = (1, 10, 100)
+    workers: int = 1
+    throughput_jobs: int = 4
+    job_timeout: float = 1800.0  # seconds a single job may take before the bench gives up
+    seed: int = 0
+
+    def check(self) -> None:
+        """ValueError naming the bad option."""
+        from editing.request import MAX_FACTS, METHODS
+
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+        if not self.fact_counts or any(not 1 <= n <= MAX_FACTS for n in self.fact_counts):
+            raise ValueError(f"--fact-counts: each count must be between 1 and {MAX_FACTS}")
+        if not 1 <= self.workers <= 8:
+            raise ValueError(f"--workers must be between 1 and 8, got {self.workers}")
+        if not 0 <= self.throughput_jobs <= 100:
+            raise ValueError("--throughput-jobs must be between 0 and 100")
+
+    @classmethod
+    def from_args(cls, args: Any) -> ServiceBenchPlan:
+        """The plan of ``featureedit bench --service`` options (ValueError naming the flag)."""
+
+        def counts(text: str, flag: str) -> tuple[int, ...]:
+            try:
+                return tuple(int(x) for x in text.split(",") if x.strip())
+            except ValueError:
+                raise ValueError(
+                    f"{flag}: expected comma-separated integers, got {text!r}"
+                ) from None
+
+        methods = tuple(m.strip() for m in (args.methods or "featureedit,neurons").split(","))
+        plan = cls(
+            model=args.model or "demo-small",
+            methods=tuple(m for m in methods if m),
+            fact_counts=counts(args.fact_counts, "--fact-counts"),
+            workers=args.workers,
+            throughput_jobs=args.throughput_jobs,
+        )
+        plan.check()
+        return plan
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def job_row(record: dict[str, Any], public: dict[str, Any], e2e_client: float) -> dict[str, Any]:
+    """One job's stage times (seconds) from its record (with history) and public document."""
+    created = _epoch(record["created_at"])
+    history = record.get("history", [])
+    running = next((e for e in history if e["status"] == "running"), None)
+    end = next((e for e in reversed(history) if e["status"] in TERMINAL), None)
+    t = public.get("timings") or {}
+    row: dict[str, Any] = {
+        "status": public["status"],
+        "facts": len(public.get("facts", [])),
+        "method": public["method"],
+        "cold": not bool(t.get("model_cached", 1.0)),
+        "queue_wait": round(_epoch(running["at"]) - created, 4) if running else None,
+    }
+    for stage in STAGES[1:]:
+        row[stage] = round(float(t.get(stage, 0.0)), 4)
+    row["worker_total"] = round(float(t.get("total", 0.0)), 4)
+    row["engine"] = round(sum(row[s] for s in ENGINE_STAGES), 4)
+    row["e2e_server"] = round(_epoch(end["at"]) - created, 4) if end else None
+    row["e2e_client"] = round(e2e_client, 4)
+    row["overhead"] = (
+        None if row["e2e_server"] is None else round(row["e2e_server"] - row["engine"], 4)
+    )
+    row["overhead_share"] = (
+        None if not row["e2e_server"] else round(row["overhead"] / row["e2e_server"], 3)
+    )
+    row["checkpoint_id"] = public.get("checkpoint_id")
+    metrics = public.get("metrics") or {}
+    for name in ("reliability", "generalization", "locality"):
+        v = metrics.get(name)
+        row[name] = v.get("value") if isinstance(v, dict) else v
+    return row
+
+
+class _Runner:
+    """Submit, wait and measure jobs on one stack."""
+
+    def __init__(self, stack: Any, key: str, plan: ServiceBenchPlan, say: Callable) -> None:
+        from service.store import FilesystemStore
+
+        self.stack = stack
+        self.http = httpx.Client(
+            base_url=stack.base, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        self.store = FilesystemStore(stack.store_root)
+        self.plan = plan
+        self.say = say
+
+    def body(self, method: str, facts: Sequence[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "model": self.plan.model,
+            "method": method,
+            "facts": list(facts),
+            "thresholds": ACCEPT_ALL,
+        }
+
+    def submit(self, body: dict[str, Any]) -> tuple[str, float]:
+        started = time.monotonic()
+        response = self.http.post("/v1/erasures", json=body)
+        if response.status_code != 202:
+            raise RuntimeError(
+                f"the API refused a benchmark job: HTTP {response.status_code} {response.text}"
+            )
+        return response.json()["id"], started
+
+    def wait(self, erasure_id: str, started: float) -> dict[str, Any]:
+        deadline = started + self.plan.job_timeout
+        while time.monotonic() < deadline:
+            doc = self.http.get(f"/v1/erasures/{erasure_id}").json()
+            if doc["status"] in TERMINAL:
+                return self.row(erasure_id, doc, time.monotonic() - started)
+            time.sleep(POLL_SECONDS)
+        raise TimeoutError(
+            f"erasure {erasure_id} did not finish within {self.plan.job_timeout:.0f} s; see the "
+            f"logs under {self.stack.logs}"
+        )
+
+    def row(self, erasure_id: str, doc: dict[str, Any], e2e_client: float) -> dict[str, Any]:
+        record = self.store.get_erasure(erasure_id)
+        if record is None:
+            raise RuntimeError(f"erasure {erasure_id} has no record in the stack's store")
+        row = job_row(record.model_dump(mode="json"), doc, e2e_client)
+        row["id"] = erasure_id
+        if doc["status"] == "failed":
+            row["error"] = doc.get("error")
+        if row["checkpoint_id"]:
+            manifest = self.http.get(f"/v1/checkpoints/{row['checkpoint_id']}").json()
+            files = manifest.get("files", [])
+            row["checkpoint_bytes"] = sum(f["size"] for f in files)
+            row["delta_bytes"] = sum(f["size"] for f in files if f["name"].startswith("delta/"))
+        return row
+
+    def one(self, label: str, method: str, facts: Sequence[dict[str, str]]) -> dict[str, Any]:
+        self.say(f"{label}: {method}, {len(facts)} fact(s)")
+        erasure_id, started = self.submit(self.body(method, facts))
+        row = self.wait(erasure_id, started)
+        row["scenario"] = label
+        self.say(
+            f"  {row['status']} in {row['e2e_server']} s (queue {row['queue_wait']} s, load "
+            f"{row['model_load']} s, engine {row['engine']} s, publish {row['publish']} s)"
+        )
+        return row
+
+    def burst(self, facts: Sequence[dict[str, str]]) -> dict[str, Any]:
+        n = len(facts)
+        self.say(f"throughput: {n} 1-fact jobs at once on {self.plan.workers} worker(s)")
+        submitted = [self.submit(self.body("featureedit", [f])) for f in facts]
+        first = submitted[0][1]
+        rows = [self.wait(i, s) for i, s in submitted]
+        wall = time.monotonic() - first
+        for r in rows:
+            r["scenario"] = "throughput"
+        waits = [r["queue_wait"] for r in rows if r["queue_wait"] is not None]
+        return {
+            "jobs": n,
+            "workers": self.plan.workers,
+            "wall_seconds": round(wall, 3),
+            "jobs_per_minute": round(60 * n / wall, 2) if wall > 0 else None,
+            "mean_queue_wait": round(statistics.fmean(waits), 3) if waits else None,
+            "max_queue_wait": round(max(waits), 3) if waits else None,
+            "rows": rows,
+        }
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def pick_facts(model: str, home: Path, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` private facts of the demo world, e-mail first (they erase best), then spread evenly."""
+    from editing.registry import get_entry
+    from editing.world.build import load_world
+    from editing.world.corpus import round_robin
+
+    entry = get_entry(model, home=home)
+    if not entry.is_demo:
+        raise ValueError(f"bench --service picks demo-world facts; {model!r} is not a demo model")
+    world = load_world(entry.demo_size or "default", home, progress=False)
+    private = world.private_facts()
+    picked = round_robin(private, len(private), random.Random(seed))
+    picked.sort(key=lambda f: f.relation != "email")  # stable: the first is an e-mail fact
+    head = picked[:1] + round_robin(picked[1:], n - 1, random.Random(seed))
+    return [{"subject": f.subject, "relation": f.relation, "target": f.target} for f in head[:n]]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def summarize(rows: list[dict[str, Any]], plan: ServiceBenchPlan) -> dict[str, Any]:
+    """Cold vs warm model load, per-fact-count scaling, method ratios, overhead shares."""
+    cold = [r["model_load"] for r in rows if r["cold"]]
+    warm = [r["model_load"] for r in rows if not r["cold"]]
+    out: dict[str, Any] = {
+        "model_load": {
+            "cold_seconds": round(statistics.fmean(cold), 4) if cold else None,
+            "warm_seconds": round(statistics.fmean(warm), 4) if warm else None,
+            "cold_jobs": len(cold),
+            "warm_jobs": len(warm),
+        }
+    }
+    scaling: dict[str, dict[str, Any]] = {}
+    for method in plan.methods:
+        for n in plan.fact_counts:
+            match = [
+                r
+                for r in rows
+                if r["scenario"] == "scaling" and r["method"] == method and r["facts"] == n
+            ]
+            if match:
+                r = match[0]
+                scaling.setdefault(method, {})[str(n)] = {
+                    k: r[k] for k in (*STAGES, "engine", "e2e_server", "overhead")
+                } | {"engine_per_fact": round(r["engine"] / n, 4)}
+    out["scaling"] = scaling
+    ratios: dict[str, dict[str, float | None]] = {}
+    if "featureedit" in scaling and "neurons" in scaling:
+        for n, fe in scaling["featureedit"].items():
+            nb = scaling["neurons"].get(n)
+            if nb is None:
+                continue
+            ratios[n] = {
+                "e2e_featureedit_over_neurons": _ratio(fe["e2e_server"], nb["e2e_server"]),
+                "engine_featureedit_over_neurons": _ratio(fe["engine"], nb["engine"]),
+                "locate_featureedit_over_neurons": _ratio(fe["locate"], nb["locate"]),
+            }
+    out["featureedit_vs_neurons"] = ratios
+    return out
+
+
+def run_bench_service(
+    plan: ServiceBenchPlan,
+    source_home: Path,
+    root: Path,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the service benchmark on a private stack under ``root``; the result document."""
+    from workers.stack import LocalStack, link_worlds
+
+    say = progress or (lambda message: None)
+    plan.check()
+    wall = time.monotonic()
+    need = max(max(plan.fact_counts), plan.throughput_jobs + 1)
+    facts = pick_facts(plan.model, source_home, need, plan.seed)
+    if len(facts) < max(plan.fact_counts):
+        raise ValueError(
+            f"the {plan.model} world has only {len(facts)} private facts; lower --fact-counts"
+        )
+    rows: list[dict[str, Any]] = []
+    with LocalStack(root, model=plan.model) as stack:
+        link_worlds(stack.home, source_home)
+        say(f"private stack under {root}: starting the API and {plan.workers} worker(s)")
+        stack.start_api()
+        for _ in range(plan.workers):
+            stack.start_worker()
+        runner = _Runner(stack, stack.create_key("bench"), plan, say)
+        try:
+            rows.append(runner.one("cold", plan.methods[0], facts[:1]))
+            for n in plan.fact_counts:
+                for method in plan.methods:
+                    rows.append(runner.one("scaling", method, facts[:n]))
+            throughput = (
+                runner.burst(facts[1 : plan.throughput_jobs + 1]) if plan.throughput_jobs else None
+            )
+        finally:
+            runner.close()
+    return {
+        "model": plan.model,
+        "plan": asdict(plan),
+        "command": command_line(plan),
+        "rows": rows,
+        "summary": summarize(rows, plan),
+        "throughput": throughput,
+        "wall_seconds": round(time.monotonic() - wall, 1),
+    }
+
+
+def command_line(plan: ServiceBenchPlan) -> str:
+    """The ``featureedit bench --service`` command line that reproduces ``plan``."""
+    return (
+        f"featureedit bench --service --model {plan.model} --methods {','.join(plan.methods)} "
+        f"--fact-counts {','.join(map(str, plan.fact_counts))} --workers {plan.workers} "
+        f"--throughput-jobs {plan.throughput_jobs}"
+    )
+
+
+# ----------------------------------------------------------------------------- output
+_COLUMNS = (
+    ("scenario", "job"),
+    ("method", "method"),
+    ("facts", "facts"),
+    ("status", "status"),
+    ("queue_wait", "queue"),
+    ("model_load", "load"),
+    ("baseline", "baseline"),
+    ("locate", "locate"),
+    ("edit", "edit"),
+    ("evaluate", "evaluate"),
+    ("publish", "publish"),
+    ("engine", "engine"),
+    ("e2e_server", "end to end"),
+    ("overhead", "overhead"),
+)
+
+
+def _cells(row: dict[str, Any]) -> list[Any]:
+    return [row.get(k) for k, _ in _COLUMNS]
+
+
+def bench_service_table(result: dict[str, Any]) -> str:
+    """Plain-text tables of a result (seconds)."""
+    from editing.cli import format_table
+
+    rows = result["rows"] + ((result["throughput"] or {}).get("rows") or [])
+    lines = [format_table([h for _, h in _COLUMNS], [_cells(r) for r in rows]), ""]
+    lines += _summary_lines(result)
+    return "\n".join(lines)
+
+
+def _summary_lines(result: dict[str, Any]) -> list[str]:
+    s = result["summary"]
+    ml = s["model_load"]
+    lines = [
+        f"model load: cold {ml['cold_seconds']} s ({ml['cold_jobs']} job), warm "
+        f"{ml['warm_seconds']} s ({ml['warm_jobs']} jobs)"
+    ]
+    for n, r in s["featureedit_vs_neurons"].items():
+        lines.append(
+            f"{n} fact(s): FeatureEdit/neurons end to end {r['e2e_featureedit_over_neurons']}, "
+            f"engine {r['engine_featureedit_over_neurons']}, locate "
+            f"{r['locate_featureedit_over_neurons']}"
+        )
+    t = result["throughput"]
+    if t:
+        lines.append(
+            f"throughput: {t['jobs']} 1-fact jobs on {t['workers']} worker(s) in "
+            f"{t['wall_seconds']} s = {t['jobs_per_minute']} jobs/min (mean queue wait "
+            f"{t['mean_queue_wait']} s, max {t['max_queue_wait']} s)"
+        )
+    lines.append(f"wall: {result['wall_seconds']} s")
+    return lines
+
+
+def bench_service_markdown(result: dict[str, Any]) -> str:
+    """A Markdown section for ``docs/benchmarks.md`` (the command line included)."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    rows = result["rows"] + ((result["throughput"] or {}).get("rows") or [])
+    head = [h for _, h in _COLUMNS]
+    out = [
+        f"Command: `{result['command']} --markdown` ({result['wall_seconds']} s wall).",
+        "",
+        "Seconds per job. *queue*: submitted → a worker starts it; *load*: model load (cold on a "
+        "worker's first job, warm after); *engine* = baseline + locate + edit + evaluate; "
+        "*overhead* = end to end − engine.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    out += ["| " + " | ".join(cell(v) for v in _cells(r)) + " |" for r in rows]
+    out += [""] + [f"- {line}" for line in _summary_lines(result)]
+    sizes = [r for r in rows if r.get("checkpoint_bytes")]
+    if sizes:
+        r = sizes[0]
+        out.append(
+            f"- publish writes the full checkpoint ({r['checkpoint_bytes'] / 1e6:.2f} MB) and its "
+            f"delta ({r['delta_bytes'] / 1e3:.1f} kB of it) for {r['facts']} fact(s)"
+        )
+    return "\n".join(out)
