@@ -46,6 +46,11 @@ def _log_level(args: argparse.Namespace) -> str:
 
 
 # ----------------------------------------------------------------------------- worker
+def _split(value: str | None) -> list[str]:
+    """``"a, b,"`` -> ``["a", "b"]`` (None -> [])."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker until stopped (or, with --burst, until its queues are empty)."""
     from service.config import Settings
@@ -65,6 +70,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.cache_size is not None:
         tuning = tuning.model_copy(update={"cache_size": args.cache_size})
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    models, classes = _split(args.models), _split(args.classes)
+    if models or classes:
+        from workers.worker import model_queue_names
+
+        if queues:
+            print(
+                "featureedit: error: pass --queues or --models/--classes, not both", file=sys.stderr
+            )
+            return 2
+        try:
+            queues = model_queue_names(settings, models, classes)
+        except ValueError as exc:
+            print(f"featureedit: error: {exc}", file=sys.stderr)
+            return 2
     run_worker(
         queues,
         burst=args.burst,
@@ -250,6 +269,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     worker.add_argument(
         "--queues", metavar="A,B", help="comma-separated queue names (default: see above)"
+    )
+    worker.add_argument(
+        "--models",
+        metavar="A,B",
+        help="serve only these models (their queues, or their queue classes' queues; see "
+        "FEATUREEDIT_QUEUE_CLASSES), plus callbacks",
+    )
+    worker.add_argument(
+        "--classes",
+        metavar="C,D",
+        help="serve these queue classes ('featureedit-<class>', e.g. gpu-24g), plus callbacks",
     )
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument(

@@ -48,11 +48,40 @@ log = logging.getLogger(__name__)
 def default_queue_names(
     settings: Settings, home: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """The callbacks queue, then one queue per registered model (``featureedit-demo``...)."""
+    """The callbacks queue, then the queue of every registered model (``featureedit-demo``...;
+    a model with a queue class in ``Settings.queue_classes`` is served by its class's queue)."""
     from editing.registry import load_registry
 
-    models = sorted(load_registry(home or settings.home))
-    return [callback_queue_name(settings.queue_prefix)] + [settings.queue_name(m) for m in models]
+    return model_queue_names(settings, sorted(load_registry(home or settings.home)))
+
+
+def model_queue_names(
+    settings: Settings, models: Sequence[str] = (), classes: Sequence[str] = ()
+) -> list[str]:
+    """The callbacks queue, then the queues serving ``models`` and the queue ``classes``.
+
+    A worker on these queues only gets jobs for models it was given: a model whose queue class
+    (``Settings.queue_classes``) is shared with models not in ``models`` raises ValueError, since
+    that class's queue would hand it their jobs too (name the class in ``classes`` instead, on a
+    worker that can hold every model of the class).
+    """
+    names = [callback_queue_name(settings.queue_prefix)]
+    for model_id in models:
+        queue_class = settings.queue_class(model_id)
+        if queue_class is not None and queue_class not in classes:
+            others = sorted(
+                m for m, c in settings.queue_classes.items() if c == queue_class and m != model_id
+            )
+            missing = [m for m in others if m not in models]
+            if missing:
+                raise ValueError(
+                    f"model {model_id!r} is in queue class {queue_class!r} with {missing}; a "
+                    f"worker on that queue takes their jobs too: list them as well, or pass "
+                    f"--classes {queue_class} on a worker that can hold every model of the class"
+                )
+        names.append(settings.queue_name(model_id))
+    names += [settings.class_queue_name(c) for c in classes]
+    return list(dict.fromkeys(names))
 
 
 def worker_name() -> str:
