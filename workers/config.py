@@ -45,6 +45,13 @@ class WorkerSettings(BaseSettings):
         default=0.5, ge=0, description="Seconds between reads of the record's cancel flag."
     )
     callback_timeout: float = Field(default=10.0, gt=0, description="HTTP timeout of callbacks.")
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Lower the worker's CPU priority by this much (POSIX nice; 0 keeps it): on a "
+        "host shared with the API, model work yields to requests (see `featureedit load`).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:

@@ -221,6 +221,22 @@ def build_worker(
     return ErasureWorker(queues, connection=connection, context=context, tuning=tuning)
 
 
+def lower_priority(increment: int) -> int:
+    """Lower this process's CPU priority by ``increment`` (``os.nice``); the resulting niceness.
+
+    On Linux niceness is per thread and inherited by threads created afterwards, so call it
+    before any worker thread (or torch's thread pool) starts. Where it is not permitted or not
+    supported the priority is left alone (a warning is logged).
+    """
+    if increment <= 0 or not hasattr(os, "nice"):
+        return os.nice(0) if hasattr(os, "nice") else 0
+    try:
+        return os.nice(increment)
+    except OSError as exc:
+        log.warning("could not lower the worker's CPU priority: %s", exc)
+        return os.nice(0)
+
+
 def run_worker(
     queue_names: Sequence[str] | None = None,
     *,
@@ -236,6 +252,7 @@ def run_worker(
     settings = settings or Settings()
     tuning = tuning or WorkerSettings()
     configure_worker_logging(log_level)
+    lower_priority(tuning.nice)  # first: threads started later (torch's) inherit it
     worker = build_worker(queue_names, settings=settings, tuning=tuning, device=device, dtype=dtype)
     log.info(
         "worker %s on %s (store %s, model cache %d); a lost job is retried within ~%.0f s",
