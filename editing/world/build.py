@@ -15,6 +15,7 @@ rebuilt, never silently used. Layout::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,28 +221,54 @@ def load_world(
     build: bool = True,
     progress: bool = True,
 ) -> World:
-    """Load the cached world of ``size``, building (or rebuilding a corrupt one) if allowed."""
-    root = world_dir(size, home)
-    if root.exists():
-        try:
-            verify_world(root)
-            return _read_world(root)
-        except CorruptCacheError as exc:
-            if not build:
-                raise CorruptCacheError(
-                    f"Demo world cache is corrupt ({exc}); run `featureedit world build --size "
-                    f"{size}` to rebuild it."
-                ) from exc
-            log.warning("demo world cache corrupt (%s); rebuilding", exc)
-            shutil.rmtree(root)
-    if not build:
-        from editing.errors import NotFoundError
+    """Load the cached world of ``size``, building (or rebuilding a corrupt one) if allowed.
 
-        raise NotFoundError(
-            f"Demo world {size!r} is not built at {root}; run "
-            f"`featureedit world build --size {size}`."
-        )
-    return build_world(size, home, progress=progress)
+    Concurrent callers (test sessions, workers, CLI runs sharing one home) serialise on a lock
+    file beside the world's directory: one builds, the others wait and then load its result
+    instead of training the same world again.
+    """
+    root = world_dir(size, home)
+    if build:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    lock = _build_lock(root) if build else contextlib.nullcontext()
+    with lock:
+        if root.exists():
+            try:
+                verify_world(root)
+                return _read_world(root)
+            except CorruptCacheError as exc:
+                if not build:
+                    raise CorruptCacheError(
+                        f"Demo world cache is corrupt ({exc}); run `featureedit world build "
+                        f"--size {size}` to rebuild it."
+                    ) from exc
+                log.warning("demo world cache corrupt (%s); rebuilding", exc)
+                shutil.rmtree(root)
+        if not build:
+            from editing.errors import NotFoundError
+
+            raise NotFoundError(
+                f"Demo world {size!r} is not built at {root}; run "
+                f"`featureedit world build --size {size}`."
+            )
+        return build_world(size, home, progress=progress)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``<root>.lock`` (waits, saying so, while another process builds)."""
+    import fcntl
+
+    with open(root.parent / f"{root.name}.lock", "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building %s; waiting for it", root.name)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _texts_without_secrets(corpus: Corpus) -> list[str]:

@@ -140,3 +140,30 @@ def test_corrupt_cache_is_rebuilt(small_world, tmp_path: Path, caplog) -> None:
     assert weights.read_bytes() != corrupt
     assert world.facts == small_world.facts  # same recipe, same corpus
     assert world.quality["recall_train"] >= 0.9
+
+
+def test_concurrent_load_waits_for_the_builder(small_world, tmp_path: Path, caplog) -> None:
+    """A second caller waits on the build lock, then loads the finished world (no second build)."""
+    import threading
+
+    from editing.world.build import _build_lock
+
+    home, root = _copy_world(small_world, tmp_path)
+    holding, release = threading.Event(), threading.Event()
+
+    def builder() -> None:
+        with _build_lock(root):
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=builder)
+    t.start()
+    assert holding.wait(10)
+    threading.Timer(0.5, release.set).start()
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="editing"):
+        world = load_world("small", home, build=True, progress=False)
+    t.join(10)
+    assert time.perf_counter() - start >= 0.4  # it waited for the lock
+    assert "another process is building" in caplog.text
+    assert world.root == root and world.facts == small_world.facts
