@@ -69,7 +69,7 @@ Shape = Rect | Line | Label
 def layout_chart(chart: Chart) -> tuple[float, float, list[Shape]]:
     """``(width, height, shapes)`` of ``chart``."""
     values = [v for _, vals in chart.groups for v in vals if v is not None]
-    top = chart.scale if chart.scale is not None else max([abs(v) for v in values] or [1.0])
+    top = chart.scale if chart.scale is not None else max([v for v in values if v > 0] or [1.0])
     top = top or 1.0
     for marker in chart.markers.values():
         top = max(top, marker)
@@ -93,7 +93,7 @@ def layout_chart(chart: Chart) -> tuple[float, float, list[Shape]]:
             if value is None:
                 shapes.append(Label(area_x + 4, by + BAR_H - 3, "n/a", FONT - 1, fill="#777777"))
                 continue
-            w = max(0.0, min(1.0, abs(value) / top)) * area_w
+            w = max(0.0, min(1.0, value / top)) * area_w  # a negative value: no bar, its label
             shapes.append(Rect(area_x, by, max(w, 1.0), BAR_H, COLORS[i % len(COLORS)]))
             shapes.append(Label(area_x + w + 4, by + BAR_H - 3, fmt(value), FONT - 1))
         if label in chart.markers:

@@ -201,6 +201,16 @@ def _acceptance(report: Mapping[str, Any]) -> Section:
         blocks.append(
             Chart("Measured vs threshold (share of prompts)", ("measured",), bars, 1.0, markers)
         )
+    dppl, max_dppl = _number(metrics.get("delta_ppl")), _number(thresholds.get("max_delta_ppl"))
+    if dppl is not None:
+        blocks.append(
+            Chart(
+                "Relative perplexity change vs its maximum",
+                ("measured",),
+                [("delta_ppl", (dppl,))],
+                markers={} if max_dppl is None else {"delta_ppl": max_dppl},
+            )
+        )
     return Section("Acceptance decision", blocks)
 
 

@@ -142,11 +142,8 @@ def document_pdf(doc: ReportDocument) -> bytes:
                 story += [_drawing(block, avail), Spacer(1, 4)]
             elif isinstance(block, Text):
                 color = _TONES.get(block.tone, _TONES["plain"])
-                story.append(
-                    Paragraph(
-                        f'<font color="{color}">{escape(block.text)}</font>', styles["BodyText"]
-                    )
-                )
+                text = f'<font color="{color}">{escape(block.text)}</font>'
+                story += [Paragraph(text, styles["BodyText"]), Spacer(1, 3)]
     template.build(story)
     return out.getvalue()
 

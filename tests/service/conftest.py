@@ -7,6 +7,7 @@ skipped, saying so, only if that Redis is unreachable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -142,9 +143,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def live_server(settings: Settings) -> Iterator[str]:
-    """The app served by uvicorn on a free local port (in a thread); yields its base URL."""
+@contextlib.contextmanager
+def serve_in_thread(settings: Settings) -> Iterator[str]:
+    """The app of ``settings`` served by uvicorn on a free local port (in a thread): its URL."""
     import uvicorn
 
     port = _free_port()
@@ -159,6 +160,15 @@ def live_server(settings: Settings) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[str]:
+    """The app served by uvicorn on a free local port (in a thread); yields its base URL."""
+    with serve_in_thread(settings) as url:
+        yield url

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,6 +147,55 @@ def pdf_text(data: bytes) -> str:
 
     reader = PdfReader(io.BytesIO(data))
     return "\n".join(page.extract_text() or "" for page in reader.pages)
+
+
+def chromium_screenshot(page_html: str, tmp: Path, size: tuple[int, int] = (1200, 2000)) -> Path:
+    """Render ``page_html`` with headless Chromium into a PNG (skips when it is not installed)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium): no screenshot")
+    page = tmp / "report.html"
+    page.write_text(page_html, encoding="utf-8")
+    shot = tmp / "report.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            f"--window-size={size[0]},{size[1]}",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return shot
+
+
+def assert_not_blank(shot: Path, size: tuple[int, int] = (1200, 2000)) -> None:
+    """The screenshot exists, has the window's size and shows text, tables and bars."""
+    from PIL import Image, ImageStat
+
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    image = Image.open(shot).convert("L")
+    assert image.size == size
+    assert ImageStat.Stat(image).stddev[0] > 20  # not a blank page
+    dark = sum(n for level, n in enumerate(image.histogram()) if level < 128)
+    assert dark > 0.01 * size[0] * size[1]  # text, tables and bars drawn
+    colored = Image.open(shot).convert("RGB").crop((0, 0, size[0], size[1] // 2))
+    r, g, b = (ImageStat.Stat(band).mean[0] for band in colored.split())
+    assert max(r, g, b) - min(r, g, b) > 0.5  # the coloured verdict and bars, not only grey
+
+
+def test_html_report_renders_in_headless_chromium(client, keys, store, tmp_path):
+    erasure_id = _stored(client, keys, store)
+    page = _get(client, keys, erasure_id, "html").text
+    assert_not_blank(chromium_screenshot(page, tmp_path))
 
 
 def test_html_report_is_self_contained_escaped_and_complete(client, keys, store):
