@@ -86,6 +86,13 @@ class Edit:
         """Layers this edit touches."""
         return [d.layer for d in self.deltas]
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the delta's tensors in bytes (indices, old and new values)."""
+        return sum(
+            t.numel() * t.element_size() for d in self.deltas for t in (d.indices, d.old, d.new)
+        )
+
     def is_empty(self) -> bool:
         """Whether the edit changes nothing."""
         return self.entries_changed == 0

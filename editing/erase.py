@@ -110,6 +110,7 @@ class ErasureResult:
             if self.edit is None
             else {
                 "entries_changed": self.edit.entries_changed,
+                "delta_bytes": self.edit.nbytes,
                 "layers": self.edit.footprint(),
             },
             "produces_checkpoint": self.produces_checkpoint,

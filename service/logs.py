@@ -73,14 +73,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def install_json_handler(names: Iterable[str], level: str = "INFO") -> None:
-    """Make the loggers ``names`` write JSON lines to stderr, and only there (idempotent)."""
+def install_json_handler(names: Iterable[str], level: str = "INFO", replace: bool = False) -> None:
+    """Make the loggers ``names`` write JSON lines to stderr (idempotent; not propagated).
+
+    With ``replace`` their other handlers are removed first (uvicorn's plain-text ones).
+    """
     for name in names:
         logger = logging.getLogger(name)
         logger.setLevel(level.upper())
         if not any(getattr(h, "_featureedit_json", False) for h in logger.handlers):
-            for handler in list(logger.handlers):  # e.g. uvicorn's plain-text handler
-                logger.removeHandler(handler)
+            if replace:
+                for handler in list(logger.handlers):
+                    logger.removeHandler(handler)
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(JsonFormatter())
             handler._featureedit_json = True  # type: ignore[attr-defined]
@@ -94,7 +98,8 @@ def configure_logging(level: str = "INFO") -> None:
     uvicorn's access log is switched off: the middleware logs every request as JSON (with its
     request id, route template, status, duration and tenant).
     """
-    install_json_handler(("service", "uvicorn", "uvicorn.error"), level)
+    install_json_handler(("service",), level)
+    install_json_handler(("uvicorn", "uvicorn.error"), level, replace=True)
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api.deps import ServiceContext
+from service.api.deps import AUTH_RESPONSES, ServiceContext
 from service.api.errors import install_exception_handlers
 from service.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from service.api.routes import checkpoints, erasures, health, models
@@ -72,8 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     install_exception_handlers(app)
-    for module in (erasures, checkpoints, models, health):
-        app.include_router(module.router)
+    for module in (erasures, checkpoints, models):
+        app.include_router(module.router, responses=AUTH_RESPONSES)
+    app.include_router(health.router)
     # the last added is the outermost: request ids and audit wrap the body-size check
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics, audit=ctx.audit)

@@ -60,3 +60,4 @@ class ErasureRecord(BaseModel):
     attempts: int = 0
     cancel_requested: bool = False
     worker: str | None = None
+    request_id: str | None = None  # X-Request-ID of the submission (in the worker's log lines)

@@ -39,6 +39,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +50,7 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from service.config import Settings
+from service.job_metrics import JobMetrics
 from service.records import TERMINAL, ErasureRecord, Status, utcnow
 from service.store import Store, get_store, record_event
 from workers.cache import ModelCache
@@ -137,6 +139,21 @@ def get_context() -> JobContext:
 
 
 # ----------------------------------------------------------------------------- helpers
+def job_metrics(ctx: JobContext) -> JobMetrics:
+    """The Redis-backed job metrics (stage durations, outcomes) of ``ctx``'s service."""
+    return JobMetrics(ctx.connection(), ctx.settings.redis_prefix)
+
+
+def _queue_wait(job: Job | None) -> float | None:
+    """Seconds the job waited in its queue (since its last enqueue), if rq knows."""
+    enqueued = getattr(job, "enqueued_at", None) if job is not None else None
+    if enqueued is None:
+        return None
+    if enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - enqueued).total_seconds())
+
+
 class JobFailure(Exception):
     """A terminal failure with a user-facing reason (holds no secret)."""
 
@@ -187,12 +204,15 @@ def finish_erasure(
     error: str | None = None,
     stage: str | None = None,
     update: dict[str, Any] | None = None,
+    failure_reason: str | None = None,
 ) -> tuple[ErasureRecord | None, bool]:
     """Move the record to the terminal ``status`` once; delete the blob; enqueue the callback.
 
     Idempotent: a record already terminal is left alone (the blob is still deleted). ``update``
-    sets record fields (metrics, acceptance, checkpoint_id); ``timings`` are merged. Returns the
-    record (None if it vanished) and whether this call made the transition.
+    sets record fields (metrics, acceptance, checkpoint_id); ``timings`` are merged. The
+    transition is counted in the job metrics (a failure under ``failure_reason``, one of
+    :data:`service.job_metrics.FAILURE_REASONS`). Returns the record (None if it vanished) and
+    whether this call made the transition.
     """
     if status not in TERMINAL:
         raise ValueError(f"{status!r} is not a terminal status; expected one of {sorted(TERMINAL)}")
@@ -220,8 +240,10 @@ def finish_erasure(
         log.warning("erasure %s: record vanished before it could be marked %s", erasure_id, status)
         record = None
     ctx.store.delete_request_blob(erasure_id)
+    if moved:
+        job_metrics(ctx).count_finished(status, failure_reason if status == "failed" else None)
     if moved and record is not None:
-        log.info("erasure %s: %s", erasure_id, status)
+        log.info("erasure %s: %s", erasure_id, status, extra={"status": status})
         if record.callback_url:
             enqueue_callback(ctx, erasure_id)
     return record, moved
@@ -251,7 +273,11 @@ def run_erasure_job(erasure_id: str) -> str:
     See the module docstring. Returns ``"missing"`` when there is no such record; raises
     :class:`RetryableJobError` (redacted) when an unexpected error leaves rq retries to use.
     """
-    return _ErasureRun(get_context(), erasure_id).run()
+    from service.logs import log_context
+
+    job = get_current_job()
+    with log_context(erasure_id=erasure_id, job_id=job.id if job is not None else None):
+        return _ErasureRun(get_context(), erasure_id).run()
 
 
 class _ErasureRun:
@@ -267,17 +293,24 @@ class _ErasureRun:
         self.stage = "starting"
         self.written_progress = 0.0
         self.loaded: Any = None
+        self.published: dict[str, Any] | None = None  # the checkpoint's lineage, hashes, sizes
         self.attempt = 0
         self._cancel_checked_at = -math.inf
         self._cancelled = False
 
     # -- entry point
     def run(self) -> str:
+        from service.logs import log_context
+
         t0 = time.perf_counter()
         record = self.store.get_erasure(self.id)
         if record is None:
             log.warning("erasure %s: no such record; nothing to do", self.id)
             return "missing"
+        with log_context(request_id=record.request_id):  # the submission's: one trace id
+            return self._run_record(record, t0)
+
+    def _run_record(self, record: ErasureRecord, t0: float) -> str:
         if record.status in TERMINAL:
             log.info("erasure %s: already %s; nothing to do", self.id, record.status)
             self.store.delete_request_blob(self.id)
@@ -312,17 +345,22 @@ class _ErasureRun:
         if isinstance(exc, CancelledError | _Cancelled):
             return self._finish("cancelled", detail="cancelled while running; nothing published")
         if isinstance(exc, JobFailure):
-            return self._fail(str(exc))
+            return self._fail(str(exc), "invalid_request")
         if isinstance(exc, EditingError):
-            return self._fail(_public_message(str(exc), self.secrets, self.ctx.settings))
+            message = _public_message(str(exc), self.secrets, self.ctx.settings)
+            return self._fail(message, "engine_error")
         if isinstance(exc, ValidationError):
-            return self._fail(f"the stored request is invalid: {validation_summary(exc)}")
+            message = f"the stored request is invalid: {validation_summary(exc)}"
+            return self._fail(message, "invalid_request")
+        kind = "internal_error"
         if isinstance(exc, JobTimeoutException):
+            kind = "timeout"
             reason = (
                 f"the erasure did not finish within the job timeout "
                 f"({self.ctx.settings.job_timeout} s); nothing was published"
             )
         elif type(exc).__name__ == "RequestKeyError":
+            kind = "request_key"
             reason = (
                 "the worker could not decrypt the request: the API and the workers must share "
                 "the request key; contact the operator"
@@ -332,7 +370,7 @@ class _ErasureRun:
                 f"internal error ({type(exc).__name__}); nothing was published. Contact the "
                 f"operator with the erasure id {self.id}"
             )
-        return self._unexpected(exc, reason)
+        return self._unexpected(exc, reason, kind)
 
     # -- the steps
     def _run(self, record: ErasureRecord, t0: float) -> str:
@@ -377,6 +415,7 @@ class _ErasureRun:
             self._check_cancel(force=True)
             checkpoint_id = self._publish(loaded, result, request, record)
         self.timings["total"] = round(time.perf_counter() - t0, 4)
+        self._observe_stages(cached)
         report = self._report(result, record, checkpoint_id, cached, load_seconds)
         self.store.put_report(self.id, report)
         metrics = _scrub(result.metrics, self.secrets)
@@ -420,6 +459,9 @@ class _ErasureRun:
             return None
         self.attempt = record.attempts
         log.info("erasure %s: running (attempt %d)", self.id, record.attempts)
+        wait = _queue_wait(self.job)
+        if wait is not None:
+            job_metrics(self.ctx).observe_stages({"queue_wait": wait})
         return record
 
     def _base_edit(self, checkpoint_id: str | None, record: ErasureRecord) -> Any:
@@ -472,6 +514,7 @@ class _ErasureRun:
             loaded, edit, self.store.checkpoint_root(), manifest, secrets=self.secrets
         )
         checkpoint_id = path.name
+        self.published = _checkpoint_summary(path)
         self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
         self.timings["publish"] = round(time.perf_counter() - t, 4)
         self._progress("publish", 1.0)
@@ -486,10 +529,14 @@ class _ErasureRun:
         cached: bool,
         load_seconds: float,
     ) -> dict[str, Any]:
+        from editing.checkpoints import code_version
+
         doc = result.to_dict()
         doc.update(
             {
                 "erasure_id": self.id,
+                "code_version": code_version(),
+                "checkpoint": self.published,
                 "model": record.model,
                 "request": record.request_public,
                 "fact_fingerprints": record.fact_fingerprints,
@@ -504,6 +551,14 @@ class _ErasureRun:
             }
         )
         return _scrub(doc, self.secrets)
+
+    def _observe_stages(self, cached: bool) -> None:
+        """Record this run's stage durations (model_load only if the model had to be loaded)."""
+        stages = ("baseline", "locate", "edit", "evaluate", "publish", "total")
+        seconds = {k: self.timings[k] for k in stages if k in self.timings}
+        if not cached and "model_load" in self.timings:
+            seconds["model_load"] = self.timings["model_load"]
+        job_metrics(self.ctx).observe_stages(seconds)
 
     # -- progress and cancellation
     def _on_progress(self, stage: str, fraction: float) -> None:
@@ -560,16 +615,20 @@ class _ErasureRun:
         )
         return record.status if record is not None else status
 
-    def _fail(self, reason: str) -> str:
-        log.warning("erasure %s: failed: %s", self.id, reason)
-        return self._finish("failed", error=reason, detail=reason)
+    def _fail(self, reason: str, kind: str) -> str:
+        """Fail the erasure: ``reason`` for the user, ``kind`` (one of
+        :data:`service.job_metrics.FAILURE_REASONS`) for the metrics."""
+        log.warning(
+            "erasure %s: failed (%s): %s", self.id, kind, reason, extra={"failure_reason": kind}
+        )
+        return self._finish("failed", error=reason, detail=reason, failure_reason=kind)
 
     def _retries_left(self) -> int:
         if self.job is None:
             return 0
         return int(self.job.retries_left or 0)
 
-    def _unexpected(self, exc: Exception, reason: str) -> str:
+    def _unexpected(self, exc: Exception, reason: str, kind: str) -> str:
         summary = _redact(f"{type(exc).__name__}: {exc}", self.secrets)
         trace = _redact("".join(traceback.format_exception(exc)), self.secrets)
         log.error("erasure %s: attempt %d failed: %s\n%s", self.id, self.attempt, summary, trace)
@@ -584,7 +643,7 @@ class _ErasureRun:
                 f"({left} retr{'y' if left == 1 else 'ies'} left)",
             )
             raise RetryableJobError(f"erasure {self.id}: {summary}") from None
-        return self._fail(reason)
+        return self._fail(reason, kind)
 
     def _check_cancel_quietly(self) -> bool:
         try:
@@ -596,6 +655,31 @@ class _ErasureRun:
 
 class _Cancelled(Exception):
     """The record asked for cancellation between engine steps."""
+
+
+def _checkpoint_summary(directory: Any) -> dict[str, Any]:
+    """What the report says about a published checkpoint: lineage, hashes, file sizes.
+
+    Read back from its ``manifest.json`` (the source of truth), so the report states exactly
+    what was published: id, creation time, base model and its down-projection hash, parent,
+    the edited hash, every file with size and sha256, and the on-disk size of ``delta/``.
+    """
+    from editing.checkpoints import read_manifest
+
+    manifest = read_manifest(directory)
+    files = [
+        {"name": f["name"], "size": f["size"], "sha256": f["sha256"]} for f in manifest["files"]
+    ]
+    return {
+        "checkpoint_id": manifest.get("checkpoint_id"),
+        "created_at": manifest.get("created_at"),
+        "base_model": manifest.get("base_model"),
+        "parent_checkpoint_id": manifest.get("parent_checkpoint_id"),
+        "edited_down_proj_sha256": manifest.get("edited_down_proj_sha256"),
+        "files": files,
+        "total_bytes": sum(f["size"] for f in files),
+        "delta_bytes_on_disk": sum(f["size"] for f in files if f["name"].startswith("delta/")),
+    }
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -671,6 +755,13 @@ def deliver_callback(erasure_id: str) -> str:
     (or a connection error) raises :class:`CallbackDeliveryError`. A URL resolving to a private
     address is refused (unless ``callback_allow_private``) and not retried.
     """
+    from service.logs import log_context
+
+    with log_context(erasure_id=erasure_id, job_id=f"{erasure_id}{CALLBACK_JOB_SUFFIX}"):
+        return _deliver_callback(erasure_id)
+
+
+def _deliver_callback(erasure_id: str) -> str:
     import httpx
 
     from service.security import sign_body
@@ -742,7 +833,14 @@ def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> st
             else f"the erasure job failed; nothing was published. Contact the operator with "
             f"the erasure id {erasure_id}"
         )
-        _, moved = finish_erasure(ctx, erasure_id, "failed", error=reason, detail=reason)
+        _, moved = finish_erasure(
+            ctx,
+            erasure_id,
+            "failed",
+            error=reason,
+            detail=reason,
+            failure_reason="worker_lost" if abandoned else "job_failed",
+        )
         return "failed" if moved else None
     if status in (JobStatus.SCHEDULED, JobStatus.QUEUED) and record.status == "running":
         moved = mark_retrying(

@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import socket
-import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -184,18 +183,14 @@ class ErasureWorker(SimpleWorker):
 
 
 def configure_worker_logging(level: str = "INFO") -> None:
-    """JSON log lines on stderr for the ``workers`` and ``editing`` loggers (idempotent)."""
-    from service.logs import JsonFormatter
+    """JSON log lines on stderr for the ``workers``, ``editing``, ``service`` and ``rq`` loggers.
 
-    for name in ("workers", "editing"):
-        logger = logging.getLogger(name)
-        logger.setLevel(level.upper())
-        if not any(getattr(h, "_featureedit_json", False) for h in logger.handlers):
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(JsonFormatter())
-            handler._featureedit_json = True  # type: ignore[attr-defined]
-            logger.addHandler(handler)
-        logger.propagate = False
+    Idempotent. rq then adds no handler of its own (it only does when none is in effect), so its
+    lines are JSON too; lines logged while a job runs carry ``erasure_id`` and ``job_id``.
+    """
+    from service.logs import install_json_handler
+
+    install_json_handler(("workers", "editing", "service", "rq"), level)
 
 
 def build_worker(

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
 from editing.fingerprint import fingerprint_key
+from service.api.schemas import problem_response
 from service.audit import AuditLog
 from service.checkpoint_files import FileVerifier
 from service.config import Settings
@@ -85,6 +86,12 @@ bearer = HTTPBearer(
 )
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# What every route depending on get_tenant may answer (documented on every /v1 operation).
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: problem_response("Missing or invalid API key (see WWW-Authenticate)."),
+    429: problem_response("Rate limit exceeded (see Retry-After)."),
+}
 
 
 def get_tenant(

@@ -5,6 +5,10 @@
   style; any string the client sent is blanked out of the messages (so a target can never come
   back even through a message that quotes it), and field names that are not identifiers are
   replaced in ``loc``.
+* a body that is not valid JSON (or not UTF-8) -> the same 422, saying so (FastAPI's own answer to
+  undecodable bytes is a 400 "There was an error parsing the body").
+* 405 -> ``Allow`` lists the methods of *every* route on the path (Starlette names only those of
+  the first route it tried, e.g. ``POST`` for ``GET``/``POST /v1/erasures``).
 * :class:`editing.errors.EditingError` -> 4xx with a short message.
 * anything else -> 500 ``{"detail": "internal error", "request_id": ...}``, logged with traceback.
 """
@@ -18,9 +22,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from editing.errors import (
     CancelledError,
@@ -36,6 +43,13 @@ log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_MSG = 300
+_BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies
+_SEND_JSON = "send a UTF-8 JSON object with Content-Type: application/json"
+
+
+def not_json_message(where: str = "") -> str:
+    """The message for a body that is not JSON; ``where`` says where, e.g. ``" (... at 3)"``."""
+    return f"the request body is not valid JSON{where}; {_SEND_JSON}"
 
 
 def request_id_of(request: Request) -> str | None:
@@ -71,6 +85,11 @@ def sanitize_errors(errors: Sequence[dict[str, Any]], sent: Any = None) -> list[
     clean = []
     for err in errors:
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error")
+            at = [p for p in err.get("loc", ()) if isinstance(p, int)]
+            where = f" ({reason} at character {at[0]})" if reason and at else ""
+            msg = not_json_message(where)
         msg = redact(msg, secrets) if secrets else msg
         if len(msg) > _MAX_MSG:
             msg = msg[:_MAX_MSG] + "..."
@@ -137,8 +156,39 @@ _EDITING_STATUS: tuple[tuple[type[EditingError], int, str | None], ...] = (
 )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app fully matches for the request's path."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_exception_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
+            errors = [{"loc": ["body"], "msg": not_json_message(), "type": "json_invalid"}]
+            return validation_response(errors, request)
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            return JSONResponse(
+                status_code=405,
+                content={
+                    "detail": f"Method {request.method} not allowed here; use one of {allowed}",
+                    "request_id": request_id_of(request),
+                },
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from editing.request import ErasureRequest, FactSpec
 from service.records import ErasureRecord, Status, StatusEvent
@@ -47,6 +57,36 @@ class ErasureCreate(ErasureRequest):
         "X-Featureedit-Signature: sha256=<HMAC-SHA256 of the body>.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _json_types_as_documented(cls, data: Any) -> Any:
+        """Refuse what pydantic's lax mode would coerce: ``false`` or ``"0.9"`` for a number...
+
+        The OpenAPI schema says ``number``; a boolean or a string there is a client bug that
+        would otherwise run with a surprising value (``false`` -> 0.0).
+        """
+        if not isinstance(data, dict):
+            return data
+        own = {k: v for k, v in data.items() if k in ErasureRequest.model_fields}
+        try:
+            ErasureRequest.model_validate(own, strict=True)
+        except ValidationError as strict:
+            try:
+                ErasureRequest.model_validate(own)
+            except ValidationError:
+                return data  # invalid anyway: the normal validation reports it
+            wrong = [
+                ".".join(str(p) for p in e["loc"])
+                for e in strict.errors(include_input=False, include_url=False)
+            ]
+            raise PydanticCustomError(
+                "json_type",
+                "wrong JSON type for {fields}: send numbers as JSON numbers, booleans as "
+                "true/false and text as strings, as the schema says",
+                {"fields": ", ".join(wrong)},
+            ) from None
+        return data
+
     @field_validator("callback_url")
     @classmethod
     def _http_only(cls, url: HttpUrl | None) -> HttpUrl | None:
@@ -61,13 +101,15 @@ class ErasureCreate(ErasureRequest):
         )
 
 
-def callback_host_is_private(url: str) -> bool:
+def callback_host_is_private(url: str | HttpUrl) -> bool:
     """Whether a callback URL names localhost or a literal private/loopback/link-local address.
 
     Host names are not resolved here (the worker that sends the callback must check the address
     it connects to); this only refuses the obvious cases at submission time.
     """
-    host = (HttpUrl(url).host or "").strip("[]").lower()
+    # urlsplit, not HttpUrl(url): the normalised form of a valid URL near the length limit (a
+    # trailing "/" added) may not parse again
+    host = (urlsplit(str(url)).hostname or "").strip("[]").lower()
     if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
         return True
     try:
@@ -237,3 +279,16 @@ class Problem(BaseModel):
 
     detail: Any
     request_id: str | None = None
+
+
+def problem_response(description: str) -> dict[str, Any]:
+    """An OpenAPI ``responses`` entry: a :class:`Problem` as ``application/json``.
+
+    Unlike ``{"model": Problem}``, which FastAPI documents under the route's own media type
+    (``text/event-stream`` for the event stream), this always says ``application/json``, which
+    is what the error handlers send.
+    """
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }

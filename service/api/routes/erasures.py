@@ -32,6 +32,7 @@ from service.api.schemas import (
     EventPublic,
     Problem,
     callback_host_is_private,
+    problem_response,
 )
 from service.catalog import RegistryUnavailable, method_problem, registered_models
 from service.checkpoint_files import read_manifest
@@ -209,6 +210,7 @@ def create_erasure(
         request_public=request_public,
         fact_fingerprints=fingerprints,
         callback_url=str(body.callback_url) if body.callback_url else None,
+        request_id=getattr(request.state, "request_id", None),
     )
     record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
     blob = encrypt_request(erasure_request, home=ctx.settings.home, key=ctx.request_key())
@@ -339,7 +341,7 @@ def cancel_erasure(
     "/{erasure_id}/events",
     response_class=EventSourceResponse,
     summary="Follow an erasure (Server-Sent Events)",
-    responses=_NOT_FOUND,
+    responses={404: problem_response("No such erasure (for this tenant).")},
 )
 async def erasure_events(
     record: OwnedErasure,

@@ -1,0 +1,1 @@
+"""Failure drills on a private stack: ``featureedit drill`` (see docs/drills.md)."""
