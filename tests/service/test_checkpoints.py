@@ -132,7 +132,9 @@ def test_corrupted_file_is_refused_then_served_when_restored(client, keys, check
     path.write_bytes(bytes(corrupted))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     r = client.get(url, headers=auth(keys["acme"]))
-    assert r.status_code == 409 and "no longer matches" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert r.status_code == 409 and "no longer matches" in detail
+    assert "model.safetensors" in detail and "Checksum mismatch" in detail and "sha256" in detail
     ranged = client.get(url, headers={**auth(keys["acme"]), "Range": "bytes=0-10"})
     assert ranged.status_code == 409
     path.write_bytes(WEIGHTS)

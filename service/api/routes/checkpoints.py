@@ -106,8 +106,9 @@ def download_checkpoint_file(
             )
             raise HTTPException(
                 status_code=409,
-                detail="This file no longer matches the checkpoint's manifest (sha256); it is "
-                "not served. Contact the operator.",
+                detail=f"Checksum mismatch: {name} no longer matches its sha256 in the "
+                "checkpoint's manifest (the stored file is corrupt); it is not served. Contact "
+                "the operator.",
             )
         sha = entry["sha256"]
     etag = f'"{sha}"'
