@@ -22,7 +22,7 @@ import os
 import re
 import secrets as _secrets
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from editing import settings
@@ -120,13 +120,23 @@ def _text_variants(secret: str) -> set[str]:
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with each secret (as given, NFC or NFD) replaced by ``[REDACTED]``.
 
-    Longer secrets win over secrets they contain; empty secrets are ignored.
+    Longer secrets win over secrets they contain; empty secrets are ignored. To redact many
+    texts with the same secrets, build the pattern once with :func:`redactor`.
+    """
+    return redactor(secrets)(text)
+
+
+def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    """A function redacting ``secrets`` from a text like :func:`redact`, its pattern compiled once.
+
+    (Rebuilding the pattern per string cost ~1 ms with 100 secrets: 16 s to scrub the report of a
+    100-fact erasure.)
     """
     variants = {v for s in secrets if s for v in _text_variants(s)}
     if not variants:
-        return text
+        return lambda text: text
     pattern = re.compile("|".join(re.escape(v) for v in sorted(variants, key=len, reverse=True)))
-    return pattern.sub(REDACTED, text)
+    return lambda text: pattern.sub(REDACTED, text)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

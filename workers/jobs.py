@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -174,17 +174,23 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
 
 def _scrub(value: Any, secrets: list[str]) -> Any:
     """``value`` with secrets redacted from every string and non-finite floats as None."""
+    from editing.fingerprint import redactor
+
+    return _scrub_with(value, redactor([s for s in secrets if s]))
+
+
+def _scrub_with(value: Any, clean: Callable[[str], str]) -> Any:
     if isinstance(value, str):
-        return _redact(value, secrets) if secrets else value
+        return clean(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(_scrub(str(k), secrets)): _scrub(v, secrets) for k, v in value.items()}
+        return {clean(str(k)): _scrub_with(v, clean) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrub(v, secrets) for v in value]
+        return [_scrub_with(v, clean) for v in value]
     if value is None or isinstance(value, bool | int):
         return value
-    return _scrub(str(value), secrets)
+    return clean(str(value))
 
 
 def _public_message(text: str, secrets: Iterable[str], settings: Settings) -> str:
