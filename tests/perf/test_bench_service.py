@@ -17,6 +17,7 @@ from workers.bench_service import STAGES
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 0.05  # seconds: timestamps are in milliseconds, timings rounded to 0.1 ms
+PICKUP = 0.5  # seconds: reading the record and writing "running" (inside the worker's total)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,8 @@ def test_stage_times_add_up(result: dict) -> None:
         assert all(v >= 0 for v in stages), row
         worker_stages = sum(row[s] for s in STAGES[1:])
         assert worker_stages <= row["worker_total"] + TOLERANCE, row
-        assert row["queue_wait"] + row["worker_total"] <= row["e2e_server"] + TOLERANCE, row
+        # the worker's clock starts when it picks the job, a moment before it records "running"
+        assert row["queue_wait"] + row["worker_total"] <= row["e2e_server"] + PICKUP, row
         assert row["e2e_server"] <= row["e2e_client"] + TOLERANCE, row
         assert row["overhead"] == pytest.approx(row["e2e_server"] - row["engine"], abs=1e-3)
         # the engine did real work and the service's own share is bounded
