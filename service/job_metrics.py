@@ -51,6 +51,7 @@ FAILURE_REASONS: tuple[str, ...] = (
     "internal_error",  # an unexpected exception, retries used up
     "worker_lost",  # the worker died (AbandonedJobError) and retries are used up
     "job_failed",  # rq failed the job outside the job function
+    "store_full",  # the store ran out of space (ENOSPC/EDQUOT) while writing
     "other",
 )
 TERMINAL_STATUSES: tuple[str, ...] = (

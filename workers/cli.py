@@ -214,6 +214,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             str(args.workers),
             "--log-level",
             _log_level(args).lower(),
+            # uvicorn's access log prints whole URLs (query strings included, where a careless
+            # client may put a secret); the API's own JSON access log names the route template
+            "--no-access-log",
         ]
         api = _spawn(api_cmd, env)
         if not args.no_worker:

@@ -28,6 +28,7 @@ environment. This module imports no torch: the API (or an rq dashboard) may impo
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import json
 import logging
@@ -358,6 +359,8 @@ class _ErasureRun:
         if isinstance(exc, ValidationError):
             message = f"the stored request is invalid: {validation_summary(exc)}"
             return self._fail(message, "invalid_request")
+        if out_of_space(exc):
+            return self._fail(STORE_FULL, "store_full")
         kind = "internal_error"
         if isinstance(exc, JobTimeoutException):
             kind = "timeout"
@@ -657,6 +660,33 @@ class _ErasureRun:
             return self.should_cancel()
         except Exception:
             return False
+
+
+STORE_FULL = (
+    "the store ran out of disk space (No space left on device) while writing the checkpoint or "
+    "the report; nothing was published. Free space on the store, then submit again"
+)
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota.
+
+    An OSError with ENOSPC/EDQUOT, or a library error wrapping one in its message (safetensors'
+    Rust writer raises ``SafetensorError: ... StorageFull ...``, not an OSError). A full store
+    fails the erasure at once: retrying within seconds would only fail again.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE_ERRNOS:
+            return True
+        text = str(current)
+        if "No space left on device" in text or "StorageFull" in text or "Disk quota" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class _Cancelled(Exception):

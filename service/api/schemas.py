@@ -8,6 +8,7 @@ which holds only keyed fingerprints, so a response cannot echo a secret by const
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,6 +87,24 @@ class ErasureCreate(ErasureRequest):
                 {"fields": ", ".join(wrong)},
             ) from None
         return data
+
+    @model_validator(mode="after")
+    def _no_control_characters(self) -> ErasureCreate:
+        """Subjects and prompts are shown in responses, reports and logs: no control characters
+        (NUL, ESC sequences that rewrite a terminal, ...)."""
+        for i, fact in enumerate(self.facts):
+            texts = [("subject", fact.subject)]
+            for kind in ("edit_prompts", "heldout_prompts"):
+                texts += [(f"{kind}.{j}", t) for j, t in enumerate(getattr(fact, kind) or [])]
+            for where, text in texts:
+                bad = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) == "Cc"})
+                if bad:
+                    raise PydanticCustomError(
+                        "control_characters",
+                        "facts.{i}.{where} contains control characters ({bad}); remove them",
+                        {"i": i, "where": where, "bad": ", ".join(bad[:5])},
+                    )
+        return self
 
     @field_validator("callback_url")
     @classmethod

@@ -118,3 +118,16 @@ def test_a_callback_url_at_the_length_limit_is_not_a_500(
             "/v1/erasures", json=body(callback_url=private), headers=auth(keys["acme"])
         )
         assert refused.status_code == 422 and "public host" in refused.text, private
+
+
+@pytest.mark.parametrize("subject", ["Dana\x00Berg", "Dana \x1b[31mBerg"])
+def test_control_characters_in_a_subject_are_refused(
+    client: TestClient, keys: dict[str, str], subject: str
+) -> None:
+    from tests.service.conftest import fact
+
+    response = client.post(
+        "/v1/erasures", json=body(facts=[fact(subject=subject)]), headers=auth(keys["acme"])
+    )
+    assert response.status_code == 422, response.text
+    assert "facts.0.subject contains control characters" in response.json()["summary"]

@@ -1,1 +1,22 @@
-"""Failure drills on a private stack: ``featureedit drill`` (see docs/drills.md)."""
+"""Failure drills on a private stack: ``featureedit drill`` (see docs/drills.md).
+
+Importing this package registers the drills; :data:`ORDER` is the order they run in (the process
+drills publish the checkpoints the later ones reuse).
+"""
+
+from workers.drills import hostile, openapi, process_faults, storage_faults
+from workers.drills.base import DRILLS, DrillContext, DrillResult, run_drills
+
+ORDER = (
+    "worker-kill",
+    "redis-restart",
+    "disk-full",
+    "corrupt-checkpoint",
+    "hostile-requests",
+    "schemathesis",
+)
+for _name in ORDER:  # re-insert in run order (run_drills follows DRILLS' order)
+    DRILLS[_name] = DRILLS.pop(_name)
+
+__all__ = ["DRILLS", "ORDER", "DrillContext", "DrillResult", "run_drills"]
+_MODULES = (hostile, openapi, process_faults, storage_faults)
