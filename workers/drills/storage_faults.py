@@ -31,21 +31,18 @@ def _fill(path: Path, size: int) -> None:
 
 
 def _fill_to_the_brim(path: Path) -> None:
-    """Append to ``path`` until the file system refuses (ENOSPC)."""
-    chunk = b"\0" * 65536
-    with path.open("ab") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
-        try:
-            while True:
-                f.write(b"\0")
-                f.flush()
-        except OSError:
-            pass
+    """Append to ``path`` until the file system refuses (ENOSPC), unbuffered."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (1 << 16, 1):
+            chunk = b"\0" * size
+            try:
+                while os.write(fd, chunk):
+                    pass
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
 
 
 @drill(
