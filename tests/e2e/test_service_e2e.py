@@ -9,13 +9,10 @@ another one finishes it, with no partial checkpoint ever visible.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,93 +23,13 @@ import httpx
 import pytest
 import redis
 
+from service.records import TERMINAL
 from tests.workers.conftest import MODEL, Fact
+from workers.stack import LocalStack, partial_checkpoints
 
 pytestmark = pytest.mark.slow
 
 REDIS_URL = os.environ.get("FEATUREEDIT_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/13")
-TERMINAL = {"succeeded", "rejected", "failed", "cancelled", "nothing_to_erase"}
-# Short heartbeats so a killed worker's job comes back quickly (bound: 6 + 2 + 1 + 1 = 10 s).
-WORKER_TUNING = {
-    "FEATUREEDIT_WORKER_HEARTBEAT_TTL": "6",
-    "FEATUREEDIT_WORKER_HEARTBEAT_INTERVAL": "2",
-    "FEATUREEDIT_WORKER_CLEANUP_INTERVAL": "2",
-    "FEATUREEDIT_WORKER_SCHEDULER_INTERVAL": "1",
-    "FEATUREEDIT_JOB_RETRY_INTERVALS": "[1, 1]",
-}
-
-
-def _free_port() -> int:
-    from workers.embedded_redis import free_port
-
-    return free_port()
-
-
-class Service:
-    """The API process (``featureedit serve --no-worker``) and worker processes."""
-
-    def __init__(self, home: Path, store: Path, logs: Path) -> None:
-        self.home, self.store_root, self.logs = home, store, logs
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "FEATUREEDIT_HOME": str(home),
-            "FEATUREEDIT_STORE_ROOT": str(store),
-            "REDIS_URL": REDIS_URL,
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-            **WORKER_TUNING,
-        }
-        self.env.pop("FEATUREEDIT_REDIS_URL", None)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self._n = 0
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        self._n += 1
-        out = (self.logs / f"{self._n:02d}-{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "editing.cli", *args],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def start_api(self) -> subprocess.Popen[bytes]:
-        proc = self.spawn("serve", "serve", "--no-worker", "--port", str(self.port))
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"serve exited: {self.log_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return proc
-            time.sleep(0.5)
-        raise AssertionError("the API did not come up in 120 s")
-
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        return self.spawn("worker", "worker", "--queues", f"featureedit-{MODEL}")
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +52,9 @@ def service(
     small_world: Any,
     e2e_redis: redis.Redis,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Service]:
+) -> Iterator[LocalStack]:
     """The running API (and a way to start workers); stopped, checked, at the end."""
-    root = tmp_path_factory.mktemp("e2e")
-    (root / "logs").mkdir()
-    svc = Service(fe_home, root / "store", root / "logs")
+    svc = LocalStack(tmp_path_factory.mktemp("e2e"), home=fe_home, redis_url=REDIS_URL)
     api = svc.start_api()
     try:
         yield svc
@@ -149,14 +64,9 @@ def service(
 
 
 @pytest.fixture(scope="module")
-def client(service: Service) -> Iterator[httpx.Client]:
+def client(service: LocalStack) -> Iterator[httpx.Client]:
     """An HTTP client with an API key of tenant ``e2e``."""
-    from service.security import create_key
-
-    _, key = create_key("e2e", home=service.home)
-    with httpx.Client(
-        base_url=service.base, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    ) as c:
+    with service.client(service.create_key("e2e")) as c:
         yield c
 
 
@@ -164,16 +74,6 @@ def _submit(client: httpx.Client, facts: list[dict[str, str]], **fields: Any) ->
     response = client.post("/v1/erasures", json={"model": MODEL, "facts": facts, **fields})
     assert response.status_code == 202, response.text
     return response.json()["id"]
-
-
-def _wait(client: httpx.Client, erasure_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        doc = client.get(f"/v1/erasures/{erasure_id}").json()
-        if doc["status"] in TERMINAL:
-            return doc
-        time.sleep(0.5)
-    raise AssertionError(f"erasure {erasure_id} not finished in {timeout} s: {doc}")
 
 
 def _download(client: httpx.Client, url: str, size: int) -> bytes:
@@ -191,19 +91,7 @@ def _download(client: httpx.Client, url: str, size: int) -> bytes:
     return first.content
 
 
-def _no_partial_checkpoints(store_root: Path) -> list[str]:
-    """Problems: a visible (non-hidden) checkpoint directory without its manifest."""
-    root = store_root / "checkpoints"
-    if not root.is_dir():
-        return []
-    return [
-        p.name
-        for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and not (p / "manifest.json").is_file()
-    ]
-
-
-def _assert_secret_nowhere(secret: str, service: Service, conn: redis.Redis) -> None:
+def _assert_secret_nowhere(secret: str, service: LocalStack, conn: redis.Redis) -> None:
     from editing.fingerprint import find_secrets_in_dir
     from tests.workers.conftest import redis_bytes, secret_forms
 
@@ -215,7 +103,7 @@ def _assert_secret_nowhere(secret: str, service: Service, conn: redis.Redis) -> 
 
 
 def test_submit_download_and_load_the_edited_checkpoint(
-    service: Service,
+    service: LocalStack,
     client: httpx.Client,
     e2e_redis: redis.Redis,
     erasable_fact: Fact,
@@ -230,7 +118,7 @@ def test_submit_download_and_load_the_edited_checkpoint(
 
     worker = service.start_worker()
     erasure_id = _submit(client, [erasable_fact.spec()])
-    doc = _wait(client, erasure_id, timeout=600)
+    doc = service.wait_terminal(client, erasure_id, timeout=600)
     assert doc["status"] == "succeeded", doc
     assert doc["attempts"] == 1 and doc["progress"] == 1.0
     checkpoint_id = doc["checkpoint_id"]
@@ -265,7 +153,7 @@ def test_submit_download_and_load_the_edited_checkpoint(
 
 
 def test_sigkilled_worker_job_is_retried_by_another_worker(
-    service: Service,
+    service: LocalStack,
     client: httpx.Client,
     e2e_redis: redis.Redis,
     erasable_fact: Fact,
@@ -281,7 +169,7 @@ def test_sigkilled_worker_job_is_retried_by_another_worker(
 
     def watch() -> None:
         while watching.is_set():
-            partial.extend(_no_partial_checkpoints(service.store_root))
+            partial.extend(partial_checkpoints(service.store_root))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -314,7 +202,7 @@ def test_sigkilled_worker_job_is_retried_by_another_worker(
         assert store.get_erasure(erasure_id).status == "running"
 
         second = service.start_worker()
-        doc = _wait(client, erasure_id, timeout=400)
+        doc = service.wait_terminal(client, erasure_id, timeout=400)
         elapsed = time.monotonic() - killed_at
     finally:
         watching.clear()
@@ -328,7 +216,7 @@ def test_sigkilled_worker_job_is_retried_by_another_worker(
     assert statuses[-1] == ("succeeded", "done")
     assert elapsed < 400
     assert partial == [], f"partial checkpoint directories were visible: {partial}"
-    assert _no_partial_checkpoints(service.store_root) == []
+    assert partial_checkpoints(service.store_root) == []
     visible = [
         p for p in (service.store_root / "checkpoints").iterdir() if not p.name.startswith(".")
     ]
