@@ -132,3 +132,18 @@ def test_hostile_cases_are_distinct_and_carry_the_secret_somewhere() -> None:
     labels = [c[0] for c in cases]
     assert len(labels) == len(set(labels)) and len(cases) >= 30
     assert any(HOSTILE_SECRET in path for _, _, path, _ in cases)
+
+
+def test_the_command_refuses_an_unknown_drill_naming_the_valid_ones(capsys) -> None:
+    from editing.cli import main
+
+    assert main(["drill", "--only", "worker-kill", "no-such-drill"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-drill" in err and "worker-kill" in err and "schemathesis" in err
+
+
+def test_the_text_table_shows_pass_promise_and_observed() -> None:
+    from workers.drills.cli import _table
+
+    text = _table([DrillResult("disk-full", "A promise.", "FAILED: x", False, 3.0)])
+    assert "disk-full" in text and "NO" in text and "promise: A promise." in text
