@@ -95,7 +95,10 @@ class MethodParams(BaseModel):
     Tuned on the demo world with ``scripts/tune_featureedit.py`` (see docs/benchmarks.md): versus
     METHOD.md's starting values, the attribution objective is the whole target's log-probability
     (not only its first token), the specificity filter is gamma = 0.6 (not 0.3) and the greedy cap
-    is 32 features (not 12); each change raised Reliability without costing Locality.
+    is 32 features (not 12); each change raised Reliability without costing Locality. On the
+    rebuilt world, re-locating on the edited model when the candidates run out
+    (``relocate_rounds``) lifted Reliability 0.958 -> 0.975 and Generalization 0.867 -> 0.933 at
+    Locality 1.0 (15 facts); 1 and 3 rounds measured the same, 3 leaves room on harder facts.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -113,6 +116,12 @@ class MethodParams(BaseModel):
     gamma: float = Field(0.6, ge=0, description="Specificity filter: control/target ratio.")
     rho: float = Field(0.8, gt=0, le=1, description="`project-cols`: share of the write kept.")
     max_features: int = Field(32, ge=1, le=256, description="Greedy cap on features per fact.")
+    relocate_rounds: int = Field(
+        3,
+        ge=0,
+        le=8,
+        description="Greedy selectors: locate again on the edited model when candidates run out.",
+    )
     min_prompts: int = Field(2, ge=1, description="A feature must be active in this many prompts.")
     ig_steps: int = Field(20, ge=2, le=200, description="Integrated-gradient steps (neurons).")
     ig_threshold: float = Field(0.2, gt=0, le=1, description="Coarse neuron set threshold.")

@@ -13,6 +13,7 @@ import json
 import sys
 
 _PROTOTYPE = {"objective": "first_token", "gamma": 0.3, "max_features": 12}  # METHOD.md values
+_TUNED = {"gamma": 0.6, "objective": "target", "max_features": 32}  # first-round defaults
 GRID: list[dict] = [  # every parameter not named here takes MethodParams' default
     {**_PROTOTYPE},
     {**_PROTOTYPE, "objective": "target"},
@@ -26,6 +27,14 @@ GRID: list[dict] = [  # every parameter not named here takes MethodParams' defau
     {**_PROTOTYPE, "variant": "project", "objective": "target", "max_features": 32},
     {**_PROTOTYPE, "selector": "activation", "variant": "rows"},  # the paper's literal method
     {**_PROTOTYPE, "selector": "activation", "variant": "project"},
+    # second round, on the rebuilt world: re-locating on the edited model when candidates run out
+    {**_TUNED, "relocate_rounds": 0},
+    {**_TUNED, "relocate_rounds": 1},
+    {**_TUNED, "relocate_rounds": 3},
+    {**_TUNED, "relocate_rounds": 0, "gamma": 0.8},
+    {**_TUNED, "relocate_rounds": 0, "gamma": 1.0},
+    {**_TUNED, "relocate_rounds": 3, "gamma": 0.8},
+    {**_TUNED, "relocate_rounds": 3, "max_features": 48},
 ]
 
 

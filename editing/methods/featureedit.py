@@ -80,56 +80,79 @@ class FeatureEdit:
         self.params = params
 
     def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:
-        """Locate features for ``case`` and edit them into the down-projections."""
-        p = self.params
-        t0 = time.perf_counter()
-        layers = p.layers if p.layers is not None else loaded.sae_layers(p.site)
-        ev = feature_evidence(
-            loaded,
-            case.edit_prompts,
-            case.secret,
-            p.site,
-            layers,
-            case.control_prompts,
-            objective=p.objective,
-        )
-        ranked = rank_features(ev, p.selector, p.tau1, p.gamma, p.min_prompts)
-        t_locate = time.perf_counter() - t0
+        """Locate features for ``case`` and edit them into the down-projections.
 
-        t0 = time.perf_counter()
+        With a greedy selector, features are edited best first until no edit prompt reproduces
+        the target. When the candidates run out first, the features are located again on the
+        edited model (at most ``relocate_rounds`` times): the first edits shift where the rest
+        of the fact is carried, and features that were below the specificity filter's bar or
+        inactive before can now carry it. Features already edited are not picked twice; the cap
+        ``max_features`` holds over all rounds.
+        """
+        p = self.params
+        layers = p.layers if p.layers is not None else loaded.sae_layers(p.site)
+        greedy = p.selector != "activation"
         chosen: list[Unit] = []
+        seen: set[tuple[int, int]] = set()
         entries = 0
         still_leaking = len(case.edit_prompts)
-        candidates = ranked if p.selector == "activation" else ranked[: p.max_features]
-        for unit in candidates:
-            direction = loaded.sae(p.site, unit.layer).W_dec[unit.index].detach()
-            entries += edit_feature(
-                loaded.adapter,
-                unit.layer,
-                direction,
-                p.variant,
-                p.tau2,
-                p.rho,
-                ev.neuron_mean.get(unit.layer),
+        first_ranked: list[Unit] = []
+        rounds_run = 0
+        t_locate = t_edit = 0.0
+        for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
+            t0 = time.perf_counter()
+            ev = feature_evidence(
+                loaded,
+                case.edit_prompts,
+                case.secret,
+                p.site,
+                layers,
+                case.control_prompts,
+                objective=p.objective,
             )
-            chosen.append(unit)
-            if p.selector != "activation":
-                scores = score_targets(
-                    loaded.model,
-                    loaded.tokenizer,
-                    case.edit_prompts,
-                    [case.secret] * len(case.edit_prompts),
+            ranked = rank_features(ev, p.selector, p.tau1, p.gamma, p.min_prompts)
+            ranked = [u for u in ranked if (u.layer, u.index) not in seen]
+            t_locate += time.perf_counter() - t0
+            if round_no == 0:
+                first_ranked = ranked
+            if not ranked:
+                break
+            rounds_run += 1
+            t0 = time.perf_counter()
+            budget = len(ranked) if not greedy else p.max_features - len(chosen)
+            for unit in ranked[:budget]:
+                direction = loaded.sae(p.site, unit.layer).W_dec[unit.index].detach()
+                entries += edit_feature(
+                    loaded.adapter,
+                    unit.layer,
+                    direction,
+                    p.variant,
+                    p.tau2,
+                    p.rho,
+                    ev.neuron_mean.get(unit.layer),
                 )
-                still_leaking = sum(s.reproduced for s in scores)
-                if still_leaking == 0:
-                    break
-        t_edit = time.perf_counter() - t0
+                chosen.append(unit)
+                seen.add((unit.layer, unit.index))
+                if greedy:
+                    scores = score_targets(
+                        loaded.model,
+                        loaded.tokenizer,
+                        case.edit_prompts,
+                        [case.secret] * len(case.edit_prompts),
+                    )
+                    still_leaking = sum(s.reproduced for s in scores)
+                    if still_leaking == 0:
+                        break
+            t_edit += time.perf_counter() - t0
+            if not greedy or still_leaking == 0 or len(chosen) >= p.max_features:
+                break
         return FactOutcome(
             units=chosen,
             timings={"locate": t_locate, "edit": t_edit},
             evidence={
-                "candidates": len(ranked),
-                "candidates_top": [u.to_dict() for u in ranked[:20]],
+                "candidates": len(first_ranked),
+                "candidates_top": [u.to_dict() for u in first_ranked[:20]],
+                "locate_rounds": rounds_run,
                 "edit_prompts_still_leaking": still_leaking,
                 "entries_touched": entries,
             },
