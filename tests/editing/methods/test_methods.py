@@ -145,3 +145,26 @@ def test_bad_layers_and_model_mismatch(small_model, erasable_fact) -> None:
     )
     with pytest.raises(ValueError, match="is loaded"):
         run_erasure(req, small_model)
+
+
+def test_relocation_continues_where_candidates_ran_out(small_model, small_world) -> None:
+    """When the first round's candidates run out, later rounds locate on the edited model: they
+    only add features never edited before and leave no more edit prompts leaking than one round
+    (the benchmark measures how much they help: docs/benchmarks.md)."""
+    for fact in small_world.private_facts()[:8]:
+        one = run_erasure(_request(fact, "featureedit", {"relocate_rounds": 0}), small_model)
+        if one.status == "nothing_to_erase":
+            continue
+        ev_one = one.facts[0].evidence
+        if ev_one["edit_prompts_still_leaking"] == 0 or ev_one["candidates"] >= 32:
+            continue  # erased in one round, or stopped by the cap rather than by the candidates
+        more = run_erasure(_request(fact, "featureedit", {"relocate_rounds": 2}), small_model)
+        ev = more.facts[0].evidence
+        units = [(u["layer"], u["index"]) for u in more.facts[0].units]
+        assert ev_one["locate_rounds"] == 1
+        assert len(units) == len(set(units)), "no feature is edited twice"
+        assert len(units) >= len(one.facts[0].units)
+        assert 1 <= ev["locate_rounds"] <= 3
+        assert ev["edit_prompts_still_leaking"] <= ev_one["edit_prompts_still_leaking"]
+        return
+    pytest.fail("no small-world fact ran out of candidates in one round; pick more facts")
