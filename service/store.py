@@ -43,7 +43,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -160,6 +160,23 @@ def record_event(
     record.updated_at = event.at
     record.history.append(event)
     return event
+
+
+def page_of_records(
+    records: Iterable[ErasureRecord | None], tenant: str, status: str | None, limit: int
+) -> tuple[list[ErasureRecord], str | None]:
+    """The first ``limit`` of ``records`` (newest first) that belong to ``tenant`` and have
+    ``status`` (any if None), and the cursor of the next page (None on the last page)."""
+    items: list[ErasureRecord] = []
+    for record in records:
+        if record is None or record.tenant != tenant:
+            continue
+        if status is not None and record.status != status:
+            continue
+        if len(items) == limit:
+            return items, items[-1].id
+        items.append(record)
+    return items, None
 
 
 def valid_tenant(tenant: str) -> bool:
@@ -320,19 +337,8 @@ class FilesystemStore:
             ids = sorted(os.listdir(self.root / "index" / tenant), reverse=True)
         except FileNotFoundError:
             return [], None
-        items: list[ErasureRecord] = []
-        for erasure_id in ids:
-            if cursor is not None and erasure_id >= cursor:
-                continue
-            record = self._read_record(erasure_id)
-            if record is None or record.tenant != tenant:
-                continue
-            if status is not None and record.status != status:
-                continue
-            if len(items) == limit:
-                return items, items[-1].id
-            items.append(record)
-        return items, None
+        newer = (i for i in ids if cursor is None or i < cursor)
+        return page_of_records((self._read_record(i) for i in newer), tenant, status, limit)
 
     def update_erasure(
         self, erasure_id: str, mutate: Callable[[ErasureRecord], None]

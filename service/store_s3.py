@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.checkpoint_files import MANIFEST, file_sha256, is_safe_name, read_manifest
 from service.records import ErasureRecord, utcnow
-from service.store import valid_id, valid_tenant
+from service.store import page_of_records, valid_id, valid_tenant
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -331,17 +331,9 @@ class S3Store:
         limit = max(1, limit)
         prefix = self._key("index", tenant) + "/"
         start = prefix + invert_id(cursor) if cursor is not None else None
-        items: list[ErasureRecord] = []
-        for key in self._keys(prefix, start_after=start):
-            record = self.get_erasure(invert_id(key[len(prefix) :]))
-            if record is None or record.tenant != tenant:
-                continue
-            if status is not None and record.status != status:
-                continue
-            if len(items) == limit:
-                return items, items[-1].id
-            items.append(record)
-        return items, None
+        keys = self._keys(prefix, start_after=start)
+        records = (self.get_erasure(invert_id(key[len(prefix) :])) for key in keys)
+        return page_of_records(records, tenant, status, limit)
 
     def update_erasure(
         self, erasure_id: str, mutate: Callable[[ErasureRecord], None]
