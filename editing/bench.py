@@ -74,6 +74,10 @@ def run_bench(
     facts = bench_facts(loaded, n_facts, seed)
     params = params or {}
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    if "featureedit" in methods:  # SAEs load once, before timing: loading is not locating
+        site = MethodParams(**params.get("featureedit", {})).site
+        for layer in loaded.sae_layers(site):
+            loaded.sae(site, layer)
     total = len(facts) * len(methods)
     done = 0
     started = time.perf_counter()
