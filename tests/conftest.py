@@ -7,8 +7,9 @@ world is built once, ~35-60 s on a CPU) and in a fresh temporary directory other
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -17,24 +18,33 @@ import pytest
 _UNSET = ("FEATUREEDIT_REGISTRY",)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def fe_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The session's featureedit home (also exported as ``FEATUREEDIT_HOME``)."""
-    raw = os.environ.get("FEATUREEDIT_TEST_HOME")
-    home = Path(raw).expanduser().resolve() if raw else tmp_path_factory.mktemp("featureedit-home")
-    home.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("FEATUREEDIT_HOME", *_UNSET)}
-    os.environ["FEATUREEDIT_HOME"] = str(home)
-    for k in _UNSET:
-        os.environ.pop(k, None)
+@contextlib.contextmanager
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (str) or unset (None) environment variables; restore every one of them on exit."""
+    saved = {k: os.environ.get(k) for k in values}
     try:
-        yield home
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fe_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's featureedit home (also exported as ``FEATUREEDIT_HOME``)."""
+    raw = os.environ.get("FEATUREEDIT_TEST_HOME")
+    home = Path(raw).expanduser().resolve() if raw else tmp_path_factory.mktemp("featureedit-home")
+    home.mkdir(parents=True, exist_ok=True)
+    with environment({"FEATUREEDIT_HOME": str(home), **dict.fromkeys(_UNSET)}):
+        yield home
 
 
 @pytest.fixture(scope="session")
@@ -90,14 +100,5 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     from tests.s3_server import CREDENTIALS, moto_server
 
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    try:
-        with moto_server(tmp_path_factory.mktemp("moto")) as url:
-            yield url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with environment(CREDENTIALS), moto_server(tmp_path_factory.mktemp("moto")) as url:
+        yield url
