@@ -184,6 +184,14 @@ def valid_tenant(tenant: str) -> bool:
     return isinstance(tenant, str) and TENANT_RE.fullmatch(tenant) is not None
 
 
+def check_tenant(tenant: str) -> None:
+    """ValueError saying what a tenant name may contain, unless :func:`valid_tenant`."""
+    if not valid_tenant(tenant):
+        raise ValueError(
+            "tenant names use letters, digits, '.', '_' and '-' (at most 64 characters)"
+        )
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -251,12 +259,7 @@ class FilesystemStore:
     def _lock_path(self, name: str) -> Path:
         return self.root / "locks" / f"{name}.lock"
 
-    @staticmethod
-    def _check_tenant(tenant: str) -> None:
-        if not valid_tenant(tenant):
-            raise ValueError(
-                "tenant names use letters, digits, '.', '_' and '-' (at most 64 characters)"
-            )
+    _check_tenant = staticmethod(check_tenant)
 
     @staticmethod
     def _valid_id(value: str) -> bool:

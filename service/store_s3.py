@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.checkpoint_files import MANIFEST, file_sha256, is_safe_name, read_manifest
 from service.records import ErasureRecord, utcnow
-from service.store import page_of_records, valid_id, valid_tenant
+from service.store import check_tenant, page_of_records, valid_id, valid_tenant
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -217,12 +217,7 @@ class S3Store:
             for item in page.get("Contents", []):
                 yield item["Key"]
 
-    @staticmethod
-    def _check_tenant(tenant: str) -> None:
-        if not valid_tenant(tenant):
-            raise ValueError(
-                "tenant names use letters, digits, '.', '_' and '-' (at most 64 characters)"
-            )
+    _check_tenant = staticmethod(check_tenant)
 
     # ------------------------------------------------------------------ lease
     @contextmanager
