@@ -14,7 +14,11 @@ worker's :class:`Maintenance` thread does both, for the worker's queues:
   just cleaned and of recent entries of the FailedJobRegistry (so a final failure outside the job
   function still shows on the record as ``failed``; a retry shows as ``queued``/``retrying``).
 
-The bound on how long a dead worker's job stays "running" is in :mod:`workers.config`.
+After a Redis outage (this thread saw Redis unreachable, or the server restarted) the cleanup
+waits one heartbeat TTL: the heartbeats of running jobs failed meanwhile, so their registrations
+look expired until the next beat renews them, and cleaning then would retry (or fail) jobs that
+are still running. The bound on how long a dead worker's job stays "running" is in
+:mod:`workers.config` (an outage adds its own length plus one TTL).
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class Maintenance:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cleanup = -float("inf")
+        self._redis_failed_at = -float("inf")  # monotonic time of the last Redis error seen
         self._settled: set[str] = set()  # ids whose record is known terminal
 
     # ------------------------------------------------------------------ thread
@@ -105,6 +110,7 @@ class Maintenance:
             try:
                 self.run_once()
             except RedisError as exc:
+                self._redis_failed_at = time.monotonic()
                 log.warning("maintenance: Redis unavailable (%s); retrying", exc)
             except Exception:
                 log.exception("maintenance: unexpected error; continuing")
@@ -120,7 +126,8 @@ class Maintenance:
         for queue in self.queues:
             done["promoted"] += self.promote_scheduled(queue)
         now = time.monotonic()
-        if force_cleanup or now - self._last_cleanup >= self.tuning.cleanup_interval:
+        due = now - self._last_cleanup >= self.tuning.cleanup_interval
+        if force_cleanup or (due and not self.after_outage()):
             self._last_cleanup = now
             for queue in self.queues:
                 abandoned = self.clean_started(queue)
@@ -128,6 +135,22 @@ class Maintenance:
                 done["reconciled"] += self.reconcile(queue, abandoned)
             self.sweep_publish_leftovers()
         return done
+
+    def after_outage(self) -> bool:
+        """Whether Redis was unreachable here, or restarted, less than a heartbeat TTL (plus one
+        heartbeat interval) ago: running jobs' registrations may not be renewed yet."""
+        grace = self.tuning.heartbeat_ttl + self.tuning.heartbeat_interval
+        if time.monotonic() - self._redis_failed_at < grace:
+            return True
+        uptime = (
+            self.queues[0].connection.info("server").get("uptime_in_seconds")
+            if self.queues
+            else None
+        )
+        if uptime is not None and float(uptime) < grace:
+            log.info("maintenance: Redis restarted %s s ago; lost-job cleanup waits", uptime)
+            return True
+        return False
 
     def sweep_publish_leftovers(self, older_than: float | None = None) -> list[str]:
         """Remove temporary ``.publish-*`` directories a dead worker left in the checkpoint root.

@@ -11,6 +11,10 @@
   ``heartbeat_interval`` seconds while the job runs.
 * **Maintenance thread.** Promotes due retries, cleans the started registries (so a dead worker's
   job is retried or failed within the bound given in :mod:`workers.config`) and reconciles records.
+* **Redis outages.** The job's outcome is in the durable store, rq's registries only mirror it:
+  when Redis is unreachable as a job starts or ends, the worker waits for it (backoff up to
+  ``REDIS_WAIT_MAX`` seconds between tries) and then does rq's bookkeeping, instead of quitting
+  with the job half-recorded (rq's own loop only survives outages while it waits for a job).
 
 Queues: by default ``<prefix>-callbacks`` (callback deliveries, quick) and one queue per registered
 model, ``<prefix>-<model_id>``. Run it with ``featureedit worker`` (see :mod:`workers.cli`) or
@@ -24,14 +28,18 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.utils import now
+from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
 from service.config import Settings
@@ -42,6 +50,10 @@ from workers.jobs import JobContext, install_context
 from workers.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+REDIS_WAIT_MAX = 30.0  # seconds: the longest wait between two tries while Redis is down
+T = TypeVar("T")
 
 
 def default_queue_names(
@@ -118,17 +130,60 @@ class ErasureWorker(SimpleWorker):
         return self.tuning.heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run ``job`` in this process, renewing its registration until it ends."""
+        """Run ``job`` in this process, renewing its registration until it ends.
+
+        What ``SimpleWorker.execute_job`` does, with the Redis bookkeeping before and after the
+        job waiting out a Redis outage (:meth:`until_redis_answers`).
+        """
         self._start_heartbeat(job)
         try:
-            super().execute_job(job, queue)
+            self.until_redis_answers(f"starting job {job.id}", lambda: self.prepare_execution(job))
+            self.perform_job(job, queue)
+            self.until_redis_answers(
+                f"job {job.id} ended", lambda: self.set_state(WorkerStatus.IDLE)
+            )
         finally:
             self._stop_heartbeat()
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        """Stop renewing before rq finishes the job's bookkeeping."""
+        """Stop renewing before rq finishes the job's bookkeeping (waits out a Redis outage)."""
         self._stop_heartbeat()
-        super().handle_execution_ended(job, queue, heartbeat_ttl)
+        self.until_redis_answers(
+            f"job {job.id} ended",
+            lambda: super(ErasureWorker, self).handle_execution_ended(job, queue, heartbeat_ttl),
+        )
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any) -> None:
+        """rq's success bookkeeping (one transaction), retried until Redis answers."""
+        self.until_redis_answers(
+            f"recording job {job.id} as finished",
+            lambda: super(ErasureWorker, self).handle_job_success(job, queue, started_job_registry),
+        )
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        """rq's failure bookkeeping, once Redis answers (rq swallows its own Redis errors here,
+        which would leave the job registered as running until its heartbeat expires)."""
+        self.until_redis_answers(f"recording job {job.id} as failed", self.connection.ping)
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
+    def until_redis_answers(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``; while it fails because Redis is unreachable, wait and call it again.
+
+        Waits 1, 2, 4... seconds (at most :data:`REDIS_WAIT_MAX`) between tries, logging each.
+        Gives up (re-raises) only when the worker has been asked to stop, so a shutdown is not
+        held up by an outage: the job's outcome is already in the store, and its registration
+        expires and is reconciled by another worker's maintenance.
+        """
+        wait = 1.0
+        while True:
+            try:
+                return call()
+            except REDIS_DOWN as exc:
+                if self._stop_requested:
+                    raise
+                log.warning("%s: Redis unavailable (%s); retrying in %.0f s", what, exc, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, REDIS_WAIT_MAX)
 
     def _start_heartbeat(self, job: Job) -> None:
         stop = threading.Event()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -48,19 +47,11 @@ def _failed(results: list[DrillResult]) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_every_drill_keeps_its_promise(fe_home: Path, small_world: object) -> None:
-    """Every drill passes; one that fails is run once more on a fresh stack (these are timed
-    end-to-end runs on a shared 2-core machine) and must pass then, its first failure reported
-    as a warning."""
     results = _run(fe_home)
     assert [r.name for r in results] == EXPECTED
     for r in results:
         assert r.promise and r.observed and r.seconds > 0
-    failed = _failed(results)
-    if failed:
-        warnings.warn(f"drills failed once, retried on a fresh stack: {failed}", stacklevel=1)
-        retried = _run(fe_home, list(failed))
-        assert [r.name for r in retried] == [n for n in EXPECTED if n in failed]
-        assert not _failed(retried), {"first run": failed, "retry": _failed(retried)}
+    assert not _failed(results), _failed(results)
 
 
 def test_the_drills_are_registered_in_run_order_with_promises() -> None:

@@ -470,3 +470,30 @@ def test_failed_callback_is_retried_and_private_targets_are_refused(
     settings.callback_allow_private = False
     assert deliver_callback(erasure_id) == "refused"
     assert len(receiver.received) == 1
+
+
+def test_worker_bookkeeping_waits_out_a_redis_outage(
+    settings: Settings, rconn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rq's bookkeeping around a job is retried while Redis is unreachable (the job's outcome is
+    already in the store); a worker asked to stop gives up instead of waiting."""
+    import redis.exceptions
+
+    from workers import worker as worker_module
+
+    monkeypatch.setattr(worker_module.time, "sleep", lambda seconds: None)
+    w = worker_module.build_worker(["featureedit-test-outage"], settings=settings, connection=rconn)
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise redis.exceptions.ConnectionError("Error 111 connecting. Connection refused.")
+        return "done"
+
+    assert w.until_redis_answers("test", flaky) == "done" and len(calls) == 3
+    w._stop_requested = True
+    calls.clear()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        w.until_redis_answers("test", flaky)
+    assert len(calls) == 1

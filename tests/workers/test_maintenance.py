@@ -192,3 +192,35 @@ def test_publish_leftovers_of_dead_workers_are_swept(
     maintenance = Maintenance([_queue(settings, rconn)], context, name="test")
     assert maintenance.sweep_publish_leftovers() == [".publish-old"]
     assert not old.exists() and fresh.exists() and real.exists()
+
+
+def test_cleanup_waits_a_heartbeat_after_a_redis_outage(
+    settings: Settings, store: FilesystemStore, rconn: redis.Redis, context: JobContext
+) -> None:
+    """A job whose heartbeats failed while Redis was down looks expired when Redis is back: the
+    first cleanups after the outage leave it alone (its worker renews it), forced ones do not."""
+    settings.job_retries, settings.job_retry_intervals = 2, [1]
+    erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
+    queue = _queue(settings, rconn)
+    _die_while_running(rconn, queue, store, erasure_id)
+    maintenance = Maintenance([queue], context, name="test")
+    maintenance._redis_failed_at = time.monotonic()  # what _loop records on a RedisError
+
+    assert maintenance.after_outage()
+    assert maintenance.run_once()["abandoned"] == []
+    assert store.get_erasure(erasure_id).status == "running"
+    maintenance._redis_failed_at = time.monotonic() - 10  # heartbeat_ttl 4 + interval 1 ago
+    assert not maintenance.after_outage()
+    assert maintenance.run_once()["abandoned"] == [erasure_id]
+
+
+def test_a_redis_that_just_restarted_counts_as_an_outage(context: JobContext) -> None:
+    from workers.embedded_redis import EmbeddedRedis, redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server binary (install featureedit[embedded-redis])")
+    with EmbeddedRedis() as server:
+        conn = redis.Redis.from_url(server.url)
+        maintenance = Maintenance([Queue("fresh", connection=conn)], context, name="test")
+        assert maintenance.after_outage()  # uptime 0 s < heartbeat_ttl + interval
+        conn.close()

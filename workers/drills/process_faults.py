@@ -7,7 +7,7 @@ import threading
 import time
 
 from workers.drills.base import DrillContext, Observations, drill
-from workers.stack import leftover_temp_files, partial_checkpoints
+from workers.stack import FAST_RECOVERY, leftover_temp_files, partial_checkpoints
 
 JOB_TIMEOUT = 400.0  # seconds an erasure of the drills may take (a loaded 2-core machine)
 
@@ -98,11 +98,12 @@ def worker_kill(ctx: DrillContext, obs: Observations) -> None:
 
 @drill(
     "redis-restart",
-    """Redis killed and restarted while one erasure runs and another waits in the queue (Redis
-    persists with an fsync'ed append-only file): no accepted erasure is lost, both finish; while
-    Redis is down the API answers a submission with 503 and a clear message (never a 500), still
-    serves status reads from the durable store, reports Redis not ready in /readyz, and recovers
-    by itself.""",
+    """Redis killed while one erasure runs and another waits in the queue, and kept down until the
+    running one has ended and longer than a job heartbeat lives (Redis persists with an fsync'ed
+    append-only file): no accepted erasure is lost, both finish once, the worker survives and no
+    running job is mistaken for a lost one; while Redis is down the API answers a submission with
+    503 and a clear message (never a 500), still serves status reads from the durable store,
+    reports Redis not ready in /readyz, and recovers by itself.""",
 )
 def redis_restart(ctx: DrillContext, obs: Observations) -> None:
     """Kill Redis mid-queue, probe the API while it is down, restart it, follow both erasures."""
@@ -135,7 +136,13 @@ def redis_restart(ctx: DrillContext, obs: Observations) -> None:
                 ready.status_code == 503 and checks.get("redis") is False,
                 f"/readyz while down: {ready.status_code} {checks}",
             )
-            time.sleep(max(0.0, 2.0 - (time.monotonic() - down_at)))
+            # The running erasure ends while Redis is down (the worker's bookkeeping must wait
+            # for Redis, not crash), and the outage outlives a heartbeat (after the restart the
+            # running job's registration looks expired: it must not be taken for a lost job).
+            ended = ctx.wait_status(ids[0], set(), timeout=JOB_TIMEOUT)  # terminal
+            obs.note(f"erasure 1 ended {ended!r} in the store while Redis was down")
+            hold = float(FAST_RECOVERY["FEATUREEDIT_WORKER_HEARTBEAT_TTL"]) + 2.0
+            time.sleep(max(0.0, hold - (time.monotonic() - down_at)))
         finally:
             ctx.s.redis.start()
         obs.note(f"Redis down {time.monotonic() - down_at:.1f} s, restarted on the same port")
@@ -157,8 +164,13 @@ def redis_restart(ctx: DrillContext, obs: Observations) -> None:
         all(d["status"] == "succeeded" for d in outcomes),
         f"both accepted erasures finished: {summary}",
     )
+    obs.check(
+        all(d["attempts"] == 1 for d in outcomes), "each erasure ran once (no attempt repeated)"
+    )
     worker_alive = ctx.worker is not None and ctx.worker.poll() is None
     obs.check(worker_alive, "the worker survived the Redis outage")
+    lost = [line for line in ctx.s.log_text().splitlines() if "lost their worker" in line]
+    obs.check(not lost, f"no running job was taken for a lost one ({len(lost)} log lines)")
     for d in outcomes:
         if d.get("checkpoint_id"):
             ctx.checkpoints.append(d["checkpoint_id"])
