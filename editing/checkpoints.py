@@ -18,6 +18,10 @@ A *published checkpoint* is a directory ``<out_root>/<checkpoint_id>/`` that
     delta/delta.safetensors  delta/delta.json
     manifest.json
 
+A checkpoint published with ``mode="delta"`` holds only ``delta/`` and ``manifest.json``
+(``"publish": "delta"``): ``featureedit apply-delta BASE_DIR CHECKPOINT OUT`` rebuilds the full
+model from the base model the manifest names.
+
 ``manifest.json`` lists every other file with its size and sha256; the ``checkpoint_id`` is the
 first 16 hex digits of the sha256 of those entries (``"<sha256>  <name>\\n"`` lines sorted by
 name), so a checkpoint is content-addressed. Its ``base_model.down_proj_sha256`` is
@@ -53,6 +57,7 @@ from editing.adapters import ModelAdapter, get_spec
 from editing.edits import Edit, LayerDelta, tensor_sha256
 from editing.errors import ConfigError, CorruptCacheError, EditingError, NotFoundError
 from editing.fingerprint import find_secrets_in_dir, redact
+from editing.request import PUBLISH_MODES, PublishMode
 
 DELTA_FORMAT = "featureedit-delta"
 DELTA_FORMAT_VERSION = 1
@@ -70,8 +75,9 @@ SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
 # Manifest keys publish_checkpoint sets itself; the caller's manifest may not contain them.
 RESERVED_MANIFEST_KEYS = frozenset(
     {"format", "format_version", "checkpoint_id", "created_at", "code_version", "base_model"}
-    | {"edited_down_proj_sha256", "edit", "files"}
+    | {"edited_down_proj_sha256", "edit", "files", "publish"}
 )
+
 
 # Files never copied from a base model by apply_delta_files: weights in any other format would
 # carry the unedited values, and a published checkpoint's manifest no longer describes the output.
@@ -687,20 +693,28 @@ def publish_checkpoint(
     shard_size: str | None = None,
     *,
     secrets: Iterable[str] | None = None,
+    mode: PublishMode = "full",
 ) -> Path:
     """Save the edited model as a content-addressed checkpoint ``out_root/<checkpoint_id>``.
 
-    With ``edit`` applied (and always reverted afterwards, so the model in memory is left
-    unedited even on errors) the model is saved with ``save_pretrained`` (sharded with an index
-    when ``shard_size`` like ``"2GB"`` is exceeded; transformers 5 always writes safetensors),
-    then the tokenizer, the delta (``delta/``) and ``manifest.json``: checkpoint id, creation time
-    (UTC), code version, base model id and :func:`down_proj_sha256`, ``parent_checkpoint_id``
-    (from ``manifest``, else null), every other field of ``manifest`` (method, params, units,
-    metrics, fact fingerprints: never secrets), a summary of the edit and the size and sha256 of
-    every file. The directory is built in a temporary directory under ``out_root`` and renamed into
-    place; if a checkpoint with the same id exists it is kept and returned. With ``secrets``, the
-    files are scanned first (:func:`assert_no_secrets`) and nothing is published on a hit.
+    ``mode="full"``: with ``edit`` applied (and always reverted afterwards, so the model in
+    memory is left unedited even on errors) the model is saved with ``save_pretrained`` (sharded
+    with an index when ``shard_size`` like ``"2GB"`` is exceeded; transformers 5 always writes
+    safetensors), then the tokenizer. ``mode="delta"`` skips both: the checkpoint is the delta
+    alone (the changed down-projection rows/columns, a few MB for a multi-GB model), turned into
+    a full model with :func:`apply_delta_files` (``featureedit apply-delta``) on the base model
+    the manifest names by id and down-projection sha256. Either way it holds the delta
+    (``delta/``) and ``manifest.json``: checkpoint id, creation time (UTC), code version,
+    ``publish`` (the mode), base model id and :func:`down_proj_sha256`, the edited hash,
+    ``parent_checkpoint_id`` (from ``manifest``, else null), every other field of ``manifest``
+    (method, params, units, metrics, fact fingerprints: never secrets), a summary of the edit
+    and the size and sha256 of every file. The directory is built in a temporary directory under
+    ``out_root`` and renamed into place; if a checkpoint with the same id exists it is kept and
+    returned. With ``secrets``, the files are scanned first (:func:`assert_no_secrets`) and
+    nothing is published on a hit.
     """
+    if mode not in PUBLISH_MODES:
+        raise ConfigError(f"publish mode {mode!r} is not one of {list(PUBLISH_MODES)}")
     given = dict(manifest)
     reserved = sorted(RESERVED_MANIFEST_KEYS & set(given))
     if reserved:
@@ -721,9 +735,11 @@ def publish_checkpoint(
         base_hash = down_proj_sha256(adapter)
         save_kwargs = {} if shard_size is None else {"max_shard_size": shard_size}
         with edit.applied(adapter):
-            loaded_model_like.model.save_pretrained(str(tmp), **save_kwargs)
+            if mode == "full":
+                loaded_model_like.model.save_pretrained(str(tmp), **save_kwargs)
             edited_hash = down_proj_sha256(adapter)
-        loaded_model_like.tokenizer.save_pretrained(str(tmp))
+        if mode == "full":
+            loaded_model_like.tokenizer.save_pretrained(str(tmp))
         base_model = {
             "model_id": loaded_model_like.model_id,
             "model_type": adapter.model_type,
@@ -742,6 +758,7 @@ def publish_checkpoint(
             "checkpoint_id": checkpoint_id,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "code_version": code_version(),
+            "publish": mode,
             "base_model": base_model,
             "edited_down_proj_sha256": edited_hash,
             "parent_checkpoint_id": given.pop("parent_checkpoint_id", None),

@@ -117,7 +117,14 @@ def _publish(loaded: Any, result: Any, request: Any, out: Path | None, parent: s
 
     home_out = out or (loaded.home / "checkpoints")
     manifest = result.checkpoint_manifest(parent)
-    return publish_checkpoint(loaded, result.edit, home_out, manifest, secrets=request.secrets())
+    return publish_checkpoint(
+        loaded,
+        result.edit,
+        home_out,
+        manifest,
+        secrets=request.secrets(),
+        mode=request.publish or "full",
+    )
 
 
 def _progress(args: argparse.Namespace):
@@ -150,6 +157,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         params=parse_pairs(args.param),
         thresholds=parse_pairs(args.threshold, "--threshold"),
         base_checkpoint=args.base_checkpoint,
+        publish=args.publish,
     )
     loaded = load_model(request.model)
     base_edit = None
@@ -381,7 +389,7 @@ def bench_markdown(result: dict[str, Any], command: str) -> str:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the engine commands to the CLI."""
-    from editing.request import METHODS
+    from editing.request import METHODS, PUBLISH_MODES
 
     erase = subparsers.add_parser(
         "erase",
@@ -411,6 +419,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     erase.add_argument("--base-checkpoint", help="checkpoint id to edit further")
     erase.add_argument("--out", help="checkpoint root directory")
     erase.add_argument("--no-publish", action="store_true", help="evaluate only")
+    erase.add_argument(
+        "--publish",
+        choices=PUBLISH_MODES,
+        help="full: the edited model plus its delta (default); delta: the delta alone (rebuild "
+        "with apply-delta)",
+    )
     erase.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     erase.set_defaults(func=cmd_erase)
 

@@ -140,6 +140,10 @@ class Thresholds(BaseModel):
     max_delta_ppl: float = Field(0.05, ge=0)
 
 
+PublishMode = Literal["full", "delta"]
+PUBLISH_MODES: tuple[PublishMode, ...] = ("full", "delta")
+
+
 class ErasureRequest(BaseModel):
     """An erasure request: one or more facts, one model, one method."""
 
@@ -152,6 +156,13 @@ class ErasureRequest(BaseModel):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     base_checkpoint: str | None = Field(
         default=None, description="Checkpoint id to edit further (sequential erasures)."
+    )
+    publish: PublishMode | None = Field(
+        default=None,
+        description="What an accepted erasure publishes: 'full' (the edited model's safetensors, "
+        "which transformers loads as is, plus the delta) or 'delta' (only the changed weights "
+        "and the manifest; `featureedit apply-delta` rebuilds the model from the base). Default: "
+        "the operator's setting (full unless configured).",
     )
 
     def secrets(self) -> list[str]:

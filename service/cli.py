@@ -182,7 +182,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if not facts:
         raise _UsageError("no fact given: pass a request FILE or --subject/--relation/--target")
     body["facts"] = facts
-    for name in ("model", "method", "base_checkpoint", "callback_url"):
+    for name in ("model", "method", "base_checkpoint", "publish", "callback_url"):
         value = getattr(args, name)
         if value is not None:
             body[name] = value
@@ -387,6 +387,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter")
     submit.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="threshold")
     submit.add_argument("--base-checkpoint", help="checkpoint id to edit further")
+    submit.add_argument(
+        "--publish",
+        choices=("full", "delta"),
+        help="publish the edited model and its delta (full) or the delta alone (delta); "
+        "default: the service's setting",
+    )
     submit.add_argument("--callback-url", help="URL POSTed the final record")
     submit.add_argument("--idempotency-key", help="retry-safe key (default: random)")
     submit.add_argument("--wait", action="store_true", help="wait for the result and show it")

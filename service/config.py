@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     )
 
     # jobs
+    publish_mode: Literal["full", "delta"] = Field(
+        default="full",
+        description="What an accepted erasure publishes when its request does not say: 'full' "
+        "(edited safetensors + delta) or 'delta' (the delta alone, a few MB for a multi-GB model).",
+    )
     job_timeout: int = Field(default=1800, ge=1, description="rq job_timeout, seconds.")
     job_retries: int = Field(default=2, ge=0, description="rq Retry(max=...).")
     job_retry_intervals: list[int] = Field(

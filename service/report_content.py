@@ -309,6 +309,12 @@ def _fact(i: int, fact: Mapping[str, Any]) -> Section:
     return Section(title, blocks, level=3)
 
 
+_PUBLISHED_AS = {
+    "full": "full model (safetensors) + delta",
+    "delta": "delta only (rebuild with featureedit apply-delta on the base model)",
+}
+
+
 def _footprint(report: Mapping[str, Any]) -> Section:
     edit = report.get("edit")
     ckpt = report.get("checkpoint") or {}
@@ -323,6 +329,7 @@ def _footprint(report: Mapping[str, Any]) -> Section:
         ("delta size (tensors: indices, old and new values)", fmt_bytes(edit.get("delta_bytes"))),
         ("delta size on disk (delta/ files)", fmt_bytes(ckpt.get("delta_bytes_on_disk"))),
         ("checkpoint size on disk", fmt_bytes(ckpt.get("total_bytes"))),
+        ("published as", _PUBLISHED_AS.get(str(ckpt.get("publish")), "-") if ckpt else "-"),
     ]
     per_layer = []
     for d in layers:

@@ -520,7 +520,12 @@ class _ErasureRun:
             result.checkpoint_manifest(request.base_checkpoint, erasure_id=self.id), self.secrets
         )
         path = publish_checkpoint(
-            loaded, edit, self.store.checkpoint_root(), manifest, secrets=self.secrets
+            loaded,
+            edit,
+            self.store.checkpoint_root(),
+            manifest,
+            secrets=self.secrets,
+            mode=request.publish or self.ctx.settings.publish_mode,
         )
         checkpoint_id = path.name
         self.published = _checkpoint_summary(path)
@@ -709,6 +714,7 @@ def _checkpoint_summary(directory: Any) -> dict[str, Any]:
     return {
         "checkpoint_id": manifest.get("checkpoint_id"),
         "created_at": manifest.get("created_at"),
+        "publish": manifest.get("publish", "full"),
         "base_model": manifest.get("base_model"),
         "parent_checkpoint_id": manifest.get("parent_checkpoint_id"),
         "edited_down_proj_sha256": manifest.get("edited_down_proj_sha256"),

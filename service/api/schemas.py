@@ -175,6 +175,9 @@ class ErasurePublic(BaseModel):
     params: dict[str, Any] | None = None
     thresholds: dict[str, Any] | None = None
     base_checkpoint: str | None = None
+    publish: str | None = Field(
+        default=None, description="The request's publish mode (null: the service's setting)."
+    )
     facts: list[FactPublic]
     created_at: str
     updated_at: str
@@ -217,6 +220,7 @@ class ErasurePublic(BaseModel):
             params=pub.get("params"),
             thresholds=pub.get("thresholds"),
             base_checkpoint=pub.get("base_checkpoint"),
+            publish=pub.get("publish"),
             facts=facts,
             created_at=record.created_at,
             updated_at=record.updated_at,

@@ -295,6 +295,33 @@ def test_publish_loads_with_edited_logits(
     assert [p.name for p in (tmp_path / "ckpts").iterdir()] == [path.name]
 
 
+def test_delta_publish_holds_the_delta_alone_and_rebuilds_the_full_model(
+    tmp_path: Path, loaded: Loaded, edit: Edit
+) -> None:
+    before_sha = state_dict_sha256(loaded.model)
+    full = publish_checkpoint(loaded, edit, tmp_path / "full", manifest_fields("x"))
+    delta = publish_checkpoint(loaded, edit, tmp_path / "delta", manifest_fields("x"), mode="delta")
+
+    assert state_dict_sha256(loaded.model) == before_sha
+    manifest = read_manifest(delta)
+    assert manifest["publish"] == "delta" and read_manifest(full)["publish"] == "full"
+    assert {f["name"] for f in manifest["files"]} == {"delta/delta.safetensors", "delta/delta.json"}
+    assert verify_checkpoint(delta) == [] and delta.name != full.name
+    assert manifest["base_model"] == read_manifest(full)["base_model"]
+    assert manifest["edited_down_proj_sha256"] == read_manifest(full)["edited_down_proj_sha256"]
+    assert (
+        sum(f["size"] for f in manifest["files"])
+        < full.joinpath("model.safetensors").stat().st_size
+    )
+
+    base = base_checkpoint(loaded, tmp_path / "base", None)
+    rebuilt = apply_delta_files(base, delta, tmp_path / "rebuilt")  # what apply-delta does
+    expected = load_tensors(full)
+    assert all(torch.equal(load_tensors(rebuilt)[k], expected[k]) for k in expected)
+    with pytest.raises(ConfigError, match="publish mode"):
+        publish_checkpoint(loaded, edit, tmp_path / "x", {}, mode="zip")  # type: ignore[arg-type]
+
+
 def test_sharded_publish(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
     with edit.applied(loaded.adapter):
         edited_logits = logits(loaded.model)

@@ -180,6 +180,31 @@ def test_erasure_succeeds_with_history_checkpoint_report_and_no_secret_anywhere(
     _assert_nowhere(erasable_fact.target, rconn, store, caplog.text + out + err)
 
 
+@pytest.mark.parametrize("request_mode", [None, "delta"])
+def test_publish_mode_comes_from_the_request_else_the_setting(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., ErasureWorker],
+    erasable_fact: Fact,
+    request_mode: str | None,
+) -> None:
+    from editing.checkpoints import read_manifest, verify_checkpoint
+
+    settings.publish_mode = "delta" if request_mode is None else "full"
+    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()], publish=request_mode)
+    run_worker()
+    record = _record(store, erasure_id)
+    assert record.status == "succeeded", record.error
+    directory = store.checkpoint_dir(record.checkpoint_id)
+    assert directory is not None and verify_checkpoint(directory) == []
+    manifest = read_manifest(directory)
+    assert manifest["publish"] == "delta"  # the request's mode, else the operator's setting
+    assert {f["name"] for f in manifest["files"]} == {"delta/delta.safetensors", "delta/delta.json"}
+    assert store.get_report(erasure_id)["checkpoint"]["publish"] == "delta"
+    assert record.request_public["publish"] == request_mode
+
+
 def test_second_job_on_a_warm_worker_skips_loading(
     settings: Settings,
     store: FilesystemStore,

@@ -169,8 +169,12 @@ def redis_restart(ctx: DrillContext, obs: Observations) -> None:
     )
     worker_alive = ctx.worker is not None and ctx.worker.poll() is None
     obs.check(worker_alive, "the worker survived the Redis outage")
-    lost = [line for line in ctx.s.log_text().splitlines() if "lost their worker" in line]
-    obs.check(not lost, f"no running job was taken for a lost one ({len(lost)} log lines)")
+    lost = [
+        line
+        for line in ctx.s.log_text().splitlines()
+        if "lost their worker" in line and any(i in line for i in ids)
+    ]
+    obs.check(not lost, f"neither erasure was taken for a lost job ({len(lost)} log lines)")
     for d in outcomes:
         if d.get("checkpoint_id"):
             ctx.checkpoints.append(d["checkpoint_id"])

@@ -81,6 +81,7 @@ def public_request(request: ErasureRequest, key: bytes) -> tuple[dict[str, Any],
         "params": request.params.model_dump(mode="json"),
         "thresholds": request.thresholds.model_dump(mode="json"),
         "base_checkpoint": request.base_checkpoint,
+        "publish": request.publish,
         "facts": facts,
     }
     return doc, fingerprints
