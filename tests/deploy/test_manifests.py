@@ -10,6 +10,7 @@ next to this project's dependencies).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -254,22 +255,194 @@ def test_api_probes_hit_real_routes_and_the_service_selects_the_pods(tmp_path: P
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
-def test_gpu_worker_holds_a_gpu_and_outlives_a_job() -> None:
-    docs = _by_name()
-    (worker,) = [d for k, d in docs.items() if k.startswith("Deployment/featureedit-worker")]
-    pod = worker["spec"]["template"]["spec"]
+# The worker Deployments, by the queue class each serves. worker-gpu.yaml and worker-cpu.yaml
+# are two plain manifests (kustomize has no way to derive one Deployment from another without
+# splitting both into a base and overlays); the tests below keep their shared parts identical.
+WORKERS = {
+    "gpu-24g": "Deployment/featureedit-worker-gpu-24g",
+    "cpu": "Deployment/featureedit-worker-cpu",
+}
+# Pod and container fields every worker Deployment shares (the GPU and the resources differ).
+SHARED_POD_FIELDS = ("securityContext", "terminationGracePeriodSeconds")
+SHARED_CONTAINER_FIELDS = ("envFrom", "startupProbe", "livenessProbe", "securityContext")
+SHARED_VOLUMES = ("home", "registry", "cache")
+_QUANTITY = re.compile(r"([0-9.]+)(m|Ki|Mi|Gi|Ti)?")
+_UNITS = {None: 1, "m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _quantity(value: str | int) -> float:
+    """A Kubernetes quantity (``"250m"``, ``"16Gi"``, ``2``) as a number (cores or bytes)."""
+    match = _QUANTITY.fullmatch(str(value))
+    assert match, f"unexpected quantity {value!r}"
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _config() -> dict[str, str]:
+    return _by_name()["ConfigMap/featureedit-config"]["data"]
+
+
+def _class_models(queue_class: str) -> set[str]:
+    classes = json.loads(_config()["FEATUREEDIT_QUEUE_CLASSES"])
+    return {m for m, c in classes.items() if c == queue_class}
+
+
+def _worker(queue_class: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(Deployment, pod spec, worker container)`` of the class's worker Deployment."""
+    deployment = _by_name()[WORKERS[queue_class]]
+    pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    config = docs["ConfigMap/featureedit-config"]["data"]
-    job_timeout = int(config["FEATUREEDIT_JOB_TIMEOUT"])
+    return deployment, pod, container
+
+
+def test_every_worker_deployment_is_known_and_applied() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    found = {}
+    for path in sorted(K8S.glob("worker-*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "Deployment":
+                found[f"Deployment/{doc['metadata']['name']}"] = path.name
+    assert set(found) == set(WORKERS.values())
+    assert set(found.values()) <= set(kustomization["resources"])
+
+
+@pytest.mark.parametrize("queue_class", list(WORKERS))
+def test_worker_serves_its_class_and_outlives_a_job(queue_class: str) -> None:
+    deployment, pod, container = _worker(queue_class)
+    job_timeout = int(_config()["FEATUREEDIT_JOB_TIMEOUT"])
     assert job_timeout == Settings().job_timeout  # the default the grace period is derived from
     assert pod["terminationGracePeriodSeconds"] >= job_timeout + 60
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
     args = _featureedit_parser().parse_args(container["args"])
-    assert args.func.__name__ == "cmd_worker" and args.classes == "gpu-24g"
-    classes = Settings(queue_classes=__import__("json").loads(config["FEATUREEDIT_QUEUE_CLASSES"]))
-    assert "gpu-24g" in classes.queue_classes.values()
-    probe = container["livenessProbe"]["exec"]["command"]
-    assert probe[:3] == ["python", "-m", "workers.healthcheck"]
+    assert args.func.__name__ == "cmd_worker" and args.classes == queue_class
+    assert not args.models and not args.queues
+    assert _class_models(queue_class), f"no model of FEATUREEDIT_QUEUE_CLASSES is {queue_class}"
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for labels in (deployment["spec"]["selector"]["matchLabels"], template_labels):
+        assert labels["featureedit/queue-class"] == queue_class
+
+    for probe in ("startupProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:4] == ["python", "-m", "workers.healthcheck", "worker"], probe
+    # the liveness window covers rq's idle heartbeat (every <= 405 s), with a retry to spare
+    command = container["livenessProbe"]["exec"]["command"]
+    max_age = float(command[command.index("--max-age") + 1])
+    assert max_age > 405 and container["livenessProbe"]["failureThreshold"] >= 2
+
+    resources = container["resources"]
+    requests, limits = resources["requests"], resources["limits"]
+    assert _quantity(requests["cpu"]) >= 1 and _quantity(requests["memory"]) >= 2**30
+    assert _quantity(limits["memory"]) >= _quantity(requests["memory"])
+
+
+def test_gpu_worker_holds_a_gpu() -> None:
+    _, pod, container = _worker("gpu-24g")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert pod["nodeSelector"]["featureedit/gpu-class"] == "gpu-24g"
+    assert _featureedit_parser().parse_args(container["args"]).device == "cuda:0"
+
+
+def test_cpu_worker_holds_no_gpu_and_builds_its_demo_worlds_first() -> None:
+    from editing.registry import DEMO_MODELS
+
+    _, pod, container = _worker("cpu")
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    everything = [*pod["initContainers"], container]
+    for c in everything:
+        assert not any("nvidia" in k for k in c["resources"].get("limits", {})), c["name"]
+        assert not any("nvidia" in k for k in c["resources"].get("requests", {})), c["name"]
+        assert ":" in c["image"] and not c["image"].endswith("-gpu"), c["name"]
+    parser = _featureedit_parser()
+    assert parser.parse_args(container["args"]).device == "cpu"
+
+    # the class holds only the built-in demo worlds, and every one is built before the worker
+    # starts (a job never waits minutes for a world build)
+    models = _class_models("cpu")
+    assert models <= set(DEMO_MODELS)
+    built = set()
+    for init in pod["initContainers"]:
+        args = parser.parse_args(init["args"])
+        assert args.func.__name__ == "cmd_world_build", init["name"]
+        built.add(args.size)
+        assert init["volumeMounts"] == container["volumeMounts"], init["name"]
+        assert init["envFrom"] == container["envFrom"] and init["env"] == container["env"]
+    assert built == {DEMO_MODELS[m] for m in models}
+
+    # CPU-bound: a CPU limit (the capacity figures are per 2 cores) and torch's threads follow it
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert _quantity(limits["cpu"]) == _quantity(requests["cpu"]) >= 2
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    # no models volume: the demo worlds live in the home, and so does a writable HF cache
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert "models" not in mounts and env["HF_HOME"]["value"].startswith(mounts["home"] + "/")
+
+
+def test_worker_deployments_share_everything_but_the_hardware() -> None:
+    (_, gpu_pod, gpu), (_, cpu_pod, cpu) = _worker("gpu-24g"), _worker("cpu")
+    for field in SHARED_POD_FIELDS:
+        assert gpu_pod[field] == cpu_pod[field], field
+    for field in SHARED_CONTAINER_FIELDS:
+        assert gpu[field] == cpu[field], field
+    gpu_volumes = {v["name"]: v for v in gpu_pod["volumes"]}
+    cpu_volumes = {v["name"]: v for v in cpu_pod["volumes"]}
+    assert gpu_volumes["registry"] == cpu_volumes["registry"]
+    gpu_mounts = {m["name"]: m for m in gpu["volumeMounts"]}
+    cpu_mounts = {m["name"]: m for m in cpu["volumeMounts"]}
+    for name in SHARED_VOLUMES:
+        assert gpu_mounts[name] == cpu_mounts[name], name
+        assert set(gpu_volumes[name]) == set(cpu_volumes[name]), name  # same kind of volume
+    (gpu_strategy, cpu_strategy) = (
+        _by_name()[WORKERS[c]]["spec"]["strategy"] for c in ("gpu-24g", "cpu")
+    )
+    assert gpu_strategy == cpu_strategy
+
+
+def test_compose_cpu_workers_serve_the_k8s_cpu_class(compose: dict[str, Any]) -> None:
+    """Compose's CPU workers (``--models``) and the Kubernetes ``cpu`` class hold the same models,
+    and those workers also start under the Kubernetes queue classes."""
+    from workers.worker import model_queue_names
+
+    args = _featureedit_parser().parse_args(
+        [_interpolate(a) for a in compose["services"]["worker"]["command"]]
+    )
+    models = [m for m in args.models.split(",") if m]
+    assert set(models) == _class_models("cpu")
+    classes = json.loads(_config()["FEATUREEDIT_QUEUE_CLASSES"])
+    queues = model_queue_names(Settings(queue_classes=classes), models)
+    assert queues[1:] == [Settings().class_queue_name("cpu")]
+
+
+def _kustomize_binary() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return [shutil.which("kustomize"), "build"]  # type: ignore[list-item]
+    kubectl = shutil.which("kubectl")
+    if (
+        kubectl
+        and subprocess.run([kubectl, "kustomize", "--help"], capture_output=True).returncode == 0
+    ):
+        return [kubectl, "kustomize"]
+    return None
+
+
+def test_kustomize_renders_the_manifests_as_written() -> None:
+    binary = _kustomize_binary()
+    if binary is None:
+        pytest.skip("no kustomize or kubectl here; the per-file checks above ran")
+    result = subprocess.run(
+        [*binary, str(K8S)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = {
+        f"{d['kind']}/{d['metadata']['name']}": d
+        for d in yaml.safe_load_all(result.stdout)
+        if d is not None
+    }
+    files = _by_name()
+    assert set(WORKERS.values()) <= set(rendered)
+    for name in WORKERS.values():  # YAML anchors expanded as the tests read them
+        assert rendered[name]["spec"] == files[name]["spec"], name
 
 
 def test_k8s_settings_are_real_and_secrets_are_placeholders() -> None:
@@ -286,10 +459,13 @@ def test_k8s_settings_are_real_and_secrets_are_placeholders() -> None:
             assert "REPLACE" in value or value.endswith('"keys": []}'), (
                 f"{key} is not a placeholder"
             )
-    for kind in ("Deployment/featureedit-api", "Deployment/featureedit-worker-gpu-24g"):
-        (container,) = docs[kind]["spec"]["template"]["spec"]["containers"]
-        refs = {next(iter(r.values()))["name"] for r in container["envFrom"]}
-        assert refs == {"featureedit-config", "featureedit-secrets"}
+    for kind in ("Deployment/featureedit-api", *WORKERS.values()):
+        pod = docs[kind]["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            refs = {next(iter(r.values()))["name"] for r in container["envFrom"]}
+            assert refs == {"featureedit-config", "featureedit-secrets"}, kind
+            for var in container.get("env", []):
+                assert not SECRET_NAME.search(var["name"]), f"{kind}: secret {var['name']}"
     assert any(
         d["kind"] == "StatefulSet" and d["spec"]["volumeClaimTemplates"] for d in docs.values()
     )
