@@ -17,22 +17,16 @@ Entry points (``pyproject.toml``): ``featureedit.commands: perf = workers.cli_pe
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from editing.cli import EXIT_ERROR, EXIT_OK, Command, format_table, global_options, print_json
+from editing.cli import EXIT_ERROR, EXIT_OK, Command, format_table, print_json
+from workers.cli_common import add_stack_command, source_home
 
 DEFAULT_MAX_POLL_P99_MS = 100.0
-
-
-def source_home(args: argparse.Namespace) -> Path:
-    """The featureedit home whose demo worlds a private stack reuses (``--home`` or the env)."""
-    raw = getattr(args, "home", None) or os.environ.get("FEATUREEDIT_HOME")
-    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "featureedit"
 
 
 def stack_root(args: argparse.Namespace) -> tuple[Path, bool]:
@@ -136,9 +130,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``featureedit load``."""
-    p = subparsers.add_parser(
+    p = add_stack_command(
+        subparsers,
         "load",
-        parents=[global_options()],
+        func=cmd_load,
         help="bounded load test of the API on a private loopback stack with a busy worker",
         description="Start a private stack on loopback (own Redis, API, one worker), keep the "
         "worker busy with real erasures, send a bounded number of status polls and submissions "
@@ -161,8 +156,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the bar for the status polls' p99 (100)",
     )
     p.add_argument("--keep", metavar="DIR", help="put the stack (logs, store) in DIR and keep it")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.set_defaults(func=cmd_load)
 
 
 # ----------------------------------------------------------------------------- bench --service

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
+
+from workers.cli_common import add_stack_command, source_home
 
 
 def _table(results: list) -> str:
@@ -31,11 +31,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    source = Path(
-        getattr(args, "home", None)
-        or os.environ.get("FEATUREEDIT_HOME")
-        or Path.home() / ".cache" / "featureedit"
-    ).expanduser()
+    source = source_home(args)
     ctx = DrillContext(source_home=source, fuzz_examples=args.examples, keep=args.keep)
     print(
         f"featureedit: starting a private stack (small demo world from {source})", file=sys.stderr
@@ -61,19 +57,18 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``drill`` to the ``featureedit`` CLI."""
-    from editing.cli import global_options
-
-    p = subparsers.add_parser(
+    p = add_stack_command(
+        subparsers,
         "drill",
-        parents=[global_options()],
+        func=cmd_drill,
         help="run failure drills against a private local stack",
         description="Start a private stack on loopback (its own redis-server, a temporary home "
         "and store, the API and a worker, on the small demo world) and run failure drills: "
         "worker-kill, redis-restart, disk-full, corrupt-checkpoint, hostile-requests, "
         "schemathesis. Each states its promise and what was observed. Exit code 1 if any "
         "drill fails. See docs/drills.md.",
+        json_help="print one JSON list of results",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON list of results")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these drills")
     p.add_argument(
         "--examples",
@@ -83,4 +78,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="schemathesis cases per operation (default 20)",
     )
     p.add_argument("--keep", action="store_true", help="keep the stack directory (logs) after")
-    p.set_defaults(func=cmd_drill)
