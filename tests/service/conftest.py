@@ -24,8 +24,9 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
+from service.records import ErasureRecord
 from service.security import KeyStore, keys_dir
-from service.store import FilesystemStore
+from service.store import FilesystemStore, Store, new_erasure_id, record_event
 
 REDIS_URL = os.environ.get("FEATUREEDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SECRET = "555-0199-7731"  # the target used in the tests; must never come back
@@ -111,10 +112,23 @@ def body(**overrides: Any) -> dict[str, Any]:
     return {"model": "demo-small", "method": "featureedit", "facts": [fact()], **overrides}
 
 
-def make_checkpoint(
-    store: FilesystemStore, tenant: str, files: dict[str, bytes], model_id: str = "demo-small"
-) -> str:
-    """Publish a fake checkpoint (files + manifest.json) owned by ``tenant``; return its id."""
+def new_record(tenant: str = "acme", erasure_id: str | None = None) -> ErasureRecord:
+    """A just-queued erasure record of ``tenant`` (a new id unless ``erasure_id``), not stored."""
+    record = ErasureRecord(
+        id=erasure_id or new_erasure_id(),
+        tenant=tenant,
+        model="demo-small",
+        method="featureedit",
+        request_public={"facts": []},
+        fact_fingerprints=[],
+    )
+    record_event(record, "queued", stage="queued")
+    return record
+
+
+def stage_checkpoint(store: Store, files: dict[str, bytes], model_id: str = "demo-small") -> str:
+    """Write a fake checkpoint (files + manifest.json) under the store's checkpoint_root, as a
+    worker does before publishing it; return its id (not registered yet)."""
     entries = [
         {"name": n, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for n, data in sorted(files.items())
@@ -133,6 +147,14 @@ def make_checkpoint(
         "files": entries,
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
+    return checkpoint_id
+
+
+def make_checkpoint(
+    store: Store, tenant: str, files: dict[str, bytes], model_id: str = "demo-small"
+) -> str:
+    """Publish a fake checkpoint (files + manifest.json) owned by ``tenant``; return its id."""
+    checkpoint_id = stage_checkpoint(store, files, model_id)
     store.register_checkpoint(checkpoint_id, tenant, "er_000000000000000000000000")
     return checkpoint_id
 

@@ -3,8 +3,6 @@ atomic records, cross-process updates, concurrent idempotency, listing, checkpoi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import threading
 from pathlib import Path
@@ -15,19 +13,7 @@ import pytest
 from service.records import ErasureRecord
 from service.store import FilesystemStore, Store, new_erasure_id, record_event
 from service.store_s3 import S3Store
-
-
-def _record(tenant: str = "acme", erasure_id: str | None = None) -> ErasureRecord:
-    record = ErasureRecord(
-        id=erasure_id or new_erasure_id(),
-        tenant=tenant,
-        model="demo-small",
-        method="featureedit",
-        request_public={"facts": []},
-        fact_fingerprints=[],
-    )
-    record_event(record, "queued", stage="queued")
-    return record
+from tests.service.conftest import new_record, stage_checkpoint
 
 
 def open_store(spec: dict[str, Any]) -> Store:
@@ -62,11 +48,11 @@ def store(spec: dict[str, Any]) -> Store:
 
 
 def test_create_get_update_and_blobs(store: Store, spec: dict[str, Any]):
-    record, created = store.create_erasure(_record(), b"blob")
+    record, created = store.create_erasure(new_record(), b"blob")
     assert created and store.get_erasure(record.id) == record
     assert store.get_request_blob(record.id) == b"blob"
     with pytest.raises(FileExistsError):  # an id is never overwritten
-        store.create_erasure(_record(erasure_id=record.id), b"other")
+        store.create_erasure(new_record(erasure_id=record.id), b"other")
     assert store.get_request_blob(record.id) == b"blob"
     if spec["backend"] == "filesystem":
         root = Path(spec["root"])
@@ -103,7 +89,7 @@ def test_bad_ids_and_tenants(store: Store):
     assert store.get_erasure("../../etc/passwd") is None
     assert store.checkpoint_dir("../keys") is None and store.checkpoint_owner("..") is None
     with pytest.raises(ValueError):
-        store.create_erasure(_record(tenant="../evil"), b"")
+        store.create_erasure(new_record(tenant="../evil"), b"")
     with pytest.raises(ValueError):
         store.list_erasures("acme", cursor="../x")
 
@@ -111,10 +97,10 @@ def test_bad_ids_and_tenants(store: Store):
 def test_list_newest_first_paginated_and_per_tenant(store: Store):
     ids = []
     for i in range(7):
-        record = _record(erasure_id=f"er_{i:012x}{0:012x}")
+        record = new_record(erasure_id=f"er_{i:012x}{0:012x}")
         store.create_erasure(record, b"")
         ids.append(record.id)
-    store.create_erasure(_record(tenant="globex"), b"")
+    store.create_erasure(new_record(tenant="globex"), b"")
     page, cursor = store.list_erasures("acme", limit=3)
     assert [r.id for r in page] == ids[::-1][:3] and cursor == ids[4]
     page, cursor = store.list_erasures("acme", limit=3, cursor=cursor)
@@ -141,7 +127,7 @@ def test_concurrent_creations_with_one_key_make_one_erasure(store: Store):
 
     def create() -> None:
         barrier.wait()
-        out = store.create_erasure(_record(), b"blob", idempotency_key="k1")
+        out = store.create_erasure(new_record(), b"blob", idempotency_key="k1")
         with lock:
             results.append(out)
 
@@ -168,7 +154,7 @@ def _bump(spec: dict[str, Any], erasure_id: str, n: int) -> None:
 
 
 def test_updates_are_serialised_across_processes(store: Store, spec: dict[str, Any]):
-    record, _ = store.create_erasure(_record(), b"")
+    record, _ = store.create_erasure(new_record(), b"")
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_bump, args=(spec, record.id, 25)) for _ in range(4)]
     for p in procs:
@@ -179,29 +165,9 @@ def test_updates_are_serialised_across_processes(store: Store, spec: dict[str, A
     assert store.get_erasure(record.id).attempts == 100
 
 
-def _stage_checkpoint(store: Store, files: dict[str, bytes]) -> str:
-    """Build a checkpoint directory (files + manifest.json) under checkpoint_root; its id."""
-    entries = [
-        {"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-        for n, d in sorted(files.items())
-    ]
-    checkpoint_id = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-    root = store.checkpoint_root() / checkpoint_id
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    manifest = {
-        "format": "featureedit-checkpoint",
-        "checkpoint_id": checkpoint_id,
-        "files": entries,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return checkpoint_id
-
-
 def test_checkpoint_ownership(store: Store):
     files = {"model.safetensors": b"weights", "delta/delta.json": b"{}"}
-    checkpoint_id = _stage_checkpoint(store, files)
+    checkpoint_id = stage_checkpoint(store, files)
     store.register_checkpoint(checkpoint_id, "acme", "er_x")
     assert store.checkpoint_owner(checkpoint_id) == {"tenant": "acme", "erasure_id": "er_x"}
     directory = store.checkpoint_dir(checkpoint_id)

@@ -7,7 +7,6 @@ The Store contract itself runs on both backends in test_store.py.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +17,10 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.records import ErasureRecord
-from service.store import get_store, new_erasure_id, record_event
+from service.store import get_store
 from service.store_s3 import S3Store, S3StoreError, invert_id
 from tests.s3_server import new_bucket, s3_client
-from tests.service.conftest import SECRET, auth, body, make_checkpoint
+from tests.service.conftest import SECRET, auth, body, make_checkpoint, new_record, stage_checkpoint
 
 
 @pytest.fixture
@@ -101,21 +100,6 @@ def test_api_on_s3_store_accepts_erasures_and_serves_checkpoints(
     assert all(SECRET.encode() not in v and SECRET not in k for k, v in objects.items())
 
 
-def _stage(store: S3Store, files: dict[str, bytes]) -> str:
-    entries = [
-        {"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-        for n, d in sorted(files.items())
-    ]
-    checkpoint_id = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-    root = store.checkpoint_root() / checkpoint_id
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    doc = {"format": "featureedit-checkpoint", "checkpoint_id": checkpoint_id, "files": entries}
-    (root / "manifest.json").write_text(json.dumps(doc))
-    return checkpoint_id
-
-
 @pytest.fixture
 def two_stores(s3_endpoint: str, tmp_path: Path) -> tuple[S3Store, S3Store]:
     """Two S3Stores on one bucket with separate local caches (a worker and an API host)."""
@@ -131,7 +115,7 @@ def test_a_checkpoint_is_invisible_until_its_manifest_is_uploaded(
 ):
     worker, api = two_stores
     files = {"model.safetensors": b"w" * 1000, "delta/delta.json": b"{}"}
-    checkpoint_id = _stage(worker, files)
+    checkpoint_id = stage_checkpoint(worker, files)
     uploads: list[str] = []
     real_upload = worker.client.upload_file
 
@@ -158,7 +142,7 @@ def test_a_checkpoint_is_invisible_until_its_manifest_is_uploaded(
 
 def test_a_corrupted_object_is_never_cached(two_stores: tuple[S3Store, S3Store]):
     worker, api = two_stores
-    checkpoint_id = _stage(worker, {"model.safetensors": b"good weights"})
+    checkpoint_id = stage_checkpoint(worker, {"model.safetensors": b"good weights"})
     worker.register_checkpoint(checkpoint_id, "acme", "er_x")
     key = worker._checkpoint_key(checkpoint_id, "model.safetensors")
     worker.client.put_object(Bucket=worker.bucket, Key=key, Body=b"evil weights")
@@ -171,7 +155,7 @@ def test_a_staged_file_that_does_not_match_its_manifest_is_not_uploaded(
     two_stores: tuple[S3Store, S3Store],
 ):
     worker, api = two_stores
-    checkpoint_id = _stage(worker, {"model.safetensors": b"weights"})
+    checkpoint_id = stage_checkpoint(worker, {"model.safetensors": b"weights"})
     (worker.checkpoint_root() / checkpoint_id / "model.safetensors").write_bytes(b"changed")
     with pytest.raises(ValueError, match="does not match"):
         worker.register_checkpoint(checkpoint_id, "acme", "er_x")
@@ -180,24 +164,11 @@ def test_a_staged_file_that_does_not_match_its_manifest_is_not_uploaded(
         worker.register_checkpoint("ffffffffffffffff", "acme", "er_x")
 
 
-def _record() -> ErasureRecord:
-    record = ErasureRecord(
-        id=new_erasure_id(),
-        tenant="acme",
-        model="demo-small",
-        method="featureedit",
-        request_public={"facts": []},
-        fact_fingerprints=[],
-    )
-    record_event(record, "queued", stage="queued")
-    return record
-
-
 def test_a_stale_lease_is_taken_over_and_a_live_one_waited_for(
     two_stores: tuple[S3Store, S3Store],
 ):
     worker, api = two_stores
-    record, _ = worker.create_erasure(_record(), b"")
+    record, _ = worker.create_erasure(new_record(), b"")
     lease = worker._key("locks", f"erasure-{record.id}")
     # a holder that died: its lease object stays; after lock_ttl (1 s) it is taken over
     worker.client.put_object(Bucket=worker.bucket, Key=lease, Body=b"dead holder")
