@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editing.scoring import contains_target, encode_pair, greedy_generate, score_targets
+from editing.scoring import contains_target, encode_pair, greedy_generate, padded, score_targets
 
 
 @torch.inference_mode()
@@ -27,13 +27,7 @@ def perplexity(
     count = 0
     for start in range(0, len(texts), batch_size):
         rows = [tokenizer(t)["input_ids"] for t in texts[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = padded(rows, pad, device)
         logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
         tok_lp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
         valid = mask[:, 1:].bool()
@@ -152,17 +146,13 @@ def leak_rate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     rows = [tokenizer(p)["input_ids"] for p in prompts for _ in range(samples)]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
+    ids, mask = padded(rows, pad, device, left=True)
+    width = ids.shape[1]
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            input_ids=ids,
+            attention_mask=mask,
             max_new_tokens=n_new,
             do_sample=True,
             temperature=1.0,

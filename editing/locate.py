@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editing.models import LoadedModel
-from editing.scoring import encode_pair
+from editing.scoring import encode_pair, padded
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,9 @@ def _batch(loaded: LoadedModel, prompts: Sequence[str], target: str, with_target
         rows.append(p_ids + t_used)
         last.append(len(p_ids) - 1)
         tgt.append(t_used)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
     dev = loaded.adapter.device
-    return ids.to(dev), mask.to(dev), torch.tensor(last, device=dev), tgt
+    ids, mask = padded(rows, pad, dev)
+    return ids, mask, torch.tensor(last, device=dev), tgt
 
 
 def _target_logprob(logits: torch.Tensor, last: torch.Tensor, targets: list[list[int]]):

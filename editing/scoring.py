@@ -33,13 +33,19 @@ def encode_pair(
     return prompt_ids, target_ids
 
 
-def _right_padded(rows: Sequence[list[int]], pad: int, device: torch.device):
+def padded(
+    rows: Sequence[Sequence[int]], pad: int, device: torch.device | str, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token-id rows padded with ``pad`` to the longest, on
+    ``device``: on the right (scoring: row ``i``'s tokens start at column 0), or with ``left`` on
+    the left (generation: every row continues at the same column)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r, dtype=torch.long)
+        mask[i, cols] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -64,7 +70,7 @@ def score_targets(
                 prompts[start : start + batch_size], targets[start : start + batch_size]
             )
         ]
-        ids, mask = _right_padded([p + t for p, t in pairs], pad, device)
+        ids, mask = padded([p + t for p, t in pairs], pad, device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logp = logits.log_softmax(-1)
         for row, (p_ids, t_ids) in enumerate(pairs):
@@ -90,15 +96,11 @@ def greedy_generate(
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         rows = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):  # left padding so every row continues at the same column
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
+        ids, mask = padded(rows, pad, device, left=True)
+        width = ids.shape[1]
         gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            input_ids=ids,
+            attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,

@@ -24,6 +24,7 @@ from editing.errors import ConfigError
 from editing.locate import _batch, _target_logprob
 from editing.models import LoadedModel
 from editing.relations import get_relation
+from editing.scoring import padded
 from editing.world.corpus import round_robin
 
 
@@ -148,16 +149,10 @@ def collect_last_token(
     out: dict[tuple[str, int], list[torch.Tensor]] = {k: [] for k in keys}
     for s in range(0, len(prompts), batch):
         rows = [tok(p)["input_ids"] for p in prompts[s : s + batch]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = padded(rows, pad, loaded.adapter.device)
         last = torch.tensor([len(r) - 1 for r in rows])
-        dev = loaded.adapter.device
         with loaded.adapter.capture(keys) as acts:
-            loaded.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+            loaded.model(input_ids=ids, attention_mask=mask)
         for k in keys:
             out[k].append(acts[k][torch.arange(len(rows)), last].float().cpu())
     return {k: torch.cat(v) for k, v in out.items()}

@@ -32,6 +32,7 @@ from editing.analysis.common import (
 from editing.analysis.decomposition import default_layer
 from editing.models import LoadedModel
 from editing.relations import get_relation
+from editing.scoring import padded
 
 SITE = "resid_post"
 
@@ -55,12 +56,7 @@ def token_activations(
     chunks = []
     for s in range(0, len(texts), 128):
         rows = [tok(t)["input_ids"][:128] for t in texts[s : s + 128]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = padded(rows, pad, loaded.adapter.device)
         with loaded.adapter.capture([(SITE, layer)]) as acts:
             loaded.model(input_ids=ids, attention_mask=mask)
         keep = mask.bool()
