@@ -165,19 +165,18 @@ def test_compose_commands_are_featureedit_commands(compose: dict[str, Any]) -> N
     assert compose["services"]["api"]["command"] == ["api"]
 
 
-def _compose_binary() -> list[str] | None:
-    """``docker compose`` (v2: the file uses ``env_file.path``/``required``, which v1 lacks)."""
-    docker = shutil.which("docker")
-    if (
-        docker
-        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
-    ):
-        return [docker, "compose"]
-    return None
+def _subcommand(program: str, subcommand: str, probe: str) -> list[str] | None:
+    """``[program, subcommand]`` if ``program subcommand probe`` runs here, else None."""
+    path = shutil.which(program)
+    if path is None:
+        return None
+    found = subprocess.run([path, subcommand, probe], capture_output=True, timeout=60)
+    return [path, subcommand] if found.returncode == 0 else None
 
 
 def test_docker_compose_config_accepts_the_file() -> None:
-    binary = _compose_binary()
+    # compose v2 (the file uses ``env_file.path``/``required``, which v1 lacks)
+    binary = _subcommand("docker", "compose", "version")
     if binary is None:
         pytest.skip("no `docker compose` (v2) here; the structural checks above ran")
     for profiles in ([], ["--profile", "gpu", "--profile", "s3"]):
@@ -414,20 +413,10 @@ def test_compose_cpu_workers_serve_the_k8s_cpu_class(compose: dict[str, Any]) ->
     assert queues[1:] == [Settings().class_queue_name("cpu")]
 
 
-def _kustomize_binary() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return [shutil.which("kustomize"), "build"]  # type: ignore[list-item]
-    kubectl = shutil.which("kubectl")
-    if (
-        kubectl
-        and subprocess.run([kubectl, "kustomize", "--help"], capture_output=True).returncode == 0
-    ):
-        return [kubectl, "kustomize"]
-    return None
-
-
 def test_kustomize_renders_the_manifests_as_written() -> None:
-    binary = _kustomize_binary()
+    binary = _subcommand("kustomize", "build", "--help") or _subcommand(
+        "kubectl", "kustomize", "--help"
+    )
     if binary is None:
         pytest.skip("no kustomize or kubectl here; the per-file checks above ran")
     result = subprocess.run(
