@@ -22,6 +22,7 @@ from editing.evaldata import EvalData, control_prompts, eval_data_for
 from editing.fingerprint import fingerprint
 from editing.methods import FactCase, FactOutcome, get_method
 from editing.models import LoadedModel
+from editing.registry import EvalSize
 from editing.request import ErasureRequest
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,15 @@ def run_erasure(
     base_edit: Edit | None = None,
     eval_data: EvalData | None = None,
     leak_samples: int = 5,
+    eval_size: EvalSize | None = None,
 ) -> ErasureResult:
     """Erase ``request``'s facts from ``loaded`` (restored afterwards); return the result.
 
     ``base_edit`` (a parent checkpoint's edit) is applied first, so the returned edit is relative
     to the pristine base model and contains the parent's changes too (sequential erasures).
+    Without ``eval_data``, the Locality set is built for the request with ``eval_size`` (default:
+    the model's registry setting, see :func:`editing.evaldata.eval_data_for`); its size is
+    reported as ``metrics["locality"]["set_size"]``.
     """
     if request.model != loaded.model_id:
         raise ConfigError(
@@ -174,7 +179,7 @@ def run_erasure(
         t0 = time.perf_counter()
         report("baseline", 0.0)
         subjects = {f.subject for f in request.facts}
-        data = eval_data or eval_data_for(loaded, subjects)
+        data = eval_data or eval_data_for(loaded, subjects, eval_size)
         cases: list[FactCase] = []
         reports: list[FactReport] = []
         for i, f in enumerate(request.facts):

@@ -3,6 +3,10 @@
 The demo worlds supply all three from their own facts. A registered real model names files in its
 registry entry (``locality_file``: JSONL of ``{"prompt", "target"}``; ``ppl_file``: one passage per
 line; ``control_subjects``: names for the specificity filter).
+
+The Locality set's size is an operator setting (:class:`~editing.registry.EvalSize`: the
+registry's ``[models.<id>.evaluation]`` table, or the workers' ``FEATUREEDIT_WORKER_LOCALITY_*``
+override), never a request field: the set decides acceptance.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from editing.errors import ConfigError, NotFoundError
 from editing.models import LoadedModel
+from editing.registry import DEFAULT_EVAL_SIZE, EvalSize
 from editing.relations import RELATIONS
 
 DEFAULT_CONTROL_SUBJECTS = ("Alex Morgan", "Jamie Rivera", "Sam Taylor", "Jordan Lee")
@@ -38,29 +43,33 @@ def _read_lines(path: str, what: str) -> list[str]:
 def eval_data_for(
     loaded: LoadedModel,
     exclude_subjects: set[str],
-    n_private: int = 60,
-    n_public: int = 40,
-    prompts_per_fact: int = 2,
+    size: EvalSize | None = None,
     n_controls: int = 4,
     seed: int = 0,
 ) -> EvalData:
-    """Evaluation data for ``loaded``, leaving out facts about ``exclude_subjects``."""
+    """Evaluation data for ``loaded``, leaving out facts about ``exclude_subjects``.
+
+    ``size`` (default: the registry entry's ``evaluation``, else :data:`DEFAULT_EVAL_SIZE` on a
+    demo world and the whole ``locality_file`` otherwise) bounds the Locality set.
+    """
     entry = loaded.entry
+    size = size or entry.evaluation
     rng = random.Random(seed)
     if entry.is_demo:
         from editing.world.build import load_world
 
+        size = size or DEFAULT_EVAL_SIZE
         world = load_world(entry.demo_size or "default", loaded.home)
         others = [f for f in world.facts if f.subject not in exclude_subjects]
         private = [f for f in others if f.private]
         public = [f for f in others if not f.private]
-        chosen = rng.sample(private, min(n_private, len(private))) + rng.sample(
-            public, min(n_public, len(public))
+        chosen = rng.sample(private, min(size.private_facts, len(private))) + rng.sample(
+            public, min(size.public_facts, len(public))
         )
         locality = []
         for f in chosen:
             templates = RELATIONS[f.relation].edit_prompts(f.subject)
-            for prompt in rng.sample(templates, min(prompts_per_fact, len(templates))):
+            for prompt in rng.sample(templates, min(size.prompts_per_fact, len(templates))):
                 locality.append((prompt, f.target, "private" if f.private else "public"))
         people = [p for p in world.people if p not in exclude_subjects]
         controls = rng.sample(people, min(n_controls, len(people)))
@@ -75,10 +84,27 @@ def eval_data_for(
                 raise ConfigError(
                     f"{entry.locality_file} line {i + 1}: expected JSON with 'prompt' and 'target'"
                 ) from exc
+        if size is not None:
+            locality = _sample_rows(locality, size, rng)
     ppl = _read_lines(entry.ppl_file, "ppl_file") if entry.ppl_file else []
     controls = list(entry.control_subjects or DEFAULT_CONTROL_SUBJECTS)
     controls = [c for c in controls if c not in exclude_subjects][:n_controls]
     return EvalData(locality, ppl, controls)
+
+
+def _sample_rows(
+    rows: list[tuple[str, str, str]], size: EvalSize, rng: random.Random
+) -> list[tuple[str, str, str]]:
+    """At most facts × prompts_per_fact rows of each kind (a seeded sample; file order kept)."""
+    caps = {
+        "private": size.private_facts * size.prompts_per_fact,
+        "public": size.public_facts * size.prompts_per_fact,
+    }
+    keep: set[int] = set()
+    for kind, cap in caps.items():
+        idx = [i for i, row in enumerate(rows) if (row[2] == "private") == (kind == "private")]
+        keep.update(rng.sample(idx, min(cap, len(idx))))
+    return [row for i, row in enumerate(rows) if i in keep]
 
 
 def control_prompts(prompts: list[str], subject: str, controls: list[str]) -> list[str]:

@@ -23,13 +23,23 @@ entries come from a TOML file named by ``FEATUREEDIT_REGISTRY`` or at
     release = "gemma-scope-2b-pt-mlp-canonical"
     sae_id = "layer_{layer}/width_16k/canonical"
     layers = [6, 12, 18]
+
+    [models.gemma-2-2b.evaluation]                 # the Locality set's size (operator-only)
+    locality_private_facts = 60
+    locality_public_facts = 40
+    locality_prompts_per_fact = 2
+
+The ``evaluation`` table sizes the Locality set that decides acceptance (see :class:`EvalSize`);
+it is the one table a built-in demo id (``demo``, ``demo-small``) may take too. It is an operator
+setting, never a request field; workers may override it service-wide with
+``FEATUREEDIT_WORKER_LOCALITY_*`` (:class:`workers.config.WorkerSettings`).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +54,77 @@ DEMO_WORLD_SAES: dict[str, tuple[int, tuple[str, ...]]] = {
     "small": (2, ("resid_post", "mlp_out")),
     "default": (4, ("resid_post", "mlp_out")),
 }
+
+
+EVAL_SIZE_KEYS = ("locality_private_facts", "locality_public_facts", "locality_prompts_per_fact")
+
+
+def check_eval_count(key: str, value: Any, origin: str | None = None) -> int:
+    """``value`` if it is a positive integer (not a bool); ConfigError naming ``key`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        where = f"{origin}: " if origin else ""
+        raise ConfigError(f"{where}{key} must be a positive integer, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class EvalSize:
+    """Size of a model's Locality set: facts of other subjects (private, public) × prompts each.
+
+    On a demo world the set is drawn (seeded) from the world's facts about subjects the request
+    does not name: up to ``private_facts`` private and ``public_facts`` public facts, up to
+    ``prompts_per_fact`` edit prompts of each (the defaults: 60 + 40 facts × 2 = 200 prompts).
+    From a registry ``locality_file`` (rows are prompts, not facts) it keeps a seeded sample of at
+    most ``private_facts × prompts_per_fact`` private and ``public_facts × prompts_per_fact``
+    public rows; without an explicit size the file is used whole.
+    """
+
+    private_facts: int = 60
+    public_facts: int = 40
+    prompts_per_fact: int = 2
+
+    def __post_init__(self) -> None:
+        for key, value in zip(EVAL_SIZE_KEYS, self.astuple()):
+            check_eval_count(key, value)
+
+    def astuple(self) -> tuple[int, int, int]:
+        """``(private_facts, public_facts, prompts_per_fact)``."""
+        return (self.private_facts, self.public_facts, self.prompts_per_fact)
+
+    @property
+    def max_prompts(self) -> int:
+        """Prompts of the set if the world (or file) has enough facts (rows) of each kind."""
+        return (self.private_facts + self.public_facts) * self.prompts_per_fact
+
+    def to_dict(self) -> dict[str, int]:
+        """The registry keys and their values (``locality_private_facts``, ...)."""
+        return dict(zip(EVAL_SIZE_KEYS, self.astuple()))
+
+    def with_overrides(self, overrides: dict[str, int | None], origin: str) -> EvalSize:
+        """This size with the registry keys in ``overrides`` that are not None changed."""
+        values = self.to_dict() | {k: v for k, v in overrides.items() if v is not None}
+        return EvalSize.from_mapping(values, origin)
+
+    @classmethod
+    def from_mapping(cls, raw: Any, origin: str) -> EvalSize:
+        """An EvalSize from a mapping of registry keys (missing keys keep their defaults).
+
+        ConfigError naming ``origin`` for unknown keys or values that are not positive integers.
+        """
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{origin}: expected a table with keys {list(EVAL_SIZE_KEYS)}.")
+        unknown = set(raw) - set(EVAL_SIZE_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{origin}: unknown keys {sorted(unknown)}; valid keys are {list(EVAL_SIZE_KEYS)}."
+            )
+        for key, value in raw.items():
+            check_eval_count(key, value, origin)
+        values = cls().to_dict() | raw
+        return cls(*(values[k] for k in EVAL_SIZE_KEYS))
+
+
+DEFAULT_EVAL_SIZE = EvalSize()
 
 
 @dataclass(frozen=True)
@@ -77,6 +158,9 @@ class ModelEntry:
     ppl_file: str | None = None
     control_subjects: tuple[str, ...] = ()
     demo_size: str | None = None  # set for the built-in demo worlds
+    # The Locality set's size ([models.<id>.evaluation]); None: the defaults (demo worlds) or
+    # the whole locality_file.
+    evaluation: EvalSize | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -113,6 +197,12 @@ def _demo_entry(model_id: str, size: str) -> ModelEntry:
     )
 
 
+def _parse_evaluation(model_id: str, raw: dict[str, Any], origin: str) -> EvalSize | None:
+    if "evaluation" not in raw:
+        return None
+    return EvalSize.from_mapping(raw["evaluation"], f"{origin}: [models.{model_id}.evaluation]")
+
+
 def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
     known = {
         "path",
@@ -123,6 +213,7 @@ def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
         "locality_file",
         "ppl_file",
         "control_subjects",
+        "evaluation",
     }
     unknown = set(raw) - known
     if unknown:
@@ -156,6 +247,7 @@ def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
         locality_file=raw.get("locality_file"),
         ppl_file=raw.get("ppl_file"),
         control_subjects=tuple(raw.get("control_subjects", ())),
+        evaluation=_parse_evaluation(model_id, raw, origin),
     )
 
 
@@ -182,7 +274,14 @@ def load_registry(home: str | os.PathLike[str] | None = None) -> dict[str, Model
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         for model_id, raw in data.get("models", {}).items():
             if model_id in DEMO_MODELS:
-                raise ConfigError(f"{path}: {model_id!r} is a built-in model id; choose another.")
+                if set(raw) - {"evaluation"}:
+                    raise ConfigError(
+                        f"{path}: {model_id!r} is a built-in model id; choose another (a "
+                        f"built-in model takes only an [models.{model_id}.evaluation] table)."
+                    )
+                evaluation = _parse_evaluation(model_id, raw, str(path))
+                entries[model_id] = replace(entries[model_id], evaluation=evaluation)
+                continue
             entries[model_id] = _parse_entry(model_id, raw, str(path))
     return entries
 

@@ -13,12 +13,23 @@ How long a SIGKILLed worker's job stays "running" before it is retried (or faile
   + retry interval          rq's Retry(interval=...) delay (Settings.job_retry_intervals)
   + scheduler_interval      a maintenance thread moves the due job back onto its queue
   = the bound (defaults: 30 + 15 + 5 + 5 = 55 s), plus the wait for a free worker.
+
+The size of the Locality set that decides acceptance is an operator setting: per model in the
+registry (``[models.<id>.evaluation]``, :class:`editing.registry.EvalSize`), overridden for every
+model this worker serves by ``FEATUREEDIT_WORKER_LOCALITY_PRIVATE_FACTS``, ``..._PUBLIC_FACTS`` and
+``..._PROMPTS_PER_FACT`` (each optional; unset keys keep the registry's value). Requests cannot
+set it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from editing.registry import EvalSize, ModelEntry
 
 CALLBACK_QUEUE_SUFFIX = "callbacks"
 
@@ -52,6 +63,22 @@ class WorkerSettings(BaseSettings):
         description="Lower the worker's CPU priority by this much (POSIX nice; 0 keeps it): on a "
         "host shared with the API, model work yields to requests (see `featureedit load`).",
     )
+    locality_private_facts: int | None = Field(
+        default=None,
+        ge=1,
+        description="Override of the registry's Locality set size: private facts of other "
+        "subjects (registry default 60).",
+    )
+    locality_public_facts: int | None = Field(
+        default=None,
+        ge=1,
+        description="Override: public facts of other subjects in the Locality set (default 40).",
+    )
+    locality_prompts_per_fact: int | None = Field(
+        default=None,
+        ge=1,
+        description="Override: prompts per Locality fact (default 2).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
@@ -61,6 +88,24 @@ class WorkerSettings(BaseSettings):
                 f"heartbeat_ttl ({self.heartbeat_ttl} s), or a busy worker's job looks abandoned"
             )
         return self
+
+    def eval_size(self, entry: ModelEntry) -> EvalSize | None:
+        """The Locality set size for ``entry``'s jobs: the registry's, with this worker's overrides.
+
+        None when neither sets one (the engine's default then applies: see
+        :func:`editing.evaldata.eval_data_for`).
+        """
+        from editing.registry import DEFAULT_EVAL_SIZE
+
+        overrides = {
+            "locality_private_facts": self.locality_private_facts,
+            "locality_public_facts": self.locality_public_facts,
+            "locality_prompts_per_fact": self.locality_prompts_per_fact,
+        }
+        if all(v is None for v in overrides.values()):
+            return entry.evaluation
+        base = entry.evaluation or DEFAULT_EVAL_SIZE
+        return base.with_overrides(overrides, "FEATUREEDIT_WORKER_LOCALITY_*")
 
     def recovery_bound(self, retry_interval: float = 5.0) -> float:
         """Worst-case seconds from a worker's death to its job being queued again."""

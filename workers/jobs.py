@@ -10,7 +10,8 @@ store: the record and the encrypted request (the only place the secret lives). A
 3. takes the model from the worker's :class:`~workers.cache.ModelCache` (``timings.model_load``
    and ``timings.model_cached`` say whether it had to be loaded);
 4. runs :func:`editing.erase.run_erasure` with progress written to the record (a history event on
-   every stage change and at most every 10 %) and cancellation read from the record;
+   every stage change and at most every 10 %), cancellation read from the record and the
+   operator's Locality set size (:meth:`~workers.config.WorkerSettings.eval_size`);
 5. if accepted, publishes the checkpoint (atomically: a temporary directory renamed into place)
    and registers its owner; stores the report; writes the terminal status; deletes the request
    blob; enqueues the callback if the record has a ``callback_url``.
@@ -416,6 +417,7 @@ class _ErasureRun:
             progress=self._on_progress,
             should_cancel=self.should_cancel,
             base_edit=base_edit,
+            eval_size=self.ctx.tuning.eval_size(loaded.entry),
         )
         self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
 

@@ -15,7 +15,7 @@ from editing.errors import (
     UnknownModelError,
 )
 from editing.models import load_model
-from editing.registry import DEMO_MODELS, get_entry, load_registry
+from editing.registry import DEFAULT_EVAL_SIZE, DEMO_MODELS, EvalSize, get_entry, load_registry
 
 
 def _write_registry(home: Path, text: str) -> Path:
@@ -133,6 +133,79 @@ def test_bad_registry_is_a_config_error(tmp_path: Path, toml: str, match: str) -
     _write_registry(tmp_path, toml)
     with pytest.raises(ConfigError, match=match):
         load_registry(tmp_path)
+
+
+def test_evaluation_size_defaults_to_200_prompts(tmp_path: Path) -> None:
+    assert DEFAULT_EVAL_SIZE.astuple() == (60, 40, 2) and DEFAULT_EVAL_SIZE.max_prompts == 200
+    entries = load_registry(tmp_path)
+    assert entries["demo"].evaluation is None and entries["demo-small"].evaluation is None
+
+
+def test_evaluation_table_on_a_model_and_on_a_builtin_demo_id(tmp_path: Path) -> None:
+    _write_registry(
+        tmp_path,
+        """
+[models.tiny]
+path = "/models/tiny"
+[models.tiny.evaluation]
+locality_private_facts = 300
+locality_prompts_per_fact = 4
+
+[models.demo-small.evaluation]
+locality_public_facts = 10
+""",
+    )
+    entries = load_registry(tmp_path)
+    assert entries["tiny"].evaluation == EvalSize(300, 40, 4)  # missing keys keep the defaults
+    assert entries["tiny"].evaluation.to_dict() == {
+        "locality_private_facts": 300,
+        "locality_public_facts": 40,
+        "locality_prompts_per_fact": 4,
+    }
+    small = entries["demo-small"]
+    assert small.is_demo and small.evaluation == EvalSize(60, 10, 2)
+    assert set(small.saes) == {"resid_post", "mlp_out"}  # the rest of the built-in entry stays
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ("locality_private_facts = 0", r"locality_private_facts must be a positive integer, got 0"),
+        ("locality_public_facts = -3", "locality_public_facts must be a positive integer"),
+        ("locality_prompts_per_fact = 1.5", "must be a positive integer, got 1.5"),
+        ('locality_private_facts = "60"', "must be a positive integer, got '60'"),
+        ("locality_private_facts = true", "must be a positive integer, got True"),
+        ("locality_facts = 60", r"unknown keys \['locality_facts'\]; valid keys"),
+    ],
+)
+def test_bad_evaluation_table_is_a_config_error(tmp_path: Path, table: str, match: str) -> None:
+    _write_registry(tmp_path, f'[models.x]\npath = "/m"\n[models.x.evaluation]\n{table}\n')
+    with pytest.raises(ConfigError, match=match) as info:
+        load_registry(tmp_path)
+    assert "[models.x.evaluation]" in str(info.value)  # where to fix it
+
+
+def test_evaluation_must_be_a_table(tmp_path: Path) -> None:
+    _write_registry(tmp_path, '[models.x]\npath = "/m"\nevaluation = 200\n')
+    with pytest.raises(ConfigError, match="expected a table"):
+        load_registry(tmp_path)
+
+
+def test_builtin_demo_id_takes_only_the_evaluation_table(tmp_path: Path) -> None:
+    _write_registry(tmp_path, '[models.demo]\ndtype = "bfloat16"\n[models.demo.evaluation]\n')
+    with pytest.raises(ConfigError, match=r"built-in model id.*only an \[models.demo.evaluation\]"):
+        load_registry(tmp_path)
+
+
+def test_evalsize_checks_its_values() -> None:
+    with pytest.raises(ConfigError, match="locality_prompts_per_fact must be a positive integer"):
+        EvalSize(60, 40, 0)
+    size = EvalSize(60, 40, 2).with_overrides(
+        {"locality_public_facts": 5, "locality_private_facts": None}, "env"
+    )
+    assert size == EvalSize(60, 5, 2)
+    with pytest.raises(ConfigError, match="env: locality_public_facts"):
+        DEFAULT_EVAL_SIZE.with_overrides({"locality_public_facts": 0}, "env")
 
 
 def test_missing_sae_site_lists_sites(tmp_path: Path) -> None:

@@ -180,6 +180,51 @@ def test_erasure_succeeds_with_history_checkpoint_report_and_no_secret_anywhere(
     _assert_nowhere(erasable_fact.target, rconn, store, caplog.text + out + err)
 
 
+def test_locality_size_is_the_registry_setting_with_the_worker_override(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from editing.errors import ConfigError
+    from editing.registry import EvalSize, ModelEntry
+
+    entry = ModelEntry(model_id="m", path="/m")
+    assert WorkerSettings().eval_size(entry) is None  # the engine's default (200 prompts)
+    configured = ModelEntry(model_id="m", path="/m", evaluation=EvalSize(10, 10, 3))
+    assert WorkerSettings().eval_size(configured) == EvalSize(10, 10, 3)
+    monkeypatch.setenv("FEATUREEDIT_WORKER_LOCALITY_PUBLIC_FACTS", "7")
+    tuning = WorkerSettings()
+    assert tuning.eval_size(configured) == EvalSize(10, 7, 3)  # unset keys keep the registry's
+    assert tuning.eval_size(entry) == EvalSize(60, 7, 2)  # ... or the defaults
+    monkeypatch.setenv("FEATUREEDIT_WORKER_LOCALITY_PROMPTS_PER_FACT", "0")
+    with pytest.raises(ValueError, match="locality_prompts_per_fact"):
+        WorkerSettings()
+    with pytest.raises(ConfigError):
+        EvalSize(0, 1, 1)
+
+
+def test_the_job_evaluates_on_the_operator_sized_locality_set(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    context: JobContext,
+    run_worker: Callable[..., ErasureWorker],
+    erasable_fact: Fact,
+) -> None:
+    context.tuning = context.tuning.model_copy(
+        update={
+            "locality_private_facts": 6,
+            "locality_public_facts": 4,
+            "locality_prompts_per_fact": 1,
+        }
+    )
+    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
+    run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status in ("succeeded", "rejected"), record.error
+    assert record.metrics["locality"]["set_size"] == 10  # 6 + 4 facts × 1 prompt
+    assert store.get_report(erasure_id)["metrics"]["locality"]["set_size"] == 10
+
+
 @pytest.mark.parametrize("request_mode", [None, "delta"])
 def test_publish_mode_comes_from_the_request_else_the_setting(
     settings: Settings,
