@@ -20,13 +20,21 @@ service's bookkeeping). ``e2e_client`` adds the client's polling resolution (0.2
 Jobs, one at a time unless noted: the first job (FeatureEdit, 1 fact) is cold; then, per fact
 count (1, 10, 100 by default) and per method (FeatureEdit and the neuron baseline, same facts),
 one warm job; then ``throughput_jobs`` 1-fact jobs submitted at once (jobs per minute with the
-stack's workers). Acceptance thresholds are set to accept everything so each job publishes
-(the publish stage is part of what is measured); metrics are reported but are not the point here
-(``featureedit bench`` is the quality benchmark).
+stack's workers). Then the evaluation-set sweep: per Locality set size (``eval_sizes``, in
+prompts; 50, 200, 400 by default; 200 is the service's default set) a fresh worker started with
+that size as its operator setting (``FEATUREEDIT_WORKER_LOCALITY_*``, see
+:class:`workers.config.WorkerSettings`; requests cannot set it), a cold warm-up job, then one
+1-fact job per method; the set size each job really evaluated on is the report's
+``metrics.locality.set_size`` (a world with fewer facts of a kind caps it).
+
+Acceptance thresholds are set to accept everything so each job publishes (the publish stage is
+part of what is measured); metrics are reported but are not the point here (``featureedit bench``
+is the quality benchmark).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -34,11 +42,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from service.records import TERMINAL
+
+if TYPE_CHECKING:
+    from editing.registry import EvalSize
 
 STAGES = ("queue_wait", "model_load", "baseline", "locate", "edit", "evaluate", "publish")
 ENGINE_STAGES = ("baseline", "locate", "edit", "evaluate")
@@ -53,6 +64,11 @@ POLL_SECONDS = 0.2
 # The workers run at normal priority: stage times are what is measured, and on a machine shared
 # with other jobs a niced worker (the default, see workers.config) would measure their load.
 BENCH_ENV = {"FEATUREEDIT_WORKER_NICE": "0"}
+# The Locality set of the evaluation-size sweep keeps the default set's mix: 60 % private facts,
+# 40 % public, 2 prompts each (200 prompts = 60 + 40 facts x 2).
+EVAL_PROMPTS_PER_FACT = 2
+EVAL_PRIVATE_SHARE = 0.6
+MAX_EVAL_PROMPTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,7 @@ class ServiceBenchPlan:
     model: str = "demo-small"
     methods: tuple[str, ...] = ("featureedit", "neurons")
     fact_counts: tuple[int, ...] = (1, 10, 100)
+    eval_sizes: tuple[int, ...] = (50, 200, 400)  # Locality prompts; () skips the sweep
     workers: int = 1
     throughput_jobs: int = 4
     job_timeout: float = 1800.0  # seconds a single job may take before the bench gives up
@@ -74,8 +91,12 @@ class ServiceBenchPlan:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
-        if not self.fact_counts or any(not 1 <= n <= MAX_FACTS for n in self.fact_counts):
+        if any(not 1 <= n <= MAX_FACTS for n in self.fact_counts):
             raise ValueError(f"--fact-counts: each count must be between 1 and {MAX_FACTS}")
+        if any(not 2 <= n <= MAX_EVAL_PROMPTS for n in self.eval_sizes):
+            raise ValueError(f"--eval-sizes: each size must be between 2 and {MAX_EVAL_PROMPTS}")
+        if not self.fact_counts and not self.eval_sizes:
+            raise ValueError("--fact-counts and --eval-sizes are both none: nothing to measure")
         if not 1 <= self.workers <= 8:
             raise ValueError(f"--workers must be between 1 and 8, got {self.workers}")
         if not 0 <= self.throughput_jobs <= 100:
@@ -86,6 +107,8 @@ class ServiceBenchPlan:
         """The plan of ``featureedit bench --service`` options (ValueError naming the flag)."""
 
         def counts(text: str, flag: str) -> tuple[int, ...]:
+            if text.strip().lower() == "none":
+                return ()
             try:
                 return tuple(int(x) for x in text.split(",") if x.strip())
             except ValueError:
@@ -98,11 +121,26 @@ class ServiceBenchPlan:
             model=args.model or "demo-small",
             methods=tuple(m for m in methods if m),
             fact_counts=counts(args.fact_counts, "--fact-counts"),
+            eval_sizes=counts(args.eval_sizes, "--eval-sizes"),
             workers=args.workers,
             throughput_jobs=args.throughput_jobs,
         )
         plan.check()
         return plan
+
+
+def eval_size_for(prompts: int) -> EvalSize:
+    """The Locality set size of ``prompts`` prompts with the default set's mix (see above)."""
+    from editing.registry import EvalSize
+
+    facts = max(2, math.ceil(prompts / EVAL_PROMPTS_PER_FACT))
+    private = min(facts - 1, max(1, round(facts * EVAL_PRIVATE_SHARE)))
+    return EvalSize(private, facts - private, EVAL_PROMPTS_PER_FACT)
+
+
+def eval_size_env(size: EvalSize) -> dict[str, str]:
+    """The worker environment that makes ``size`` its operator setting (all models)."""
+    return {f"FEATUREEDIT_WORKER_{k.upper()}": str(v) for k, v in size.to_dict().items()}
 
 
 def _epoch(stamp: str) -> float:
@@ -211,11 +249,15 @@ class _Runner:
             row["delta_bytes"] = sum(f["size"] for f in files if f["name"].startswith("delta/"))
         return row
 
-    def one(self, label: str, method: str, facts: Sequence[dict[str, str]]) -> dict[str, Any]:
-        self.say(f"{label}: {method}, {len(facts)} fact(s)")
+    def one(
+        self, label: str, method: str, facts: Sequence[dict[str, str]], **extra: Any
+    ) -> dict[str, Any]:
+        detail = "".join(f", {k} {v}" for k, v in extra.items())
+        self.say(f"{label}: {method}, {len(facts)} fact(s){detail}")
         erasure_id, started = self.submit(self.body(method, facts))
         row = self.wait(erasure_id, started)
         row["scenario"] = label
+        row.update(extra)
         self.say(
             f"  {row['status']} in {row['e2e_server']} s (queue {row['queue_wait']} s, load "
             f"{row['model_load']} s, engine {row['engine']} s, publish {row['publish']} s)"
@@ -290,33 +332,64 @@ def summarize(rows: list[dict[str, Any]], plan: ServiceBenchPlan) -> dict[str, A
             "warm_jobs": len(warm),
         }
     }
-    scaling: dict[str, dict[str, Any]] = {}
-    for method in plan.methods:
-        for n in plan.fact_counts:
+    scaling = _by_method(rows, plan.methods, "scaling", "facts", plan.fact_counts)
+    for per_n in scaling.values():
+        for n, stats in per_n.items():
+            stats["engine_per_fact"] = round(stats["engine"] / int(n), 4)
+    out["scaling"] = scaling
+    out["featureedit_vs_neurons"] = _method_ratios(scaling, ("e2e_server", "engine", "locate"))
+    growth = _by_method(rows, plan.methods, "eval-size", "eval_prompts", plan.eval_sizes)
+    for per_size in growth.values():
+        smallest = next(iter(per_size.values()))
+        for stats in per_size.values():
+            n = stats["locality_set"]
+            stats["evaluate_ms_per_prompt"] = round(1000 * stats["evaluate"] / n, 3) if n else None
+            stats["evaluate_vs_smallest"] = _ratio(stats["evaluate"], smallest["evaluate"])
+    out["eval_growth"] = growth
+    out["eval_featureedit_vs_neurons"] = _method_ratios(
+        growth, ("e2e_server", "engine", "evaluate")
+    )
+    return out
+
+
+def _by_method(
+    rows: list[dict[str, Any]],
+    methods: Sequence[str],
+    scenario: str,
+    key: str,
+    values: Sequence[int],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{method: {str(value): stage times}}`` of the first ``scenario`` row per method, value."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in methods:
+        for value in values:
             match = [
                 r
                 for r in rows
-                if r["scenario"] == "scaling" and r["method"] == method and r["facts"] == n
+                if r["scenario"] == scenario and r["method"] == method and r.get(key) == value
             ]
             if match:
                 r = match[0]
-                scaling.setdefault(method, {})[str(n)] = {
-                    k: r[k] for k in (*STAGES, "engine", "e2e_server", "overhead")
-                } | {"engine_per_fact": round(r["engine"] / n, 4)}
-    out["scaling"] = scaling
-    ratios: dict[str, dict[str, float | None]] = {}
-    if "featureedit" in scaling and "neurons" in scaling:
-        for n, fe in scaling["featureedit"].items():
-            nb = scaling["neurons"].get(n)
-            if nb is None:
-                continue
-            ratios[n] = {
-                "e2e_featureedit_over_neurons": _ratio(fe["e2e_server"], nb["e2e_server"]),
-                "engine_featureedit_over_neurons": _ratio(fe["engine"], nb["engine"]),
-                "locate_featureedit_over_neurons": _ratio(fe["locate"], nb["locate"]),
-            }
-    out["featureedit_vs_neurons"] = ratios
+                out.setdefault(method, {})[str(value)] = {
+                    k: r[k] for k in (*STAGES, "engine", "e2e_server", "overhead", "locality_set")
+                }
     return out
+
+
+def _method_ratios(
+    table: dict[str, dict[str, dict[str, Any]]], keys: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
+    """Per value of ``table`` (see :func:`_by_method`): FeatureEdit / neurons of each key."""
+    ratios: dict[str, dict[str, float | None]] = {}
+    fe_all, nb_all = table.get("featureedit", {}), table.get("neurons", {})
+    for n, fe in fe_all.items():
+        nb = nb_all.get(n)
+        if nb is not None:
+            ratios[n] = {
+                f"{k.removesuffix('_server')}_featureedit_over_neurons": _ratio(fe[k], nb[k])
+                for k in keys
+            }
+    return ratios
 
 
 def run_bench_service(
@@ -331,28 +404,36 @@ def run_bench_service(
     say = progress or (lambda message: None)
     plan.check()
     wall = time.monotonic()
-    need = max(max(plan.fact_counts), 5 * (plan.throughput_jobs + 1))
-    facts = pick_facts(plan.model, source_home, need, plan.seed)
+    most = max((*plan.fact_counts, 1))
+    facts = pick_facts(
+        plan.model, source_home, max(most, 5 * (plan.throughput_jobs + 1)), plan.seed
+    )
     # the throughput burst: other subjects' e-mail facts (one per subject)
     burst = [f for f in facts if f["relation"] == "email"][1 : plan.throughput_jobs + 1]
-    if len(facts) < max(plan.fact_counts):
+    if len(facts) < most:
         raise ValueError(
             f"the {plan.model} world has only {len(facts)} private facts; lower --fact-counts"
         )
     rows: list[dict[str, Any]] = []
+    throughput = None
     with LocalStack(root, model=plan.model, env=BENCH_ENV) as stack:
         link_worlds(stack.home, source_home)
-        say(f"private stack under {root}: starting the API and {plan.workers} worker(s)")
+        say(f"private stack under {root}: starting the API")
         stack.start_api()
-        for _ in range(plan.workers):
-            stack.start_worker()
         runner = _Runner(stack, stack.create_key("bench"), plan, say)
         try:
-            rows.append(runner.one("cold", plan.methods[0], facts[:1]))
-            for n in plan.fact_counts:
-                for method in plan.methods:
-                    rows.append(runner.one("scaling", method, facts[:n]))
-            throughput = runner.burst(burst) if plan.throughput_jobs else None
+            if plan.fact_counts or plan.throughput_jobs:
+                say(f"starting {plan.workers} worker(s) with the default evaluation set")
+                workers = [stack.start_worker() for _ in range(plan.workers)]
+                rows.append(runner.one("cold", plan.methods[0], facts[:1]))
+                for n in plan.fact_counts:
+                    for method in plan.methods:
+                        rows.append(runner.one("scaling", method, facts[:n]))
+                throughput = runner.burst(burst) if plan.throughput_jobs else None
+                for worker in workers:
+                    stack.stop(worker)
+            for prompts in plan.eval_sizes:
+                rows += _eval_size_jobs(stack, runner, prompts, facts[:1])
         finally:
             runner.close()
     return {
@@ -366,12 +447,35 @@ def run_bench_service(
     }
 
 
+def _eval_size_jobs(
+    stack: Any, runner: _Runner, prompts: int, facts: Sequence[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """On a fresh worker whose Locality set is ``prompts`` prompts: a warm-up, then each method."""
+    size = eval_size_for(prompts)
+    runner.say(
+        f"evaluation set of {prompts} prompts: a worker with {size.private_facts} private + "
+        f"{size.public_facts} public facts x {size.prompts_per_fact} prompts"
+    )
+    worker = stack.start_worker(env=eval_size_env(size))
+    try:
+        rows = [runner.one("eval-warmup", runner.plan.methods[0], facts, eval_prompts=prompts)]
+        for method in runner.plan.methods:
+            rows.append(runner.one("eval-size", method, facts, eval_prompts=prompts))
+    finally:
+        stack.stop(worker)
+    return rows
+
+
+def _csv(values: Sequence[int]) -> str:
+    return ",".join(map(str, values)) or "none"
+
+
 def command_line(plan: ServiceBenchPlan) -> str:
     """The ``featureedit bench --service`` command line that reproduces ``plan``."""
     return (
         f"featureedit bench --service --model {plan.model} --methods {','.join(plan.methods)} "
-        f"--fact-counts {','.join(map(str, plan.fact_counts))} --workers {plan.workers} "
-        f"--throughput-jobs {plan.throughput_jobs}"
+        f"--fact-counts {_csv(plan.fact_counts)} --eval-sizes {_csv(plan.eval_sizes)} "
+        f"--workers {plan.workers} --throughput-jobs {plan.throughput_jobs}"
     )
 
 
@@ -396,16 +500,75 @@ _COLUMNS = (
 )
 
 
-def _cells(row: dict[str, Any]) -> list[Any]:
-    return [row.get(k) for k, _ in _COLUMNS]
+# The evaluation-set sweep's table: one row per size and method (from the summary).
+_GROWTH_COLUMNS = (
+    ("eval_prompts", "prompts"),
+    ("locality_set", "set"),
+    ("method", "method"),
+    ("baseline", "baseline"),
+    ("locate", "locate"),
+    ("edit", "edit"),
+    ("evaluate", "evaluate"),
+    ("evaluate_ms_per_prompt", "evaluate ms/prompt"),
+    ("evaluate_vs_smallest", "evaluate ×smallest"),
+    ("engine", "engine"),
+    ("e2e_server", "end to end"),
+    ("overhead", "overhead"),
+)
+
+
+def _job_label(row: dict[str, Any]) -> str:
+    prompts = row.get("eval_prompts")
+    return row["scenario"] if prompts is None else f"{row['scenario']} {prompts}"
+
+
+def _cells(row: dict[str, Any], columns: Sequence[tuple[str, str]] = _COLUMNS) -> list[Any]:
+    return [_job_label(row) if k == "scenario" else row.get(k) for k, _ in columns]
+
+
+def growth_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The evaluation-set sweep as rows (prompts asked for, set evaluated, method, seconds)."""
+    growth = result["summary"].get("eval_growth") or {}
+    rows = [
+        {"eval_prompts": int(n), "method": method, **stats}
+        for method, per_size in growth.items()
+        for n, stats in per_size.items()
+    ]
+    return sorted(rows, key=lambda r: r["eval_prompts"])  # stable: methods in plan order
+
+
+def _md_cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _table(
+    columns: Sequence[tuple[str, str]], rows: list[dict[str, Any]], markdown: bool
+) -> list[str]:
+    """``rows`` as a plain-text or Markdown table (lines)."""
+    from editing.cli import format_table
+
+    head = [h for _, h in columns]
+    if not markdown:
+        return format_table(head, [_cells(r, columns) for r in rows]).splitlines()
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return out + ["| " + " | ".join(_md_cell(v) for v in _cells(r, columns)) + " |" for r in rows]
+
+
+def _job_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return result["rows"] + ((result["throughput"] or {}).get("rows") or [])
 
 
 def bench_service_table(result: dict[str, Any]) -> str:
     """Plain-text tables of a result (seconds)."""
-    from editing.cli import format_table
-
-    rows = result["rows"] + ((result["throughput"] or {}).get("rows") or [])
-    lines = [format_table([h for _, h in _COLUMNS], [_cells(r) for r in rows]), ""]
+    lines = [*_table(_COLUMNS, _job_rows(result), markdown=False), ""]
+    growth = growth_rows(result)
+    if growth:
+        lines += ["growth with the evaluation-set size (1 fact, warm):"]
+        lines += [*_table(_GROWTH_COLUMNS, growth, markdown=False), ""]
     lines += _summary_lines(result)
     return "\n".join(lines)
 
@@ -423,6 +586,12 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
             f"engine {r['engine_featureedit_over_neurons']}, locate "
             f"{r['locate_featureedit_over_neurons']}"
         )
+    for n, r in (s.get("eval_featureedit_vs_neurons") or {}).items():
+        lines.append(
+            f"evaluation set of {n} prompts: FeatureEdit/neurons end to end "
+            f"{r['e2e_featureedit_over_neurons']}, engine {r['engine_featureedit_over_neurons']}, "
+            f"evaluate {r['evaluate_featureedit_over_neurons']}"
+        )
     t = result["throughput"]
     if t:
         lines.append(
@@ -436,16 +605,7 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
 
 def bench_service_markdown(result: dict[str, Any]) -> str:
     """A Markdown section for ``docs/benchmarks.md`` (the command line included)."""
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    rows = result["rows"] + ((result["throughput"] or {}).get("rows") or [])
-    head = [h for _, h in _COLUMNS]
+    rows = _job_rows(result)
     out = [
         f"Command: `{result['command']} --markdown` ({result['wall_seconds']} s wall).",
         "",
@@ -454,10 +614,18 @@ def bench_service_markdown(result: dict[str, Any]) -> str:
         "*other*: inside the job but in no stage (the first job's imports); *finish*: after the "
         "job's total (report, terminal write); *overhead* = end to end − engine.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        *_table(_COLUMNS, rows, markdown=True),
     ]
-    out += ["| " + " | ".join(cell(v) for v in _cells(r)) + " |" for r in rows]
+    growth = growth_rows(result)
+    if growth:
+        out += [
+            "",
+            "Growth with the evaluation-set size (1-fact jobs on a warm worker started with the "
+            "size; *prompts*: the size asked for; *set*: the Locality prompts evaluated, capped "
+            "by the world's facts; *evaluate ×smallest*: evaluate over the smallest size's):",
+            "",
+            *_table(_GROWTH_COLUMNS, growth, markdown=True),
+        ]
     out += [""] + [f"- {line}" for line in _summary_lines(result)]
     sizes = [r for r in rows if r.get("checkpoint_bytes")]
     if sizes:

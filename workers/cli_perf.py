@@ -172,7 +172,16 @@ def register_bench(parser: argparse.ArgumentParser) -> Command:
         "--fact-counts",
         default="1,10,100",
         metavar="N,N,...",
-        help="facts per request to measure (1,10,100)",
+        help="facts per request to measure (1,10,100; none skips them, and with "
+        "--throughput-jobs 0 also the cold job on the default-setting workers)",
+    )
+    group.add_argument(
+        "--eval-sizes",
+        default="50,200,400",
+        metavar="N,N,...",
+        help="Locality set sizes in prompts to measure 1-fact jobs at, each on a fresh worker "
+        "given the size as its operator setting (50,200,400; the service's default set is 200; "
+        "none skips the sweep)",
     )
     group.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     group.add_argument(

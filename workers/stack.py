@@ -133,13 +133,15 @@ class LocalStack:
         self._n = 0
 
     # ------------------------------------------------------------------ processes
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Run ``featureedit ARGS...`` with the stack's environment, output to a log file."""
+    def spawn(
+        self, name: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Run ``featureedit ARGS...`` with the stack's environment (plus ``env``), logged."""
         self._n += 1
         with (self.logs / f"{self._n:02d}-{name}.log").open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "editing.cli", *args],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -160,9 +162,16 @@ class LocalStack:
             time.sleep(0.3)
         raise StackError(f"the API did not come up in {timeout:.0f} s: {self.log_text()[-3000:]}")
 
-    def start_worker(self, queues: str | None = None) -> subprocess.Popen[bytes]:
-        """``featureedit worker`` on the model's queue (default ``featureedit-<model>``)."""
-        return self.spawn("worker", "worker", "--queues", queues or f"featureedit-{self.model}")
+    def start_worker(
+        self, queues: str | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``featureedit worker`` on the model's queue (default ``featureedit-<model>``).
+
+        ``env`` adds to the stack's environment for this worker only (e.g. its
+        ``FEATUREEDIT_WORKER_*`` settings).
+        """
+        queue = queues or f"featureedit-{self.model}"
+        return self.spawn("worker", "worker", "--queues", queue, env=env)
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
         """SIGTERM ``proc`` and wait (SIGKILL after ``timeout``); its exit code."""

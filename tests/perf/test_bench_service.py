@@ -1,6 +1,7 @@
-"""``featureedit bench --service`` with tiny settings (1 fact, 1 worker, FeatureEdit only): the JSON
-document's structure, and stage times that add up (queue wait + worker time fit in the end-to-end
-time; the worker's stages fit in its total; the first job is cold, the second warm)."""
+"""``featureedit bench --service`` with tiny settings (1 fact, 1 worker, FeatureEdit only, one
+20-prompt evaluation set): the JSON document's structure, and stage times that add up (queue wait
++ worker time fit in the end-to-end time; the worker's stages fit in its total; the first job is
+cold, the second warm), and the sweep's worker evaluating on the set size it was given."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def result(fe_home: Path, small_world: Any, tmp_path_factory: pytest.TempPathFac
         "--service",
         "--fact-counts",
         "1",
+        "--eval-sizes",
+        "20",
         "--workers",
         "1",
         "--methods",
@@ -53,7 +56,8 @@ def result(fe_home: Path, small_world: Any, tmp_path_factory: pytest.TempPathFac
 def test_document_structure(result: dict) -> None:
     assert result["model"] == "demo-small"
     assert result["command"].startswith("featureedit bench --service --model demo-small")
-    assert [r["scenario"] for r in result["rows"]] == ["cold", "scaling"]
+    scenarios = [r["scenario"] for r in result["rows"]]
+    assert scenarios == ["cold", "scaling", "eval-warmup", "eval-size"]
     assert result["throughput"] is None
     for row in result["rows"]:
         assert row["status"] in ("succeeded", "rejected", "nothing_to_erase"), row
@@ -62,6 +66,15 @@ def test_document_structure(result: dict) -> None:
     summary = result["summary"]
     assert set(summary) >= {"model_load", "scaling", "featureedit_vs_neurons"}
     assert summary["scaling"]["featureedit"]["1"]["e2e_server"] > 0
+    assert summary["eval_growth"]["featureedit"]["20"]["evaluate"] > 0
+
+
+def test_the_sweep_worker_evaluates_on_the_size_it_was_given(result: dict) -> None:
+    by_scenario = {r["scenario"]: r for r in result["rows"]}
+    assert by_scenario["scaling"]["locality_set"] == 200  # the default set
+    assert by_scenario["eval-warmup"]["locality_set"] == 20
+    assert by_scenario["eval-size"]["locality_set"] == 20
+    assert by_scenario["eval-warmup"]["cold"] and not by_scenario["eval-size"]["cold"]
 
 
 def test_stage_times_add_up(result: dict) -> None:
@@ -84,8 +97,8 @@ def test_stage_times_add_up(result: dict) -> None:
 
 
 def test_first_job_is_cold_and_the_next_warm(result: dict) -> None:
-    cold, warm = result["rows"]
+    cold, warm = result["rows"][:2]
     assert cold["cold"] and not warm["cold"]
     assert warm["model_load"] < cold["model_load"]
     ml = result["summary"]["model_load"]
-    assert ml["cold_jobs"] == 1 and ml["warm_jobs"] == 1
+    assert ml["cold_jobs"] == 2 and ml["warm_jobs"] == 2  # each worker's first job is cold

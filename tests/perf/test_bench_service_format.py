@@ -1,0 +1,179 @@
+"""``featureedit bench --service`` without a stack: options, the evaluation-set sweep's worker
+setting, its summary and its tables (fast; the real run is in test_bench_service.py)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from editing.registry import EvalSize
+from workers.bench_service import (
+    STAGES,
+    ServiceBenchPlan,
+    bench_service_markdown,
+    bench_service_table,
+    command_line,
+    eval_size_env,
+    eval_size_for,
+    growth_rows,
+    summarize,
+)
+from workers.config import WorkerSettings
+
+
+def _args(**overrides: Any) -> argparse.Namespace:
+    values = {
+        "model": None,
+        "methods": None,
+        "fact_counts": "1,10,100",
+        "eval_sizes": "50,200,400",
+        "workers": 1,
+        "throughput_jobs": 4,
+    }
+    return argparse.Namespace(**(values | overrides))
+
+
+def test_plan_defaults_and_none() -> None:
+    plan = ServiceBenchPlan.from_args(_args())
+    assert plan.eval_sizes == (50, 200, 400) and plan.fact_counts == (1, 10, 100)
+    assert "--fact-counts 1,10,100 --eval-sizes 50,200,400" in command_line(plan)
+    only_eval = ServiceBenchPlan.from_args(_args(fact_counts="none", throughput_jobs=0))
+    assert only_eval.fact_counts == () and only_eval.eval_sizes == (50, 200, 400)
+    assert "--fact-counts none --eval-sizes 50,200,400" in command_line(only_eval)
+    assert ServiceBenchPlan.from_args(_args(eval_sizes="None")).eval_sizes == ()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"eval_sizes": "1"}, "--eval-sizes: each size must be between 2"),
+        ({"eval_sizes": "50,x"}, "--eval-sizes: expected comma-separated integers"),
+        ({"fact_counts": "none", "eval_sizes": "none"}, "nothing to measure"),
+        ({"fact_counts": "0"}, "--fact-counts: each count"),
+    ],
+)
+def test_bad_options_name_the_flag(overrides: dict[str, str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ServiceBenchPlan.from_args(_args(**overrides))
+
+
+def test_eval_sizes_keep_the_default_mix_and_reach_the_worker_as_its_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from editing.registry import get_entry
+
+    assert eval_size_for(200) == EvalSize(60, 40, 2)  # the service's default set
+    assert eval_size_for(50) == EvalSize(15, 10, 2)
+    assert eval_size_for(400) == EvalSize(120, 80, 2)
+    assert eval_size_for(2) == EvalSize(1, 1, 2)
+    for prompts in (2, 3, 50, 51, 199, 400, 20_000):
+        size = eval_size_for(prompts)
+        assert prompts <= size.max_prompts <= prompts + 2, prompts
+    for key, value in eval_size_env(EvalSize(15, 10, 2)).items():
+        monkeypatch.setenv(key, value)
+    entry = get_entry("demo-small")
+    assert WorkerSettings().eval_size(entry) == EvalSize(15, 10, 2)
+
+
+def _row(scenario: str, method: str, evaluate: float, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(STAGES, 0.1)
+    row.update(
+        scenario=scenario,
+        method=method,
+        facts=1,
+        status="succeeded",
+        cold=scenario in ("cold", "eval-warmup"),
+        evaluate=evaluate,
+        worker_other=0.0,
+        finish=0.01,
+        locality_set=None,
+    )
+    row.update(extra)
+    row["engine"] = round(sum(row[s] for s in ("baseline", "locate", "edit", "evaluate")), 4)
+    row["e2e_server"] = round(row["engine"] + 0.3, 4)
+    row["overhead"] = 0.3
+    return row
+
+
+@pytest.fixture
+def result() -> dict[str, Any]:
+    plan = ServiceBenchPlan(fact_counts=(), eval_sizes=(50, 200), throughput_jobs=0)
+    rows = []
+    for prompts, fe, nb in ((50, 0.5, 0.6), (200, 2.0, 2.2)):
+        set_size = 48 if prompts == 50 else 200  # a world may cap the set
+        rows.append(_row("eval-warmup", "featureedit", fe, eval_prompts=prompts))
+        for method, evaluate in (("featureedit", fe), ("neurons", nb)):
+            rows.append(
+                _row("eval-size", method, evaluate, eval_prompts=prompts, locality_set=set_size)
+            )
+    return {
+        "model": "demo-small",
+        "command": command_line(plan),
+        "rows": rows,
+        "summary": summarize(rows, plan),
+        "throughput": None,
+        "wall_seconds": 12.5,
+    }
+
+
+def test_summary_of_the_eval_sweep(result: dict[str, Any]) -> None:
+    s = result["summary"]
+    assert s["scaling"] == {} and s["featureedit_vs_neurons"] == {}
+    fe = s["eval_growth"]["featureedit"]
+    assert list(fe) == ["50", "200"]  # the warm-up jobs are not in it
+    assert fe["50"]["locality_set"] == 48 and fe["200"]["evaluate"] == 2.0
+    assert fe["50"]["evaluate_ms_per_prompt"] == pytest.approx(1000 * 0.5 / 48, abs=1e-3)
+    assert fe["50"]["evaluate_vs_smallest"] == 1.0 and fe["200"]["evaluate_vs_smallest"] == 4.0
+    ratios = s["eval_featureedit_vs_neurons"]
+    assert ratios["200"]["evaluate_featureedit_over_neurons"] == pytest.approx(2.0 / 2.2, abs=1e-3)
+    assert set(ratios["50"]) == {
+        "e2e_featureedit_over_neurons",
+        "engine_featureedit_over_neurons",
+        "evaluate_featureedit_over_neurons",
+    }
+    assert s["model_load"]["cold_jobs"] == 2 and s["model_load"]["warm_jobs"] == 4
+
+
+def test_growth_rows_are_by_size_then_method(result: dict[str, Any]) -> None:
+    rows = growth_rows(result)
+    assert [(r["eval_prompts"], r["method"]) for r in rows] == [
+        (50, "featureedit"),
+        (50, "neurons"),
+        (200, "featureedit"),
+        (200, "neurons"),
+    ]
+    assert growth_rows({"summary": {}}) == []  # a result without the sweep
+
+
+def test_text_table(result: dict[str, Any]) -> None:
+    text = bench_service_table(result)
+    assert "eval-warmup 50" in text and "eval-size 200" in text  # job labels carry the size
+    assert "growth with the evaluation-set size" in text
+    growth = text.split("growth with the evaluation-set size")[1]
+    header = growth.splitlines()[1]
+    for column in ("prompts", "set", "evaluate ms/prompt", "evaluate ×smallest", "end to end"):
+        assert column in header
+    assert "evaluation set of 200 prompts: FeatureEdit/neurons end to end" in text
+    assert text.rstrip().endswith("wall: 12.5 s")
+
+
+def test_markdown_tables(result: dict[str, Any]) -> None:
+    md = bench_service_markdown(result)
+    assert md.startswith("Command: `featureedit bench --service --model demo-small")
+    assert "--eval-sizes 50,200" in md
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| prompts | set |"))
+    assert lines[head + 1] == "|" + "---|" * 12
+    body = lines[head + 2 : head + 6]
+    assert body[0].startswith("| 50 | 48 | featureedit |")
+    assert body[3].startswith("| 200 | 200 | neurons |")
+    assert "- evaluation set of 50 prompts: FeatureEdit/neurons" in md
+
+
+def test_markdown_of_a_result_without_the_sweep(result: dict[str, Any]) -> None:
+    result["summary"].pop("eval_growth")
+    result["summary"].pop("eval_featureedit_vs_neurons")
+    md = bench_service_markdown(result)
+    assert "Growth with the evaluation-set size" not in md
