@@ -124,7 +124,9 @@ def test_summary_of_the_eval_sweep(result: dict[str, Any]) -> None:
     fe = s["eval_growth"]["featureedit"]
     assert list(fe) == ["50", "200"]  # the warm-up jobs are not in it
     assert fe["50"]["locality_set"] == 48 and fe["200"]["evaluate"] == 2.0
-    assert fe["50"]["evaluate_ms_per_prompt"] == pytest.approx(1000 * 0.5 / 48, abs=1e-3)
+    assert fe["50"]["locality_ms_per_added_prompt"] is None
+    # baseline 0.1 at both sizes; evaluate 0.5 -> 2.0 for 152 more prompts
+    assert fe["200"]["locality_ms_per_added_prompt"] == pytest.approx(1000 * 1.5 / 152, abs=1e-3)
     assert fe["50"]["evaluate_vs_smallest"] == 1.0 and fe["200"]["evaluate_vs_smallest"] == 4.0
     ratios = s["eval_featureedit_vs_neurons"]
     assert ratios["200"]["evaluate_featureedit_over_neurons"] == pytest.approx(2.0 / 2.2, abs=1e-3)
@@ -153,7 +155,7 @@ def test_text_table(result: dict[str, Any]) -> None:
     assert "growth with the evaluation-set size" in text
     growth = text.split("growth with the evaluation-set size")[1]
     header = growth.splitlines()[1]
-    for column in ("prompts", "set", "evaluate ms/prompt", "evaluate ×smallest", "end to end"):
+    for column in ("prompts", "set", "ms/added prompt", "evaluate ×smallest", "end to end"):
         assert column in header
     assert "evaluation set of 200 prompts: FeatureEdit/neurons end to end" in text
     assert text.rstrip().endswith("wall: 12.5 s")
