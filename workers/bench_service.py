@@ -10,8 +10,8 @@ latency into stages from two sources that never see a secret:
 * the worker's ``timings`` (``ErasurePublic.timings``): ``model_load`` (``model_cached`` says
   whether the worker already held the model: the first job of a worker is *cold*, later ones
   *warm*, see :mod:`workers.cache`), ``baseline`` (the unedited model's metrics), ``locate``,
-  ``edit``, ``evaluate``, ``publish`` (the full safetensors checkpoint and its delta: every
-  published checkpoint has both; their sizes come from the checkpoint manifest) and ``total``.
+  ``edit``, ``evaluate``, ``publish`` (a full checkpoint: the edited safetensors and the delta;
+  a delta-only one: the delta; sizes from the checkpoint manifest) and ``total``.
 
 ``engine`` = baseline + locate + edit + evaluate (what :func:`editing.erase.run_erasure`
 computes); ``overhead`` = ``e2e_server`` - ``engine`` (queueing, model load, publishing and the
@@ -20,7 +20,9 @@ service's bookkeeping). ``e2e_client`` adds the client's polling resolution (0.2
 Jobs, one at a time unless noted: the first job (FeatureEdit, 1 fact) is cold; then, per fact
 count (1, 10, 100 by default) and per method (FeatureEdit and the neuron baseline, same facts),
 one warm job; then ``throughput_jobs`` 1-fact jobs submitted at once (jobs per minute with the
-stack's workers). Then the evaluation-set sweep: per Locality set size (``eval_sizes``, in
+stack's workers); then, per publish mode (``publish_modes``: full and delta), ``publish_repeats``
+1-fact FeatureEdit jobs asking for that mode (publish time and checkpoint bytes, full vs delta).
+Then the evaluation-set sweep: per Locality set size (``eval_sizes``, in
 prompts; 50, 200, 400 by default; 200 is the service's default set) a fresh worker started with
 that size as its operator setting (``FEATUREEDIT_WORKER_LOCALITY_*``, see
 :class:`workers.config.WorkerSettings`; requests cannot set it), a cold warm-up job, then one
@@ -69,6 +71,7 @@ BENCH_ENV = {"FEATUREEDIT_WORKER_NICE": "0"}
 EVAL_PROMPTS_PER_FACT = 2
 EVAL_PRIVATE_SHARE = 0.6
 MAX_EVAL_PROMPTS = 20_000
+PUBLISH_REPEATS = 3  # jobs per publish mode (a publish of demo-small takes well under 0.1 s)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class ServiceBenchPlan:
     methods: tuple[str, ...] = ("featureedit", "neurons")
     fact_counts: tuple[int, ...] = (1, 10, 100)
     eval_sizes: tuple[int, ...] = (50, 200, 400)  # Locality prompts; () skips the sweep
+    publish_modes: tuple[str, ...] = ("full", "delta")  # () skips the publish comparison
     workers: int = 1
     throughput_jobs: int = 4
     job_timeout: float = 1800.0  # seconds a single job may take before the bench gives up
@@ -86,7 +90,7 @@ class ServiceBenchPlan:
 
     def check(self) -> None:
         """ValueError naming the bad option."""
-        from editing.request import MAX_FACTS, METHODS
+        from editing.request import MAX_FACTS, METHODS, PUBLISH_MODES
 
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
@@ -95,8 +99,15 @@ class ServiceBenchPlan:
             raise ValueError(f"--fact-counts: each count must be between 1 and {MAX_FACTS}")
         if any(not 2 <= n <= MAX_EVAL_PROMPTS for n in self.eval_sizes):
             raise ValueError(f"--eval-sizes: each size must be between 2 and {MAX_EVAL_PROMPTS}")
-        if not self.fact_counts and not self.eval_sizes:
-            raise ValueError("--fact-counts and --eval-sizes are both none: nothing to measure")
+        bad_modes = [m for m in self.publish_modes if m not in PUBLISH_MODES]
+        if bad_modes:
+            raise ValueError(
+                f"--publish-modes: unknown {bad_modes}; choose from {list(PUBLISH_MODES)}"
+            )
+        if not (self.fact_counts or self.eval_sizes or self.publish_modes):
+            raise ValueError(
+                "--fact-counts, --eval-sizes and --publish-modes are all none: nothing to measure"
+            )
         if not 1 <= self.workers <= 8:
             raise ValueError(f"--workers must be between 1 and 8, got {self.workers}")
         if not 0 <= self.throughput_jobs <= 100:
@@ -116,12 +127,19 @@ class ServiceBenchPlan:
                     f"{flag}: expected comma-separated integers, got {text!r}"
                 ) from None
 
-        methods = tuple(m.strip() for m in (args.methods or "featureedit,neurons").split(","))
+        def names(text: str | None, default: str) -> tuple[str, ...]:
+            text = default if text is None else text
+            if text.strip().lower() == "none":
+                return ()
+            return tuple(m for m in (x.strip() for x in text.split(",")) if m)
+
+        methods = names(args.methods, "featureedit,neurons")
         plan = cls(
             model=args.model or "demo-small",
-            methods=tuple(m for m in methods if m),
+            methods=methods,
             fact_counts=counts(args.fact_counts, "--fact-counts"),
             eval_sizes=counts(args.eval_sizes, "--eval-sizes"),
+            publish_modes=names(getattr(args, "publish_modes", None), "full,delta"),
             workers=args.workers,
             throughput_jobs=args.throughput_jobs,
         )
@@ -205,13 +223,18 @@ class _Runner:
         self.plan = plan
         self.say = say
 
-    def body(self, method: str, facts: Sequence[dict[str, str]]) -> dict[str, Any]:
-        return {
+    def body(
+        self, method: str, facts: Sequence[dict[str, str]], publish: str | None = None
+    ) -> dict[str, Any]:
+        body = {
             "model": self.plan.model,
             "method": method,
             "facts": list(facts),
             "thresholds": ACCEPT_ALL,
         }
+        if publish is not None:
+            body["publish"] = publish
+        return body
 
     def submit(self, body: dict[str, Any]) -> tuple[str, float]:
         started = time.monotonic()
@@ -245,16 +268,23 @@ class _Runner:
         if row["checkpoint_id"]:
             manifest = self.http.get(f"/v1/checkpoints/{row['checkpoint_id']}").json()
             files = manifest.get("files", [])
+            row["publish_mode"] = (manifest.get("manifest") or {}).get("publish", "full")
             row["checkpoint_bytes"] = sum(f["size"] for f in files)
             row["delta_bytes"] = sum(f["size"] for f in files if f["name"].startswith("delta/"))
         return row
 
     def one(
-        self, label: str, method: str, facts: Sequence[dict[str, str]], **extra: Any
+        self,
+        label: str,
+        method: str,
+        facts: Sequence[dict[str, str]],
+        publish: str | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
         detail = "".join(f", {k} {v}" for k, v in extra.items())
+        detail += f", publish {publish}" if publish else ""
         self.say(f"{label}: {method}, {len(facts)} fact(s){detail}")
-        erasure_id, started = self.submit(self.body(method, facts))
+        erasure_id, started = self.submit(self.body(method, facts, publish))
         row = self.wait(erasure_id, started)
         row["scenario"] = label
         row.update(extra)
@@ -352,10 +382,30 @@ def summarize(rows: list[dict[str, Any]], plan: ServiceBenchPlan) -> dict[str, A
                 if added > 0
                 else None
             )
+    out["publish"] = _publish_modes(rows, plan.publish_modes)
+    full, delta = out["publish"].get("full"), out["publish"].get("delta")
+    out["publish_delta_over_full"] = (
+        {k: _ratio(delta[k], full[k]) for k in ("publish", "checkpoint_bytes", "e2e_server")}
+        if full and delta
+        else {}
+    )
     out["eval_growth"] = growth
     out["eval_featureedit_vs_neurons"] = _method_ratios(
         growth, ("e2e_server", "engine", "evaluate")
     )
+    return out
+
+
+def _publish_modes(rows: list[dict[str, Any]], modes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per publish mode: the mean publish seconds, checkpoint bytes and end to end of its jobs."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        jobs = [r for r in rows if r["scenario"] == "publish" and r.get("publish_mode") == mode]
+        if jobs:
+            out[mode] = {"jobs": len(jobs)} | {
+                k: round(statistics.fmean(r[k] for r in jobs), 4)
+                for k in ("publish", "checkpoint_bytes", "delta_bytes", "e2e_server", "overhead")
+            }
     return out
 
 
@@ -429,7 +479,7 @@ def run_bench_service(
         stack.start_api()
         runner = _Runner(stack, stack.create_key("bench"), plan, say)
         try:
-            if plan.fact_counts or plan.throughput_jobs:
+            if plan.fact_counts or plan.throughput_jobs or plan.publish_modes:
                 say(f"starting {plan.workers} worker(s) with the default evaluation set")
                 workers = [stack.start_worker() for _ in range(plan.workers)]
                 rows.append(runner.one("cold", plan.methods[0], facts[:1]))
@@ -437,6 +487,9 @@ def run_bench_service(
                     for method in plan.methods:
                         rows.append(runner.one("scaling", method, facts[:n]))
                 throughput = runner.burst(burst) if plan.throughput_jobs else None
+                for mode in plan.publish_modes:
+                    for _ in range(PUBLISH_REPEATS):
+                        rows.append(runner.one("publish", "featureedit", facts[:1], publish=mode))
                 for worker in workers:
                     stack.stop(worker)
             for prompts in plan.eval_sizes:
@@ -473,7 +526,7 @@ def _eval_size_jobs(
     return rows
 
 
-def _csv(values: Sequence[int]) -> str:
+def _csv(values: Sequence[int | str]) -> str:
     return ",".join(map(str, values)) or "none"
 
 
@@ -482,6 +535,7 @@ def command_line(plan: ServiceBenchPlan) -> str:
     return (
         f"featureedit bench --service --model {plan.model} --methods {','.join(plan.methods)} "
         f"--fact-counts {_csv(plan.fact_counts)} --eval-sizes {_csv(plan.eval_sizes)} "
+        f"--publish-modes {_csv(plan.publish_modes)} "
         f"--workers {plan.workers} --throughput-jobs {plan.throughput_jobs}"
     )
 
@@ -525,6 +579,8 @@ _GROWTH_COLUMNS = (
 
 
 def _job_label(row: dict[str, Any]) -> str:
+    if row["scenario"] == "publish":
+        return f"publish {row.get('publish_mode')}"
     prompts = row.get("eval_prompts")
     return row["scenario"] if prompts is None else f"{row['scenario']} {prompts}"
 
@@ -599,6 +655,18 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
             f"{r['e2e_featureedit_over_neurons']}, engine {r['engine_featureedit_over_neurons']}, "
             f"evaluate {r['evaluate_featureedit_over_neurons']}"
         )
+    publish = s.get("publish") or {}
+    for mode, p in publish.items():
+        lines.append(
+            f"publish {mode}: {p['publish']} s, checkpoint {p['checkpoint_bytes'] / 1e3:.1f} kB "
+            f"(mean of {p['jobs']} 1-fact jobs; end to end {p['e2e_server']} s)"
+        )
+    ratio = s.get("publish_delta_over_full") or {}
+    if ratio:
+        lines.append(
+            f"publish delta/full: time {ratio['publish']}, bytes {ratio['checkpoint_bytes']}, "
+            f"end to end {ratio['e2e_server']}"
+        )
     t = result["throughput"]
     if t:
         lines.append(
@@ -636,7 +704,7 @@ def bench_service_markdown(result: dict[str, Any]) -> str:
             *_table(_GROWTH_COLUMNS, growth, markdown=True),
         ]
     out += [""] + [f"- {line}" for line in _summary_lines(result)]
-    sizes = [r for r in rows if r.get("checkpoint_bytes")]
+    sizes = [r for r in rows if r.get("checkpoint_bytes") and r.get("publish_mode") != "delta"]
     if sizes:
         r = sizes[0]
         out.append(

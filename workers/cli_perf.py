@@ -183,6 +183,12 @@ def register_bench(parser: argparse.ArgumentParser) -> Command:
         "given the size as its operator setting (50,200,400; the service's default set is 200; "
         "none skips the sweep)",
     )
+    group.add_argument(
+        "--publish-modes",
+        default="full,delta",
+        metavar="MODE,...",
+        help="publish modes to compare with 1-fact FeatureEdit jobs (full,delta; none skips)",
+    )
     group.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     group.add_argument(
         "--throughput-jobs",

@@ -57,7 +57,7 @@ def test_document_structure(result: dict) -> None:
     assert result["model"] == "demo-small"
     assert result["command"].startswith("featureedit bench --service --model demo-small")
     scenarios = [r["scenario"] for r in result["rows"]]
-    assert scenarios == ["cold", "scaling", "eval-warmup", "eval-size"]
+    assert scenarios == ["cold", "scaling", *["publish"] * 6, "eval-warmup", "eval-size"]
     assert result["throughput"] is None
     for row in result["rows"]:
         assert row["status"] in ("succeeded", "rejected", "nothing_to_erase"), row
@@ -90,10 +90,21 @@ def test_stage_times_add_up(result: dict) -> None:
         # the engine did real work and the service's own share is bounded
         assert row["locate"] > 0 and row["evaluate"] > 0, row
     if all(r["status"] == "succeeded" for r in result["rows"]):
-        assert all(
-            r["publish"] > 0 and r["checkpoint_bytes"] > r["delta_bytes"] > 0
-            for r in result["rows"]
-        )
+        for r in result["rows"]:
+            assert r["publish"] > 0 and r["checkpoint_bytes"] >= r["delta_bytes"] > 0, r
+            if r["publish_mode"] == "delta":
+                assert r["checkpoint_bytes"] == r["delta_bytes"], r  # the delta alone
+            else:
+                assert r["checkpoint_bytes"] > r["delta_bytes"], r
+
+
+def test_full_and_delta_publishing_are_compared(result: dict) -> None:
+    modes = [r.get("publish_mode") for r in result["rows"] if r["scenario"] == "publish"]
+    assert modes == ["full"] * 3 + ["delta"] * 3
+    publish = result["summary"]["publish"]
+    assert publish["full"]["jobs"] == publish["delta"]["jobs"] == 3
+    ratio = result["summary"]["publish_delta_over_full"]
+    assert 0 < ratio["checkpoint_bytes"] < 0.5  # demo-small: ~43 kB of ~860 kB
 
 
 def test_first_job_is_cold_and_the_next_warm(result: dict) -> None:
@@ -101,4 +112,4 @@ def test_first_job_is_cold_and_the_next_warm(result: dict) -> None:
     assert cold["cold"] and not warm["cold"]
     assert warm["model_load"] < cold["model_load"]
     ml = result["summary"]["model_load"]
-    assert ml["cold_jobs"] == 2 and ml["warm_jobs"] == 2  # each worker's first job is cold
+    assert ml["cold_jobs"] == 2 and ml["warm_jobs"] == 8  # each worker's first job is cold

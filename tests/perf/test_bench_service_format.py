@@ -29,6 +29,7 @@ def _args(**overrides: Any) -> argparse.Namespace:
         "methods": None,
         "fact_counts": "1,10,100",
         "eval_sizes": "50,200,400",
+        "publish_modes": "full,delta",
         "workers": 1,
         "throughput_jobs": 4,
     }
@@ -38,7 +39,10 @@ def _args(**overrides: Any) -> argparse.Namespace:
 def test_plan_defaults_and_none() -> None:
     plan = ServiceBenchPlan.from_args(_args())
     assert plan.eval_sizes == (50, 200, 400) and plan.fact_counts == (1, 10, 100)
-    assert "--fact-counts 1,10,100 --eval-sizes 50,200,400" in command_line(plan)
+    assert "--fact-counts 1,10,100 --eval-sizes 50,200,400 --publish-modes full,delta" in (
+        command_line(plan)
+    )
+    assert ServiceBenchPlan.from_args(_args(publish_modes="none")).publish_modes == ()
     only_eval = ServiceBenchPlan.from_args(_args(fact_counts="none", throughput_jobs=0))
     assert only_eval.fact_counts == () and only_eval.eval_sizes == (50, 200, 400)
     assert "--fact-counts none --eval-sizes 50,200,400" in command_line(only_eval)
@@ -50,7 +54,8 @@ def test_plan_defaults_and_none() -> None:
     [
         ({"eval_sizes": "1"}, "--eval-sizes: each size must be between 2"),
         ({"eval_sizes": "50,x"}, "--eval-sizes: expected comma-separated integers"),
-        ({"fact_counts": "none", "eval_sizes": "none"}, "nothing to measure"),
+        ({"fact_counts": "none", "eval_sizes": "none", "publish_modes": "none"}, "nothing to"),
+        ({"publish_modes": "full,zip"}, "--publish-modes: unknown"),
         ({"fact_counts": "0"}, "--fact-counts: each count"),
     ],
 )
@@ -179,3 +184,24 @@ def test_markdown_of_a_result_without_the_sweep(result: dict[str, Any]) -> None:
     result["summary"].pop("eval_featureedit_vs_neurons")
     md = bench_service_markdown(result)
     assert "Growth with the evaluation-set size" not in md
+
+
+def test_publish_modes_are_compared_full_vs_delta() -> None:
+    plan = ServiceBenchPlan(fact_counts=(), eval_sizes=(), throughput_jobs=0)
+    rows = []
+    for mode, seconds, size in (("full", 0.08, 860_000), ("delta", 0.02, 43_000)):
+        for _ in range(2):
+            row = _row("publish", "featureedit", 1.0)
+            row.update(
+                publish=seconds, publish_mode=mode, checkpoint_bytes=size, delta_bytes=43_000
+            )
+            rows.append(row)
+    s = summarize(rows, plan)
+    assert s["publish"]["full"]["jobs"] == 2 and s["publish"]["delta"]["publish"] == 0.02
+    assert s["publish_delta_over_full"]["publish"] == 0.25
+    assert s["publish_delta_over_full"]["checkpoint_bytes"] == 0.05
+    result = {"command": command_line(plan), "rows": rows, "summary": s, "throughput": None}
+    text = bench_service_table({**result, "wall_seconds": 3.0})
+    assert "publish full: 0.08 s, checkpoint 860.0 kB" in text
+    assert "publish delta/full: time 0.25, bytes 0.05" in text
+    assert "publish delta " in text  # the job rows are labelled with their mode
