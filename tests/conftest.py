@@ -11,11 +11,37 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 # Variables that would make the session depend on the developer's machine.
 _UNSET = ("FEATUREEDIT_REGISTRY",)
+
+
+def reachable_redis(url: str, variable: str) -> str:
+    """``url`` if a Redis answers there, else skip the calling tests saying how to fix it."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.exceptions.RedisError as exc:
+        pytest.skip(f"Redis at {url} is unreachable ({exc}); start redis-server or set {variable}")
+    return url
+
+
+@contextlib.contextmanager
+def flushed_redis(url: str) -> Iterator[Any]:
+    """A connection to the test database at ``url``, flushed before and after."""
+    import redis
+
+    conn = redis.Redis.from_url(url)
+    conn.flushdb()
+    try:
+        yield conn
+    finally:
+        conn.flushdb()
+        conn.close()
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from service.main import create_app
 from service.records import ErasureRecord
 from service.security import KeyStore, keys_dir
 from service.store import FilesystemStore, Store, new_erasure_id, record_event
+from tests.conftest import flushed_redis, reachable_redis
 
 REDIS_URL = os.environ.get("FEATUREEDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SECRET = "555-0199-7731"  # the target used in the tests; must never come back
@@ -35,24 +36,14 @@ SECRET = "555-0199-7731"  # the target used in the tests; must never come back
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The test Redis URL (skips the service tests, saying why, if Redis is unreachable)."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.exceptions.RedisError as exc:
-        pytest.skip(
-            f"Redis at {REDIS_URL} is unreachable ({exc}); start redis-server or set "
-            "FEATUREEDIT_TEST_REDIS_URL"
-        )
-    return REDIS_URL
+    return reachable_redis(REDIS_URL, "FEATUREEDIT_TEST_REDIS_URL")
 
 
 @pytest.fixture
 def rconn(redis_url: str) -> Iterator[redis.Redis]:
     """A connection to the test database, flushed before and after the test."""
-    conn = redis.Redis.from_url(redis_url)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    with flushed_redis(redis_url) as conn:
+        yield conn
 
 
 @pytest.fixture

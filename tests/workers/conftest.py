@@ -23,6 +23,7 @@ import redis
 from service.config import Settings
 from service.records import ErasureRecord
 from service.store import FilesystemStore
+from tests.conftest import flushed_redis, reachable_redis
 
 REDIS_URL = os.environ.get("FEATUREEDIT_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/14")
 MODEL = "demo-small"
@@ -32,24 +33,14 @@ UNKNOWN_TARGET = "nobody-at-all@nowhere.example"  # no demo-world model produces
 @pytest.fixture(scope="session")
 def worker_redis_url() -> str:
     """The test Redis URL (skips the worker tests, saying why, if Redis is unreachable)."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.exceptions.RedisError as exc:
-        pytest.skip(
-            f"Redis at {REDIS_URL} is unreachable ({exc}); start redis-server or set "
-            "FEATUREEDIT_TEST_WORKER_REDIS_URL"
-        )
-    return REDIS_URL
+    return reachable_redis(REDIS_URL, "FEATUREEDIT_TEST_WORKER_REDIS_URL")
 
 
 @pytest.fixture
 def rconn(worker_redis_url: str) -> Iterator[redis.Redis]:
     """A connection to the test database, flushed before and after the test."""
-    conn = redis.Redis.from_url(worker_redis_url)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    with flushed_redis(worker_redis_url) as conn:
+        yield conn
 
 
 @pytest.fixture
