@@ -353,7 +353,9 @@ def test_cpu_worker_holds_no_gpu_and_builds_its_demo_worlds_first() -> None:
         assert not any("nvidia" in k for k in c["resources"].get("requests", {})), c["name"]
         assert ":" in c["image"] and not c["image"].endswith("-gpu"), c["name"]
     parser = _featureedit_parser()
-    assert parser.parse_args(container["args"]).device == "cpu"
+    args = parser.parse_args(container["args"])
+    # float32 whatever the ConfigMap's FEATUREEDIT_DTYPE (bfloat16, for the GPU workers) says
+    assert args.device == "cpu" and args.dtype == "float32"
 
     # the class holds only the built-in demo worlds, and every one is built before the worker
     # starts (a job never waits minutes for a world build)
