@@ -12,9 +12,11 @@
 * **Maintenance thread.** Promotes due retries, cleans the started registries (so a dead worker's
   job is retried or failed within the bound given in :mod:`workers.config`) and reconciles records.
 * **Redis outages.** The job's outcome is in the durable store, rq's registries only mirror it:
-  when Redis is unreachable as a job starts or ends, the worker waits for it (backoff up to
-  ``REDIS_WAIT_MAX`` seconds between tries) and then does rq's bookkeeping, instead of quitting
-  with the job half-recorded (rq's own loop only survives outages while it waits for a job).
+  when Redis is unreachable as a job starts or ends, or between two waits for a job (heartbeat,
+  suspension check, maintenance), the worker waits for it (backoff up to ``REDIS_WAIT_MAX``
+  seconds between tries) and then goes on, instead of quitting with the job half-recorded: rq's
+  own loop only survives outages while it blocks waiting for a job, any other Redis error ends
+  ``work()``.
 
 Queues: by default ``<prefix>-callbacks`` (callback deliveries, quick) and one queue per registered
 model, ``<prefix>-<model_id>``. Run it with ``featureedit worker`` (see :mod:`workers.cli`) or
@@ -165,6 +167,28 @@ class ErasureWorker(SimpleWorker):
         which would leave the job registered as running until its heartbeat expires)."""
         self.until_redis_answers(f"recording job {job.id} as failed", self.connection.ping)
         super().handle_job_failure(job, queue, *args, **kwargs)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """rq's worker heartbeat; sent directly (not into a pipeline) it waits out an outage."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        self.until_redis_answers(
+            "worker heartbeat", lambda: super(ErasureWorker, self).heartbeat(timeout)
+        )
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """rq's suspension check (each loop), waiting out a Redis outage."""
+        self.until_redis_answers(
+            "suspension check",
+            lambda: super(ErasureWorker, self).check_for_suspension(burst),
+        )
+
+    def run_maintenance_tasks(self) -> None:
+        """rq's periodic maintenance (our :meth:`clean_registries`), waiting out an outage."""
+        self.until_redis_answers(
+            "maintenance", lambda: super(ErasureWorker, self).run_maintenance_tasks()
+        )
 
     def until_redis_answers(self, what: str, call: Callable[[], T]) -> T:
         """``call()``; while it fails because Redis is unreachable, wait and call it again.

@@ -562,6 +562,22 @@ def test_worker_bookkeeping_waits_out_a_redis_outage(
         return "done"
 
     assert w.until_redis_answers("test", flaky) == "done" and len(calls) == 3
+    # the loop's own Redis calls between jobs go through it too (rq's loop would quit on them)
+    from rq.worker import BaseWorker
+
+    real = BaseWorker.check_for_suspension
+    calls.clear()
+
+    def suspension_check_once_down(self: Any, burst: bool) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("Error 111 connecting. Connection refused.")
+        real(self, burst)
+
+    monkeypatch.setattr(BaseWorker, "check_for_suspension", suspension_check_once_down)
+    w.check_for_suspension(False)
+    assert len(calls) == 2
+    w.heartbeat()  # a direct heartbeat works as before
     w._stop_requested = True
     calls.clear()
     with pytest.raises(redis.exceptions.ConnectionError):
