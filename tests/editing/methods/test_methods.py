@@ -156,8 +156,10 @@ def test_relocation_continues_where_candidates_ran_out(small_model, small_world)
         if one.status == "nothing_to_erase":
             continue
         ev_one = one.facts[0].evidence
-        if ev_one["edit_prompts_still_leaking"] == 0 or ev_one["candidates"] >= 32:
-            continue  # erased in one round, or stopped by the cap rather than by the candidates
+        if ev_one["edit_prompts_still_leaking"] == 0 or not 0 < ev_one["candidates"] < 32:
+            # erased in one round; or nothing located at all (no round to continue from); or
+            # stopped by the cap rather than by the candidates
+            continue
         more = run_erasure(_request(fact, "featureedit", {"relocate_rounds": 2}), small_model)
         ev = more.facts[0].evidence
         units = [(u["layer"], u["index"]) for u in more.facts[0].units]
