@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,17 @@ def _numbers(obj: Any) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def outputs(small_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every analysis run once on the small world with tiny settings."""
+def outputs(small_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every analysis run once on the small world with tiny settings (on one thread, restored
+    after the module: a later test building the default world needs all of them)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("analysis")
-    run_analysis("all", small_model, out, n_facts=2, settings=TINY)
-    return out
+    try:
+        out = tmp_path_factory.mktemp("analysis")
+        run_analysis("all", small_model, out, n_facts=2, settings=TINY)
+        yield out
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", list(ANALYSES))
