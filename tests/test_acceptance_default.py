@@ -1,4 +1,4 @@
-"""Acceptance on the default demo world (slow: builds it, ~7 minutes on 2 CPU cores).
+"""Acceptance on the default demo world (slow: builds it on one thread, ~20 minutes).
 
 Checks the foundation's quality bars and runs the README's main job, `featureedit demo`.
 """
@@ -6,12 +6,31 @@ Checks the foundation's quality bars and runs the README's main job, `featureedi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
 from editing.cli import main
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Build and benchmark the default world on one torch thread, on every machine.
+
+    A seeded build is still not bit-identical across thread counts (float reductions), and the
+    engine bars are close to some builds' figures (Reliability 0.90-1.0 on these 10 facts seen
+    across builds): single-threaded builds are the ones CI measured them on (and met them).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@
   job is retried or failed within the bound given in :mod:`workers.config`) and reconciles records.
 * **Redis outages.** The job's outcome is in the durable store, rq's registries only mirror it:
   when Redis is unreachable as a job starts or ends, or between two waits for a job (heartbeat,
-  suspension check, maintenance), the worker waits for it (backoff up to ``REDIS_WAIT_MAX``
-  seconds between tries) and then goes on, instead of quitting with the job half-recorded: rq's
+  suspension check, maintenance), the worker waits for it (backoff up to one heartbeat interval
+  between tries) and then goes on, instead of quitting with the job half-recorded: rq's
   own loop only survives outages while it blocks waiting for a job, any other Redis error ends
   ``work()``.
 
@@ -54,7 +54,6 @@ from workers.maintenance import Maintenance
 log = logging.getLogger(__name__)
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
-REDIS_WAIT_MAX = 30.0  # seconds: the longest wait between two tries while Redis is down
 T = TypeVar("T")
 
 
@@ -193,12 +192,15 @@ class ErasureWorker(SimpleWorker):
     def until_redis_answers(self, what: str, call: Callable[[], T]) -> T:
         """``call()``; while it fails because Redis is unreachable, wait and call it again.
 
-        Waits 1, 2, 4... seconds (at most :data:`REDIS_WAIT_MAX`) between tries, logging each.
+        Waits 1, 2, 4... seconds between tries, at most one heartbeat interval, logging each: a
+        job that ended during the outage is then recorded within one interval of Redis coming
+        back, before the maintenance's post-outage grace (one TTL + one interval) ends and its
+        expired registration could be taken for a lost job.
         Gives up (re-raises) only when the worker has been asked to stop, so a shutdown is not
         held up by an outage: the job's outcome is already in the store, and its registration
         expires and is reconciled by another worker's maintenance.
         """
-        wait = 1.0
+        wait = min(1.0, self.tuning.heartbeat_interval)
         while True:
             try:
                 return call()
@@ -207,7 +209,7 @@ class ErasureWorker(SimpleWorker):
                     raise
                 log.warning("%s: Redis unavailable (%s); retrying in %.0f s", what, exc, wait)
                 time.sleep(wait)
-                wait = min(wait * 2, REDIS_WAIT_MAX)
+                wait = min(wait * 2, self.tuning.heartbeat_interval)
 
     def _start_heartbeat(self, job: Job) -> None:
         stop = threading.Event()
