@@ -101,8 +101,9 @@ def _sample_rows(
         "public": size.public_facts * size.prompts_per_fact,
     }
     keep: set[int] = set()
+    kinds = ["private" if row[2] == "private" else "public" for row in rows]  # other kinds: public
     for kind, cap in caps.items():
-        idx = [i for i, row in enumerate(rows) if (row[2] == "private") == (kind == "private")]
+        idx = [i for i, k in enumerate(kinds) if k == kind]
         keep.update(rng.sample(idx, min(cap, len(idx))))
     return [row for i, row in enumerate(rows) if i in keep]
 

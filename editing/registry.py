@@ -59,11 +59,10 @@ DEMO_WORLD_SAES: dict[str, tuple[int, tuple[str, ...]]] = {
 EVAL_SIZE_KEYS = ("locality_private_facts", "locality_public_facts", "locality_prompts_per_fact")
 
 
-def check_eval_count(key: str, value: Any, origin: str | None = None) -> int:
+def check_eval_count(key: str, value: Any) -> int:
     """``value`` if it is a positive integer (not a bool); ConfigError naming ``key`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        where = f"{origin}: " if origin else ""
-        raise ConfigError(f"{where}{key} must be a positive integer, got {value!r}.")
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
     return value
 
 
@@ -118,10 +117,11 @@ class EvalSize:
             raise ConfigError(
                 f"{origin}: unknown keys {sorted(unknown)}; valid keys are {list(EVAL_SIZE_KEYS)}."
             )
-        for key, value in raw.items():
-            check_eval_count(key, value, origin)
         values = cls().to_dict() | raw
-        return cls(*(values[k] for k in EVAL_SIZE_KEYS))
+        try:
+            return cls(*(values[k] for k in EVAL_SIZE_KEYS))  # __post_init__ checks the values
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
 
 
 DEFAULT_EVAL_SIZE = EvalSize()

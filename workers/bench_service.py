@@ -117,21 +117,19 @@ class ServiceBenchPlan:
     def from_args(cls, args: Any) -> ServiceBenchPlan:
         """The plan of ``featureedit bench --service`` options (ValueError naming the flag)."""
 
-        def counts(text: str, flag: str) -> tuple[int, ...]:
-            if text.strip().lower() == "none":
-                return ()
-            try:
-                return tuple(int(x) for x in text.split(",") if x.strip())
-            except ValueError:
-                raise ValueError(
-                    f"{flag}: expected comma-separated integers, got {text!r}"
-                ) from None
-
-        def names(text: str | None, default: str) -> tuple[str, ...]:
+        def names(text: str | None, default: str = "") -> tuple[str, ...]:
             text = default if text is None else text
             if text.strip().lower() == "none":
                 return ()
             return tuple(m for m in (x.strip() for x in text.split(",")) if m)
+
+        def counts(text: str, flag: str) -> tuple[int, ...]:
+            try:
+                return tuple(int(x) for x in names(text))
+            except ValueError:
+                raise ValueError(
+                    f"{flag}: expected comma-separated integers, got {text!r}"
+                ) from None
 
         methods = names(args.methods, "featureedit,neurons")
         plan = cls(

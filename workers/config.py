@@ -95,13 +95,9 @@ class WorkerSettings(BaseSettings):
         None when neither sets one (the engine's default then applies: see
         :func:`editing.evaldata.eval_data_for`).
         """
-        from editing.registry import DEFAULT_EVAL_SIZE
+        from editing.registry import DEFAULT_EVAL_SIZE, EVAL_SIZE_KEYS
 
-        overrides = {
-            "locality_private_facts": self.locality_private_facts,
-            "locality_public_facts": self.locality_public_facts,
-            "locality_prompts_per_fact": self.locality_prompts_per_fact,
-        }
+        overrides = {key: getattr(self, key) for key in EVAL_SIZE_KEYS}  # same names as fields
         if all(v is None for v in overrides.values()):
             return entry.evaluation
         base = entry.evaluation or DEFAULT_EVAL_SIZE

@@ -118,7 +118,8 @@ class Maintenance:
 
     # ------------------------------------------------------------------ one round
     def run_once(self, force_cleanup: bool = False) -> dict[str, list[str]]:
-        """One round: promote due jobs; clean up and reconcile when due (or forced).
+        """One round: promote due jobs; clean up and reconcile when due (or forced), unless
+        Redis was down or restarted within the post-outage grace (:meth:`after_outage`).
 
         Returns what was done: ``{"promoted": [...], "abandoned": [...], "reconciled": [...]}``.
         """
@@ -126,8 +127,8 @@ class Maintenance:
         for queue in self.queues:
             done["promoted"] += self.promote_scheduled(queue)
         now = time.monotonic()
-        due = now - self._last_cleanup >= self.tuning.cleanup_interval
-        if force_cleanup or (due and not self.after_outage()):
+        due = force_cleanup or now - self._last_cleanup >= self.tuning.cleanup_interval
+        if due and not self.after_outage():  # forced or not: never right after an outage
             self._last_cleanup = now
             for queue in self.queues:
                 abandoned = self.clean_started(queue)

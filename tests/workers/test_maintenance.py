@@ -198,7 +198,8 @@ def test_cleanup_waits_a_heartbeat_after_a_redis_outage(
     settings: Settings, store: FilesystemStore, rconn: redis.Redis, context: JobContext
 ) -> None:
     """A job whose heartbeats failed while Redis was down looks expired when Redis is back: the
-    first cleanups after the outage leave it alone (its worker renews it), forced ones do not."""
+    cleanups within the grace after the outage leave it alone, forced ones (rq's periodic
+    maintenance) too: its worker renews it first."""
     settings.job_retries, settings.job_retry_intervals = 2, [1]
     erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
     queue = _queue(settings, rconn)
@@ -208,6 +209,7 @@ def test_cleanup_waits_a_heartbeat_after_a_redis_outage(
 
     assert maintenance.after_outage()
     assert maintenance.run_once()["abandoned"] == []
+    assert maintenance.run_once(force_cleanup=True)["abandoned"] == []
     assert store.get_erasure(erasure_id).status == "running"
     maintenance._redis_failed_at = time.monotonic() - 10  # heartbeat_ttl 4 + interval 1 ago
     assert not maintenance.after_outage()
