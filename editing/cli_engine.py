@@ -112,12 +112,17 @@ def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list
     return headers, rows
 
 
-def _publish(loaded: Any, result: Any, request: Any, out: Path | None, parent: str | None) -> Path:
+def _publish(
+    loaded: Any, result: Any, request: Any, out: Path | None, parent: str | None
+) -> tuple[Path, Path]:
+    """Publish ``result`` (a forward patch, no pre-edit value); keep its revert data sealed under
+    ``$FEATUREEDIT_HOME/private/`` (never beside the checkpoint). Returns both paths."""
     from editing.checkpoints import publish_checkpoint
+    from editing.checkpoints.revert import local_revert_path, write_revert_file
 
     home_out = out or (loaded.home / "checkpoints")
     manifest = result.checkpoint_manifest(parent)
-    return publish_checkpoint(
+    checkpoint = publish_checkpoint(
         loaded,
         result.edit,
         home_out,
@@ -125,6 +130,10 @@ def _publish(loaded: Any, result: Any, request: Any, out: Path | None, parent: s
         secrets=request.secrets(),
         mode=request.publish or "full",
     )
+    revert = write_revert_file(
+        result.edit, local_revert_path(loaded.home, checkpoint.name), checkpoint.name
+    )
+    return checkpoint, revert
 
 
 def _progress(args: argparse.Namespace):
@@ -144,7 +153,7 @@ def _progress(args: argparse.Namespace):
 
 def cmd_erase(args: argparse.Namespace) -> int:
     """Erase facts from a model; print metrics; publish the checkpoint if accepted."""
-    from editing.checkpoints import load_delta
+    from editing.checkpoints import bind_patch, load_patch
     from editing.cli import format_table, print_json
     from editing.erase import run_erasure
     from editing.models import load_model
@@ -162,15 +171,18 @@ def cmd_erase(args: argparse.Namespace) -> int:
     loaded = load_model(request.model)
     base_edit = None
     if request.base_checkpoint:
-        base_edit = load_delta(loaded.home / "checkpoints" / request.base_checkpoint)
+        # the parent's patch on the pristine base: old values come from the base model itself
+        patch = load_patch(loaded.home / "checkpoints" / request.base_checkpoint)
+        base_edit = bind_patch(loaded.adapter, patch)
     result = run_erasure(request, loaded, progress=_progress(args), base_edit=base_edit)
     doc = result.to_dict()
-    checkpoint = None
+    checkpoint = revert = None
     if result.status == "succeeded" and result.produces_checkpoint and not args.no_publish:
-        checkpoint = _publish(
+        checkpoint, revert = _publish(
             loaded, result, request, Path(args.out) if args.out else None, request.base_checkpoint
         )
     doc["checkpoint"] = None if checkpoint is None else str(checkpoint)
+    doc["revert_data"] = None if revert is None else str(revert)
     if args.json:
         print_json(doc)
     else:
@@ -179,6 +191,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
         for reason in result.acceptance.get("reasons", []):
             print(f"not accepted: {reason}")
         print(f"checkpoint: {checkpoint or 'not published'}")
+        if revert is not None:
+            print(
+                f"revert data (private, sealed with the service key; never share it): {revert}"
+            )
     return 0 if result.status == "succeeded" else 1
 
 
@@ -209,7 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     checkpoint = None
     verified: dict[str, Any] = {}
     if fe.status == "succeeded":
-        checkpoint = _publish(loaded, fe, req, None, None)
+        checkpoint, _ = _publish(loaded, fe, req, None, None)
         edited = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(checkpoint)
         prompts = req.facts[0].resolved_edit_prompts() + req.facts[0].resolved_heldout_prompts()
@@ -268,7 +284,15 @@ def cmd_apply_delta(args: argparse.Namespace) -> int:
             base = Path(entry.path)
         else:
             raise ConfigError(f"{args.base!r} is neither a directory nor a model with a local path")
-    out = apply_delta_files(base, Path(args.delta), Path(args.out), revert=args.revert)
+    if args.revert_data and not args.revert:
+        raise ConfigError("--revert-data is only used with --revert")
+    out = apply_delta_files(
+        base,
+        Path(args.delta),
+        Path(args.out),
+        revert=args.revert,
+        revert_data=Path(args.revert_data) if args.revert_data else None,
+    )
     if args.json:
         print_json({"output": str(out), "reverted": args.revert})
     else:
@@ -444,14 +468,23 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     apply = subparsers.add_parser(
         "apply-delta",
         parents=[common],
-        help="apply (or revert) a checkpoint's delta",
+        help="apply a checkpoint's patch (or, with the operator's revert data, undo it)",
         description="Write a full model directory: BASE (a model directory or model id) with the "
-        "delta of DELTA (a checkpoint directory or its delta/ directory) applied, or reverted.",
+        "forward patch of DELTA (a checkpoint directory or its delta/ directory) applied. With "
+        "--revert, BASE is the edited model and --revert-data FILE (the operator's private "
+        "revert data) writes the pre-edit values back: a published checkpoint carries none, so "
+        "it cannot undo itself.",
     )
     apply.add_argument("base")
     apply.add_argument("delta")
     apply.add_argument("out")
-    apply.add_argument("--revert", action="store_true", help="undo the delta instead")
+    apply.add_argument("--revert", action="store_true", help="undo the patch (needs --revert-data)")
+    apply.add_argument(
+        "--revert-data",
+        metavar="FILE",
+        help="the operator's revert data: the sealed file `erase` printed (under "
+        "$FEATUREEDIT_HOME/private/) or `featureedit private export`'s output",
+    )
     apply.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     apply.set_defaults(func=cmd_apply_delta)
 

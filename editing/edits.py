@@ -136,7 +136,7 @@ class Edit:
                 "axis": d.axis,
                 "indices": d.indices.tolist(),
                 "entries_changed": d.entries_changed,
-                "old_sha256": d.old_sha256(),
+                "base_sha256": d.old_sha256(),
                 "new_sha256": tensor_sha256(d.new),
             }
             for d in self.deltas

@@ -19,7 +19,7 @@ from editing.checkpoints import down_proj_sha256
 from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
 from editing.evaldata import EvalData, control_prompts, eval_data_for
-from editing.fingerprint import fingerprint
+from editing.fingerprint import fingerprint, subject_fingerprint
 from editing.methods import FactCase, FactOutcome, get_method
 from editing.models import LoadedModel
 from editing.registry import EvalSize
@@ -37,10 +37,10 @@ PAPER_FIGURES = {  # The Knowledge Microscope, erasing table (Gemma-2, PrivacyPa
 
 @dataclass
 class FactReport:
-    """Per-fact evidence and metrics (no secret: only its keyed fingerprint)."""
+    """Per-fact evidence and metrics (no secret, no subject name: only keyed fingerprints)."""
 
     index: int
-    subject: str
+    subject_fingerprint: str
     relation: str
     fingerprint: str
     prompts: dict[str, int]
@@ -73,8 +73,9 @@ class ErasureResult:
     ) -> dict[str, Any]:
         """The fields a published checkpoint's ``manifest.json`` carries about this erasure.
 
-        Method, parameters, thresholds, per fact its subject, relation, keyed fingerprint and
-        located units, the metrics and the acceptance decision; never a secret.
+        Method, parameters, thresholds, per fact its relation, the keyed fingerprints of its
+        subject and secret and its located units, the metrics and the acceptance decision; never
+        a secret nor a subject's name.
         """
         return {
             "parent_checkpoint_id": parent_checkpoint_id,
@@ -84,7 +85,7 @@ class ErasureResult:
             "thresholds": self.thresholds,
             "facts": [
                 {
-                    "subject": f.subject,
+                    "subject_fingerprint": f.subject_fingerprint,
                     "relation": f.relation,
                     "fingerprint": f.fingerprint,
                     "units": f.units,
@@ -198,7 +199,7 @@ def run_erasure(
             )
             rep = FactReport(
                 index=i,
-                subject=f.subject,
+                subject_fingerprint=subject_fingerprint(f.subject),
                 relation=f.relation,
                 fingerprint=fingerprint(secret),
                 prompts={

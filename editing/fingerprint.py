@@ -112,6 +112,15 @@ def fingerprint(secret: str, key: bytes | None = None) -> str:
     return PREFIX + digest.hexdigest()
 
 
+def subject_fingerprint(subject: str, key: bytes | None = None) -> str:
+    """Keyed fingerprint of a data subject's name (domain-separated from secrets' fingerprints).
+
+    Published artifacts name a subject only by this: the operator, who holds the key, can match
+    it to a request; a reader without the key cannot test guesses of who filed an erasure.
+    """
+    return fingerprint("subject\x00" + subject.strip(), key)
+
+
 def _text_variants(secret: str) -> set[str]:
     """The secret as given and in composed (NFC) and decomposed (NFD) Unicode form."""
     return {secret, unicodedata.normalize("NFC", secret), unicodedata.normalize("NFD", secret)}

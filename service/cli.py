@@ -317,7 +317,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- registration
-def _show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+def show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(_args: argparse.Namespace) -> int:
         parser.print_help()
         return EXIT_ERROR
@@ -348,7 +348,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "$FEATUREEDIT_HOME/keys/api_keys.json.",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
-    keys.set_defaults(func=_show_help(keys))
+    keys.set_defaults(func=show_help(keys))
 
     create = keys_sub.add_parser(
         "create", parents=[common], help="create a key for a tenant (printed once)"

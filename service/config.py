@@ -87,7 +87,15 @@ class Settings(BaseSettings):
     publish_mode: Literal["full", "delta"] = Field(
         default="full",
         description="What an accepted erasure publishes when its request does not say: 'full' "
-        "(edited safetensors + delta) or 'delta' (the delta alone, a few MB for a multi-GB model).",
+        "(edited safetensors + forward patch) or 'delta' (the patch alone, a few MB for a "
+        "multi-GB model). Neither holds a pre-edit value or a subject name.",
+    )
+    private_retention: Literal["record", "none"] = Field(
+        default="record",
+        description="How long the operator's private erasure data (revert values, subject names; "
+        "sealed with the service key, never downloadable) is kept: 'record' (as long as the erasure "
+        "record, until `featureedit private delete`) or 'none' (deleted as soon as the "
+        "erasure ends: such an erasure cannot be rolled back).",
     )
     job_timeout: int = Field(default=1800, ge=1, description="rq job_timeout, seconds.")
     job_retries: int = Field(default=2, ge=0, description="rq Retry(max=...).")

@@ -258,7 +258,10 @@ def _fact(i: int, fact: Mapping[str, Any]) -> Section:
     blocks: list[Block] = [
         _kv(
             [
-                ("subject", fact.get("subject")),
+                (
+                    "subject fingerprint (keyed; no name in this report)",
+                    fact.get("subject_fingerprint"),
+                ),
                 ("relation", fact.get("relation")),
                 ("fingerprint (keyed; the secret is not in this report)", fact.get("fingerprint")),
                 ("status", fact.get("status")),
@@ -305,13 +308,14 @@ def _fact(i: int, fact: Mapping[str, Any]) -> Section:
             blocks.append(
                 Chart("Activation on the fact vs on control prompts", ("fact", "control"), groups)
             )
-    title = f"Fact {i + 1}: {fmt(fact.get('subject'))} / {fmt(fact.get('relation'))}"
+    title = f"Fact {i + 1}: {fmt(fact.get('relation'))}"
     return Section(title, blocks, level=3)
 
 
 _PUBLISHED_AS = {
-    "full": "full model (safetensors) + delta",
-    "delta": "delta only (rebuild with featureedit apply-delta on the base model)",
+    "full": "full model (safetensors) + forward patch; no pre-edit values",
+    "delta": "forward patch only (rebuild with featureedit apply-delta on the base model); no "
+    "pre-edit values",
 }
 
 
@@ -330,6 +334,12 @@ def _footprint(report: Mapping[str, Any]) -> Section:
         ("delta size on disk (delta/ files)", fmt_bytes(ckpt.get("delta_bytes_on_disk"))),
         ("checkpoint size on disk", fmt_bytes(ckpt.get("total_bytes"))),
         ("published as", _PUBLISHED_AS.get(str(ckpt.get("publish")), "-") if ckpt else "-"),
+        (
+            "what stays private",
+            "the pre-edit values (revert data) and the subject names: sealed in the operator's "
+            "private erasure record, never downloadable, so the published files cannot undo the "
+            "erasure or say whom it concerns",
+        ),
     ]
     per_layer = []
     for d in layers:
@@ -344,11 +354,11 @@ def _footprint(report: Mapping[str, Any]) -> Section:
                 d.get("axis"),
                 shown or "(whole matrix)",
                 d.get("entries_changed"),
-                d.get("old_sha256"),
+                d.get("base_sha256"),
                 d.get("new_sha256"),
             )
         )
-    headers = ("layer", "tensor", "axis", "indices", "entries", "old sha256", "new sha256")
+    headers = ("layer", "tensor", "axis", "indices", "entries", "base sha256", "new sha256")
     return Section("Edit footprint", [_kv(rows), _table(headers, per_layer, mono=(5, 6))])
 
 

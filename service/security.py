@@ -21,7 +21,6 @@ Callbacks
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -31,28 +30,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-
 from editing.request import ErasureRequest
+from editing.sealing import (
+    SealKeyError,
+    keys_dir,
+    seal,
+    secret_file,
+    unseal,
+)
 from service.records import utcnow
 from service.store import file_lock, valid_tenant, write_atomic
 
 KEY_PREFIX = "fe_"
 KEY_ID_PREFIX = "key_"
 KEYS_FILE = "api_keys.json"
-SECRET_KEY_ENV = "FEATUREEDIT_SECRET_KEY"
 CALLBACK_SECRET_ENV = "FEATUREEDIT_CALLBACK_SECRET"
 SIGNATURE_HEADER = "X-Featureedit-Signature"
-
-
-def _home(home: str | os.PathLike[str] | None) -> Path:
-    raw = home or os.environ.get("FEATUREEDIT_HOME") or Path.home() / ".cache" / "featureedit"
-    return Path(raw).expanduser()
-
-
-def keys_dir(home: str | os.PathLike[str] | None = None) -> Path:
-    """``<home>/keys`` (the API-key file and generated secrets)."""
-    return _home(home) / "keys"
 
 
 def _sha256_hex(text: str) -> str:
@@ -186,50 +179,8 @@ def authenticate(key: str | None, home: str | os.PathLike[str] | None = None) ->
     return KeyStore(keys_dir(home)).authenticate(key)
 
 
-# ----------------------------------------------------------------------------- generated secrets
-def _secret_file(path: Path, make: bytes) -> bytes:
-    """Content of ``path``, created with ``make`` (mode 0600) if absent; first writer wins."""
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(make + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(FileExistsError):  # another process created it first
-            os.link(tmp, path)  # atomic and never overwrites
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_bytes().strip()
-
-
 # ----------------------------------------------------------------------------- request blobs
-class RequestKeyError(ValueError):
-    """The request-blob key is malformed, or a blob cannot be decrypted with the keys in force."""
-
-
-def _cipher(home: str | os.PathLike[str] | None, key: str | bytes | None) -> MultiFernet:
-    if key is not None:
-        raw = key.decode() if isinstance(key, bytes) else key
-        source = "the key argument"
-    elif os.environ.get(SECRET_KEY_ENV):
-        raw, source = os.environ[SECRET_KEY_ENV], f"${SECRET_KEY_ENV}"
-    else:
-        path = keys_dir(home) / "request.key"
-        raw, source = _secret_file(path, Fernet.generate_key()).decode("ascii"), str(path)
-    try:
-        return MultiFernet([Fernet(k.strip()) for k in raw.split(",") if k.strip()])
-    except (ValueError, TypeError):
-        raise RequestKeyError(
-            f"The request-blob key in {source} is malformed: expected Fernet keys (32 url-safe "
-            "base64-encoded bytes, comma-separated), e.g. from "
-            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`."
-        ) from None
+RequestKeyError = SealKeyError  # the request-blob key is malformed, or a blob cannot be opened
 
 
 def _request_json(request: ErasureRequest) -> bytes:
@@ -246,7 +197,7 @@ def encrypt_request(
     key: str | bytes | None = None,
 ) -> bytes:
     """The request, secrets included, as a Fernet token (what the store keeps)."""
-    return _cipher(home, key).encrypt(_request_json(request))
+    return seal(_request_json(request), home=home, key=key)
 
 
 def decrypt_request(
@@ -256,14 +207,7 @@ def decrypt_request(
     key: str | bytes | None = None,
 ) -> ErasureRequest:
     """The request :func:`encrypt_request` encrypted (RequestKeyError if no key opens it)."""
-    try:
-        plain = _cipher(home, key).decrypt(blob)
-    except InvalidToken:
-        raise RequestKeyError(
-            "The request blob cannot be decrypted with the request key(s) in force: the API and "
-            f"the worker must share ${SECRET_KEY_ENV} or the same "
-            "$FEATUREEDIT_HOME/keys/request.key."
-        ) from None
+    plain = unseal(blob, home=home, key=key, what="The request blob")
     return ErasureRequest.model_validate_json(plain)
 
 
@@ -278,7 +222,7 @@ def callback_secret(
     env = os.environ.get(CALLBACK_SECRET_ENV)
     if env:
         return env.encode("utf-8")
-    return _secret_file(keys_dir(home) / "callback.key", secrets.token_hex(32).encode("ascii"))
+    return secret_file(keys_dir(home) / "callback.key", secrets.token_hex(32).encode("ascii"))
 
 
 def sign_body(body: bytes, secret: bytes | str) -> str:

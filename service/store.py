@@ -11,7 +11,11 @@ Layout of :class:`FilesystemStore`::
                                 ends
     reports/<id>.json           the compliance report (no secret)
     checkpoints/<checkpoint_id>/  published checkpoints (content-addressed, see editing.checkpoints)
-    checkpoints/<checkpoint_id>.owner.json  {"tenant", "erasure_id"}
+    checkpoints/<checkpoint_id>.owner.json  {"tenant", "erasure_id"}; a migrated checkpoint's old
+                                id keeps one with "moved_to": its new id
+    private/<id>/<name>.sealed  the operator's private erasure data, sealed with the service key:
+                                ``revert`` (pre-edit values) and ``subjects`` (names); never
+                                served by any route, deleted under ``Settings.private_retention``
     idempotency/<tenant>/<sha256(key)>   the erasure id an Idempotency-Key maps to
 
 plus, private to the filesystem backend, ``locks/`` (flock files serialising updates of one record
@@ -42,6 +46,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -114,13 +119,50 @@ class Store(Protocol):
         """Local directory of a published checkpoint (fetched first for remote backends)."""
         ...
 
+    def put_private(self, erasure_id: str, name: str, sealed: bytes) -> None:
+        """Keep sealed private data of an erasure (``name``: ``revert`` or ``subjects``)."""
+        ...
+
+    def get_private(self, erasure_id: str, name: str) -> bytes | None:
+        """Sealed private data of an erasure, or None."""
+        ...
+
+    def delete_private(self, erasure_id: str) -> None:
+        """Forget every private datum of an erasure (idempotent)."""
+        ...
+
+    def list_checkpoints(self) -> list[str]:
+        """Ids of every published checkpoint (for operator tooling: the migration)."""
+        ...
+
+    def alias_checkpoint(self, old_id: str, new_id: str) -> None:
+        """Record that ``old_id`` moved to ``new_id`` (its owner entry says ``moved_to``)."""
+        ...
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        """Remove a checkpoint's files (its owner entry stays, e.g. as an alias)."""
+        ...
+
     def writable(self) -> bool:
         """Whether the store accepts writes now (for /readyz)."""
+        ...
+
+    def count_by_status(self) -> dict[str, int]:
+        """Number of erasures per status, over all tenants (for /metrics)."""
         ...
 
 
 # ----------------------------------------------------------------------------- shared helpers
 _SAFE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+PRIVATE_NAMES = frozenset({"revert", "subjects"})
+
+
+def check_private_name(name: str) -> None:
+    """ValueError unless ``name`` is one of :data:`PRIVATE_NAMES`."""
+    if name not in PRIVATE_NAMES:
+        raise ValueError(f"private data name {name!r} is not one of {sorted(PRIVATE_NAMES)}")
+
+
 TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -243,6 +285,7 @@ class FilesystemStore:
             "idempotency",
             "locks",
             "index",
+            "private",
         ):
             (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -424,6 +467,49 @@ class FilesystemStore:
             return None
         path = self.checkpoint_root() / checkpoint_id
         return path if path.is_dir() else None
+
+    def list_checkpoints(self) -> list[str]:
+        """Ids of every checkpoint directory under ``checkpoints/``."""
+        root = self.checkpoint_root()
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and self._valid_id(p.name))
+
+    def alias_checkpoint(self, old_id: str, new_id: str) -> None:
+        """Point ``old_id``'s owner entry at ``new_id`` (``moved_to``); KeyError if unowned."""
+        owner = self.checkpoint_owner(old_id)
+        if owner is None or not self._valid_id(new_id):
+            raise KeyError(old_id)
+        doc = {**owner, "moved_to": new_id}
+        write_atomic(self.checkpoint_root() / f"{old_id}.owner.json", json.dumps(doc).encode())
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        """Remove ``checkpoints/<id>/`` (idempotent)."""
+        if self._valid_id(checkpoint_id):
+            shutil.rmtree(self.checkpoint_root() / checkpoint_id, ignore_errors=True)
+
+    # -- the operator's private erasure data (sealed)
+    def _private_path(self, erasure_id: str, name: str) -> Path:
+        check_private_name(name)
+        if not self._valid_id(erasure_id):
+            raise ValueError(f"invalid erasure id {erasure_id!r}")
+        return self.root / "private" / erasure_id / f"{name}.sealed"
+
+    def put_private(self, erasure_id: str, name: str, sealed: bytes) -> None:
+        """Write ``private/<id>/<name>.sealed`` (mode 0600)."""
+        path = self._private_path(erasure_id, name)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(path, sealed)
+
+    def get_private(self, erasure_id: str, name: str) -> bytes | None:
+        """The sealed datum, or None."""
+        try:
+            return self._private_path(erasure_id, name).read_bytes()
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def delete_private(self, erasure_id: str) -> None:
+        """Remove ``private/<id>/`` (idempotent)."""
+        if self._valid_id(erasure_id):
+            shutil.rmtree(self.root / "private" / erasure_id, ignore_errors=True)
 
     # -- health and statistics
     def writable(self) -> bool:

@@ -11,6 +11,8 @@ under ``s3://<bucket>/<prefix>/``::
     locks/erasure-<id>                  short lease serialising updates of one record
     checkpoints/<checkpoint_id>/<file>  published checkpoint files, ``manifest.json`` last
     checkpoints/<checkpoint_id>.owner.json  {"tenant", "erasure_id"}, written after the manifest
+                                        (with "moved_to" once a migration moved the checkpoint)
+    private/<id>/<name>                 the operator's sealed private data (revert, subjects)
 
 Concurrency uses S3 conditional writes (``If-None-Match: *`` and ``If-Match: <ETag>`` on
 PutObject; AWS S3 since 2024, MinIO, moto; a 412 answers a failed condition):
@@ -64,7 +66,13 @@ from typing import TYPE_CHECKING, Any
 
 from service.checkpoint_files import MANIFEST, file_sha256, is_safe_name, read_manifest
 from service.records import ErasureRecord, utcnow
-from service.store import check_tenant, page_of_records, valid_id, valid_tenant
+from service.store import (
+    check_private_name,
+    check_tenant,
+    page_of_records,
+    valid_id,
+    valid_tenant,
+)
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -464,7 +472,7 @@ class S3Store:
         tmp = Path(tempfile.mkdtemp(prefix=f".{checkpoint_id}-", dir=target.parent))
         try:
             (tmp / MANIFEST).write_bytes(manifest_bytes)
-            manifest = read_manifest(tmp)
+            manifest = read_manifest(tmp, legacy_ok=True)  # the migration reads old ones
             for entry in manifest["files"]:
                 name = entry["name"]
                 if not is_safe_name(name):
@@ -486,6 +494,59 @@ class S3Store:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def list_checkpoints(self) -> list[str]:
+        """Ids of every checkpoint whose manifest is in the bucket."""
+        prefix = self._key("checkpoints") + "/"
+        ids = set()
+        for key in self._keys(prefix):
+            rest = key[len(prefix) :]
+            if rest.endswith("/" + MANIFEST) and rest.count("/") == 1:
+                ids.add(rest.split("/", 1)[0])
+        return sorted(i for i in ids if valid_id(i))
+
+    def alias_checkpoint(self, old_id: str, new_id: str) -> None:
+        """Point ``old_id``'s owner object at ``new_id`` (``moved_to``); KeyError if unowned."""
+        owner = self.checkpoint_owner(old_id)
+        if owner is None or not valid_id(new_id):
+            raise KeyError(old_id)
+        doc = {**owner, "moved_to": new_id}
+        self._put(self._key("checkpoints", f"{old_id}.owner.json"), json.dumps(doc).encode())
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        """Delete a checkpoint's objects (manifest first, so it stops counting as published) and
+        its cached copy."""
+        if not valid_id(checkpoint_id):
+            return
+        self._delete(self._checkpoint_key(checkpoint_id, MANIFEST))
+        for key in list(self._keys(self._key("checkpoints", checkpoint_id) + "/")):
+            self._delete(key)
+        shutil.rmtree(self.cache_dir / "checkpoints" / checkpoint_id, ignore_errors=True)
+
+    # ------------------------------------------------------------------ private erasure data
+    def _private_key(self, erasure_id: str, name: str) -> str:
+        check_private_name(name)
+        if not valid_id(erasure_id):
+            raise ValueError(f"invalid erasure id {erasure_id!r}")
+        return self._key("private", erasure_id, name)
+
+    def put_private(self, erasure_id: str, name: str, sealed: bytes) -> None:
+        """Keep a sealed private datum of an erasure."""
+        self._put(self._private_key(erasure_id, name), sealed)
+
+    def get_private(self, erasure_id: str, name: str) -> bytes | None:
+        """The sealed datum, or None."""
+        try:
+            got = self._get(self._private_key(erasure_id, name))
+        except ValueError:
+            return None
+        return None if got is None else got[0]
+
+    def delete_private(self, erasure_id: str) -> None:
+        """Delete every private datum of an erasure (idempotent)."""
+        if valid_id(erasure_id):
+            for key in list(self._keys(self._key("private", erasure_id) + "/")):
+                self._delete(key)
 
     # ------------------------------------------------------------------ health and statistics
     def writable(self) -> bool:

@@ -6,15 +6,18 @@ store: the record and the encrypted request (the only place the secret lives). A
 
 1. loads the record (missing: logged, nothing done; terminal: nothing done, so a duplicate or a
    late retry is harmless; cancel requested: ``cancelled``);
-2. marks it ``running`` (``attempts`` + 1, worker name) and decrypts the request;
+2. marks it ``running`` (``attempts`` + 1, worker name), decrypts the request and keeps its
+   subject names in the operator's private record (sealed; see :mod:`service.private_records`);
 3. takes the model from the worker's :class:`~workers.cache.ModelCache` (``timings.model_load``
    and ``timings.model_cached`` say whether it had to be loaded);
 4. runs :func:`editing.erase.run_erasure` with progress written to the record (a history event on
    every stage change and at most every 10 %), cancellation read from the record and the
    operator's Locality set size (:meth:`~workers.config.WorkerSettings.eval_size`);
-5. if accepted, publishes the checkpoint (atomically: a temporary directory renamed into place)
-   and registers its owner; stores the report; writes the terminal status; deletes the request
-   blob; enqueues the callback if the record has a ``callback_url``.
+5. if accepted, publishes the checkpoint (atomically: a temporary directory renamed into place;
+   it holds a forward patch, never pre-edit values), keeps the revert data in the private record
+   and registers the checkpoint's owner; stores the report; writes the terminal status; deletes
+   the request blob (and, with ``private_retention="none"``, the private record); enqueues the
+   callback if the record has a ``callback_url``.
 
 Errors: :class:`~editing.errors.EditingError` fails the erasure with its (redacted) message; any
 other exception is re-raised (redacted) while the rq job has retries left, so rq retries it, and
@@ -53,6 +56,12 @@ from rq.job import Job, JobStatus
 
 from service.config import Settings
 from service.job_metrics import JobMetrics
+from service.private_records import (
+    apply_retention,
+    keep_revert_data,
+    keep_subjects,
+    subjects_of,
+)
 from service.records import TERMINAL, ErasureRecord, Status, utcnow
 from service.store import Store, get_store, record_event
 from workers.cache import ModelCache
@@ -248,6 +257,7 @@ def finish_erasure(
         log.warning("erasure %s: record vanished before it could be marked %s", erasure_id, status)
         record = None
     ctx.store.delete_request_blob(erasure_id)
+    apply_retention(ctx.store, erasure_id, ctx.settings)
     if moved:
         job_metrics(ctx).count_finished(status, failure_reason if status == "failed" else None)
     if moved and record is not None:
@@ -369,7 +379,7 @@ class _ErasureRun:
                 f"the erasure did not finish within the job timeout "
                 f"({self.ctx.settings.job_timeout} s); nothing was published"
             )
-        elif type(exc).__name__ == "RequestKeyError":
+        elif type(exc).__name__ == "SealKeyError":
             kind = "request_key"
             reason = (
                 "the worker could not decrypt the request: the API and the workers must share "
@@ -402,13 +412,14 @@ class _ErasureRun:
         self.secrets = request.secrets()
         if request.model != record.model:
             raise JobFailure("the stored request does not match the erasure record")
+        keep_subjects(self.store, self.id, subjects_of(request), self.ctx.settings)
 
         self._progress("loading model", 0.0, force=True)
         loaded, load_seconds, cached = self.ctx.cache.get(request.model)
         self.loaded = loaded
         self.timings["model_load"] = round(load_seconds, 4)
         self.timings["model_cached"] = 1.0 if cached else 0.0
-        base_edit = self._base_edit(request.base_checkpoint, record)
+        base_edit = self._base_edit(request.base_checkpoint, record, loaded)
         self._check_cancel(force=True)
 
         result = run_erasure(
@@ -475,10 +486,12 @@ class _ErasureRun:
             job_metrics(self.ctx).observe_stages({"queue_wait": wait})
         return record
 
-    def _base_edit(self, checkpoint_id: str | None, record: ErasureRecord) -> Any:
+    def _base_edit(self, checkpoint_id: str | None, record: ErasureRecord, loaded: Any) -> Any:
+        """The parent checkpoint's full edit: its published patch bound to the (pristine) base
+        model this worker holds, which supplies the pre-edit values. No operator data needed."""
         if not checkpoint_id:
             return None
-        from editing.checkpoints import load_delta, read_manifest
+        from editing.checkpoints import bind_patch, load_patch, read_manifest
         from editing.errors import EditingError
 
         owner = self.store.checkpoint_owner(checkpoint_id)
@@ -495,7 +508,7 @@ class _ErasureRun:
                     f"base checkpoint {checkpoint_id} was made from model {base_model!r}, "
                     f"not {record.model!r}"
                 )
-            return load_delta(directory)
+            return bind_patch(loaded.adapter, load_patch(directory))
         except EditingError as exc:
             log.error(
                 "erasure %s: base checkpoint %s unreadable: %s",
@@ -510,6 +523,7 @@ class _ErasureRun:
 
     def _publish(self, loaded: Any, result: Any, request: Any, record: ErasureRecord) -> str:
         from editing.checkpoints import publish_checkpoint
+        from editing.checkpoints.manifest import checkpoint_summary
 
         self._progress("publish", 0.0, force=True)
         t = time.perf_counter()
@@ -530,7 +544,9 @@ class _ErasureRun:
             mode=request.publish or self.ctx.settings.publish_mode,
         )
         checkpoint_id = path.name
-        self.published = _checkpoint_summary(path)
+        self.published = checkpoint_summary(path)
+        # the pre-edit values go to the operator's private record (sealed), never to the download
+        keep_revert_data(self.store, self.id, edit, checkpoint_id, self.ctx.settings)
         self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
         self.timings["publish"] = round(time.perf_counter() - t, 4)
         self._progress("publish", 1.0)
@@ -698,32 +714,6 @@ def out_of_space(exc: BaseException) -> bool:
 
 class _Cancelled(Exception):
     """The record asked for cancellation between engine steps."""
-
-
-def _checkpoint_summary(directory: Any) -> dict[str, Any]:
-    """What the report says about a published checkpoint: lineage, hashes, file sizes.
-
-    Read back from its ``manifest.json`` (the source of truth), so the report states exactly
-    what was published: id, creation time, base model and its down-projection hash, parent,
-    the edited hash, every file with size and sha256, and the on-disk size of ``delta/``.
-    """
-    from editing.checkpoints import read_manifest
-
-    manifest = read_manifest(directory)
-    files = [
-        {"name": f["name"], "size": f["size"], "sha256": f["sha256"]} for f in manifest["files"]
-    ]
-    return {
-        "checkpoint_id": manifest.get("checkpoint_id"),
-        "created_at": manifest.get("created_at"),
-        "publish": manifest.get("publish", "full"),
-        "base_model": manifest.get("base_model"),
-        "parent_checkpoint_id": manifest.get("parent_checkpoint_id"),
-        "edited_down_proj_sha256": manifest.get("edited_down_proj_sha256"),
-        "files": files,
-        "total_bytes": sum(f["size"] for f in files),
-        "delta_bytes_on_disk": sum(f["size"] for f in files if f["name"].startswith("delta/")),
-    }
 
 
 # ----------------------------------------------------------------------------- callbacks

@@ -140,9 +140,17 @@ def callback_host_is_private(url: str | HttpUrl) -> bool:
 
 # ----------------------------------------------------------------------------- responses
 class FactPublic(BaseModel):
-    """A fact as the API shows it: who, which relation, and the target's keyed fingerprint."""
+    """A fact as the API shows it: keyed fingerprints of its subject and target, and the relation.
 
-    subject: str
+    The subject's name is not shown: it stays in the operator's private record (sealed), so no
+    response, event, callback, report or checkpoint says whom an erasure concerns.
+    """
+
+    subject_fingerprint: str | None = Field(
+        default=None,
+        description="hmac-sha256 fingerprint of the subject's name (the operator can match it); "
+        "null on records made before 0.2 until `featureedit checkpoints migrate` rewrites them.",
+    )
     relation: str
     fingerprint: str = Field(description="hmac-sha256 fingerprint of the target.")
     edit_prompts: int | None = Field(

@@ -19,15 +19,20 @@ from editing import fingerprint as fp
 from editing.adapters import ModelAdapter
 from editing.checkpoints import (
     MANIFEST,
+    LegacyCheckpointError,
+    Patch,
     apply_delta_files,
     apply_delta_to_adapter,
     assert_no_secrets,
+    bind_patch,
     down_proj_sha256,
-    load_delta,
+    load_patch,
     publish_checkpoint,
     read_manifest,
-    save_delta,
+    read_revert_file,
+    save_patch,
     verify_checkpoint,
+    write_revert_file,
 )
 from editing.edits import Edit, LayerDelta, WeightSession, tensor_sha256
 from editing.errors import ConfigError, CorruptCacheError, NotFoundError
@@ -119,22 +124,33 @@ def base_checkpoint(loaded: Loaded, directory: Path, shard_size: str | None = No
     return directory
 
 
-# ------------------------------------------------------------------------------- deltas
-def test_delta_round_trip(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+# ------------------------------------------------------------------------------- patches
+def base_weights(edit: Edit) -> dict[int, torch.Tensor]:
+    """Canonical stand-ins for the base weights of ``edit``'s layers (old values in place)."""
+    out = {}
+    for d in edit.deltas:
+        if d.axis == "dense":
+            out[d.layer] = d.old.clone()
+    return out
+
+
+def test_patch_round_trip_holds_no_old_values(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
     assert [d.axis for d in edit.deltas] == ["cols", "rows"]
-    out = save_delta(edit, tmp_path / "delta", {"base_model": loaded.model_id})
+    out = save_patch(edit, tmp_path / "delta", {"base_model": loaded.model_id})
     assert sorted(p.name for p in out.iterdir()) == ["delta.json", "delta.safetensors"]
-    assert_edits_equal(load_delta(out), edit)
+    patch = load_patch(out)
+    assert_edits_equal(bind_patch(loaded.adapter, patch), edit)  # old values from the base
     doc = json.loads((out / "delta.json").read_text())
-    assert doc["format_version"] == 1 and doc["extra"] == {"base_model": loaded.model_id}
+    assert doc["format_version"] == 2 and doc["extra"] == {"base_model": loaded.model_id}
     assert [entry["layer"] for entry in doc["layers"]] == [0, 1]
-    assert doc["layers"][0]["old_sha256"] == edit.deltas[0].old_sha256()
+    assert doc["layers"][0]["base_sha256"] == edit.deltas[0].old_sha256()
+    assert "old_sha256" not in doc["layers"][0]
     assert sorted(load_file(str(out / "delta.safetensors"))) == sorted(
-        f"layers.{lay}.{k}" for lay in (0, 1) for k in ("indices", "new", "old")
+        f"layers.{lay}.{k}" for lay in (0, 1) for k in ("indices", "new")
     )
 
 
-def test_delta_round_trip_dense_bfloat16(tmp_path: Path) -> None:
+def test_patch_round_trip_dense_bfloat16(tmp_path: Path) -> None:
     old = torch.randn(4, 6).to(torch.bfloat16)
     delta = LayerDelta(
         2,
@@ -145,38 +161,58 @@ def test_delta_round_trip_dense_bfloat16(tmp_path: Path) -> None:
         old * 2,
     )
     edit = Edit([delta], {"k": [1, 2]})
-    assert_edits_equal(load_delta(save_delta(edit, tmp_path)), edit)
+    patch = load_patch(save_patch(edit, tmp_path))
+    assert_edits_equal(patch.bind(base_weights(edit), "w"), edit)
+    with pytest.raises(ConfigError, match="already applied"):
+        patch.bind({2: old * 2}, "w")
+    with pytest.raises(ConfigError, match="does not hold the values"):
+        patch.bind({2: old * 3}, "w")
 
 
-def test_load_delta_reports_bad_files(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
+def test_load_patch_reports_bad_files(tmp_path: Path, loaded: Loaded, edit: Edit) -> None:
     with pytest.raises(NotFoundError):
-        load_delta(tmp_path / "nowhere")
+        load_patch(tmp_path / "nowhere")
     with pytest.raises(NotFoundError, match="not a delta directory"):
-        load_delta(tmp_path)
+        load_patch(tmp_path)
 
-    out = save_delta(edit, tmp_path / "d", {})
+    out = save_patch(edit, tmp_path / "d", {})
     tensors = load_file(str(out / "delta.safetensors"))
     tensors["layers.0.new"] = tensors["layers.0.new"] + 1.0
     save_file(tensors, str(out / "delta.safetensors"))
     with pytest.raises(CorruptCacheError, match="integrity check"):
-        load_delta(out)
+        load_patch(out)
 
     (out / "delta.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CorruptCacheError, match="cannot be read"):
-        load_delta(out)
+        load_patch(out)
 
     (out / "delta.safetensors").unlink()
     with pytest.raises(CorruptCacheError, match="is missing"):
-        load_delta(out)
+        load_patch(out)
 
-    out = save_delta(edit, tmp_path / "v", {})
+    out = save_patch(edit, tmp_path / "v", {})
     doc = json.loads((out / "delta.json").read_text())
     (out / "delta.json").write_text(json.dumps({**doc, "format_version": 99}))
     with pytest.raises(ConfigError, match="Upgrade featureedit"):
-        load_delta(out)
+        load_patch(out)
+    (out / "delta.json").write_text(json.dumps({**doc, "format_version": 1}))
+    with pytest.raises(LegacyCheckpointError, match="checkpoints migrate"):
+        load_patch(out)
     (out / "delta.json").write_text("{ truncated")
     with pytest.raises(CorruptCacheError, match="not valid JSON"):
-        load_delta(out)
+        load_patch(out)
+
+
+def test_revert_data_round_trip_sealed_and_plain(tmp_path: Path, edit: Edit) -> None:
+    sealed = write_revert_file(edit, tmp_path / "r.sealed", "abc", home=tmp_path)
+    plain = write_revert_file(edit, tmp_path / "r.plain", "abc", sealed=False)
+    assert stat.S_IMODE(os.stat(sealed).st_mode) == 0o600
+    assert sealed.read_bytes().startswith(b"gAAAAA")  # a Fernet token: unreadable without the key
+    for path in (sealed, plain):
+        got, info = read_revert_file(path, home=tmp_path)
+        assert_edits_equal(got, edit) and info == {"checkpoint_id": "abc"}
+    with pytest.raises(NotFoundError, match="private revert data"):
+        read_revert_file(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------------------- applying
@@ -191,6 +227,12 @@ def test_apply_delta_to_adapter(family: str, loaded: Loaded, edit: Edit) -> None
     assert_same_weights(model, before)
     with pytest.raises(ConfigError, match="already reverted"):
         apply_delta_to_adapter(adapter, edit, revert=True)
+    patch = Patch.from_edit(edit)
+    assert_edits_equal(apply_delta_to_adapter(adapter, patch), edit)  # a patch applies too
+    with pytest.raises(ConfigError, match="revert data"):
+        apply_delta_to_adapter(adapter, patch, revert=True)  # but cannot undo itself
+    apply_delta_to_adapter(adapter, edit, revert=True)
+    assert_same_weights(model, before)
 
     # a model on which layer 0 fits but layer 1 does not: nothing may be written
     hybrid = make_model(family, seed=1)
@@ -217,7 +259,12 @@ def test_apply_delta_files_matches_published_and_reverts(
     assert edited.keys() == expected.keys()
     assert all(torch.equal(edited[k], expected[k]) for k in expected)
 
-    reverted = apply_delta_files(out, published, tmp_path / "rev", revert=True)  # delta/ found
+    with pytest.raises(ConfigError, match="no revert data given"):
+        apply_delta_files(out, published, tmp_path / "rev", revert=True)  # no undo in the files
+    revert_file = write_revert_file(edit, tmp_path / "private" / "r", published.name)
+    reverted = apply_delta_files(
+        out, published, tmp_path / "rev", revert=True, revert_data=revert_file
+    )
     base_tensors = load_tensors(base)
     assert {k: tensor_sha256(t) for k, t in load_tensors(reverted).items()} == {
         k: tensor_sha256(t) for k, t in base_tensors.items()
@@ -233,7 +280,7 @@ def test_apply_delta_files_matches_published_and_reverts(
 def test_apply_delta_files_rejects_other_base(
     tmp_path: Path, family: str, loaded: Loaded, edit: Edit
 ) -> None:
-    delta = save_delta(edit, tmp_path / "delta", {})
+    delta = save_patch(edit, tmp_path / "delta", {})
     other = make_model(family, seed=1)
     other_loaded = Loaded(other, loaded.tokenizer, ModelAdapter(other), "other")
     base = base_checkpoint(other_loaded, tmp_path / "other")
@@ -250,7 +297,7 @@ def test_apply_delta_files_accepts_hub_style_keys(
         str(base / "model.safetensors")
     )  # drop the base-model prefix, as on the Hub
     save_file({k.split(".", 1)[1]: v for k, v in tensors.items()}, str(base / "model.safetensors"))
-    delta = save_delta(edit, tmp_path / "delta", {})
+    delta = save_patch(edit, tmp_path / "delta", {})
     out = load_tensors(apply_delta_files(base, delta, tmp_path / "out"))
     with edit.applied(loaded.adapter):
         expected = {k.split(".", 1)[1]: v.clone() for k, v in loaded.model.state_dict().items()}
@@ -275,7 +322,7 @@ def test_publish_loads_with_edited_logits(
     reloaded = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     assert torch.equal(logits(reloaded), edited_logits)
     assert AutoTokenizer.from_pretrained(path)("alice phone").input_ids == [8, 5]
-    assert_edits_equal(load_delta(path / "delta"), edit)
+    assert_edits_equal(bind_patch(adapter, load_patch(path / "delta")), edit)
 
     manifest = read_manifest(path)
     assert manifest["checkpoint_id"] == path.name and len(path.name) == 16
@@ -283,7 +330,7 @@ def test_publish_loads_with_edited_logits(
     assert manifest["base_model"]["model_id"] == f"tiny-{family}"
     assert manifest["base_model"]["down_proj_sha256"] == down_proj_sha256(adapter)
     assert manifest["created_at"].endswith("+00:00")
-    assert manifest["code_version"]["version"] == "0.1.0"
+    assert manifest["code_version"]["version"] == "0.1.0" and manifest["format_version"] == 2
     for key, value in manifest_fields(family).items():
         assert manifest[key] == value
     assert manifest["edit"]["entries_changed"] == edit.entries_changed
@@ -388,6 +435,8 @@ def test_publish_rejects_reserved_and_unserialisable_manifest(
 ) -> None:
     with pytest.raises(ConfigError, match="files"):
         publish_checkpoint(loaded, edit, tmp_path, {"files": []})
+    with pytest.raises(ConfigError, match=r"facts\[0\]\.subject"):  # names no data subject
+        publish_checkpoint(loaded, edit, tmp_path, {"facts": [{"subject": "Dana Berg"}]})
     with pytest.raises(ConfigError, match="JSON"):
         publish_checkpoint(loaded, edit, tmp_path, {"metric": float("nan")})
     assert list(tmp_path.iterdir()) == []

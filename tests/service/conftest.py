@@ -132,7 +132,7 @@ def stage_checkpoint(store: Store, files: dict[str, bytes], model_id: str = "dem
         (root / name).write_bytes(data)
     manifest = {
         "format": "featureedit-checkpoint",
-        "format_version": 1,
+        "format_version": 2,
         "checkpoint_id": checkpoint_id,
         "base_model": {"model_id": model_id, "model_type": "gemma2"},
         "files": entries,

@@ -447,8 +447,8 @@ def test_report_json_and_escaped_html(client, keys, store):
         "acceptance": {"accepted": True, "reasons": []},
         "facts": [
             {
-                "subject": "<script>alert(1)</script>",
-                "relation": "phone",
+                "subject_fingerprint": "hmac-sha256:cd",
+                "relation": "<script>alert(1)</script>",
                 "fingerprint": "hmac-sha256:ab",
                 "status": "erased",
                 "metrics": {"before": {"prob": 0.8}, "after": {"prob": 0.01}},

@@ -27,8 +27,8 @@ ALLOWED_TAGS = {
 }
 
 
-def _report(erasure_id: str, subject: str = HOSTILE) -> dict[str, Any]:
-    """A worker-shaped report with every section filled (and a hostile subject)."""
+def _report(erasure_id: str, relation: str = HOSTILE) -> dict[str, Any]:
+    """A worker-shaped report with every section filled (and a hostile relation text)."""
     return {
         "erasure_id": erasure_id,
         "status": "succeeded",
@@ -65,8 +65,8 @@ def _report(erasure_id: str, subject: str = HOSTILE) -> dict[str, Any]:
         "facts": [
             {
                 "index": 0,
-                "subject": subject,
-                "relation": "phone",
+                "subject_fingerprint": "hmac-sha256:" + SHA,
+                "relation": relation,
                 "fingerprint": "hmac-sha256:" + SHA,
                 "prompts": {"edit": 8, "edit_known": 8, "heldout": 4, "heldout_known": 4},
                 "status": "erased",
@@ -100,7 +100,7 @@ def _report(erasure_id: str, subject: str = HOSTILE) -> dict[str, Any]:
                     "axis": "cols",
                     "indices": [3, 7, 11, 19],
                     "entries_changed": 512,
-                    "old_sha256": SHA,
+                    "base_sha256": SHA,
                     "new_sha256": "cd" * 32,
                 }
             ],
@@ -253,7 +253,7 @@ def test_report_cli_writes_pdf_and_html_over_http(live_server, keys, store, tmp_
 
     with FeatureeditClient(live_server, api_key=keys["acme"]) as client:
         erasure_id = client.submit(body())["id"]
-    store.put_report(erasure_id, _report(erasure_id, subject="Dana Berg"))
+    store.put_report(erasure_id, _report(erasure_id, relation="Dana Berg"))
     common = ["--url", live_server, "--api-key", keys["acme"]]
     out = tmp_path / "report.pdf"
     assert main(["report", erasure_id, "--format", "pdf", "--out", str(out), *common]) == 0

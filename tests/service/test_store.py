@@ -175,3 +175,42 @@ def test_checkpoint_ownership(store: Store):
     assert {n: (directory / n).read_bytes() for n in files} == files
     assert store.checkpoint_dir("0000000000000000") is None
     assert store.checkpoint_owner("0000000000000000") is None
+
+
+def test_private_data_is_kept_apart_and_forgotten(store: Store):
+    record = new_record()
+    store.create_erasure(record, b"blob")
+    assert store.get_private(record.id, "revert") is None
+    store.put_private(record.id, "revert", b"gAAAAA-sealed-revert")
+    store.put_private(record.id, "subjects", b"gAAAAA-sealed-names")
+    assert store.get_private(record.id, "revert") == b"gAAAAA-sealed-revert"
+    assert store.get_private(record.id, "subjects") == b"gAAAAA-sealed-names"
+    with pytest.raises(ValueError, match="private data name"):
+        store.put_private(record.id, "../erasures/x", b"x")
+    with pytest.raises(ValueError, match="invalid erasure id"):
+        store.put_private("../x", "revert", b"x")
+    assert store.get_private("../x", "revert") is None
+    store.delete_private(record.id)
+    store.delete_private(record.id)  # idempotent
+    assert store.get_private(record.id, "revert") is None
+    assert store.get_private(record.id, "subjects") is None
+    assert store.get_erasure(record.id) is not None  # the public record stays
+
+
+def test_checkpoint_listing_alias_and_deletion(store: Store):
+    first = stage_checkpoint(store, {"model.safetensors": b"one"})
+    second = stage_checkpoint(store, {"model.safetensors": b"two"})
+    store.register_checkpoint(first, "acme", "er_x")
+    store.register_checkpoint(second, "acme", "er_x")
+    assert set(store.list_checkpoints()) >= {first, second}
+    store.alias_checkpoint(first, second)
+    assert store.checkpoint_owner(first) == {
+        "tenant": "acme",
+        "erasure_id": "er_x",
+        "moved_to": second,
+    }
+    store.delete_checkpoint(first)
+    assert store.checkpoint_dir(first) is None and first not in store.list_checkpoints()
+    assert store.checkpoint_dir(second) is not None
+    with pytest.raises(KeyError):
+        store.alias_checkpoint("0000000000000000", second)

@@ -16,7 +16,13 @@ from fastapi.responses import FileResponse
 
 from service.api.deps import ContextDep, ServiceContext, TenantDep
 from service.api.schemas import CheckpointFile, CheckpointPublic, Problem
-from service.checkpoint_files import MANIFEST, is_safe_name, manifest_entry, read_manifest
+from service.checkpoint_files import (
+    MANIFEST,
+    LegacyCheckpointError,
+    is_safe_name,
+    manifest_entry,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +31,35 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 _NOT_FOUND = {404: {"model": Problem, "description": "No such checkpoint (for this tenant)."}}
 
 
-def _owned_dir(ctx: ServiceContext, tenant: str, checkpoint_id: str) -> tuple[Path, dict]:
+def _owned_dir(
+    ctx: ServiceContext, tenant: str, checkpoint_id: str, request: Request
+) -> tuple[Path, dict]:
     owner = ctx.store.checkpoint_owner(checkpoint_id)
+    moved_to = None if owner is None else owner.get("moved_to")
+    if moved_to and owner is not None and owner.get("tenant") == tenant:
+        # migrated to format 2 under a new content address: follow it
+        url = str(request.url).replace(
+            f"/v1/checkpoints/{checkpoint_id}", f"/v1/checkpoints/{moved_to}", 1
+        )
+        raise HTTPException(
+            status_code=308, detail=f"Checkpoint moved to {moved_to}", headers={"Location": url}
+        )
     directory = ctx.store.checkpoint_dir(checkpoint_id)
     if owner is None or owner.get("tenant") != tenant or directory is None:
         raise HTTPException(status_code=404, detail="Checkpoint not found")
     return directory, owner
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    """The manifest; a format-1 checkpoint (it carried its own undo) is never served (409)."""
+    try:
+        return read_manifest(directory)
+    except LegacyCheckpointError:
+        raise HTTPException(
+            status_code=409,
+            detail="This checkpoint is in an old format that carried pre-edit values; it is not "
+            "served. The operator must run `featureedit checkpoints migrate`.",
+        ) from None
 
 
 @router.get(
@@ -43,8 +72,8 @@ def get_checkpoint(
     checkpoint_id: str, request: Request, ctx: ContextDep, tenant: TenantDep
 ) -> CheckpointPublic:
     """The manifest and, per file, its name, size, sha256 and download URL."""
-    directory, owner = _owned_dir(ctx, tenant, checkpoint_id)
-    manifest = read_manifest(directory)
+    directory, owner = _owned_dir(ctx, tenant, checkpoint_id, request)
+    manifest = _manifest(directory)
     base = f"{ctx.base_url(request)}/v1/checkpoints/{checkpoint_id}/files"
     files = [
         CheckpointFile(
@@ -86,8 +115,8 @@ def download_checkpoint_file(
     """The file, with ``ETag: "<sha256>"``; honours Range, If-Range and If-None-Match."""
     if not is_safe_name(name):
         raise HTTPException(status_code=400, detail="Invalid file name")
-    directory, _ = _owned_dir(ctx, tenant, checkpoint_id)
-    manifest = read_manifest(directory)
+    directory, _ = _owned_dir(ctx, tenant, checkpoint_id, request)
+    manifest = _manifest(directory)
     if name == MANIFEST:
         path = directory / MANIFEST
         sha = ctx.verifier.sha256(path)

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
-from editing.fingerprint import fingerprint
+from editing.fingerprint import fingerprint, subject_fingerprint
 from editing.request import ErasureRequest
 from service.api.deps import ContextDep, TenantDep
 from service.api.errors import Unprocessable, from_validation_error
@@ -35,7 +35,7 @@ from service.api.schemas import (
     problem_response,
 )
 from service.catalog import RegistryUnavailable, method_problem, registered_models
-from service.checkpoint_files import read_manifest
+from service.checkpoint_files import LegacyCheckpointError, read_manifest
 from service.queueing import QueueUnavailable
 from service.records import TERMINAL, ErasureRecord, Status
 from service.report_html import render_report_html
@@ -63,11 +63,12 @@ OwnedErasure = Annotated[ErasureRecord, Depends(owned_erasure)]
 
 
 def public_request(request: ErasureRequest, key: bytes) -> tuple[dict[str, Any], list[str]]:
-    """``(request_public, fact_fingerprints)``: the request with no target and no prompt text."""
+    """``(request_public, fact_fingerprints)``: the request with no target, no prompt text and no
+    subject name (keyed fingerprints stand for both; the names stay in the private record)."""
     fingerprints = [fingerprint(f.secret, key) for f in request.facts]
     facts = [
         {
-            "subject": f.subject,
+            "subject_fingerprint": subject_fingerprint(f.subject, key),
             "relation": f.relation,
             "fingerprint": fp,
             "edit_prompts": None if f.edit_prompts is None else len(f.edit_prompts),
@@ -139,7 +140,16 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
                 "base_checkpoint is not one of your published checkpoints",
                 "unknown_checkpoint",
             )
-        base_model = (read_manifest(directory).get("base_model") or {}).get("model_id")
+        try:
+            base_manifest = read_manifest(directory)
+        except LegacyCheckpointError:
+            raise Unprocessable(
+                ["body", "base_checkpoint"],
+                "base_checkpoint is in an old checkpoint format that is no longer served; ask "
+                "the operator to run `featureedit checkpoints migrate`",
+                "checkpoint_legacy",
+            ) from None
+        base_model = (base_manifest.get("base_model") or {}).get("model_id")
         if base_model is not None and base_model != request.model:
             raise Unprocessable(
                 ["body", "base_checkpoint"],

@@ -1,0 +1,99 @@
+"""The operator's private erasure record: what an erasure needs kept but must never publish.
+
+Two sealed data per erasure, kept in the store beside (never inside) the public record:
+
+``subjects``
+    the data subjects' names and relations, as submitted (JSON). The public record, the report,
+    events, callbacks and the checkpoint name subjects only by keyed fingerprint.
+``revert``
+    the revert data of the published checkpoint: its pre-edit values
+    (:mod:`editing.checkpoints.revert`). Only it can roll the erasure back.
+
+Both are sealed with the service's key (:mod:`editing.sealing`, the key that seals request
+blobs), no route serves them, and ``Settings.private_retention`` decides how long they live:
+``"record"`` (default) keeps them as long as the erasure record (until ``featureedit private
+delete``), ``"none"`` deletes them as soon as the erasure ends.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from editing import sealing
+from editing.errors import NotFoundError
+from service.store import Store
+
+if TYPE_CHECKING:
+    from editing.edits import Edit
+    from editing.request import ErasureRequest
+    from service.config import Settings
+
+REVERT = "revert"
+SUBJECTS = "subjects"
+
+
+def _key(settings: Settings) -> str | None:
+    return None if settings.secret_key is None else settings.secret_key.get_secret_value()
+
+
+def _seal(data: bytes, settings: Settings) -> bytes:
+    return sealing.seal(data, home=settings.home, key=_key(settings))
+
+
+def _unseal(token: bytes, settings: Settings, what: str) -> bytes:
+    return sealing.unseal(token, home=settings.home, key=_key(settings), what=what)
+
+
+def keep_subjects(
+    store: Store, erasure_id: str, subjects: list[dict[str, Any]], settings: Settings
+) -> None:
+    """Seal and keep ``[{"subject", "relation"}, ...]`` for the erasure."""
+    data = json.dumps(subjects, ensure_ascii=False).encode("utf-8")
+    store.put_private(erasure_id, SUBJECTS, _seal(data, settings))
+
+
+def subjects_of(request: ErasureRequest) -> list[dict[str, Any]]:
+    """The subjects and relations of a request's facts (what :func:`keep_subjects` keeps)."""
+    return [{"subject": f.subject, "relation": f.relation} for f in request.facts]
+
+
+def load_subjects(store: Store, erasure_id: str, settings: Settings) -> list[dict[str, Any]]:
+    """The erasure's subjects; NotFoundError if none are kept (retention or never stored)."""
+    token = store.get_private(erasure_id, SUBJECTS)
+    if token is None:
+        raise NotFoundError(
+            f"No subject names are kept for erasure {erasure_id} (private_retention='none', "
+            "deleted, or an unknown erasure)."
+        )
+    return json.loads(_unseal(token, settings, f"The subjects of erasure {erasure_id}"))
+
+
+def keep_revert_data(
+    store: Store, erasure_id: str, edit: Edit, checkpoint_id: str, settings: Settings
+) -> None:
+    """Seal and keep the revert data of ``checkpoint_id`` (unless retention is ``"none"``)."""
+    if settings.private_retention == "none":
+        return
+    from editing.checkpoints.revert import revert_bytes
+
+    store.put_private(erasure_id, REVERT, _seal(revert_bytes(edit, checkpoint_id), settings))
+
+
+def load_revert_bytes(store: Store, erasure_id: str, settings: Settings) -> bytes:
+    """The erasure's revert data (plain bytes: handle as toxic); NotFoundError if not kept."""
+    token = store.get_private(erasure_id, REVERT)
+    if token is None:
+        raise NotFoundError(
+            f"No revert data is kept for erasure {erasure_id}: it published no checkpoint, its "
+            "private data was deleted (retention 'none' or `featureedit private delete`), or the "
+            "erasure is unknown. Without it the erasure cannot be rolled back from the edited "
+            "model; the base model itself is the pre-erasure state."
+        )
+    return _unseal(token, settings, f"The revert data of erasure {erasure_id}")
+
+
+def apply_retention(store: Store, erasure_id: str, settings: Settings) -> None:
+    """At the end of an erasure: forget its private data if retention is ``"none"``."""
+    if settings.private_retention == "none":
+        store.delete_private(erasure_id)
