@@ -85,8 +85,8 @@ def test_secret_in_no_file_and_no_log(published, erasable_fact) -> None:
     assert {f["name"] for f in manifest["files"]} >= {"model.safetensors", "config.json"}
 
 
-def test_apply_delta_bit_identical_and_revert(published, small_world, tmp_path) -> None:
-    _, ckpt, _ = published
+def test_apply_delta_bit_identical_and_revert(published, small_world, tmp_path, capsys) -> None:
+    doc, ckpt, _ = published
     out = tmp_path / "applied"
     assert main(["apply-delta", str(small_world.model_dir), str(ckpt), str(out), "-q"]) == 0
     applied = load_file(out / "model.safetensors")
@@ -94,7 +94,14 @@ def test_apply_delta_bit_identical_and_revert(published, small_world, tmp_path) 
     assert applied.keys() == full.keys()
     assert all(torch.equal(applied[k], full[k]) for k in full)
     back = tmp_path / "reverted"
-    assert main(["apply-delta", str(out), str(ckpt), str(back), "--revert", "-q"]) == 0
+    # the checkpoint cannot undo itself: reverting needs the private revert data `erase` kept
+    assert main(["apply-delta", str(out), str(ckpt), str(back), "--revert", "-q"]) != 0
+    assert "no revert data given" in capsys.readouterr().err
+    revert = Path(doc["revert_data"])
+    assert revert.is_file() and not revert.is_relative_to(ckpt)
+    assert revert.read_bytes().startswith(b"gAAAAA")  # sealed with the service key
+    args = ["apply-delta", str(out), str(ckpt), str(back), "--revert", "--revert-data", str(revert)]
+    assert main([*args, "-q"]) == 0
     base = load_file(small_world.model_dir / "model.safetensors")
     reverted = load_file(back / "model.safetensors")
     assert all(torch.equal(base[k], reverted[k]) for k in base)

@@ -62,15 +62,16 @@ def test_submit_stores_record_and_enqueues_one_job(client, keys, store, settings
     assert job.description == f"erasure {erasure_id}"
 
 
-def test_get_and_public_view_never_show_the_target(client, keys):
+def test_get_and_public_view_never_show_the_target_or_subject(client, keys, store):
     erasure_id = _submit(client, keys["acme"])["id"]
     r = client.get(f"/v1/erasures/{erasure_id}", headers=auth(keys["acme"]))
     assert r.status_code == 200
     doc = r.json()
-    assert SECRET not in r.text
+    assert SECRET not in r.text and "Alice Example" not in r.text
+    assert "Alice Example" not in store.get_erasure(erasure_id).model_dump_json()
     assert doc["facts"] == [
         {
-            "subject": "Alice Example",
+            "subject_fingerprint": doc["facts"][0]["subject_fingerprint"],
             "relation": "phone",
             "fingerprint": doc["facts"][0]["fingerprint"],
             "edit_prompts": None,
