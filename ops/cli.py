@@ -21,7 +21,6 @@ Entry points (``pyproject.toml``): ``featureedit.commands: perf = ops.cli:regist
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editing import settings
 from editing.cli import EXIT_ERROR, EXIT_OK, Command, format_table, global_options, print_json
 
 DEFAULT_MAX_POLL_P99_MS = 100.0
@@ -37,8 +37,7 @@ DEFAULT_MAX_POLL_P99_MS = 100.0
 # ----------------------------------------------------------------------------- shared
 def source_home(args: argparse.Namespace) -> Path:
     """The featureedit home whose demo worlds a private stack reuses (``--home`` or the env)."""
-    raw = getattr(args, "home", None) or os.environ.get("FEATUREEDIT_HOME")
-    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "featureedit"
+    return settings.home(getattr(args, "home", None), create=False)
 
 
 def add_stack_command(
