@@ -39,6 +39,7 @@ COPY pyproject.toml README.md ./
 COPY editing ./editing
 COPY service ./service
 COPY workers ./workers
+COPY ops ./ops
 # The torch pin is read from pyproject.toml, so an alternative index gets the very same version.
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         torch_pin="$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')" \

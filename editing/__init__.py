@@ -1,13 +1,54 @@
 """featureedit: erase private facts from causal language models by editing SAE-located weights.
 
+The public surface, imported on first use (PEP 562) so that ``import editing`` stays torch-free::
+
+    loaded = editing.load_model("demo-small")                     # registry id -> weights + SAEs
+    request = editing.ErasureRequest(model="demo-small", facts=[...])
+    result = editing.run_erasure(request, loaded)                 # an Edit, metrics, verdict
+    path = editing.publish_checkpoint(loaded, result.edit, out_root, manifest)
+    edit = editing.load_delta(path)                               # a published delta, as an Edit
+
 featureedit never downloads: models and SAEs load from local paths or an already-filled Hugging
-Face cache (``HF_HUB_OFFLINE=1`` is set unless the caller set it).
+Face cache (:func:`editing.settings.hub_defaults`, applied when a model is loaded, sets
+``HF_HUB_OFFLINE=1`` unless the caller set it). Importing this package changes nothing in the
+process environment.
 """
 
 from __future__ import annotations
 
-import os
+from importlib import import_module
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "load_model": "editing.models",
+    "LoadedModel": "editing.models",
+    "ErasureRequest": "editing.request",
+    "FactSpec": "editing.request",
+    "run_erasure": "editing.erase",
+    "ErasureResult": "editing.erase",
+    "Edit": "editing.edits",
+    "publish_checkpoint": "editing.checkpoints",
+    "load_delta": "editing.checkpoints",
+    "apply_delta_to_adapter": "editing.checkpoints",
+    "verify_checkpoint": "editing.checkpoints",
+    "ModelAdapter": "editing.adapters",
+    "register_architecture": "editing.adapters",
+    "EditingError": "editing.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names next to the module's own attributes."""
+    return sorted({*globals(), *__all__})

@@ -1,7 +1,8 @@
 """One interface over the ``transformers`` causal LMs featureedit can edit.
 
-Every module path lives in :data:`ARCHITECTURES` (keyed by ``config.model_type``); nothing else in
-the code base should name a ``transformers`` module. :class:`ModelAdapter` gives
+Every module path and norm convention lives in one :class:`ArchSpec` per family, registered with
+:func:`register_architecture` and keyed by ``config.model_type`` (:data:`ARCHITECTURES`); nothing
+else in the code base should name a ``transformers`` module. :class:`ModelAdapter` gives
 
 * the MLP down-projection ``W`` of each layer in the *canonical* orientation ``[d_model, d_mlp]``
   (GPT-2's ``Conv1D`` stores it transposed; the adapter hides that), and
@@ -14,9 +15,10 @@ the code base should name a ``transformers`` module. :class:`ModelAdapter` gives
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -34,47 +36,132 @@ _HOOK_SUFFIX = {
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|mlp\.hook_post)$")
 
 
+NORM_KINDS: tuple[str, ...] = ("rmsnorm", "layernorm")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """A normalization module: where it lives, what it computes and how its weight scales.
+
+    ``kind`` is ``"rmsnorm"`` (``x / rms(x) * g``) or ``"layernorm"``
+    (``(x - mean) / std * g + b``); the per-channel gain is ``g = offset + weight``: Gemma's
+    RMSNorm multiplies by ``(1 + w)`` (``offset=1.0``), Llama's and GPT-2's norms by ``w``
+    (``offset=0.0``).
+    """
+
+    path: str  # dotted module path (from the model root, or from a decoder layer)
+    kind: str = "rmsnorm"
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in NORM_KINDS:
+            raise ConfigError(
+                f"norm kind {self.kind!r} of {self.path!r} is not supported; expected one of "
+                f"{', '.join(NORM_KINDS)}"
+            )
+
+    def gain(self, module: nn.Module) -> torch.Tensor:
+        """The per-channel factor ``offset + weight`` that the norm ``module`` multiplies by."""
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise UnsupportedArchitectureError(
+                f"norm {self.path!r} ({type(module).__name__}) has no weight; an ArchSpec norm "
+                "must be an affine RMSNorm or LayerNorm"
+            )
+        return self.offset + weight.detach().float()
+
+
 @dataclass(frozen=True)
 class ArchSpec:
-    """Where the parts featureedit needs live in one architecture (dotted module paths)."""
+    """Where the parts featureedit needs live in one architecture, and how its norms scale.
 
-    layers: str  # the decoder-layer ModuleList, from the model root
-    down_proj: str  # MLP down-projection, relative to a layer
-    down_proj_conv1d: bool  # GPT-2 Conv1D: weight stored as [d_mlp, d_model]
-    mlp_out: str  # module whose output is the MLP branch's contribution, relative to a layer
-    final_norm: str  # from the model root
-    unembed: str  # from the model root
+    Module paths are dotted; ``layers``, ``final_norm`` and ``unembed`` from the model root, the
+    others from a decoder layer. ``post_ffn_norm`` is the norm between the MLP and the residual
+    stream (Gemma-2/3), None where the MLP output is added to the residual as is.
+    """
+
+    layers: str  # the decoder-layer ModuleList
+    mlp: str  # the MLP block
+    down_proj: str  # the MLP down-projection (inside ``mlp``)
+    final_norm: NormSpec  # the norm before the unembedding
+    unembed: str = "lm_head"
+    post_ffn_norm: NormSpec | None = None
+    down_proj_conv1d: bool = False  # GPT-2 Conv1D: weight stored as [d_mlp, d_model]
+
+    def __post_init__(self) -> None:
+        if not self.down_proj.startswith(f"{self.mlp}."):
+            raise ConfigError(
+                f"down_proj {self.down_proj!r} must be a submodule of mlp {self.mlp!r} "
+                f"(e.g. '{self.mlp}.down_proj')"
+            )
+        if self.post_ffn_norm is not None and self.post_ffn_norm.kind != "rmsnorm":
+            # write_direction relies on the norm being a per-channel scale times a scalar.
+            raise ConfigError(
+                f"post_ffn_norm {self.post_ffn_norm.path!r} must be an rmsnorm; received "
+                f"{self.post_ffn_norm.kind!r}"
+            )
+
+    @property
+    def mlp_out(self) -> str:
+        """The module whose output is the MLP branch's contribution to the residual stream."""
+        return self.post_ffn_norm.path if self.post_ffn_norm is not None else self.mlp
 
 
-_LLAMA_LIKE = ArchSpec("model.layers", "mlp.down_proj", False, "mlp", "model.norm", "lm_head")
+_ARCHITECTURES: dict[str, ArchSpec] = {}
+ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(_ARCHITECTURES)
+"""Read-only view of the registered families, keyed by ``config.model_type``."""
 
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "gemma2": ArchSpec(
-        "model.layers",
-        "mlp.down_proj",
-        False,
-        "post_feedforward_layernorm",
-        "model.norm",
-        "lm_head",
+
+def register_architecture(model_type: str, spec: ArchSpec) -> None:
+    """Make ``model_type`` editable with the module paths and norms of ``spec``.
+
+    Registering a model type twice is an error (ConfigError), so two packages cannot silently
+    disagree about an architecture.
+    """
+    if model_type in _ARCHITECTURES:
+        raise ConfigError(
+            f"model_type {model_type!r} is already registered ({_ARCHITECTURES[model_type]}); "
+            "register each model type once"
+        )
+    if not isinstance(spec, ArchSpec):
+        raise ConfigError(
+            f"spec of model_type {model_type!r} must be an ArchSpec; received "
+            f"{type(spec).__name__}"
+        )
+    _ARCHITECTURES[model_type] = spec
+
+
+_LLAMA_LIKE = ArchSpec("model.layers", "mlp", "mlp.down_proj", NormSpec("model.norm"))
+# Gemma's RMSNorm scales by (1 + w); Gemma-1 has no post-feed-forward norm, Gemma-2 and -3 do.
+_GEMMA = replace(_LLAMA_LIKE, final_norm=NormSpec("model.norm", offset=1.0))
+_GEMMA2_LIKE = replace(_GEMMA, post_ffn_norm=NormSpec("post_feedforward_layernorm", offset=1.0))
+
+register_architecture("gemma", _GEMMA)
+register_architecture("gemma2", _GEMMA2_LIKE)
+register_architecture("gemma3_text", _GEMMA2_LIKE)  # Gemma3ForCausalLM (text-only Gemma 3)
+register_architecture(
+    "gpt2",
+    ArchSpec(
+        "transformer.h",
+        "mlp",
+        "mlp.c_proj",
+        NormSpec("transformer.ln_f", kind="layernorm"),
+        down_proj_conv1d=True,
     ),
-    "gemma": _LLAMA_LIKE,  # Gemma-1 has no post-feed-forward norm
-    "gpt2": ArchSpec("transformer.h", "mlp.c_proj", True, "mlp", "transformer.ln_f", "lm_head"),
-    "llama": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-}
+)
+for _model_type in ("llama", "mistral", "qwen2", "qwen3"):
+    register_architecture(_model_type, _LLAMA_LIKE)
 
 
 def get_spec(model_type: str) -> ArchSpec:
     """Return the :class:`ArchSpec` of ``model_type`` or raise UnsupportedArchitectureError."""
     try:
-        return ARCHITECTURES[model_type]
+        return _ARCHITECTURES[model_type]
     except KeyError:
         raise UnsupportedArchitectureError(
             f"model_type {model_type!r} is not supported; supported model types: "
-            f"{', '.join(sorted(ARCHITECTURES))}. Add an ArchSpec to "
-            "editing.adapters.ARCHITECTURES."
+            f"{', '.join(sorted(_ARCHITECTURES))}. Register one with "
+            "editing.adapters.register_architecture(model_type, ArchSpec(...))."
         ) from None
 
 
@@ -179,7 +266,7 @@ class ModelAdapter:
     @property
     def final_norm(self) -> nn.Module:
         """The norm applied before the unembedding."""
-        return self._model.get_submodule(self._spec.final_norm)
+        return self._model.get_submodule(self._spec.final_norm.path)
 
     @property
     def unembed(self) -> nn.Module:
@@ -232,16 +319,14 @@ class ModelAdapter:
         Removing the returned vector from the down-projection's output removes ``direction`` from
         what the MLP adds to the residual stream. Where the MLP output goes straight into the
         residual (GPT-2, Llama, Qwen) it is ``direction`` itself. Gemma-2 applies a
-        post-feed-forward RMSNorm ``y = x / rms(x) * (1 + w)``; since ``rms`` is a scalar,
-        ``d . y = 0`` exactly when ``(d * (1 + w)) . x = 0``, so the output-space direction is
-        ``d * (1 + w)``.
+        post-feed-forward RMSNorm ``y = x / rms(x) * g`` (``g = 1 + w``, the spec's
+        ``post_ffn_norm`` gain); since ``rms`` is a scalar, ``d . y = 0`` exactly when
+        ``(d * g) . x = 0``, so the output-space direction is ``d * g``.
         """
         d = direction.to(device=self.device, dtype=torch.float32)
-        if self._spec.mlp_out != self._spec.down_proj.rsplit(".", 1)[0]:
-            norm = self.mlp_out_module(layer)
-            weight = getattr(norm, "weight", None)
-            if weight is not None:
-                d = d * (1.0 + weight.detach().float())
+        norm = self._spec.post_ffn_norm
+        if norm is not None:
+            d = d * norm.gain(self.mlp_out_module(layer)).to(d.device)
         return d
 
     def set_down_proj_weight(self, layer: int, weight: torch.Tensor) -> None:

@@ -32,15 +32,15 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Any, TextIO
 
+from editing import settings
 from editing.errors import EditingError
 
 ENTRY_POINT_GROUP = "featureedit.commands"
@@ -319,7 +319,6 @@ def cmd_world_info(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the registered models (or describe the ones named)."""
-    from editing import settings
     from editing.registry import get_entry, load_registry, registry_file
 
     if args.model_ids:
@@ -491,34 +490,22 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- main
 
 
-@contextlib.contextmanager
-def _settings_env(args: argparse.Namespace) -> Iterator[None]:
+def _settings_env(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
     """Export the global options as FEATUREEDIT_* variables while the command runs.
 
     Plugin commands and the processes they start then see the same settings as the library.
     """
-    updates = {
+    options = {
         "FEATUREEDIT_HOME": args.home,
         "FEATUREEDIT_DEVICE": args.device,
         "FEATUREEDIT_DTYPE": args.dtype,
     }
-    saved = {k: os.environ.get(k) for k in updates}
-    for k, v in updates.items():
-        if v is not None:
-            os.environ[k] = str(v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return settings.exported({k: str(v) for k, v in options.items() if v is not None})
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    if args.quiet:  # also silence Hugging Face's own bars ("Loading weights") before it is imported
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # also silence Hugging Face's own bars ("Loading weights") before it is imported
+    settings.hub_defaults(quiet=args.quiet)
     level = logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(format="featureedit: %(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("editing").setLevel(logging.DEBUG if args.debug else level)
@@ -544,6 +531,7 @@ def _error_message(exc: Exception) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``featureedit`` command line; return the exit code."""
+    settings.hub_defaults()  # before any command imports transformers: never download
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)

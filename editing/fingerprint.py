@@ -29,7 +29,7 @@ from editing import settings
 from editing.errors import ConfigError
 
 PREFIX = "hmac-sha256:"
-KEY_ENV = "FEATUREEDIT_FINGERPRINT_KEY"
+KEY_ENV = settings.FINGERPRINT_KEY_ENV
 KEY_BYTES = 32
 REDACTED = "[REDACTED]"
 
@@ -74,7 +74,7 @@ def fingerprint_key(home: str | os.PathLike[str] | None = None) -> bytes:
     The key file (``<home>/keys/fingerprint.key``, 64 hex digits, mode 0600) is created with a
     random key on first use; concurrent first uses agree on one key.
     """
-    env = os.environ.get(KEY_ENV)
+    env = settings.fingerprint_key_text()
     if env is not None:
         return _parse_key(env, f"${KEY_ENV}")
     path = _key_path(settings.home(home))

@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from editing import settings
 from editing.adapters import ModelAdapter
 from editing.errors import NotFoundError, SAEMismatchError
 from editing.registry import ModelEntry, get_entry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -59,8 +61,13 @@ def load_model(
 ) -> LoadedModel:
     """Load ``model_id`` from the registry (building the demo world on first use).
 
-    Never downloads: hub ids resolve from the local Hugging Face cache only.
+    Never downloads: hub ids resolve from the local Hugging Face cache only (and
+    :func:`editing.settings.hub_defaults` makes the Hugging Face libraries offline unless the
+    caller set ``HF_HUB_OFFLINE`` otherwise).
     """
+    settings.hub_defaults()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     root = settings.home(home)
     entry = get_entry(model_id, root)
     dev = settings.device(device or entry.device)
@@ -95,6 +102,7 @@ def load_model(
 
 def load_sae(loaded: LoadedModel, site: str, layer: int) -> Any:
     """Load the SAE at ``site``/``layer`` with sae-lens and check it fits the model."""
+    settings.hub_defaults()
     from sae_lens import SAE
 
     entry = loaded.entry

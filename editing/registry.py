@@ -253,7 +253,7 @@ def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
 
 def registry_file(home: str | os.PathLike[str] | None = None) -> Path | None:
     """The registry TOML in force, if any (``FEATUREEDIT_REGISTRY``, else home/models.toml)."""
-    env = os.environ.get("FEATUREEDIT_REGISTRY")
+    env = settings.registry_path()
     if env:
         path = Path(env).expanduser()
         if not path.is_file():

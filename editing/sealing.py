@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from editing import settings
 
-SECRET_KEY_ENV = "FEATUREEDIT_SECRET_KEY"
+SECRET_KEY_ENV = settings.SECRET_KEY_ENV
 KEY_FILE = "request.key"
 TOKEN_PREFIX = b"gAAAAA"  # every Fernet token starts with its version byte 0x80, base64
 
@@ -61,8 +61,8 @@ def cipher(
     if key is not None:
         raw = key.decode() if isinstance(key, bytes) else key
         source = "the key argument"
-    elif os.environ.get(SECRET_KEY_ENV):
-        raw, source = os.environ[SECRET_KEY_ENV], f"${SECRET_KEY_ENV}"
+    elif settings.secret_key_text():
+        raw, source = settings.secret_key_text() or "", f"${SECRET_KEY_ENV}"
     else:
         path = keys_dir(home) / KEY_FILE
         raw, source = secret_file(path, Fernet.generate_key()).decode("ascii"), str(path)

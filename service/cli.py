@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +30,8 @@ from editing.cli import EXIT_ERROR, EXIT_OK, format_table, global_options, print
 from editing.cli_engine import parse_pairs
 from editing.errors import ConfigError
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 _METHODS = ("featureedit", "neurons", "neuronlens")
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _fail(message: str) -> int:
@@ -42,7 +41,8 @@ def _fail(message: str) -> int:
 
 # ----------------------------------------------------------------------------- keys
 def _home(args: argparse.Namespace) -> str | None:
-    return getattr(args, "home", None) or os.environ.get("FEATUREEDIT_HOME")
+    """``--home``; None leaves the choice to the settings (``FEATUREEDIT_HOME`` or the default)."""
+    return getattr(args, "home", None)
 
 
 def _audit_key_action(args: argparse.Namespace, action: str, tenant: str, key_id: str) -> None:
@@ -111,12 +111,13 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- client verbs
 def _client(args: argparse.Namespace) -> Any:
     from service.client import FeatureeditClient
+    from service.config import ClientSettings
 
-    key = args.api_key or os.environ.get("FEATUREEDIT_API_KEY")
+    env = ClientSettings()
+    key = args.api_key or (env.api_key.get_secret_value() if env.api_key else None)
     if not key:
         raise _UsageError("no API key: pass --api-key or set FEATUREEDIT_API_KEY")
-    url = args.url or os.environ.get("FEATUREEDIT_URL") or DEFAULT_URL
-    return FeatureeditClient(url, key)
+    return FeatureeditClient(args.url or env.url or DEFAULT_URL, key)
 
 
 class _UsageError(Exception):

@@ -25,8 +25,8 @@ from service.cli import show_help
 def _settings(args: argparse.Namespace):  # -> service.config.Settings
     from service.config import Settings
 
-    home = getattr(args, "home", None) or os.environ.get("FEATUREEDIT_HOME")
-    return Settings(home=home) if home else Settings()
+    home = getattr(args, "home", None)
+    return Settings(home=home) if home else Settings()  # else FEATUREEDIT_HOME, via Settings
 
 
 def _store(settings):  # -> service.store.Store

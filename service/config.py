@@ -4,6 +4,8 @@ Every field can be set by the environment variable ``FEATUREEDIT_<FIELD>`` (uppe
 ``FEATUREEDIT_MAX_FACTS=20``; the Redis URL also from ``REDIS_URL``. Secrets (the request-blob key,
 the callback signing secret) are ``SecretStr``; when unset, a random key is generated once under
 ``$FEATUREEDIT_HOME/keys/`` (mode 0600) and shared by every process that uses the same home.
+The client commands' settings (``FEATUREEDIT_URL``, ``FEATUREEDIT_API_KEY``) are
+:class:`ClientSettings`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,28 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from editing import settings as library_settings
+
 QUEUE_CLASS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+REDIS_URL_VARIABLES: tuple[str, ...] = ("FEATUREEDIT_REDIS_URL", "REDIS_URL")  # first set wins
 
 
 def _default_home() -> Path:
-    raw = os.environ.get("FEATUREEDIT_HOME") or Path.home() / ".cache" / "featureedit"
-    return Path(raw).expanduser()
+    return library_settings.home(create=False)
+
+
+CALLBACK_SECRET_ENV = "FEATUREEDIT_CALLBACK_SECRET"
+
+
+def callback_secret_from_env() -> str | None:
+    """``FEATUREEDIT_CALLBACK_SECRET`` as set, or None when unset or empty."""
+    return os.environ.get(CALLBACK_SECRET_ENV) or None
+
+
+def explicit_redis_url() -> str | None:
+    """The Redis URL the environment names (``FEATUREEDIT_REDIS_URL``, else ``REDIS_URL``), or
+    None when neither is set (``featureedit serve`` then finds or starts a local Redis)."""
+    return next((os.environ[v] for v in REDIS_URL_VARIABLES if os.environ.get(v)), None)
 
 
 class Settings(BaseSettings):
@@ -56,7 +74,7 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("FEATUREEDIT_REDIS_URL", "REDIS_URL"),
+        validation_alias=AliasChoices(*REDIS_URL_VARIABLES),
         description="Redis holding the job queues and the rate-limit counters.",
     )
     redis_prefix: str = Field(
@@ -93,8 +111,8 @@ class Settings(BaseSettings):
     private_retention: Literal["record", "none"] = Field(
         default="record",
         description="How long the operator's private erasure data (revert values, subject names; "
-        "sealed with the service key, never downloadable) is kept: 'record' (as long as the erasure "
-        "record, until `featureedit private delete`) or 'none' (deleted as soon as the "
+        "sealed with the service key, never downloadable) is kept: 'record' (as long as the "
+        "erasure record, until `featureedit private delete`) or 'none' (deleted as soon as the "
         "erasure ends: such an erasure cannot be rolled back).",
     )
     job_timeout: int = Field(default=1800, ge=1, description="rq job_timeout, seconds.")
@@ -179,3 +197,12 @@ class Settings(BaseSettings):
     def class_queue_name(self, queue_class: str) -> str:
         """The rq queue of a queue class, ``<queue_prefix>-<class>``."""
         return f"{self.queue_prefix}-{queue_class}"
+
+
+class ClientSettings(BaseSettings):
+    """Settings of the client commands (``featureedit submit``, ``status``...)."""
+
+    model_config = SettingsConfigDict(env_prefix="FEATUREEDIT_", extra="ignore")
+
+    url: str | None = Field(default=None, description="The service's base URL.")
+    api_key: SecretStr | None = Field(default=None, description="The tenant's API key.")

@@ -38,13 +38,13 @@ from editing.sealing import (
     secret_file,
     unseal,
 )
+from service.config import callback_secret_from_env
 from service.records import utcnow
 from service.store import file_lock, valid_tenant, write_atomic
 
 KEY_PREFIX = "fe_"
 KEY_ID_PREFIX = "key_"
 KEYS_FILE = "api_keys.json"
-CALLBACK_SECRET_ENV = "FEATUREEDIT_CALLBACK_SECRET"
 SIGNATURE_HEADER = "X-Featureedit-Signature"
 
 
@@ -219,7 +219,7 @@ def callback_secret(
     ``FEATUREEDIT_CALLBACK_SECRET``, else ``<home>/keys/callback.key`` (generated once, 0600)."""
     if configured:
         return configured.encode("utf-8")
-    env = os.environ.get(CALLBACK_SECRET_ENV)
+    env = callback_secret_from_env()
     if env:
         return env.encode("utf-8")
     return secret_file(keys_dir(home) / "callback.key", secrets.token_hex(32).encode("ascii"))

@@ -44,23 +44,11 @@ def flushed_redis(url: str) -> Iterator[Any]:
         conn.close()
 
 
-@contextlib.contextmanager
-def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+def environment(values: Mapping[str, str | None]) -> contextlib.AbstractContextManager[None]:
     """Set (str) or unset (None) environment variables; restore every one of them on exit."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    from editing.settings import exported
+
+    return exported(values)
 
 
 @pytest.fixture(scope="session", autouse=True)

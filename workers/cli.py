@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import os
 import signal
 import subprocess
 import sys
@@ -145,9 +144,10 @@ def _stop_child(
 
 def _resolve_redis() -> tuple[str | None, object | None, str | None]:
     """``(url, embedded_or_None, error)`` for serve (see the module docstring)."""
+    from service.config import explicit_redis_url
     from workers.embedded_redis import NO_REDIS_HELP, EmbeddedRedis, redis_answers
 
-    explicit = os.environ.get("FEATUREEDIT_REDIS_URL") or os.environ.get("REDIS_URL")
+    explicit = explicit_redis_url()
     if explicit:
         if redis_answers(explicit, timeout=3):
             return explicit, None, None
@@ -185,9 +185,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if error is not None or url is None:
         print(f"featureedit: error: {error}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
-    env.pop("FEATUREEDIT_REDIS_URL", None)
-    env["REDIS_URL"] = url
+    from editing.settings import child_environment
+
+    env = child_environment({"FEATUREEDIT_REDIS_URL": None, "REDIS_URL": url})
     if embedded is not None:
         print(f"featureedit: started an embedded Redis at {url} (stopped on exit)", file=sys.stderr)
 

@@ -23,6 +23,7 @@ set it.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from editing.registry import EvalSize, ModelEntry
 
 CALLBACK_QUEUE_SUFFIX = "callbacks"
+DEFAULT_API_PORT = 8000
 
 
 class WorkerSettings(BaseSettings):
@@ -111,3 +113,13 @@ class WorkerSettings(BaseSettings):
 def callback_queue_name(queue_prefix: str) -> str:
     """The queue of callback deliveries, ``<queue_prefix>-callbacks``."""
     return f"{queue_prefix}-{CALLBACK_QUEUE_SUFFIX}"
+
+
+def api_port() -> int:
+    """The API's port in this container: ``PORT`` (set by the image), else 8000; what the health
+    check of an API container probes."""
+    raw = os.environ.get("PORT") or str(DEFAULT_API_PORT)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"PORT must be a port number such as 8000; received {raw!r}") from None

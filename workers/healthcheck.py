@@ -15,7 +15,6 @@ Imports neither torch nor the API app: the check costs well under a second.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -74,9 +73,11 @@ def pid1_role(proc: Path = Path("/proc/1/cmdline")) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; print one line; 0 if healthy, 1 if not."""
+    from workers.config import api_port
+
     parser = argparse.ArgumentParser(prog="python -m workers.healthcheck", description=__doc__)
     parser.add_argument("role", nargs="?", choices=["api", "worker", "auto"], default="auto")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--port", type=int, default=api_port())
     parser.add_argument("--max-age", type=float, default=480.0, metavar="S")
     args = parser.parse_args(argv)
     role = pid1_role() if args.role == "auto" else args.role

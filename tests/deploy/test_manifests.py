@@ -488,6 +488,17 @@ def test_dockerfile_is_multistage_non_root_with_a_switchable_base_and_healthchec
                 assert (ROOT / source).exists(), f"COPY source {source} is missing"
 
 
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = {pattern.rstrip("*") for pattern in find["find"]["include"]}
+    copied = {
+        shlex.split(ln)[1].rstrip("/")
+        for ln in _dockerfile()
+        if ln.startswith("COPY ") and "--from=" not in ln
+    }
+    assert packages <= copied, f"the image lacks {sorted(packages - copied)}"
+
+
 def _torch_pin() -> str:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (pin,) = [d for d in deps if re.match(r"torch\s*==", d)]

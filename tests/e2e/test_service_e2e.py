@@ -23,9 +23,9 @@ import httpx
 import pytest
 import redis
 
+from ops.stack import LocalStack, partial_checkpoints
 from service.records import TERMINAL
 from tests.workers.conftest import MODEL, Fact
-from workers.stack import LocalStack, partial_checkpoints
 
 pytestmark = pytest.mark.slow
 

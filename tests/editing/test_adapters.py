@@ -1,23 +1,34 @@
-"""Tests of editing.adapters on tiny random models of every supported family."""
+"""Tests of editing.adapters on tiny random models of every registered family."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
     GPT2Config,
     LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
     Qwen2Config,
+    Qwen3Config,
 )
 
+from editing import adapters
 from editing.adapters import (
     ARCHITECTURES,
     SITES,
+    ArchSpec,
     ModelAdapter,
+    NormSpec,
     hook_name,
     parse_hook_name,
+    register_architecture,
 )
 from editing.errors import ConfigError, UnsupportedArchitectureError
 
@@ -34,27 +45,43 @@ _COMMON = dict(
     pad_token_id=0,
 )
 
-CONFIGS = {
-    "gemma2": lambda: Gemma2Config(**_COMMON),
-    "gpt2": lambda: GPT2Config(
+
+def _gpt2() -> GPT2Config:
+    return GPT2Config(
         n_embd=32, n_layer=2, n_head=4, vocab_size=100, bos_token_id=1, eos_token_id=2
-    ),
-    "llama": lambda: LlamaConfig(**_COMMON),
-    "qwen2": lambda: Qwen2Config(**_COMMON),
-}
-# (d_model, d_mlp): GPT-2's n_inner defaults to 4 * n_embd
-DIMS = {"gemma2": (32, 64), "gpt2": (32, 128), "llama": (32, 64), "qwen2": (32, 64)}
-MLP_OUT_MODULE = {
-    "gemma2": "post_feedforward_layernorm",
-    "gpt2": "mlp",
-    "llama": "mlp",
-    "qwen2": "mlp",
-}
+    )
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def _common(config_class: type[PretrainedConfig]) -> Callable[[], PretrainedConfig]:
+    return lambda: config_class(**_COMMON)
+
+
+# Every registered family, as a tiny config; test_every_family_is_tested keeps this complete.
+CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
+    "gemma": _common(GemmaConfig),
+    "gemma2": _common(Gemma2Config),
+    "gemma3_text": _common(Gemma3TextConfig),
+    "gpt2": _gpt2,
+    "llama": _common(LlamaConfig),
+    "mistral": _common(MistralConfig),
+    "qwen2": _common(Qwen2Config),
+    "qwen3": _common(Qwen3Config),
+}
+# What the families are, stated independently of editing.adapters (GPT-2's n_inner is 4 * n_embd).
+D_MLP = {"gpt2": 128}
+DOWN_PROJ_PARAM = {"gpt2": "transformer.h.1.mlp.c_proj.weight"}
+POST_FFN_NORM = "post_feedforward_layernorm"
+MLP_OUT_MODULE = {"gemma2": POST_FFN_NORM, "gemma3_text": POST_FFN_NORM}
+GAIN_OFFSET = {"gemma": 1.0, "gemma2": 1.0, "gemma3_text": 1.0}  # Gemma's RMSNorm: x * (1 + w)
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
 def arch(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def test_every_family_is_tested() -> None:
+    assert sorted(CONFIGS) == sorted(ARCHITECTURES), "add a tiny config for each registered family"
 
 
 @pytest.fixture
@@ -81,14 +108,14 @@ def _all_hooks(adapter: ModelAdapter) -> int:
 
 
 def test_dims(adapter: ModelAdapter, arch: str) -> None:
-    d_model, d_mlp = DIMS[arch]
+    d_model, d_mlp = 32, D_MLP.get(arch, 64)
     assert adapter.model_type == arch
     assert (adapter.n_layers, adapter.d_model, adapter.d_mlp) == (2, d_model, d_mlp)
     assert adapter.device == torch.device("cpu")
     assert adapter.dtype == torch.float32
     assert adapter.site_dim("neurons") == d_mlp
     assert adapter.site_dim("resid_post") == adapter.site_dim("mlp_out") == d_model
-    assert adapter.final_norm is adapter.model.get_submodule(ARCHITECTURES[arch].final_norm)
+    assert adapter.final_norm is adapter.model.get_submodule(ARCHITECTURES[arch].final_norm.path)
     assert adapter.unembed is adapter.model.lm_head
 
 
@@ -116,9 +143,7 @@ def test_param_name_is_a_state_dict_key(adapter: ModelAdapter, arch: str) -> Non
     name = adapter.down_proj_param_name(1)
     state = adapter.model.state_dict()
     assert name in state
-    assert name == {
-        "gpt2": "transformer.h.1.mlp.c_proj.weight",
-    }.get(arch, "model.layers.1.mlp.down_proj.weight")
+    assert name == DOWN_PROJ_PARAM.get(arch, "model.layers.1.mlp.down_proj.weight")
     canon = ModelAdapter.to_canonical(arch, state[name])
     torch.testing.assert_close(canon, adapter.down_proj_weight(1).detach())
     torch.testing.assert_close(ModelAdapter.from_canonical(arch, canon), state[name])
@@ -153,7 +178,7 @@ def test_resid_post_matches_hidden_states(adapter: ModelAdapter, ids: torch.Tens
 
 
 def test_mlp_out_matches_module_output(adapter: ModelAdapter, arch: str, ids: torch.Tensor) -> None:
-    module = adapter.layer(1).get_submodule(MLP_OUT_MODULE[arch])
+    module = adapter.layer(1).get_submodule(MLP_OUT_MODULE.get(arch, "mlp"))
     assert module is adapter.mlp_out_module(1)
     seen: dict[str, torch.Tensor] = {}
     handle = module.register_forward_hook(lambda m, a, out: seen.update(out=out.detach()))
@@ -258,11 +283,117 @@ def test_hook_names_round_trip(adapter: ModelAdapter) -> None:
 def test_unknown_model_type() -> None:
     with pytest.raises(UnsupportedArchitectureError) as info:
         ModelAdapter.to_canonical("mamba", torch.zeros(2, 3))
-    for model_type in ("gemma2", "gpt2", "llama", "qwen2", "qwen3", "mistral"):
+    for model_type in ARCHITECTURES:
         assert model_type in str(info.value)
+    assert "register_architecture" in str(info.value)
 
     class Fake(torch.nn.Module):
         config = type("Cfg", (), {"model_type": "bert"})()
 
     with pytest.raises(UnsupportedArchitectureError, match=r"bert.*supported model types"):
         ModelAdapter(Fake())
+
+
+def _randomize_weight(module: torch.nn.Module, seed: int) -> None:
+    """Random norm gains, so that a wrong offset (w vs 1 + w) shows."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.5)
+
+
+def _norm_formula(norm: NormSpec, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    eps = getattr(module, "eps", None) or module.variance_epsilon
+    if norm.kind == "layernorm":
+        centred = x - x.mean(-1, keepdim=True)
+        y = centred / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + eps)
+        return y * norm.gain(module) + module.bias
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm.gain(module)
+
+
+def test_norm_specs_state_what_the_modules_compute(adapter: ModelAdapter, arch: str) -> None:
+    spec = adapter.spec
+    assert (spec.post_ffn_norm is not None) == (arch in MLP_OUT_MODULE)
+    norms = [(spec.final_norm, adapter.final_norm)]
+    if spec.post_ffn_norm is not None:
+        norms.append((spec.post_ffn_norm, adapter.mlp_out_module(1)))
+    x = torch.randn(2, 7, adapter.d_model, generator=torch.Generator().manual_seed(2))
+    for seed, (norm, module) in enumerate(norms):
+        assert norm.offset == GAIN_OFFSET.get(arch, 0.0)
+        _randomize_weight(module, seed)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), _norm_formula(norm, module, x))
+
+
+def _mlp_out_without(
+    adapter: ModelAdapter, ids: torch.Tensor, layer: int, vector: torch.Tensor
+) -> torch.Tensor:
+    """The mlp_out site of ``layer`` when ``vector`` is projected out of the down-projection's
+    output."""
+    unit = vector / vector.norm()
+
+    def project(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out - (out @ unit)[..., None] * unit
+
+    handle = adapter.down_proj_module(layer).register_forward_hook(project)
+    try:
+        with adapter.capture([("mlp_out", layer)]) as acts:
+            _logits(adapter, ids)
+    finally:
+        handle.remove()
+    return acts[("mlp_out", layer)]
+
+
+def test_write_direction_removes_the_direction_from_mlp_out(
+    adapter: ModelAdapter, ids: torch.Tensor
+) -> None:
+    layer = 1
+    if adapter.spec.post_ffn_norm is not None:
+        _randomize_weight(adapter.mlp_out_module(layer), 3)
+    d = torch.randn(adapter.d_model, generator=torch.Generator().manual_seed(4))
+
+    def max_cosine(out: torch.Tensor) -> float:
+        return float(((out @ d) / (out.norm(dim=-1) * d.norm())).abs().max())
+
+    v = adapter.write_direction(layer, d)
+    assert max_cosine(_mlp_out_without(adapter, ids, layer, v)) < 1e-4
+    if adapter.spec.post_ffn_norm is not None:  # projecting out d itself would not do
+        assert max_cosine(_mlp_out_without(adapter, ids, layer, d)) > 1e-2
+    else:
+        torch.testing.assert_close(v, d)
+
+
+def test_register_architecture_rejects_duplicates_and_bad_specs() -> None:
+    with pytest.raises(ConfigError, match="'llama' is already registered"):
+        register_architecture("llama", ARCHITECTURES["llama"])
+    with pytest.raises(ConfigError, match="must be an ArchSpec; received dict"):
+        register_architecture("tiny", {"layers": "model.layers"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"'batchnorm'.*expected one of rmsnorm, layernorm"):
+        NormSpec("model.norm", kind="batchnorm")
+    with pytest.raises(ConfigError, match="post_ffn_norm 'ln' must be an rmsnorm"):
+        ArchSpec(
+            "model.layers",
+            "mlp",
+            "mlp.down_proj",
+            NormSpec("model.norm"),
+            post_ffn_norm=NormSpec("ln", kind="layernorm"),
+        )
+    with pytest.raises(ConfigError, match="'down_proj' must be a submodule of mlp 'mlp'"):
+        ArchSpec("model.layers", "mlp", "down_proj", NormSpec("model.norm"))
+    assert "tiny" not in ARCHITECTURES
+    with pytest.raises(TypeError):
+        ARCHITECTURES["tiny"] = ARCHITECTURES["llama"]  # type: ignore[index]
+
+
+def test_a_registered_family_is_editable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapters, "_ARCHITECTURES", dict(adapters._ARCHITECTURES))
+    with pytest.raises(UnsupportedArchitectureError, match="'my_llama' is not supported"):
+        adapters.get_spec("my_llama")
+    spec = ArchSpec("model.layers", "mlp", "mlp.down_proj", NormSpec("model.norm"))
+    register_architecture("my_llama", spec)
+    model = AutoModelForCausalLM.from_config(CONFIGS["llama"]())
+    model.config.model_type = "my_llama"
+    adapter = ModelAdapter(model)
+    assert adapter.spec is spec and adapter.model_type == "my_llama"
+    assert adapter.down_proj_param_name(1) == "model.layers.1.mlp.down_proj.weight"
+    with pytest.raises(ConfigError, match="already registered"):
+        register_architecture("my_llama", spec)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from ops.drills.fuzz import run_schemathesis, schemathesis_available
 from service.config import Settings
 from tests.service.conftest import auth, body, serve_in_thread
-from workers.drills.fuzz import run_schemathesis, schemathesis_available
 
 
 @pytest.mark.slow

@@ -67,3 +67,15 @@ def test_role_comes_from_pid1(tmp_path: Path) -> None:
     cmdline.write_bytes(b"/opt/venv/bin/python3\0/opt/venv/bin/featureedit\0worker\0")
     assert pid1_role(cmdline) == "worker"
     assert pid1_role(tmp_path / "missing") == "worker"
+
+
+def test_api_port_comes_from_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.config import api_port
+
+    monkeypatch.delenv("PORT", raising=False)
+    assert api_port() == 8000
+    monkeypatch.setenv("PORT", "8123")
+    assert api_port() == 8123
+    monkeypatch.setenv("PORT", "http")
+    with pytest.raises(ValueError, match=r"PORT must be a port number.*'http'"):
+        api_port()

@@ -1,7 +1,7 @@
 """Service benchmark: erasure jobs end to end through the real API and real RQ workers.
 
 :func:`run_bench_service` (``featureedit bench --service``) starts a private
-:class:`~workers.stack.LocalStack` on loopback (own Redis, ``serve --no-worker``, N ``worker``
+:class:`~ops.stack.LocalStack` on loopback (own Redis, ``serve --no-worker``, N ``worker``
 processes, a fresh store), submits erasures over HTTP and waits for each, then splits every job's
 latency into stages from two sources that never see a secret:
 
@@ -454,7 +454,7 @@ def run_bench_service(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the service benchmark on a private stack under ``root``; the result document."""
-    from workers.stack import LocalStack, link_worlds
+    from ops.stack import LocalStack, link_worlds
 
     say = progress or (lambda message: None)
     plan.check()

@@ -6,8 +6,8 @@ import json
 import threading
 import time
 
-from workers.drills.base import DrillContext, Observations, drill
-from workers.stack import FAST_RECOVERY, leftover_temp_files, partial_checkpoints
+from ops.drills.base import DrillContext, Observations, drill
+from ops.stack import FAST_RECOVERY, leftover_temp_files, partial_checkpoints
 
 JOB_TIMEOUT = 400.0  # seconds an erasure of the drills may take (a loaded 2-core machine)
 

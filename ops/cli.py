@@ -1,17 +1,21 @@
-"""Performance commands: ``featureedit load`` and ``featureedit bench --service``.
+"""Operator commands on a private loopback stack: ``featureedit load`` and ``bench --service``.
+
+Each starts its own stack (:mod:`ops.stack`) that reuses the demo worlds of the caller's home;
+:func:`add_stack_command` and :func:`source_home` are shared with ``featureedit drill``
+(:mod:`ops.drills.cli`).
 
 ``featureedit load [--polls 2000] [--submissions 200] [--duration 60] [--json]``
-    The bounded load test of :mod:`workers.loadtest` on a private loopback stack (own Redis, API,
+    The bounded load test of :mod:`ops.loadtest` on a private loopback stack (own Redis, API,
     one busy worker). Exit code 1 when the status polls' p99 is over ``--max-poll-p99-ms``
     (default 100) or any request got a 5xx or no answer.
 
 ``featureedit bench --service [--json | --markdown]``
-    The service benchmark of :mod:`workers.bench_service`, added to the engine's ``bench``
+    The service benchmark of :mod:`ops.bench_service`, added to the engine's ``bench``
     command through the entry-point group ``featureedit.bench`` (see
     :func:`editing.cli_engine.register`), so ``editing`` never imports this package.
 
-Entry points (``pyproject.toml``): ``featureedit.commands: perf = workers.cli_perf:register`` and
-``featureedit.bench: service = workers.cli_perf:register_bench``.
+Entry points (``pyproject.toml``): ``featureedit.commands: perf = ops.cli:register`` and
+``featureedit.bench: service = ops.cli:register_bench``.
 """
 
 from __future__ import annotations
@@ -20,13 +24,39 @@ import argparse
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from editing.cli import EXIT_ERROR, EXIT_OK, Command, format_table, print_json
-from workers.cli_common import add_stack_command, source_home
+from editing import settings
+from editing.cli import EXIT_ERROR, EXIT_OK, Command, format_table, global_options, print_json
 
 DEFAULT_MAX_POLL_P99_MS = 100.0
+
+
+# ----------------------------------------------------------------------------- shared
+def source_home(args: argparse.Namespace) -> Path:
+    """The featureedit home whose demo worlds a private stack reuses (``--home`` or the env)."""
+    return settings.home(getattr(args, "home", None), create=False)
+
+
+def add_stack_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    *,
+    func: Callable[[argparse.Namespace], int],
+    help: str,
+    description: str,
+    json_help: str = "print one JSON document on stdout",
+) -> argparse.ArgumentParser:
+    """Add the command ``name`` (global options, ``--json``, ``func`` to run); the parser, for the
+    command's own options."""
+    parser = subparsers.add_parser(
+        name, parents=[global_options()], help=help, description=description
+    )
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def stack_root(args: argparse.Namespace) -> tuple[Path, bool]:
@@ -89,7 +119,7 @@ def load_verdict(report: dict[str, Any], max_poll_p99_ms: float) -> list[str]:
 
 def cmd_load(args: argparse.Namespace) -> int:
     """Run the bounded load test on a private stack; print the table (or JSON)."""
-    from workers.loadtest import LoadPlan, LoadSetup, run_load_test
+    from ops.loadtest import LoadPlan, LoadSetup, run_load_test
 
     plan = LoadPlan(
         polls=args.polls,
@@ -202,7 +232,7 @@ def register_bench(parser: argparse.ArgumentParser) -> Command:
 
 def cmd_bench_service(args: argparse.Namespace) -> int:
     """Run the service benchmark on a private stack; print a table, JSON or Markdown."""
-    from workers.bench_service import (
+    from ops.bench_service import (
         ServiceBenchPlan,
         bench_service_markdown,
         bench_service_table,

@@ -19,7 +19,6 @@ worker's job is retried within about 10 s); its output goes to ``root/logs/NN-<n
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from editing import settings
 from service.records import TERMINAL
 from workers.embedded_redis import EmbeddedRedis, free_port
 
@@ -118,17 +118,18 @@ class LocalStack:
         self.redis_url = redis_url
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "FEATUREEDIT_HOME": str(self.home),
-            "FEATUREEDIT_STORE_ROOT": str(self.store_root),
-            "REDIS_URL": redis_url,
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-            **FAST_RECOVERY,
-            **(env or {}),
-        }
-        self.env.pop("FEATUREEDIT_REDIS_URL", None)
+        self.env = settings.child_environment(
+            {
+                "FEATUREEDIT_HOME": str(self.home),
+                "FEATUREEDIT_STORE_ROOT": str(self.store_root),
+                "REDIS_URL": redis_url,
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                **FAST_RECOVERY,
+                **(env or {}),
+                "FEATUREEDIT_REDIS_URL": None,
+            }
+        )
         self.procs: list[subprocess.Popen[bytes]] = []
         self._n = 0
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from workers.cli_perf import load_verdict
-from workers.loadtest import LoadPlan, LoadSetup, run_load_test
+from ops.cli import load_verdict
+from ops.loadtest import LoadPlan, LoadSetup, run_load_test
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from editing.registry import EvalSize
-from workers.bench_service import (
+from ops.bench_service import (
     STAGES,
     ServiceBenchPlan,
     bench_service_markdown,

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from workers.stack import DEMO_MODEL, LocalStack, link_worlds
+from ops.stack import DEMO_MODEL, LocalStack, link_worlds
 
 STORE_TMPFS_SIZE = "256m"
 # Every accepted drill erasure runs with these: accepted whatever the metrics, so it publishes.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from workers.bench_service import STAGES
+from ops.bench_service import STAGES
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workers.cli_common import add_stack_command, source_home
+from ops.cli import add_stack_command, source_home
 
 
 def _table(results: list) -> str:
@@ -21,7 +21,7 @@ def _table(results: list) -> str:
 def cmd_drill(args: argparse.Namespace) -> int:
     """Start a private stack, run the drills, print the results; 1 if any drill failed."""
     from editing.cli import print_json
-    from workers.drills import DRILLS, DrillContext, run_drills
+    from ops.drills import DRILLS, DrillContext, run_drills
 
     names = args.only or list(DRILLS)
     unknown = sorted(set(names) - set(DRILLS))

@@ -7,7 +7,7 @@ and every outcome class: 2xx, 429 (the rate limiter; counted apart, not as error
 and transport errors. Everything is bounded: the number of requests, the threads, each request's
 timeout and the whole run (``hard_deadline``; requests not sent by then are counted as skipped).
 
-:func:`run_load_test` is the whole exercise on a private :class:`~workers.stack.LocalStack`
+:func:`run_load_test` is the whole exercise on a private :class:`~ops.stack.LocalStack`
 (``featureedit load``): its own Redis, the API (``serve --no-worker``) and one worker on loopback,
 API keys for a few tenants (submissions are spread over them so the per-tenant write limit is not
 what is measured), real demo-world facts as submissions (so the worker does real erasures), and a
@@ -331,8 +331,8 @@ def run_load_test(
     plan: LoadPlan, setup: LoadSetup, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Start a private stack with one worker, keep the worker busy, run the load; the report."""
+    from ops.stack import LocalStack, link_worlds
     from service.store import FilesystemStore
-    from workers.stack import LocalStack, link_worlds
 
     say = progress or (lambda message: None)
     plan.check()

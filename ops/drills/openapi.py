@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workers.drills.base import DrillContext, Observations, drill
-from workers.drills.fuzz import EXCLUDED_CHECKS, run_schemathesis
+from ops.drills.base import DrillContext, Observations, drill
+from ops.drills.fuzz import EXCLUDED_CHECKS, run_schemathesis
 
 
 @drill(

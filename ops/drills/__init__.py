@@ -4,8 +4,8 @@ Importing this package registers the drills; :data:`ORDER` is the order they run
 drills publish the checkpoints the later ones reuse).
 """
 
-from workers.drills import hostile, openapi, process_faults, storage_faults
-from workers.drills.base import DRILLS, DrillContext, DrillResult, run_drills
+from ops.drills import hostile, openapi, process_faults, storage_faults
+from ops.drills.base import DRILLS, DrillContext, DrillResult, run_drills
 
 ORDER = (
     "worker-kill",

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from workers.drills.base import DrillContext, Observations, drill
-from workers.stack import DEMO_MODEL
+from ops.drills.base import DrillContext, Observations, drill
+from ops.stack import DEMO_MODEL
 
 # A fictional secret that only this drill sends; it must come back nowhere.
 HOSTILE_SECRET = "555-0142-8817"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workers.drills.base import DrillContext, Observations, drill
-from workers.drills.process_faults import JOB_TIMEOUT
-from workers.stack import leftover_temp_files, partial_checkpoints
+from ops.drills.base import DrillContext, Observations, drill
+from ops.drills.process_faults import JOB_TIMEOUT
+from ops.stack import leftover_temp_files, partial_checkpoints
 
 # Left free while the job runs: room for records and the report, not for a checkpoint (the
 # small demo model alone is ~0.8 MB).

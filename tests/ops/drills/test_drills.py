@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from workers.drills import DRILLS, DrillContext, run_drills
-from workers.drills.base import DrillResult, Observations, drill
-from workers.drills.hostile import HOSTILE_SECRET, hostile_cases
+from ops.drills import DRILLS, DrillContext, run_drills
+from ops.drills.base import DrillResult, Observations, drill
+from ops.drills.hostile import HOSTILE_SECRET, hostile_cases
+from ops.stack import leftover_temp_files, link_worlds, partial_checkpoints
 from workers.jobs import out_of_space
-from workers.stack import leftover_temp_files, link_worlds, partial_checkpoints
 
 EXPECTED = [
     "worker-kill",
@@ -151,7 +151,7 @@ def test_the_command_refuses_an_unknown_drill_naming_the_valid_ones(capsys) -> N
 
 
 def test_the_text_table_shows_pass_promise_and_observed() -> None:
-    from workers.drills.cli import _table
+    from ops.drills.cli import _table
 
     text = _table([DrillResult("disk-full", "A promise.", "FAILED: x", False, 3.0)])
     assert "disk-full" in text and "NO" in text and "promise: A promise." in text

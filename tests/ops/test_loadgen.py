@@ -9,9 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import auth, body
-from workers.cli_perf import load_verdict
-from workers.loadtest import (
+from ops.cli import load_verdict
+from ops.loadtest import (
     LoadPlan,
     Target,
     covered_share,
@@ -22,6 +21,7 @@ from workers.loadtest import (
     running_intervals,
     schedule,
 )
+from tests.service.conftest import auth, body
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -141,7 +141,7 @@ def test_run_load_counts_rate_limited_requests_apart(
 def test_perf_commands_are_one_cli(capsys: pytest.CaptureFixture[str]) -> None:
     """``bench --service`` comes from the featureedit.bench entry point; bad options exit 2."""
     from editing.cli import build_parser, main
-    from workers.cli_perf import cmd_bench_service, cmd_load
+    from ops.cli import cmd_bench_service, cmd_load
 
     args = build_parser().parse_args(["bench", "--service", "--fact-counts", "1,10"])
     assert args.service and args.bench_extensions["service"] is cmd_bench_service
