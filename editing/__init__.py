@@ -6,7 +6,8 @@ The public surface, imported on first use (PEP 562) so that ``import editing`` s
     request = editing.ErasureRequest(model="demo-small", facts=[...])
     result = editing.run_erasure(request, loaded)                 # an Edit, metrics, verdict
     path = editing.publish_checkpoint(loaded, result.edit, out_root, manifest)
-    edit = editing.load_delta(path)                               # a published delta, as an Edit
+    patch = editing.load_patch(path)                              # a published forward patch
+    edit = editing.apply_delta_to_adapter(loaded.adapter, patch)  # applied; returns the full Edit
 
 featureedit never downloads: models and SAEs load from local paths or an already-filled Hugging
 Face cache (:func:`editing.settings.hub_defaults`, applied when a model is loaded, sets
@@ -29,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "ErasureResult": "editing.erase",
     "Edit": "editing.edits",
     "publish_checkpoint": "editing.checkpoints",
-    "load_delta": "editing.checkpoints",
+    "load_patch": "editing.checkpoints",
     "apply_delta_to_adapter": "editing.checkpoints",
     "verify_checkpoint": "editing.checkpoints",
     "ModelAdapter": "editing.adapters",
