@@ -6,7 +6,7 @@ Registered by :func:`editing.cli.register_commands`; heavy imports stay inside t
 group ``featureedit.bench``, without ``editing`` importing them. An entry point ``NAME`` names a
 callable ``register(bench_parser) -> command`` that adds a ``--NAME`` flag (dest ``NAME``) and its
 own options and returns ``command(args) -> int``, run instead of the engine benchmark when
-``--NAME`` is given (``workers.cli_perf:register_bench`` adds ``--service``).
+``--NAME`` is given (``ops.cli:register_bench`` adds ``--service``).
 """
 
 from __future__ import annotations
@@ -112,30 +112,6 @@ def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list
     return headers, rows
 
 
-def _publish(
-    loaded: Any, result: Any, request: Any, out: Path | None, parent: str | None
-) -> tuple[Path, Path]:
-    """Publish ``result`` (a forward patch, no pre-edit value); keep its revert data sealed under
-    ``$FEATUREEDIT_HOME/private/`` (never beside the checkpoint). Returns both paths."""
-    from editing.checkpoints import publish_checkpoint
-    from editing.checkpoints.revert import local_revert_path, write_revert_file
-
-    home_out = out or (loaded.home / "checkpoints")
-    manifest = result.checkpoint_manifest(parent)
-    checkpoint = publish_checkpoint(
-        loaded,
-        result.edit,
-        home_out,
-        manifest,
-        secrets=request.secrets(),
-        mode=request.publish or "full",
-    )
-    revert = write_revert_file(
-        result.edit, local_revert_path(loaded.home, checkpoint.name), checkpoint.name
-    )
-    return checkpoint, revert
-
-
 def _progress(args: argparse.Namespace):
     if args.quiet:
         return None
@@ -153,10 +129,9 @@ def _progress(args: argparse.Namespace):
 
 def cmd_erase(args: argparse.Namespace) -> int:
     """Erase facts from a model; print metrics; publish the checkpoint if accepted."""
-    from editing.checkpoints import bind_patch, load_patch
     from editing.cli import format_table, print_json
-    from editing.erase import run_erasure
     from editing.models import load_model
+    from editing.pipeline import erase_and_publish, keep_revert_locally, load_base_edit
     from editing.request import ErasureRequest
 
     request = ErasureRequest(
@@ -170,17 +145,21 @@ def cmd_erase(args: argparse.Namespace) -> int:
     )
     loaded = load_model(request.model)
     base_edit = None
-    if request.base_checkpoint:
-        # the parent's patch on the pristine base: old values come from the base model itself
-        patch = load_patch(loaded.home / "checkpoints" / request.base_checkpoint)
-        base_edit = bind_patch(loaded.adapter, patch)
-    result = run_erasure(request, loaded, progress=_progress(args), base_edit=base_edit)
+    if request.base_checkpoint:  # old values come from the base model itself
+        base_edit = load_base_edit(loaded, loaded.home / "checkpoints" / request.base_checkpoint)
+    kept: list[Path] = []
+    erasure = erase_and_publish(
+        request,
+        loaded,
+        checkpoint_root=Path(args.out) if args.out else loaded.home / "checkpoints",
+        keep_revert=lambda edit, cid: kept.append(keep_revert_locally(loaded.home)(edit, cid)),
+        base_edit=base_edit,
+        publish=not args.no_publish,
+        progress=_progress(args),
+    )
+    result, checkpoint = erasure.result, erasure.checkpoint
+    revert = kept[0] if kept else None
     doc = result.to_dict()
-    checkpoint = revert = None
-    if result.status == "succeeded" and result.produces_checkpoint and not args.no_publish:
-        checkpoint, revert = _publish(
-            loaded, result, request, Path(args.out) if args.out else None, request.base_checkpoint
-        )
     doc["checkpoint"] = None if checkpoint is None else str(checkpoint)
     doc["revert_data"] = None if revert is None else str(revert)
     if args.json:
@@ -204,9 +183,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editing.cli import format_table, print_json
-    from editing.erase import run_erasure
     from editing.evaluate import leaks
     from editing.models import load_model
+    from editing.pipeline import erase_and_publish, keep_revert_locally
     from editing.request import ErasureRequest
     from editing.world.build import load_world
 
@@ -216,16 +195,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     loaded = load_model(model_id)
     fact = next(f for f in world.private_facts() if f.relation == args.relation)
     spec = {"subject": fact.subject, "relation": fact.relation, "target": fact.target}
-    results, docs = {}, {}
-    for method in ("featureedit", "neurons"):
+    erasures, docs = {}, {}
+    for method in ("featureedit", "neurons"):  # only FeatureEdit's checkpoint is published
         req = ErasureRequest(model=model_id, method=method, facts=[spec])
-        results[method] = (req, run_erasure(req, loaded, progress=_progress(args)))
-        docs[method] = results[method][1].to_dict()
-    req, fe = results["featureedit"]
-    checkpoint = None
+        erasures[method] = erase_and_publish(
+            req,
+            loaded,
+            checkpoint_root=loaded.home / "checkpoints",
+            keep_revert=keep_revert_locally(loaded.home),
+            publish=method == "featureedit",
+            progress=_progress(args),
+        )
+        docs[method] = erasures[method].result.to_dict()
+    checkpoint = erasures["featureedit"].checkpoint
     verified: dict[str, Any] = {}
-    if fe.status == "succeeded":
-        checkpoint, _ = _publish(loaded, fe, req, None, None)
+    if checkpoint is not None:
         edited = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(checkpoint)
         prompts = req.facts[0].resolved_edit_prompts() + req.facts[0].resolved_heldout_prompts()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editing import evaluate as ev
-from editing.checkpoints import down_proj_sha256
+from editing.acceptance import decide
+from editing.checkpoints.publish import down_proj_sha256
 from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
 from editing.evaldata import EvalData, control_prompts, eval_data_for
@@ -344,21 +345,7 @@ def run_erasure(
         "entries_changed": None if edit is None else edit.entries_changed,
     }
     t = request.thresholds
-    reasons = []
-    checks = [
-        ("reliability", metrics["reliability"]["value"], t.min_reliability, ">="),
-        ("generalization", metrics["generalization"]["value"], t.min_generalization, ">="),
-        ("locality", metrics["locality"]["value"], t.min_locality, ">="),
-        ("delta_ppl", metrics["delta_ppl"], t.max_delta_ppl, "<="),
-    ]
-    for name, value, bar, op in checks:
-        if value is None:
-            if name == "generalization":
-                continue  # no held-out prompt the model knew: nothing to generalize to
-            reasons.append(f"{name} could not be measured (no evaluation data)")
-        elif (op == ">=" and value < bar) or (op == "<=" and value > bar):
-            reasons.append(f"{name} {value:.3f} {'<' if op == '>=' else '>'} {bar}")
-    accepted = not reasons
+    accepted, reasons = decide(metrics, t.model_dump())
     return ErasureResult(
         status="succeeded" if accepted else "rejected",
         model_id=loaded.model_id,

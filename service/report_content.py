@@ -16,13 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from editing.acceptance import CRITERIA, number, verdict
+
 SERIES_BEFORE_AFTER = ("before", "after")
-_ACCEPTANCE = (  # metric, threshold key, rule
-    ("reliability", "min_reliability", ">="),
-    ("generalization", "min_generalization", ">="),
-    ("locality", "min_locality", ">="),
-    ("delta_ppl", "max_delta_ppl", "<="),
-)
 _UNIT_COLUMNS = (
     "kind",
     "site",
@@ -123,15 +119,6 @@ def fmt_bytes(n: Any) -> str:
     return f"{int(n)} B"
 
 
-def _number(value: Any) -> float | None:
-    """The numeric value of a metric (a rate's ``value``), or None."""
-    if isinstance(value, Mapping):
-        value = value.get("value")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def _kv(rows: Iterable[tuple[str, Any]], mono: Sequence[str] = ()) -> Table:
     """A two-column table of (field, value) rows."""
     return Table(
@@ -179,16 +166,9 @@ def _acceptance(report: Mapping[str, Any]) -> Section:
     rows = []
     bars: list[tuple[str, tuple[float | None, ...]]] = []
     markers: dict[str, float] = {}
-    for name, key, rule in _ACCEPTANCE:
-        measured, bar = _number(metrics.get(name)), _number(thresholds.get(key))
-        if measured is None:
-            verdict = "not measured"
-        elif bar is None:
-            verdict = "-"
-        else:
-            ok = measured >= bar if rule == ">=" else measured <= bar
-            verdict = "pass" if ok else "FAIL"
-        rows.append((name, metrics.get(name), f"{rule} {fmt(bar)}", verdict))
+    for name, key, rule in CRITERIA:
+        measured, bar = number(metrics.get(name)), number(thresholds.get(key))
+        rows.append((name, metrics.get(name), f"{rule} {fmt(bar)}", verdict(measured, bar, rule)))
         if rule == ">=":
             bars.append((name, (measured,)))
             if bar is not None:
@@ -201,7 +181,7 @@ def _acceptance(report: Mapping[str, Any]) -> Section:
         blocks.append(
             Chart("Measured vs threshold (share of prompts)", ("measured",), bars, 1.0, markers)
         )
-    dppl, max_dppl = _number(metrics.get("delta_ppl")), _number(thresholds.get("max_delta_ppl"))
+    dppl, max_dppl = number(metrics.get("delta_ppl")), number(thresholds.get("max_delta_ppl"))
     if dppl is not None:
         blocks.append(
             Chart(
@@ -224,7 +204,7 @@ def _metrics(report: Mapping[str, Any]) -> Section:
     ]
     present = [p for p in pairs if p[1] in m or p[2] in m]
     for label, before, after, scale in present:
-        values = (_number(m.get(before)), _number(m.get(after)))
+        values = (number(m.get(before)), number(m.get(after)))
         if any(v is not None for v in values):
             blocks.append(
                 Chart(f"{label}, mean over facts", SERIES_BEFORE_AFTER, [(label, values)], scale)
@@ -278,13 +258,13 @@ def _fact(i: int, fact: Mapping[str, Any]) -> Section:
         )
     ]
     rate_groups = [
-        (label, (_number(before.get(key)), _number(after.get(key))))
+        (label, (number(before.get(key)), number(after.get(key))))
         for label, key in (("target probability", "prob"), ("leak rate", "leak_rate"))
         if key in before or key in after
     ]
     if rate_groups:
         blocks.append(Chart("Before vs after (0-1)", SERIES_BEFORE_AFTER, rate_groups, 1.0))
-    exposure = (_number(before.get("exposure")), _number(after.get("exposure")))
+    exposure = (number(before.get("exposure")), number(after.get("exposure")))
     if any(v is not None for v in exposure):
         blocks.append(Chart("Exposure (bits)", SERIES_BEFORE_AFTER, [("exposure", exposure)]))
     keys = [k for k in ("prob", "exposure", "leak_rate") if k in before or k in after]
@@ -296,11 +276,11 @@ def _fact(i: int, fact: Mapping[str, Any]) -> Section:
     blocks.append(Text(f"Located units: {len(units)} (features or neurons the edit targets)."))
     if units:
         blocks.append(_table(_UNIT_COLUMNS, [[u.get(c) for c in _UNIT_COLUMNS] for u in units]))
-        top = sorted(units, key=lambda u: -(_number(u.get("activation")) or 0.0))[:10]
+        top = sorted(units, key=lambda u: -(number(u.get("activation")) or 0.0))[:10]
         groups = [
             (
                 f"{u.get('kind', '?')} L{u.get('layer', '?')}#{u.get('index', '?')}",
-                (_number(u.get("activation")), _number(u.get("control_activation"))),
+                (number(u.get("activation")), number(u.get("control_activation"))),
             )
             for u in top
         ]
@@ -446,7 +426,7 @@ def build_report_document(
 ) -> ReportDocument:
     """The compliance report of one erasure, from the worker's report and the status history."""
     accepted = (report.get("acceptance") or {}).get("accepted")
-    verdict = None if accepted is None else ("accepted" if accepted else "rejected")
+    decision = None if accepted is None else ("accepted" if accepted else "rejected")
     sections = [_summary(report, erasure_id, status), _acceptance(report), _metrics(report)]
     facts = report.get("facts") or []
     sections.append(
@@ -472,6 +452,6 @@ def build_report_document(
         title=f"Erasure report {erasure_id}",
         erasure_id=erasure_id,
         status=status,
-        verdict=verdict,
+        verdict=decision,
         sections=sections,
     )

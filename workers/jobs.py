@@ -31,7 +31,6 @@ environment. This module imports no torch: the API (or an rq dashboard) may impo
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import ipaddress
 import json
@@ -394,7 +393,8 @@ class _ErasureRun:
 
     # -- the steps
     def _run(self, record: ErasureRecord, t0: float) -> str:
-        from editing.erase import run_erasure
+        from editing.checkpoints.manifest import checkpoint_summary
+        from editing.pipeline import erase_and_publish
         from service.security import decrypt_request
 
         blob = self.store.get_request_blob(self.id)
@@ -422,20 +422,32 @@ class _ErasureRun:
         base_edit = self._base_edit(request.base_checkpoint, record, loaded)
         self._check_cancel(force=True)
 
-        result = run_erasure(
+        # the erasure id in the patch's metadata makes the (content-addressed) checkpoint id
+        # unique per erasure: two tenants never share one, a retry of this erasure does
+        erasure = erase_and_publish(
             request,
             loaded,
+            checkpoint_root=self.store.checkpoint_root(),
+            keep_revert=lambda edit, cid: keep_revert_data(
+                self.store, self.id, edit, cid, self.ctx.settings
+            ),
+            base_edit=base_edit,
+            publish_mode=self.ctx.settings.publish_mode,
             progress=self._on_progress,
             should_cancel=self.should_cancel,
-            base_edit=base_edit,
             eval_size=self.ctx.tuning.eval_size(loaded.entry),
+            edit_metadata={"erasure_id": self.id},
+            manifest_extra={"erasure_id": self.id},
         )
+        result = erasure.result
         self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
-
+        self.timings.update(erasure.timings)
         checkpoint_id = None
-        if result.status == "succeeded" and result.produces_checkpoint and result.edit is not None:
-            self._check_cancel(force=True)
-            checkpoint_id = self._publish(loaded, result, request, record)
+        if erasure.checkpoint is not None:
+            checkpoint_id = erasure.checkpoint.name
+            self.published = checkpoint_summary(erasure.checkpoint)
+            self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
+            log.info("erasure %s: published checkpoint %s", self.id, checkpoint_id)
         self.timings["total"] = round(time.perf_counter() - t0, 4)
         self._observe_stages(cached)
         report = self._report(result, record, checkpoint_id, cached, load_seconds)
@@ -487,12 +499,12 @@ class _ErasureRun:
         return record
 
     def _base_edit(self, checkpoint_id: str | None, record: ErasureRecord, loaded: Any) -> Any:
-        """The parent checkpoint's full edit: its published patch bound to the (pristine) base
-        model this worker holds, which supplies the pre-edit values. No operator data needed."""
+        """The parent checkpoint's full edit (see :func:`editing.pipeline.load_base_edit`), once
+        the checkpoint is known to be one of the tenant's."""
         if not checkpoint_id:
             return None
-        from editing.checkpoints import bind_patch, load_patch, read_manifest
         from editing.errors import EditingError
+        from editing.pipeline import BaseCheckpointMismatch, load_base_edit
 
         owner = self.store.checkpoint_owner(checkpoint_id)
         directory = self.store.checkpoint_dir(checkpoint_id)
@@ -502,13 +514,9 @@ class _ErasureRun:
                 "published checkpoints (or it was deleted)"
             )
         try:
-            base_model = (read_manifest(directory).get("base_model") or {}).get("model_id")
-            if base_model is not None and base_model != record.model:
-                raise JobFailure(
-                    f"base checkpoint {checkpoint_id} was made from model {base_model!r}, "
-                    f"not {record.model!r}"
-                )
-            return bind_patch(loaded.adapter, load_patch(directory))
+            return load_base_edit(loaded, directory)
+        except BaseCheckpointMismatch as exc:
+            raise JobFailure(str(exc)) from None
         except EditingError as exc:
             log.error(
                 "erasure %s: base checkpoint %s unreadable: %s",
@@ -520,38 +528,6 @@ class _ErasureRun:
                 f"base checkpoint {checkpoint_id} cannot be read ({type(exc).__name__}); "
                 "contact the operator"
             ) from None
-
-    def _publish(self, loaded: Any, result: Any, request: Any, record: ErasureRecord) -> str:
-        from editing.checkpoints import publish_checkpoint
-        from editing.checkpoints.manifest import checkpoint_summary
-
-        self._progress("publish", 0.0, force=True)
-        t = time.perf_counter()
-        # The erasure id in the delta's metadata makes the (content-addressed) checkpoint id
-        # unique per erasure: two tenants never share one, a retry of this erasure does.
-        edit = dataclasses.replace(
-            result.edit, metadata={**result.edit.metadata, "erasure_id": self.id}
-        )
-        manifest = _scrub(
-            result.checkpoint_manifest(request.base_checkpoint, erasure_id=self.id), self.secrets
-        )
-        path = publish_checkpoint(
-            loaded,
-            edit,
-            self.store.checkpoint_root(),
-            manifest,
-            secrets=self.secrets,
-            mode=request.publish or self.ctx.settings.publish_mode,
-        )
-        checkpoint_id = path.name
-        self.published = checkpoint_summary(path)
-        # the pre-edit values go to the operator's private record (sealed), never to the download
-        keep_revert_data(self.store, self.id, edit, checkpoint_id, self.ctx.settings)
-        self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
-        self.timings["publish"] = round(time.perf_counter() - t, 4)
-        self._progress("publish", 1.0)
-        log.info("erasure %s: published checkpoint %s", self.id, checkpoint_id)
-        return checkpoint_id
 
     def _report(
         self,

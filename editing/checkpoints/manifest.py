@@ -242,3 +242,15 @@ def checkpoint_summary(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "total_bytes": sum(f["size"] for f in files),
         "delta_bytes_on_disk": sum(f["size"] for f in files if f["name"].startswith("delta/")),
     }
+
+
+def base_model_problem(directory: str | os.PathLike[str], model_id: str) -> str | None:
+    """Why the checkpoint in ``directory`` cannot be the base of an erasure on ``model_id``
+    (it was made from another model), or None. Raises like :func:`read_manifest`."""
+    made_from = (read_manifest(directory).get("base_model") or {}).get("model_id")
+    if made_from is not None and made_from != model_id:
+        return (
+            f"base checkpoint {Path(directory).name} was made from model '{made_from}', "
+            f"not '{model_id}'"
+        )
+    return None

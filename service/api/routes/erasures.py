@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
+from editing.checkpoints.manifest import LegacyCheckpointError, base_model_problem
 from editing.fingerprint import fingerprint, subject_fingerprint
 from editing.request import ErasureRequest
 from service.api.deps import ContextDep, TenantDep
@@ -35,7 +36,6 @@ from service.api.schemas import (
     problem_response,
 )
 from service.catalog import RegistryUnavailable, method_problem, registered_models
-from service.checkpoint_files import LegacyCheckpointError, read_manifest
 from service.queueing import QueueUnavailable
 from service.records import TERMINAL, ErasureRecord, Status
 from service.report_html import render_report_html
@@ -141,7 +141,7 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
                 "unknown_checkpoint",
             )
         try:
-            base_manifest = read_manifest(directory)
+            problem = base_model_problem(directory, request.model)
         except LegacyCheckpointError:
             raise Unprocessable(
                 ["body", "base_checkpoint"],
@@ -149,11 +149,10 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
                 "the operator to run `featureedit checkpoints migrate`",
                 "checkpoint_legacy",
             ) from None
-        base_model = (base_manifest.get("base_model") or {}).get("model_id")
-        if base_model is not None and base_model != request.model:
+        if problem:
             raise Unprocessable(
                 ["body", "base_checkpoint"],
-                f"base_checkpoint was made from model '{base_model}', not '{request.model}'",
+                problem.replace(f"base checkpoint {request.base_checkpoint}", "base_checkpoint"),
                 "checkpoint_model_mismatch",
             )
     if (
