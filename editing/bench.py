@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from editing.erase import PAPER_FIGURES, run_erasure
+from editing.methods import MethodParams, SaeParams, method_names, method_spec
 from editing.models import LoadedModel
-from editing.request import ErasureRequest, MethodParams
+from editing.request import ErasureRequest
 from editing.world.corpus import round_robin
 
 METRICS = (
@@ -62,22 +63,31 @@ def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[s
     return [{"subject": f.subject, "relation": f.relation, "target": f.target} for f in picked]
 
 
+def _params(method: str, values: dict[str, Any]) -> MethodParams:
+    """``method``'s params from ``values`` (ConfigError naming the method if it is unknown)."""
+    return method_spec(method).params_cls(**values)
+
+
 def run_bench(
     loaded: LoadedModel,
     n_facts: int = 30,
-    methods: tuple[str, ...] = ("featureedit", "neurons", "neuronlens"),
+    methods: tuple[str, ...] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns per-method summaries, per-fact rows and ratios."""
+    """Run the benchmark (default: every registered method); per-method summaries, rows, ratios.
+
+    ``params`` maps a method name to its parameters (defaults for the others).
+    """
+    methods = tuple(method_names()) if methods is None else methods
+    method_params = {m: _params(m, (params or {}).get(m, {})) for m in methods}
     facts = bench_facts(loaded, n_facts, seed)
-    params = params or {}
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    if "featureedit" in methods:  # SAEs load once, before timing: loading is not locating
-        site = MethodParams(**params.get("featureedit", {})).site
-        for layer in loaded.sae_layers(site):
-            loaded.sae(site, layer)
+    for p in method_params.values():  # SAEs load once, before timing: loading is not locating
+        if isinstance(p, SaeParams):
+            for layer in p.layers if p.layers is not None else loaded.sae_layers(p.site):
+                loaded.sae(p.site, layer)
     total = len(facts) * len(methods)
     done = 0
     started = time.perf_counter()
@@ -87,7 +97,7 @@ def run_bench(
                 model=loaded.model_id,
                 method=method,
                 facts=[fact],
-                params=MethodParams(**params.get(method, {})),
+                params=method_params[method],
             )
             result = run_erasure(request, loaded)
             row = {"relation": fact["relation"], "status": result.status}
@@ -125,7 +135,7 @@ def run_bench(
         "model": loaded.model_id,
         "facts": len(facts),
         "methods": list(methods),
-        "params": {m: MethodParams(**params.get(m, {})).model_dump() for m in methods},
+        "params": {m: p.model_dump() for m, p in method_params.items()},
         "summary": summary,
         "ratios": ratios,
         "paper": PAPER_FIGURES,

@@ -22,7 +22,7 @@ from editing.errors import ConfigError
 BENCH_EXTENSION_GROUP = "featureedit.bench"
 PARAM_HELP = (
     "method parameter KEY=VALUE (repeatable), e.g. variant=rows, selector=activation, tau1=0.3, "
-    "layers=[1,2]; see MethodParams in editing/request.py"
+    "layers=[1,2]; see the method's params class in editing/methods/params.py"
 )
 
 
@@ -290,13 +290,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if getattr(args, name, False):
             return command(args)
     args.model = args.model or "demo"
-    args.methods = args.methods or "featureedit,neurons,neuronlens"
     from tqdm.auto import tqdm
 
     from editing.bench import run_bench
     from editing.cli import format_table, print_json
+    from editing.methods import method_names
     from editing.models import load_model
 
+    args.methods = args.methods or ",".join(method_names())
     loaded = load_model(args.model)
     methods = tuple(args.methods.split(","))
     bar = tqdm(
@@ -397,7 +398,8 @@ def bench_markdown(result: dict[str, Any], command: str) -> str:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the engine commands to the CLI."""
-    from editing.request import METHODS, PUBLISH_MODES
+    from editing.methods import method_names
+    from editing.request import DEFAULT_METHOD, PUBLISH_MODES
 
     erase = subparsers.add_parser(
         "erase",
@@ -409,7 +411,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "$FEATUREEDIT_HOME/checkpoints/ (or --out). Exit code 1 when not accepted.",
     )
     erase.add_argument("--model", default="demo", help="model id or local directory (default demo)")
-    erase.add_argument("--method", default="featureedit", choices=METHODS)
+    erase.add_argument("--method", default=DEFAULT_METHOD, choices=method_names())
     erase.add_argument("--subject", help="who the fact is about")
     erase.add_argument("--relation", help="relation, e.g. phone, email, address")
     erase.add_argument("--target", help="the secret (prefer --target-file: shells keep history)")
@@ -481,7 +483,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     bench.add_argument("--model", help="model id (default demo; an extension may differ)")
     bench.add_argument("--facts", type=int, default=30)
-    bench.add_argument("--methods", help="comma-separated (default featureedit,neurons,neuronlens)")
+    bench.add_argument("--methods", help="comma-separated (default: every registered method)")
     bench.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
     bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from editing import evaluate as ev
 from editing.acceptance import decide
@@ -21,7 +21,7 @@ from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
 from editing.evaldata import EvalData, control_prompts, eval_data_for
 from editing.fingerprint import fingerprint, subject_fingerprint
-from editing.methods import FactCase, FactOutcome, get_method
+from editing.methods import FactCase, FactOutcome, SaeParams, get_method, method_spec
 from editing.models import LoadedModel
 from editing.registry import EvalSize
 from editing.request import ErasureRequest
@@ -161,10 +161,12 @@ def run_erasure(
             f"Request is for model {request.model!r} but {loaded.model_id!r} is loaded."
         )
     p = request.params
-    if request.method == "featureedit":
-        layers = p.layers if p.layers is not None else loaded.sae_layers(p.site)
+    spec = method_spec(request.method)
+    if spec.needs_sae:  # registration guarantees SaeParams
+        site = cast(SaeParams, p).site
+        layers = p.layers if p.layers is not None else loaded.sae_layers(site)
         for layer in layers:
-            loaded.sae(p.site, layer)  # fail early (clear error) if an SAE is missing/mismatched
+            loaded.sae(site, layer)  # fail early (clear error) if an SAE is missing/mismatched
     elif p.layers is not None:
         for layer in p.layers:
             loaded.adapter.validate_layer(layer)
@@ -263,7 +265,7 @@ def run_erasure(
             rep.units = [u.to_dict() for u in out.units]
             rep.evidence = out.evidence
             rep.timings = {k: round(v, 4) for k, v in out.timings.items()}
-        edit = session.edit({"method": request.method}) if method.produces_checkpoint else None
+        edit = session.edit({"method": request.method}) if spec.produces_checkpoint else None
 
         if cancelled():
             raise CancelledError("Erasure cancelled; the model was restored.")
@@ -357,6 +359,6 @@ def run_erasure(
         acceptance={"accepted": accepted, "reasons": reasons},
         timings=timings,
         edit=edit,
-        produces_checkpoint=method.produces_checkpoint,
+        produces_checkpoint=spec.produces_checkpoint,
         base_weights_sha256=pristine,
     )

@@ -7,15 +7,36 @@ without echoing input values.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from editing.methods.params import MethodParams
+from editing.methods.registry import method_names, method_spec
 from editing.relations import RELATIONS, get_relation
 
-METHODS = ("featureedit", "neurons", "neuronlens")
-VARIANTS = ("project-cols", "project", "rows")
-SELECTORS = ("attribution", "write", "activation")
+DEFAULT_METHOD = "featureedit"
+# Validation contexts. STRICT makes ``params`` strict along with the request (``strict=True``
+# alone does not reach them: they are validated by the method's own class). STORED reads a request
+# stored before per-method params (issue #12): it carried every field of one flat params class,
+# FLAT_PARAMS_V1, and each method used only its own, so the others are dropped.
+STRICT = {"strict": True}
+STORED = {"stored": True}
+FLAT_PARAMS_V1 = frozenset(
+    "site layers variant selector objective tau1 tau2 gamma rho max_features relocate_rounds "
+    "min_prompts ig_steps ig_threshold neuron_cap neuronlens_tau".split()
+)
 MAX_FACTS = 100
 MAX_PROMPTS = 64
 MAX_TEXT = 1000
@@ -89,46 +110,6 @@ class FactSpec(BaseModel):
         return []
 
 
-class MethodParams(BaseModel):
-    """Method parameters (METHOD.md); defaults are the benchmark-tuned values.
-
-    Tuned on the demo world with ``scripts/tune_featureedit.py`` (see docs/benchmarks.md): versus
-    METHOD.md's starting values, the attribution objective is the whole target's log-probability
-    (not only its first token), the specificity filter is gamma = 0.6 (not 0.3) and the greedy cap
-    is 32 features (not 12); each change raised Reliability without costing Locality. On the
-    rebuilt world, re-locating on the edited model when the candidates run out
-    (``relocate_rounds``) lifted Reliability 0.958 -> 0.975 and Generalization 0.867 -> 0.933 at
-    Locality 1.0 (15 facts); 1 and 3 rounds measured the same, 3 leaves room on harder facts.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    site: Literal["resid_post", "mlp_out"] = "resid_post"
-    layers: list[int] | None = Field(default=None, description="Layers to search; default all.")
-    variant: Literal["project-cols", "project", "rows"] = "project-cols"
-    selector: Literal["attribution", "write", "activation"] = "attribution"
-    objective: Literal["first_token", "target"] = Field(
-        "target",
-        description="Attribution objective: log P of the first target token, or of the target.",
-    )
-    tau1: float = Field(0.2, gt=0, le=1, description="Activation selector threshold (× max).")
-    tau2: float = Field(0.5, gt=0, le=1, description="`rows` variant: |d_j| threshold (× max).")
-    gamma: float = Field(0.6, ge=0, description="Specificity filter: control/target ratio.")
-    rho: float = Field(0.8, gt=0, le=1, description="`project-cols`: share of the write kept.")
-    max_features: int = Field(32, ge=1, le=256, description="Greedy cap on features per fact.")
-    relocate_rounds: int = Field(
-        3,
-        ge=0,
-        le=8,
-        description="Greedy selectors: locate again on the edited model when candidates run out.",
-    )
-    min_prompts: int = Field(2, ge=1, description="A feature must be active in this many prompts.")
-    ig_steps: int = Field(20, ge=2, le=200, description="Integrated-gradient steps (neurons).")
-    ig_threshold: float = Field(0.2, gt=0, le=1, description="Coarse neuron set threshold.")
-    neuron_cap: int = Field(20, ge=1, le=1000, description="At most this many neurons per fact.")
-    neuronlens_tau: float = Field(2.0, gt=0, description="NeuronLens range half-width in σ.")
-
-
 class Thresholds(BaseModel):
     """Acceptance thresholds: a result is published only if it meets all of them."""
 
@@ -150,9 +131,18 @@ class ErasureRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("demo", min_length=1, max_length=200, description="Registered model id.")
-    method: Literal["featureedit", "neurons", "neuronlens"] = "featureedit"
+    method: str = Field(
+        DEFAULT_METHOD,
+        description="Erasure method (a registered name; GET /v1/models lists each model's).",
+        json_schema_extra=lambda schema: schema.update(enum=method_names()),
+    )
     facts: list[FactSpec] = Field(min_length=1, max_length=MAX_FACTS)
-    params: MethodParams = Field(default_factory=MethodParams)
+    params: SerializeAsAny[MethodParams] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="The method's parameters (its params class; defaults are the tuned values).",
+        json_schema_extra=lambda schema: _params_schema(schema),
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
     base_checkpoint: str | None = Field(
         default=None, description="Checkpoint id to edit further (sequential erasures)."
@@ -165,9 +155,75 @@ class ErasureRequest(BaseModel):
         "the operator's setting (full unless configured).",
     )
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        if method not in method_names():
+            raise PydanticCustomError(  # the value is not echoed: a client may have sent a secret
+                "unknown_method",
+                "unknown method; available methods are {names}",
+                {"names": ", ".join(method_names())},
+            )
+        return method
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _method_params(cls, value: Any, info: ValidationInfo) -> Any:
+        """Validate ``params`` with the request's method's params class (contexts: see STRICT).
+
+        A params object of another method, or a field the method does not take, is an error
+        naming the method's fields.
+        """
+        method = info.data.get("method")
+        if method is None:  # the method itself was invalid: reported there
+            return MethodParams()
+        params_cls = method_spec(method).params_cls
+        if isinstance(value, MethodParams):
+            value = value.model_dump(exclude_unset=True)
+        context = info.context or {}
+        if context.get("stored") and isinstance(value, dict):
+            own = params_cls.model_fields
+            value = {k: v for k, v in value.items() if k in own or k not in FLAT_PARAMS_V1}
+        try:
+            return params_cls.model_validate(value, strict=bool(context.get("strict")))
+        except ValidationError as exc:
+            raise _naming_fields(exc, params_cls) from None
+
     def secrets(self) -> list[str]:
         """All targets of the request (for redaction and output scans)."""
         return [f.secret for f in self.facts]
+
+
+def _params_schema(schema: dict[str, Any]) -> None:
+    """``params`` in the JSON schema: one of the registered methods' params classes."""
+    schema.pop("$ref", None)
+    schema["anyOf"] = [
+        {**method_spec(name).params_cls.model_json_schema(), "title": f"{name} params"}
+        for name in method_names()
+    ]
+
+
+def _naming_fields(exc: ValidationError, params_cls: type[MethodParams]) -> ValidationError:
+    """``exc`` with each unknown field's error naming the method's fields; the rest unchanged.
+
+    The method's name is not in the message: the API redacts every string the client sent.
+    """
+    fields = ", ".join(params_cls.model_fields)
+    details: list[InitErrorDetails] = []
+    for err in exc.errors(include_url=False):
+        if err["type"] == "extra_forbidden":
+            kind: str | PydanticCustomError = PydanticCustomError(
+                "extra_forbidden",
+                "not a parameter of the chosen method, whose parameters are: {fields}",
+                {"fields": fields},
+            )
+        else:
+            kind = err["type"]
+        detail = InitErrorDetails(type=kind, loc=err["loc"], input=err["input"])
+        if "ctx" in err and not isinstance(kind, PydanticCustomError):
+            detail["ctx"] = err["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 def validation_summary(exc: ValidationError) -> str:

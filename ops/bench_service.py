@@ -90,11 +90,12 @@ class ServiceBenchPlan:
 
     def check(self) -> None:
         """ValueError naming the bad option."""
-        from editing.request import MAX_FACTS, METHODS, PUBLISH_MODES
+        from editing.methods import method_names
+        from editing.request import MAX_FACTS, PUBLISH_MODES
 
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in method_names()]
         if bad or not self.methods:
-            raise ValueError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+            raise ValueError(f"--methods: unknown {bad}; choose from {method_names()}")
         if any(not 1 <= n <= MAX_FACTS for n in self.fact_counts):
             raise ValueError(f"--fact-counts: each count must be between 1 and {MAX_FACTS}")
         if any(not 2 <= n <= MAX_EVAL_PROMPTS for n in self.eval_sizes):

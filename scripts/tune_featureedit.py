@@ -2,8 +2,8 @@
 
 Usage: python scripts/tune_featureedit.py [--model demo] [--facts 15] [--json]
 Prints one row per configuration (mean Reliability, Generalization, Locality, ΔPPL, units,
-seconds). The defaults in editing/request.py (MethodParams) were chosen from this table; see
-docs/benchmarks.md.
+seconds). The defaults in editing/methods/params.py (FeatureEditParams) were chosen from this
+table; see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 _PROTOTYPE = {"objective": "first_token", "gamma": 0.3, "max_features": 12}  # METHOD.md values
 _TUNED = {"gamma": 0.6, "objective": "target", "max_features": 32}  # first-round defaults
-GRID: list[dict] = [  # every parameter not named here takes MethodParams' default
+GRID: list[dict] = [  # every parameter not named here takes FeatureEditParams' default
     {**_PROTOTYPE},
     {**_PROTOTYPE, "objective": "target"},
     {**_PROTOTYPE, "selector": "write"},

@@ -2,23 +2,22 @@
 
 A model is offered if it is in the registry (``editing.registry.load_registry``: the demo
 worlds and the registry TOML); local directories, which the CLI accepts as model ids, are not.
-``featureedit`` needs SAEs at the requested site; ``neurons`` and ``neuronlens`` work on any
-model. (``editing.methods.available_methods`` would say the same but imports torch.)
+A method registered with ``needs_sae`` (``featureedit``) runs only where the model has SAEs at the
+requested site; the others work on any model. Both read the torch-free method registry.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from editing.errors import EditingError
+from editing.methods import SaeParams, method_names, method_spec
 from editing.registry import ModelEntry, load_registry
-from editing.request import METHODS, ErasureRequest
+from editing.request import ErasureRequest
 from service.config import Settings
 
 log = logging.getLogger(__name__)
-
-SAE_METHODS = frozenset({"featureedit"})
-
 
 class RegistryUnavailable(RuntimeError):
     """The registry file is malformed or missing (an operator problem, not the client's)."""
@@ -34,21 +33,23 @@ def registered_models(settings: Settings) -> dict[str, ModelEntry]:
 
 
 def supported_methods(entry: ModelEntry) -> list[str]:
-    """Methods that can run on ``entry`` (featureedit only with SAEs)."""
-    return [m for m in METHODS if m not in SAE_METHODS or entry.saes]
+    """Methods that can run on ``entry`` (those that need SAEs only if it has some)."""
+    return [m for m in method_names() if not method_spec(m).needs_sae or entry.saes]
 
 
 def method_problem(entry: ModelEntry, request: ErasureRequest) -> tuple[list[str], str] | None:
     """Why ``request``'s method cannot run on ``entry`` as ``(loc, message)``, or None if it can."""
-    if request.method not in SAE_METHODS:
+    if not method_spec(request.method).needs_sae:
         return None
-    site = request.params.site
+    site = cast(SaeParams, request.params).site  # registration guarantees SaeParams
     if site not in entry.saes:
         where = ", ".join(sorted(entry.saes)) or "no site"
+        others = [m for m in method_names() if not method_spec(m).needs_sae]
         return (
             ["body", "method"],
-            f"method 'featureedit' needs SAEs at site '{site}', but model '{entry.model_id}' has "
-            f"SAEs at {where}; use params.site one of those, or method 'neurons' or 'neuronlens'",
+            f"method '{request.method}' needs SAEs at site '{site}', but model "
+            f"'{entry.model_id}' has SAEs at {where}; use params.site one of those, or a method "
+            f"without SAEs: {', '.join(others)}",
         )
     layers = request.params.layers
     if layers:

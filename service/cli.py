@@ -29,8 +29,8 @@ from typing import Any
 from editing.cli import EXIT_ERROR, EXIT_OK, format_table, global_options, print_json
 from editing.cli_engine import parse_pairs
 from editing.errors import ConfigError
+from editing.methods import method_names
 
-_METHODS = ("featureedit", "neurons", "neuronlens")
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -378,7 +378,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     submit.add_argument("file", nargs="?", metavar="FILE", help="request JSON (or JSONL facts)")
     submit.add_argument("--model", help="registered model id (default demo)")
-    submit.add_argument("--method", choices=_METHODS)
+    submit.add_argument("--method", choices=method_names())
     submit.add_argument("--subject", help="who the fact is about")
     submit.add_argument("--relation", help="relation, e.g. phone, email, address")
     submit.add_argument("--target", help="the secret (prefer --target-file: shells keep history)")

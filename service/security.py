@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editing.request import ErasureRequest
+from editing.request import STORED, ErasureRequest
 from editing.sealing import (
     SealKeyError,
     keys_dir,
@@ -208,7 +208,7 @@ def decrypt_request(
 ) -> ErasureRequest:
     """The request :func:`encrypt_request` encrypted (RequestKeyError if no key opens it)."""
     plain = unseal(blob, home=home, key=key, what="The request blob")
-    return ErasureRequest.model_validate_json(plain)
+    return ErasureRequest.model_validate_json(plain, context=STORED)  # older blobs too
 
 
 # ----------------------------------------------------------------------------- callbacks

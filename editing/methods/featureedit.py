@@ -16,15 +16,14 @@ edited at once.
 from __future__ import annotations
 
 import time
-from typing import ClassVar
 
 import torch
 
 from editing.adapters import ModelAdapter
 from editing.locate import Unit, feature_evidence, rank_features
-from editing.methods import FactCase, FactOutcome, register_method
+from editing.methods.base import FactCase, FactOutcome
+from editing.methods.params import FeatureEditParams
 from editing.models import LoadedModel
-from editing.request import MethodParams
 from editing.scoring import score_targets
 
 
@@ -69,14 +68,10 @@ def edit_feature(
         return int(cols.numel()) * w.shape[0]
 
 
-@register_method
 class FeatureEdit:
     """SAE-feature erasure (the paper's FeatureEdit and our variants)."""
 
-    name: ClassVar[str] = "featureedit"
-    produces_checkpoint: ClassVar[bool] = True
-
-    def __init__(self, params: MethodParams) -> None:
+    def __init__(self, params: FeatureEditParams) -> None:
         self.params = params
 
     def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:

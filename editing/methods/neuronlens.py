@@ -10,24 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import ClassVar
 
 import torch
 
-from editing.methods import FactCase, FactOutcome, register_method
+from editing.methods.base import FactCase, FactOutcome
 from editing.methods.neurons import locate_neurons
+from editing.methods.params import NeuronLensParams
 from editing.models import LoadedModel
-from editing.request import MethodParams
 
 
-@register_method
 class NeuronLens:
     """Range-based neuron masking (Haider et al. 2025)."""
 
-    name: ClassVar[str] = "neuronlens"
-    produces_checkpoint: ClassVar[bool] = False
-
-    def __init__(self, params: MethodParams) -> None:
+    def __init__(self, params: NeuronLensParams) -> None:
         self.params = params
 
     def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
 
 import torch
 
 from editing.locate import Unit, neuron_attributions, select_neurons
-from editing.methods import FactCase, FactOutcome, register_method
+from editing.methods.base import FactCase, FactOutcome
+from editing.methods.params import NeuronParams
 from editing.models import LoadedModel
-from editing.request import MethodParams
 
 
 def locate_neurons(
-    loaded: LoadedModel, case: FactCase, params: MethodParams
+    loaded: LoadedModel, case: FactCase, params: NeuronParams
 ) -> tuple[list[Unit], dict[int, torch.Tensor]]:
     """Refined knowledge neurons of ``case`` and the clean activations ``layer -> [n, d_mlp]``."""
     layers = params.layers if params.layers is not None else list(range(loaded.adapter.n_layers))
@@ -37,14 +36,10 @@ def locate_neurons(
     return units, acts
 
 
-@register_method
 class NeuronBaseline:
     """Zero the down-projection column of every refined knowledge neuron (METHOD.md)."""
 
-    name: ClassVar[str] = "neurons"
-    produces_checkpoint: ClassVar[bool] = True
-
-    def __init__(self, params: MethodParams) -> None:
+    def __init__(self, params: NeuronParams) -> None:
         self.params = params
 
     def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:

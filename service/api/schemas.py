@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from editing.request import ErasureRequest, FactSpec
+from editing.request import STRICT, ErasureRequest, FactSpec
 from service.records import ErasureRecord, Status, StatusEvent
 
 
@@ -70,7 +70,8 @@ class ErasureCreate(ErasureRequest):
             return data
         own = {k: v for k, v in data.items() if k in ErasureRequest.model_fields}
         try:
-            ErasureRequest.model_validate(own, strict=True)
+            # the context makes the method's params class strict too (validated separately)
+            ErasureRequest.model_validate(own, strict=True, context=STRICT)
         except ValidationError as strict:
             try:
                 ErasureRequest.model_validate(own)

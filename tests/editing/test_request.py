@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from editing.methods import FeatureEditParams
 from editing.relations import HELDOUT_PER_RELATION, RELATIONS
-from editing.request import ErasureRequest, MethodParams, validation_summary
+from editing.request import ErasureRequest, validation_summary
 
 SECRET = "415-555-0199"
 
@@ -63,10 +64,10 @@ def test_bad_params_and_method_name_field() -> None:
         ErasureRequest(method="rome", facts=[{"subject": "A", "relation": "phone", "target": "1"}])
     assert "method" in validation_summary(info.value)
     with pytest.raises(ValidationError) as info:
-        MethodParams(tau1=0)
+        FeatureEditParams(tau1=0)
     assert "tau1" in validation_summary(info.value)
     with pytest.raises(ValidationError):
         ErasureRequest(facts=[])
     with pytest.raises(ValidationError) as info:
-        MethodParams(variant="bogus")
+        FeatureEditParams(variant="bogus")
     assert "variant" in validation_summary(info.value)

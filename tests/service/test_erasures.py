@@ -258,6 +258,29 @@ def test_validation_messages_are_clear(client, keys, make_client):
     assert r.status_code == 422 and "public host" in r.json()["summary"]
 
 
+def test_params_are_the_methods_own(client, keys):
+    r = client.post(
+        "/v1/erasures",
+        json=body(method="neurons", params={"tau1": 0.3}),
+        headers=auth(keys["acme"]),
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"] == [
+        {
+            "loc": ["body", "params", "tau1"],
+            "msg": "not a parameter of the chosen method, whose parameters are: layers, ig_steps, "
+            "ig_threshold, neuron_cap",
+            "type": "extra_forbidden",
+        }
+    ]
+    r = client.post("/v1/erasures", json=body(params={"tau1": "0.3"}), headers=auth(keys["acme"]))
+    assert r.status_code == 422 and "wrong JSON type for params.tau1" in r.json()["summary"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    create = schema.get("ErasureCreate") or schema["ErasureCreate-Input"]
+    assert create["properties"]["method"]["enum"] == ["featureedit", "neurons", "neuronlens"]
+    assert len(create["properties"]["params"]["anyOf"]) == 3
+
+
 def test_method_needs_saes(make_client, settings, keys):
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "models.toml").write_text('[models.plain]\npath = "/models/plain"\n')
@@ -266,6 +289,7 @@ def test_method_needs_saes(make_client, settings, keys):
         "/v1/erasures", json=body(model="plain", method="featureedit"), headers=auth(keys["acme"])
     )
     assert r.status_code == 422 and "needs SAEs" in r.json()["summary"]
+    assert "a method without SAEs: neurons, neuronlens" in r.json()["summary"]
     r = client.post(
         "/v1/erasures", json=body(model="plain", method="neurons"), headers=auth(keys["acme"])
     )

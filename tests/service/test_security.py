@@ -61,6 +61,31 @@ def test_request_blob_round_trip(tmp_path: Path, monkeypatch):
         decrypt_request(blob, home=tmp_path / "other-home")
 
 
+@pytest.mark.parametrize("method", ["featureedit", "neurons", "neuronlens"])
+def test_request_blob_stored_before_per_method_params(tmp_path: Path, monkeypatch, method):
+    """A blob written with the flat params class (every method's fields) still decrypts: the
+    fields its method never used are dropped; the values it used are kept."""
+    from editing.methods import method_spec
+    from editing.request import FLAT_PARAMS_V1
+    from editing.sealing import seal
+
+    monkeypatch.delenv("FEATUREEDIT_SECRET_KEY", raising=False)
+    flat = {
+        "site": "resid_post", "layers": [1], "variant": "project-cols", "selector": "attribution",
+        "objective": "target", "tau1": 0.2, "tau2": 0.5, "gamma": 0.6, "rho": 0.8,
+        "max_features": 32, "relocate_rounds": 3, "min_prompts": 2, "ig_steps": 9,
+        "ig_threshold": 0.2, "neuron_cap": 20, "neuronlens_tau": 2.0,
+    }  # fmt: skip
+    assert set(flat) == FLAT_PARAMS_V1
+    doc = {**body(method=method), "params": flat}
+    blob = seal(json.dumps(doc).encode(), home=tmp_path)
+    params = decrypt_request(blob, home=tmp_path).params
+    assert type(params) is method_spec(method).params_cls and params.layers == [1]
+    assert params.model_dump() == {k: flat[k] for k in type(params).model_fields}
+    with pytest.raises(ValueError, match="not a parameter of the chosen method"):
+        ErasureRequest.model_validate(doc)  # a new request must not carry other methods' fields
+
+
 def test_request_key_from_env_with_rotation(tmp_path: Path, monkeypatch):
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     request = ErasureRequest.model_validate(body())

@@ -14,21 +14,9 @@ import pytest
 from editing.checkpoints import down_proj_sha256
 from editing.erase import run_erasure
 from editing.errors import CancelledError
-from editing.methods import available_methods, get_method
-from editing.request import ErasureRequest, MethodParams
-
-METHOD_CASES = [
-    pytest.param("featureedit", {}, id="featureedit-default"),
-    pytest.param(
-        "featureedit",
-        {"selector": "activation", "variant": "rows", "gamma": 0.3},
-        id="featureedit-paper-rows",
-    ),
-    pytest.param("featureedit", {"variant": "project"}, id="featureedit-project"),
-    pytest.param("featureedit", {"site": "mlp_out"}, id="featureedit-mlp-out"),
-    pytest.param("neurons", {"ig_steps": 8}, id="neurons"),
-    pytest.param("neuronlens", {"ig_steps": 8}, id="neuronlens"),
-]
+from editing.methods import method_spec
+from editing.request import ErasureRequest
+from tests.editing.methods.cases import METHOD_CASES
 
 
 def _request(fact, method: str, params: dict, **kw) -> ErasureRequest:
@@ -39,12 +27,6 @@ def _request(fact, method: str, params: dict, **kw) -> ErasureRequest:
         params=params,
         **kw,
     )
-
-
-def test_registry_lists_methods() -> None:
-    assert available_methods() == ["featureedit", "neuronlens", "neurons"]
-    with pytest.raises(ValueError, match="available methods are"):
-        get_method("rome", MethodParams())
 
 
 @pytest.mark.parametrize(("method", "params"), METHOD_CASES)
@@ -58,7 +40,7 @@ def test_method_keeps_promises(small_model, erasable_fact, method: str, params: 
         assert m[name]["count"] >= 1, name
         assert 0.0 <= m[name]["value"] <= 1.0
     assert m["delta_ppl"] is not None and m["delta_prob"] is not None
-    assert (result.edit is not None) == get_method(method, MethodParams()).produces_checkpoint
+    assert (result.edit is not None) == method_spec(method).produces_checkpoint
     if result.edit is not None:
         assert not result.edit.is_empty()
     assert result.facts[0].units, "located units are the audit evidence"

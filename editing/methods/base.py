@@ -1,0 +1,50 @@
+"""The method interface: what a method sees (FactCase), returns (FactOutcome), implements (Method).
+
+Torch-free at import time (the model and unit types are only named in annotations), so the
+registry and the HTTP API can import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from editing.locate import Unit
+    from editing.methods.params import MethodParams
+    from editing.models import LoadedModel
+
+
+@dataclass
+class FactCase:
+    """One fact as a method sees it: prompts the unedited model answers, and control prompts."""
+
+    index: int
+    subject: str
+    relation: str
+    secret: str
+    edit_prompts: list[str]
+    heldout_prompts: list[str]
+    control_prompts: list[str]
+
+
+@dataclass
+class FactOutcome:
+    """What a method did for one fact."""
+
+    units: list[Unit]
+    timings: dict[str, float]
+    evidence: dict[str, Any] = field(default_factory=dict)
+    intervention: Callable[[], AbstractContextManager[None]] | None = None
+
+
+class Method(Protocol):
+    """The interface every erasure method implements (built from its params by the registry)."""
+
+    def __init__(self, params: MethodParams) -> None: ...
+
+    def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:
+        """Locate and erase one fact (weights changed in place, or an intervention returned)."""
+        ...
