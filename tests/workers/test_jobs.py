@@ -316,7 +316,7 @@ def test_cancel_mid_run_restores_the_model_and_publishes_nothing(
     erasable_fact: Fact,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import editing.erase as erase_module
+    import editing.pipeline as erase_module  # the pipeline calls run_erasure
     from editing.checkpoints import down_proj_sha256
 
     erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
@@ -400,7 +400,7 @@ def test_changed_weights_are_dropped_from_the_cache_and_reloaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The belt to the engine's braces: a job that leaves weights changed loses its model."""
-    import editing.erase as erase_module
+    import editing.pipeline as erase_module  # the pipeline calls run_erasure
     from editing.errors import ConfigError
 
     first = submit(settings, store, rconn, [NOT_PRODUCED])

@@ -156,7 +156,7 @@ def test_heartbeats_keep_a_long_job_registered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A job running longer than heartbeat_ttl is never taken for abandoned."""
-    import editing.erase as erase_module
+    import editing.pipeline as erase_module  # the pipeline calls run_erasure
 
     erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
     queue = _queue(settings, rconn)
