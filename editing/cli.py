@@ -437,9 +437,10 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     models.set_defaults(func=cmd_models, model_ids=[])
 
     # Engine and analysis commands live in their own modules (torch-free at import).
-    from editing import cli_analysis, cli_engine, cli_models
+    from editing import cli_analysis, cli_engine, cli_facts, cli_models
 
     cli_models.register(models, common, cmd_models)  # models list (the default), models add
+    cli_facts.register(subparsers, common)  # facts probe
 
     cli_engine.register(subparsers, common)  # erase, demo, apply-delta, bench
     cli_analysis.register(subparsers, common)  # analyze
