@@ -66,8 +66,7 @@ def _summary_rows(doc: dict[str, Any]) -> list[tuple[str, Any]]:
         ("dtype", doc["dtype"]),
         (
             "BOS token",
-            f"{doc['bos_token']!r} ({'' if doc['adds_bos'] else 'not '}"
-            "prepended by the tokenizer)",
+            f"{doc['bos_token']!r} ({'' if doc['adds_bos'] else 'not '}prepended by the tokenizer)",
         ),
         ("digits one per token", "yes" if doc["digits_one_per_token"] else "no"),
         (

