@@ -427,16 +427,19 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser(
         "models",
         parents=[common],
-        help="list the registered models and their SAEs",
+        help="list the registered models and their SAEs; `models add` imports one",
         description="List the model registry: the built-in demo worlds (demo, demo-small) and the "
-        "entries of the registry TOML ($FEATUREEDIT_REGISTRY or $FEATUREEDIT_HOME/models.toml).",
+        "entries of the registry TOML ($FEATUREEDIT_REGISTRY or $FEATUREEDIT_HOME/models.toml). "
+        "`featureedit models add ID ...` imports a pretrained model and registers it.",
     )
-    models.add_argument("model_ids", nargs="*", metavar="MODEL_ID", help="only these models")
     models.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    models.set_defaults(func=cmd_models)
+    models.set_defaults(func=cmd_models, model_ids=[])
 
     # Engine and analysis commands live in their own modules (torch-free at import).
-    from editing import cli_analysis, cli_engine
+    from editing import cli_analysis, cli_engine, cli_facts, cli_models
+
+    cli_models.register(models, common, cmd_models)  # models list (the default), models add
+    cli_facts.register(subparsers, common)  # facts probe
 
     cli_engine.register(subparsers, common)  # erase, demo, apply-delta, bench
     cli_analysis.register(subparsers, common)  # analyze

@@ -37,7 +37,9 @@ setting, never a request field; workers may override it service-wide with
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +49,7 @@ from editing import settings
 from editing.errors import ConfigError, NotFoundError, UnknownModelError
 
 DEMO_MODELS = {"demo": "default", "demo-small": "small"}
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a bare TOML key: no quoting needed
 # Per demo world size: number of decoder layers and the sites with SAEs (one per layer). Mirrors
 # editing.world.build.RECIPES without importing it (it imports torch), so processes that never
 # load a model (the HTTP API) list the demo entries torch-free; tests/service checks they agree.
@@ -297,3 +300,47 @@ def get_entry(model_id: str, home: str | os.PathLike[str] | None = None) -> Mode
         f"Unknown model id {model_id!r}. Registered models: {sorted(entries)}. Register it in "
         f"{registry_file(home) or settings.home(home) / 'models.toml'} or pass a local directory."
     )
+
+
+def check_model_id(model_id: str) -> str:
+    """``model_id`` if it can name a new registry entry; ConfigError saying why not otherwise."""
+    if not MODEL_ID_RE.match(model_id):
+        raise ConfigError(
+            f"Invalid model id {model_id!r}: use letters, digits, '-' and '_' (e.g. 'smollm2')."
+        )
+    if model_id in DEMO_MODELS:
+        raise ConfigError(
+            f"{model_id!r} is a built-in model id ({sorted(DEMO_MODELS)}); choose another."
+        )
+    return model_id
+
+
+def register_model(
+    model_id: str, path: Path, dtype: str, home: str | os.PathLike[str] | None = None
+) -> tuple[Path, bool]:
+    """Add ``[models.<model_id>]`` with ``path`` and ``dtype`` to the registry file in force.
+
+    The file is ``FEATUREEDIT_REGISTRY`` or ``$FEATUREEDIT_HOME/models.toml`` (created if
+    missing); the table is appended, so comments and other entries stay as they are. Returns the
+    file and whether it changed: an entry that already points to ``path`` is kept as it is;
+    ConfigError if ``model_id`` is registered with another source (remove that table first).
+    """
+    check_model_id(model_id)
+    settings.check_dtype_name(dtype)
+    file = registry_file(home) or settings.home(home) / "models.toml"
+    existing = load_registry(home).get(model_id)
+    if existing is not None:
+        if existing.path and Path(existing.path).expanduser().resolve() == path.resolve():
+            return file, False
+        raise ConfigError(
+            f"Model id {model_id!r} is already registered in {file} with source "
+            f"{existing.path or existing.hub_id!r}; remove its [models.{model_id}] table or "
+            "choose another id."
+        )
+    text = file.read_text() if file.is_file() else ""
+    block = f"[models.{model_id}]\npath = {json.dumps(str(path))}\ndtype = {json.dumps(dtype)}\n"
+    head = text.rstrip("\n") + "\n\n" if text.strip() else ""
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(head + block)
+    os.replace(tmp, file)  # atomic: readers see the old file or the new one
+    return file, True
