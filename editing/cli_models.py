@@ -9,9 +9,9 @@ is no sub-command as the arguments of ``list``. Registered by ``editing.cli`` wi
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
+from editing import settings
 from editing.model_packages import INSTALL_COMMANDS
 
 
@@ -88,7 +88,7 @@ def cmd_models_add(args: argparse.Namespace) -> int:
         path=args.path,
         gguf=args.gguf,
         package=args.package,
-        dtype=getattr(args, "dtype", None) or os.environ.get("FEATUREEDIT_DTYPE") or "float32",
+        dtype=settings.dtype_name(getattr(args, "dtype", None)),
         force=args.force,
         home=getattr(args, "home", None),
     )

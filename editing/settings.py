@@ -139,11 +139,15 @@ def device(override: str | None = None) -> torch.device:
         ) from exc
 
 
+def dtype_name(override: str | None = None) -> str:
+    """The dtype's name (argument, then ``FEATUREEDIT_DTYPE``, then float32), torch-free."""
+    return check_dtype_name(override or os.environ.get("FEATUREEDIT_DTYPE") or "float32")
+
+
 def dtype(override: str | torch.dtype | None = None) -> torch.dtype:
     """Return the torch dtype to use (argument, then ``FEATUREEDIT_DTYPE``, then float32)."""
     import torch
 
     if isinstance(override, torch.dtype):
         return override
-    name = check_dtype_name(override or os.environ.get("FEATUREEDIT_DTYPE") or "float32")
-    return getattr(torch, name)
+    return getattr(torch, dtype_name(override))
