@@ -14,7 +14,7 @@ from rq import Queue
 
 from service.config import Settings
 from service.store import get_store
-from service.store_s3 import S3Store
+from service.store.s3 import S3Store
 from tests.s3_server import new_bucket, s3_client
 from tests.workers.conftest import MODEL, Fact, secret_forms, submit
 from workers.cache import ModelCache
