@@ -56,13 +56,12 @@ from rq.job import Job, JobStatus
 from service.config import Settings
 from service.job_metrics import JobMetrics
 from service.private_records import (
-    apply_retention,
     keep_revert_data,
     keep_subjects,
     subjects_of,
 )
 from service.records import TERMINAL, ErasureRecord, Status, utcnow
-from service.store import Store, get_store, record_event
+from service.store import Store, get_store, record_event, transitions
 from workers.cache import ModelCache
 from workers.config import WorkerSettings, callback_queue_name
 
@@ -85,7 +84,6 @@ STAGES: dict[str, tuple[float, float]] = {
     "publish": (0.95, 1.0),
 }
 PROGRESS_STEP = 0.1  # a history event at most every 10 % within a stage
-COMPLETED = frozenset({"succeeded", "rejected", "nothing_to_erase"})
 
 
 # ----------------------------------------------------------------------------- context
@@ -222,41 +220,26 @@ def finish_erasure(
     update: dict[str, Any] | None = None,
     failure_reason: str | None = None,
 ) -> tuple[ErasureRecord | None, bool]:
-    """Move the record to the terminal ``status`` once; delete the blob; enqueue the callback.
+    """End the erasure (:func:`service.store.transitions.finish`), count it, enqueue the callback.
 
-    Idempotent: a record already terminal is left alone (the blob is still deleted). ``update``
-    sets record fields (metrics, acceptance, checkpoint_id); ``timings`` are merged. The
-    transition is counted in the job metrics (a failure under ``failure_reason``, one of
-    :data:`service.job_metrics.FAILURE_REASONS`). Returns the record (None if it vanished) and
+    The record moves to the terminal ``status`` once; the blob is deleted and the private-data
+    retention applied either way. A transition this call made is counted in the job metrics (a
+    failure under ``failure_reason``, one of :data:`service.job_metrics.FAILURE_REASONS`) and,
+    with a ``callback_url``, its callback queued. Returns the record (None if it vanished) and
     whether this call made the transition.
     """
-    if status not in TERMINAL:
-        raise ValueError(f"{status!r} is not a terminal status; expected one of {sorted(TERMINAL)}")
-    moved = False
-
-    def mutate(r: ErasureRecord) -> None:
-        nonlocal moved
-        if r.status in TERMINAL:
-            return
-        for key, value in (update or {}).items():
-            if key == "timings":
-                r.timings.update(value)
-            else:
-                setattr(r, key, value)
-        if status == "failed":
-            r.error = error or "the erasure failed"
-        progress = 1.0 if status in COMPLETED else None
-        end_stage = "done" if status in COMPLETED else (stage or r.stage)
-        record_event(r, status, stage=end_stage, progress=progress, detail=detail)
-        moved = True
-
-    try:
-        record = ctx.store.update_erasure(erasure_id, mutate)
-    except KeyError:
+    record, moved = transitions.finish(
+        ctx.store,
+        erasure_id,
+        status,
+        settings=ctx.settings,
+        detail=detail,
+        error=error,
+        stage=stage,
+        update=update,
+    )
+    if record is None:
         log.warning("erasure %s: record vanished before it could be marked %s", erasure_id, status)
-        record = None
-    ctx.store.delete_request_blob(erasure_id)
-    apply_retention(ctx.store, erasure_id, ctx.settings)
     if moved:
         job_metrics(ctx).count_finished(status, failure_reason if status == "failed" else None)
     if moved and record is not None:
@@ -264,23 +247,6 @@ def finish_erasure(
         if record.callback_url:
             enqueue_callback(ctx, erasure_id)
     return record, moved
-
-
-def mark_retrying(ctx: JobContext, erasure_id: str, detail: str) -> bool:
-    """Show a running erasure as queued again (its rq job will be retried); whether it changed."""
-    changed = False
-
-    def mutate(r: ErasureRecord) -> None:
-        nonlocal changed
-        if r.status == "running":
-            record_event(r, "queued", stage="retrying", detail=detail)
-            changed = True
-
-    try:
-        ctx.store.update_erasure(erasure_id, mutate)
-    except KeyError:
-        return False
-    return changed
 
 
 # ----------------------------------------------------------------------------- the erasure job
@@ -346,7 +312,7 @@ class _ErasureRun:
             return self._handle_error(exc)
         except BaseException:  # the worker is being stopped (cold shutdown): rq may retry
             if self._retries_left() > 0:
-                mark_retrying(self.ctx, self.id, "the worker was stopped; retrying")
+                transitions.mark_retrying(self.store, self.id, "the worker was stopped; retrying")
             raise
         finally:
             if self.loaded is not None:
@@ -644,8 +610,8 @@ class _ErasureRun:
             return self._finish("cancelled", detail="cancelled while running; nothing published")
         left = self._retries_left()
         if left > 0:
-            mark_retrying(
-                self.ctx,
+            transitions.mark_retrying(
+                self.store,
                 self.id,
                 f"attempt {self.attempt} failed ({type(exc).__name__}); retrying "
                 f"({left} retr{'y' if left == 1 else 'ies'} left)",
@@ -853,8 +819,10 @@ def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> st
         )
         return "failed" if moved else None
     if status in (JobStatus.SCHEDULED, JobStatus.QUEUED) and record.status == "running":
-        moved = mark_retrying(
-            ctx, erasure_id, "the worker running this erasure stopped; retrying on another worker"
+        moved = transitions.mark_retrying(
+            ctx.store,
+            erasure_id,
+            "the worker running this erasure stopped; retrying on another worker",
         )
         return "retrying" if moved else None
     return None

@@ -7,7 +7,9 @@ Redis is the queue, not the database: everything that must survive lives here.
 * :mod:`service.store.filesystem`: :class:`FilesystemStore`, the default backend, on the local
   filesystem under ``$FEATUREEDIT_HOME/store``;
 * :mod:`service.store.s3`: :class:`~service.store.s3.S3Store`, on an S3-compatible bucket
-  (imported only when chosen: it needs boto3).
+  (imported only when chosen: it needs boto3);
+* :mod:`service.store.transitions`: how a record ends (terminal status once, blob deleted,
+  private-data retention) or goes back to the queue, for the API and the workers alike.
 
 :func:`get_store` chooses a backend from ``Settings.store_backend``.
 """
