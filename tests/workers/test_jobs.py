@@ -31,15 +31,10 @@ from tests.workers.conftest import (
     submit,
 )
 from workers.cache import ModelCache
+from workers.callbacks import deliver_callback
 from workers.config import WorkerSettings, callback_queue_name
-from workers.jobs import (
-    JobContext,
-    deliver_callback,
-    finish_erasure,
-    install_context,
-    reset_context,
-    run_erasure_job,
-)
+from workers.context import JobContext, install_context, reset_context
+from workers.jobs import finish_erasure, run_erasure_job
 from workers.worker import ErasureWorker
 
 NOT_PRODUCED = {"subject": "Brigid Draycott", "relation": "email", "target": UNKNOWN_TARGET}

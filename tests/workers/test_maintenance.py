@@ -25,7 +25,7 @@ from service.store import FilesystemStore, record_event
 from tests.workers.conftest import MODEL, UNKNOWN_TARGET, submit
 from workers.cache import ModelCache
 from workers.config import WorkerSettings
-from workers.jobs import JobContext, install_context, reset_context
+from workers.context import JobContext, install_context, reset_context
 from workers.maintenance import Maintenance
 from workers.worker import ErasureWorker
 

@@ -19,7 +19,7 @@ from tests.s3_server import new_bucket, s3_client
 from tests.workers.conftest import MODEL, Fact, secret_forms, submit
 from workers.cache import ModelCache
 from workers.config import WorkerSettings, callback_queue_name
-from workers.jobs import JobContext, install_context, reset_context
+from workers.context import JobContext, install_context, reset_context
 from workers.worker import ErasureWorker
 
 
