@@ -55,15 +55,12 @@ class Metrics:
             self._seconds[(method, route)] += seconds
             self._counts[(method, route)] += 1
 
-    def _erasure_counts(self, store: Store) -> dict[str, int] | None:
-        counter = getattr(store, "count_by_status", None)
-        if counter is None:
-            return None
+    def _erasure_counts(self, store: Store) -> dict[str, int]:
         now = time.monotonic()
         cached = self._status_cache
         if cached is not None and now - cached[0] < _STATUS_CACHE_SECONDS:
             return cached[1]
-        counts = counter()
+        counts = store.count_by_status()
         self._status_cache = (now, counts)
         return counts
 

@@ -1,4 +1,4 @@
-"""The worker's jobs: run one erasure, deliver its callback, reconcile records after lost workers.
+"""The erasure job: run one erasure, and end its record (:func:`finish_erasure`).
 
 The API enqueues ``workers.jobs.run_erasure_job`` by dotted path with a single argument, the
 erasure id (job id = erasure id, description ``"erasure <id>"``). Everything else comes from the
@@ -24,56 +24,41 @@ other exception is re-raised (redacted) while the rq job has retries left, so rq
 fails the erasure with a generic reason on the last attempt. Secrets never reach logs, Redis or
 the store: messages are redacted, the report is scrubbed, rq sees only the id.
 
-The jobs find the store, settings and model cache on a :class:`JobContext` that the worker
-installs (:func:`install_context`); without one, :func:`get_context` builds one from the
-environment. This module imports no torch: the API (or an rq dashboard) may import it.
+The job finds the store, settings and model cache on the worker's
+:class:`~workers.context.JobContext`. Callbacks are :mod:`workers.callbacks` (``deliver_callback``
+stays importable from here: rq may hold jobs queued under ``workers.jobs.deliver_callback``);
+records of jobs lost with their worker are reconciled by :mod:`workers.reconcile`. This module
+imports no torch: the API (or an rq dashboard) may import it.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
-import json
 import logging
 import math
-import os
-import socket
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-from redis import Redis
-from redis.exceptions import RedisError
-from rq import Queue, Retry, get_current_job
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq import get_current_job
+from rq.job import Job
 
-from service.config import Settings
-from service.job_metrics import JobMetrics
 from service.private_records import (
-    apply_retention,
     keep_revert_data,
     keep_subjects,
     subjects_of,
 )
 from service.records import TERMINAL, ErasureRecord, Status, utcnow
-from service.store import Store, get_store, record_event
-from workers.cache import ModelCache
-from workers.config import WorkerSettings, callback_queue_name
+from service.store import record_event, transitions
+from workers.callbacks import deliver_callback as deliver_callback  # rq: the old dotted path
+from workers.callbacks import enqueue_callback
+from workers.context import JobContext, get_context, job_metrics
+from workers.redaction import public_message, redact, scrub
 
 log = logging.getLogger(__name__)
 
 ERASURE_FUNC = "workers.jobs.run_erasure_job"
-CALLBACK_FUNC = "workers.jobs.deliver_callback"
-CALLBACK_RETRY_MAX = 5
-CALLBACK_RETRY_INTERVALS = [1, 5, 30, 120, 600]
-CALLBACK_JOB_SUFFIX = "-callback"
-SIGNATURE_HEADER = "X-Featureedit-Signature"  # = service.security.SIGNATURE_HEADER
 
 # Share of the overall progress each stage covers (run_erasure reports a fraction per stage).
 STAGES: dict[str, tuple[float, float]] = {
@@ -85,73 +70,6 @@ STAGES: dict[str, tuple[float, float]] = {
     "publish": (0.95, 1.0),
 }
 PROGRESS_STEP = 0.1  # a history event at most every 10 % within a stage
-COMPLETED = frozenset({"succeeded", "rejected", "nothing_to_erase"})
-
-
-# ----------------------------------------------------------------------------- context
-@dataclass
-class JobContext:
-    """What the jobs of one worker process share: settings, store, model cache, Redis."""
-
-    settings: Settings
-    store: Store
-    cache: ModelCache
-    tuning: WorkerSettings = field(default_factory=WorkerSettings)
-    redis: Redis | None = None
-    worker_name: str | None = None
-
-    def connection(self) -> Redis:
-        """The Redis connection: the running job's, else the context's, else a new one."""
-        job = get_current_job()
-        if job is not None:
-            return job.connection
-        if self.redis is None:
-            self.redis = Redis.from_url(self.settings.redis_url)
-        return self.redis
-
-    def name(self) -> str:
-        """This worker's name for records (rq's worker name when known)."""
-        return self.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-
-
-_context: JobContext | None = None
-_context_lock = threading.Lock()
-
-
-def install_context(context: JobContext) -> None:
-    """Make ``context`` the one the jobs of this process use."""
-    global _context
-    with _context_lock:
-        _context = context
-
-
-def reset_context() -> None:
-    """Forget the installed context (tests)."""
-    global _context
-    with _context_lock:
-        _context = None
-
-
-def get_context() -> JobContext:
-    """The installed context, or one built from the environment on first use."""
-    global _context
-    with _context_lock:
-        if _context is None:
-            settings = Settings()
-            tuning = WorkerSettings()
-            _context = JobContext(
-                settings=settings,
-                store=get_store(settings),
-                cache=ModelCache(tuning.cache_size, home=settings.home),
-                tuning=tuning,
-            )
-        return _context
-
-
-# ----------------------------------------------------------------------------- helpers
-def job_metrics(ctx: JobContext) -> JobMetrics:
-    """The Redis-backed job metrics (stage durations, outcomes) of ``ctx``'s service."""
-    return JobMetrics(ctx.connection(), ctx.settings.redis_prefix)
 
 
 def _queue_wait(job: Job | None) -> float | None:
@@ -172,45 +90,6 @@ class RetryableJobError(RuntimeError):
     """An attempt failed unexpectedly; rq retries the job. The message is redacted."""
 
 
-class CallbackDeliveryError(RuntimeError):
-    """The callback endpoint did not accept the notification (rq retries the delivery)."""
-
-
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    from editing.fingerprint import redact
-
-    return redact(text, [s for s in secrets if s])
-
-
-def _scrub(value: Any, secrets: list[str]) -> Any:
-    """``value`` with secrets redacted from every string and non-finite floats as None."""
-    from editing.fingerprint import redactor
-
-    return _scrub_with(value, redactor([s for s in secrets if s]))
-
-
-def _scrub_with(value: Any, clean: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return clean(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {clean(str(k)): _scrub_with(v, clean) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub_with(v, clean) for v in value]
-    if value is None or isinstance(value, bool | int):
-        return value
-    return clean(str(value))
-
-
-def _public_message(text: str, secrets: Iterable[str], settings: Settings) -> str:
-    """A user-facing message: one line, secrets redacted, server paths shortened."""
-    text = _redact(" ".join(text.split()), secrets)
-    for path, label in ((settings.store_dir, "<store>"), (settings.home, "<home>")):
-        text = text.replace(str(path), label)
-    return text[:2000]
-
-
 def finish_erasure(
     ctx: JobContext,
     erasure_id: str,
@@ -222,41 +101,26 @@ def finish_erasure(
     update: dict[str, Any] | None = None,
     failure_reason: str | None = None,
 ) -> tuple[ErasureRecord | None, bool]:
-    """Move the record to the terminal ``status`` once; delete the blob; enqueue the callback.
+    """End the erasure (:func:`service.store.transitions.finish`), count it, enqueue the callback.
 
-    Idempotent: a record already terminal is left alone (the blob is still deleted). ``update``
-    sets record fields (metrics, acceptance, checkpoint_id); ``timings`` are merged. The
-    transition is counted in the job metrics (a failure under ``failure_reason``, one of
-    :data:`service.job_metrics.FAILURE_REASONS`). Returns the record (None if it vanished) and
+    The record moves to the terminal ``status`` once; the blob is deleted and the private-data
+    retention applied either way. A transition this call made is counted in the job metrics (a
+    failure under ``failure_reason``, one of :data:`service.job_metrics.FAILURE_REASONS`) and,
+    with a ``callback_url``, its callback queued. Returns the record (None if it vanished) and
     whether this call made the transition.
     """
-    if status not in TERMINAL:
-        raise ValueError(f"{status!r} is not a terminal status; expected one of {sorted(TERMINAL)}")
-    moved = False
-
-    def mutate(r: ErasureRecord) -> None:
-        nonlocal moved
-        if r.status in TERMINAL:
-            return
-        for key, value in (update or {}).items():
-            if key == "timings":
-                r.timings.update(value)
-            else:
-                setattr(r, key, value)
-        if status == "failed":
-            r.error = error or "the erasure failed"
-        progress = 1.0 if status in COMPLETED else None
-        end_stage = "done" if status in COMPLETED else (stage or r.stage)
-        record_event(r, status, stage=end_stage, progress=progress, detail=detail)
-        moved = True
-
-    try:
-        record = ctx.store.update_erasure(erasure_id, mutate)
-    except KeyError:
+    record, moved = transitions.finish(
+        ctx.store,
+        erasure_id,
+        status,
+        settings=ctx.settings,
+        detail=detail,
+        error=error,
+        stage=stage,
+        update=update,
+    )
+    if record is None:
         log.warning("erasure %s: record vanished before it could be marked %s", erasure_id, status)
-        record = None
-    ctx.store.delete_request_blob(erasure_id)
-    apply_retention(ctx.store, erasure_id, ctx.settings)
     if moved:
         job_metrics(ctx).count_finished(status, failure_reason if status == "failed" else None)
     if moved and record is not None:
@@ -264,23 +128,6 @@ def finish_erasure(
         if record.callback_url:
             enqueue_callback(ctx, erasure_id)
     return record, moved
-
-
-def mark_retrying(ctx: JobContext, erasure_id: str, detail: str) -> bool:
-    """Show a running erasure as queued again (its rq job will be retried); whether it changed."""
-    changed = False
-
-    def mutate(r: ErasureRecord) -> None:
-        nonlocal changed
-        if r.status == "running":
-            record_event(r, "queued", stage="retrying", detail=detail)
-            changed = True
-
-    try:
-        ctx.store.update_erasure(erasure_id, mutate)
-    except KeyError:
-        return False
-    return changed
 
 
 # ----------------------------------------------------------------------------- the erasure job
@@ -346,7 +193,7 @@ class _ErasureRun:
             return self._handle_error(exc)
         except BaseException:  # the worker is being stopped (cold shutdown): rq may retry
             if self._retries_left() > 0:
-                mark_retrying(self.ctx, self.id, "the worker was stopped; retrying")
+                transitions.mark_retrying(self.store, self.id, "the worker was stopped; retrying")
             raise
         finally:
             if self.loaded is not None:
@@ -364,7 +211,7 @@ class _ErasureRun:
         if isinstance(exc, JobFailure):
             return self._fail(str(exc), "invalid_request")
         if isinstance(exc, EditingError):
-            message = _public_message(str(exc), self.secrets, self.ctx.settings)
+            message = public_message(str(exc), self.secrets, self.ctx.settings)
             return self._fail(message, "engine_error")
         if isinstance(exc, ValidationError):
             message = f"the stored request is invalid: {validation_summary(exc)}"
@@ -452,8 +299,8 @@ class _ErasureRun:
         self._observe_stages(cached)
         report = self._report(result, record, checkpoint_id, cached, load_seconds)
         self.store.put_report(self.id, report)
-        metrics = _scrub(result.metrics, self.secrets)
-        acceptance = _scrub(result.acceptance, self.secrets)
+        metrics = scrub(result.metrics, self.secrets)
+        acceptance = scrub(result.acceptance, self.secrets)
         detail = {
             "succeeded": "accepted" + ("; checkpoint published" if checkpoint_id else ""),
             "rejected": "not accepted: " + "; ".join(acceptance.get("reasons", [])),
@@ -522,7 +369,7 @@ class _ErasureRun:
                 "erasure %s: base checkpoint %s unreadable: %s",
                 self.id,
                 checkpoint_id,
-                _redact(str(exc), self.secrets),
+                redact(str(exc), self.secrets),
             )
             raise JobFailure(
                 f"base checkpoint {checkpoint_id} cannot be read ({type(exc).__name__}); "
@@ -558,7 +405,7 @@ class _ErasureRun:
                 "timings": dict(self.timings),
             }
         )
-        return _scrub(doc, self.secrets)
+        return scrub(doc, self.secrets)
 
     def _observe_stages(self, cached: bool) -> None:
         """Record this run's stage durations (model_load only if the model had to be loaded)."""
@@ -637,15 +484,15 @@ class _ErasureRun:
         return int(self.job.retries_left or 0)
 
     def _unexpected(self, exc: Exception, reason: str, kind: str) -> str:
-        summary = _redact(f"{type(exc).__name__}: {exc}", self.secrets)
-        trace = _redact("".join(traceback.format_exception(exc)), self.secrets)
+        summary = redact(f"{type(exc).__name__}: {exc}", self.secrets)
+        trace = redact("".join(traceback.format_exception(exc)), self.secrets)
         log.error("erasure %s: attempt %d failed: %s\n%s", self.id, self.attempt, summary, trace)
         if self._check_cancel_quietly():
             return self._finish("cancelled", detail="cancelled while running; nothing published")
         left = self._retries_left()
         if left > 0:
-            mark_retrying(
-                self.ctx,
+            transitions.mark_retrying(
+                self.store,
                 self.id,
                 f"attempt {self.attempt} failed ({type(exc).__name__}); retrying "
                 f"({left} retr{'y' if left == 1 else 'ies'} left)",
@@ -690,184 +537,3 @@ def out_of_space(exc: BaseException) -> bool:
 
 class _Cancelled(Exception):
     """The record asked for cancellation between engine steps."""
-
-
-# ----------------------------------------------------------------------------- callbacks
-def enqueue_callback(ctx: JobContext, erasure_id: str) -> bool:
-    """Queue the delivery of ``erasure_id``'s callback; False if already queued or Redis fails."""
-    s = ctx.settings
-    try:
-        queue = Queue(callback_queue_name(s.queue_prefix), connection=ctx.connection())
-        queue.enqueue(
-            CALLBACK_FUNC,
-            erasure_id,
-            job_id=f"{erasure_id}{CALLBACK_JOB_SUFFIX}",
-            description=f"callback {erasure_id}",
-            retry=Retry(max=CALLBACK_RETRY_MAX, interval=CALLBACK_RETRY_INTERVALS),
-            job_timeout=int(ctx.tuning.callback_timeout * 3) + 10,
-            result_ttl=s.result_ttl,
-            failure_ttl=s.failure_ttl,
-            unique=True,
-        )
-    except DuplicateJobError:
-        return False
-    except RedisError as exc:
-        log.error("erasure %s: could not queue the callback: %s", erasure_id, exc)
-        return False
-    return True
-
-
-def callback_body(record: ErasureRecord) -> bytes:
-    """The JSON body of a record's callback: ``{id, status, checkpoint_id, metrics}``."""
-    doc = {
-        "id": record.id,
-        "status": record.status,
-        "checkpoint_id": record.checkpoint_id,
-        "metrics": _scrub(record.metrics, []),
-    }
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
-
-
-def _callback_secret(settings: Settings) -> bytes:
-    from service.security import callback_secret
-
-    if settings.callback_secret is not None:
-        return settings.callback_secret.get_secret_value().encode("utf-8")
-    return callback_secret(settings.home)
-
-
-def _refuse_private_target(url: str, allow_private: bool) -> str | None:
-    """Why ``url`` must not be called (it resolves to a non-public address), or None."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host:
-        return "not an http(s) URL"
-    if allow_private:
-        return None
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return None  # cannot resolve: let the request fail (and be retried)
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global:
-            return "the host resolves to a private or local address"
-    return None
-
-
-def deliver_callback(erasure_id: str) -> str:
-    """POST the erasure's outcome to its ``callback_url``, signed; raise so rq retries failures.
-
-    The body is ``{"id", "status", "checkpoint_id", "metrics"}``; the header
-    ``X-Featureedit-Signature: sha256=<hex>`` is the HMAC-SHA256 of the body under the callback
-    secret (:func:`service.security.sign_body`). A 2xx answer is a delivery; anything else
-    (or a connection error) raises :class:`CallbackDeliveryError`. A URL resolving to a private
-    address is refused (unless ``callback_allow_private``) and not retried.
-    """
-    from service.logs import log_context
-
-    with log_context(erasure_id=erasure_id, job_id=f"{erasure_id}{CALLBACK_JOB_SUFFIX}"):
-        return _deliver_callback(erasure_id)
-
-
-def _deliver_callback(erasure_id: str) -> str:
-    import httpx
-
-    from service.security import sign_body
-
-    ctx = get_context()
-    record = ctx.store.get_erasure(erasure_id)
-    if record is None or not record.callback_url or record.status not in TERMINAL:
-        log.info("callback %s: nothing to deliver", erasure_id)
-        return "skipped"
-    host = urlsplit(record.callback_url).hostname or "?"
-    refused = _refuse_private_target(record.callback_url, ctx.settings.callback_allow_private)
-    if refused:
-        log.warning("callback %s to %s refused: %s", erasure_id, host, refused)
-        return "refused"
-    body = callback_body(record)
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "featureedit-callback/1",
-        SIGNATURE_HEADER: sign_body(body, _callback_secret(ctx.settings)),
-        "X-Featureedit-Erasure": record.id,
-    }
-    try:
-        response = httpx.post(
-            record.callback_url,
-            content=body,
-            headers=headers,
-            timeout=ctx.tuning.callback_timeout,
-            follow_redirects=False,
-        )
-    except httpx.HTTPError as exc:
-        raise CallbackDeliveryError(
-            f"callback {erasure_id} to {host}: {type(exc).__name__}"
-        ) from None
-    if not 200 <= response.status_code < 300:
-        raise CallbackDeliveryError(f"callback {erasure_id} to {host}: HTTP {response.status_code}")
-    log.info("callback %s delivered to %s (HTTP %d)", erasure_id, host, response.status_code)
-    return "delivered"
-
-
-# ----------------------------------------------------------------------------- reconciliation
-def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> str | None:
-    """Make the record of an erasure whose rq job ended outside the job function reflect it.
-
-    Called by the workers' maintenance for jobs found abandoned (their worker died) and for jobs
-    in the failed registry. The rq job FAILED while the record is not terminal: the record
-    becomes ``failed`` (blob deleted, callback queued). The job is queued or scheduled again
-    (a retry) while the record says running: it shows ``queued`` (stage ``retrying``). Returns
-    what was done (``"failed"``, ``"retrying"``) or None. Idempotent.
-    """
-    if erasure_id.endswith(CALLBACK_JOB_SUFFIX):
-        return None
-    record = ctx.store.get_erasure(erasure_id)
-    if record is None:
-        return None
-    if record.status in TERMINAL:
-        ctx.store.delete_request_blob(erasure_id)
-        return None
-    try:
-        job = Job.fetch(erasure_id, connection=connection)
-        status = job.get_status(refresh=True)
-    except NoSuchJobError:
-        return None
-    if status == JobStatus.FAILED:
-        abandoned = "AbandonedJobError" in str(_exc_text(job))
-        reason = (
-            "the worker running this erasure stopped before it finished and the retries are "
-            "used up; nothing was published"
-            if abandoned
-            else f"the erasure job failed; nothing was published. Contact the operator with "
-            f"the erasure id {erasure_id}"
-        )
-        _, moved = finish_erasure(
-            ctx,
-            erasure_id,
-            "failed",
-            error=reason,
-            detail=reason,
-            failure_reason="worker_lost" if abandoned else "job_failed",
-        )
-        return "failed" if moved else None
-    if status in (JobStatus.SCHEDULED, JobStatus.QUEUED) and record.status == "running":
-        moved = mark_retrying(
-            ctx, erasure_id, "the worker running this erasure stopped; retrying on another worker"
-        )
-        return "retrying" if moved else None
-    return None
-
-
-def _exc_text(job: Job) -> str:
-    try:
-        result = job.latest_result()
-        if result is not None and result.exc_string:
-            return result.exc_string
-    except Exception:  # an older job layout: fall back to the job hash
-        pass
-    try:
-        return job.exc_info or ""
-    except Exception:
-        return ""

@@ -10,9 +10,10 @@ worker's :class:`Maintenance` thread does both, for the worker's queues:
   claimed with a short Redis lock first, so two workers never queue it twice;
 * every ``cleanup_interval``, under rq's per-queue maintenance lock: ``cleanup()`` the
   StartedJobRegistry (expired entries are retried by rq or failed with ``AbandonedJobError``),
-  clean the other registries, then :func:`~workers.jobs.reconcile_erasure` the records of the jobs
-  just cleaned and of recent entries of the FailedJobRegistry (so a final failure outside the job
-  function still shows on the record as ``failed``; a retry shows as ``queued``/``retrying``).
+  clean the other registries, then :func:`~workers.reconcile.reconcile_erasure` the records of
+  the jobs just cleaned and of recent entries of the FailedJobRegistry (so a final failure outside
+  the job function still shows on the record as ``failed``; a retry shows as
+  ``queued``/``retrying``).
 
 After a Redis outage (this thread saw Redis unreachable, or the server restarted) the cleanup
 waits one heartbeat TTL: the heartbeats of running jobs failed meanwhile, so their registrations
@@ -45,7 +46,8 @@ from rq.utils import current_timestamp
 from rq.worker_registration import clean_worker_registry
 
 from workers.config import WorkerSettings
-from workers.jobs import JobContext, reconcile_erasure
+from workers.context import JobContext
+from workers.reconcile import reconcile_erasure
 
 log = logging.getLogger(__name__)
 

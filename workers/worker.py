@@ -48,7 +48,7 @@ from service.config import Settings
 from service.store import get_store
 from workers.cache import ModelCache
 from workers.config import WorkerSettings, callback_queue_name
-from workers.jobs import JobContext, install_context
+from workers.context import JobContext, install_context
 from workers.maintenance import Maintenance
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import pytest
 
 from service.records import ErasureRecord
 from service.store import FilesystemStore, Store, new_erasure_id, record_event
-from service.store_s3 import S3Store
+from service.store.s3 import S3Store
 from tests.service.conftest import new_record, stage_checkpoint
 
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from service.config import Settings
 from service.records import ErasureRecord
 from service.store import get_store
-from service.store_s3 import S3Store, S3StoreError, invert_id
+from service.store.s3 import S3Store, S3StoreError, invert_id
 from tests.s3_server import new_bucket, s3_client
 from tests.service.conftest import SECRET, auth, body, make_checkpoint, new_record, stage_checkpoint
 

@@ -11,7 +11,7 @@ from service.config import Settings
 from workers import cli
 from workers.config import WorkerSettings
 from workers.embedded_redis import EmbeddedRedis, free_port, redis_answers, redis_server_binary
-from workers.jobs import _scrub
+from workers.redaction import scrub
 
 
 def test_default_queues_are_callbacks_then_one_per_model(fe_home: Path) -> None:
@@ -81,7 +81,7 @@ def test_serve_falls_back_to_an_embedded_redis(monkeypatch: pytest.MonkeyPatch) 
 
 def test_scrub_redacts_and_drops_non_finite_numbers() -> None:
     doc = {"a": "phone 555-0101 here", "555-0101": [1.5, float("nan"), {"b": float("inf")}]}
-    assert _scrub(doc, ["555-0101"]) == {
+    assert scrub(doc, ["555-0101"]) == {
         "a": "phone [REDACTED] here",
         "[REDACTED]": [1.5, None, {"b": None}],
     }

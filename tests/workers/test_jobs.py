@@ -31,15 +31,10 @@ from tests.workers.conftest import (
     submit,
 )
 from workers.cache import ModelCache
+from workers.callbacks import deliver_callback
 from workers.config import WorkerSettings, callback_queue_name
-from workers.jobs import (
-    JobContext,
-    deliver_callback,
-    finish_erasure,
-    install_context,
-    reset_context,
-    run_erasure_job,
-)
+from workers.context import JobContext, install_context, reset_context
+from workers.jobs import finish_erasure, run_erasure_job
 from workers.worker import ErasureWorker
 
 NOT_PRODUCED = {"subject": "Brigid Draycott", "relation": "email", "target": UNKNOWN_TARGET}
@@ -316,11 +311,11 @@ def test_cancel_mid_run_restores_the_model_and_publishes_nothing(
     erasable_fact: Fact,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import editing.pipeline as erase_module  # the pipeline calls run_erasure
+    import editing.pipeline as pipeline  # erase_and_publish calls run_erasure from there
     from editing.checkpoints import down_proj_sha256
 
     erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
-    real = erase_module.run_erasure
+    real = pipeline.run_erasure
     seen: list[str] = []
 
     def cancel_during_edit(request: Any, loaded: Any, progress: Any = None, **kw: Any) -> Any:
@@ -332,7 +327,7 @@ def test_cancel_mid_run_restores_the_model_and_publishes_nothing(
 
         return real(request, loaded, progress=hook, **kw)
 
-    monkeypatch.setattr(erase_module, "run_erasure", cancel_during_edit)
+    monkeypatch.setattr(pipeline, "run_erasure", cancel_during_edit)
     run_worker()
 
     record = _record(store, erasure_id)
@@ -400,7 +395,7 @@ def test_changed_weights_are_dropped_from_the_cache_and_reloaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The belt to the engine's braces: a job that leaves weights changed loses its model."""
-    import editing.pipeline as erase_module  # the pipeline calls run_erasure
+    import editing.pipeline as pipeline  # erase_and_publish calls run_erasure from there
     from editing.errors import ConfigError
 
     first = submit(settings, store, rconn, [NOT_PRODUCED])
@@ -409,7 +404,7 @@ def test_changed_weights_are_dropped_from_the_cache_and_reloaded(
         loaded.adapter.down_proj_weight(0).data[0, 0] += 1.0
         raise ConfigError("simulated engine bug")
 
-    monkeypatch.setattr(erase_module, "run_erasure", corrupting)
+    monkeypatch.setattr(pipeline, "run_erasure", corrupting)
     run_worker()
     monkeypatch.undo()
     assert _record(store, first).status == "failed"

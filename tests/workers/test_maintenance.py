@@ -25,7 +25,7 @@ from service.store import FilesystemStore, record_event
 from tests.workers.conftest import MODEL, UNKNOWN_TARGET, submit
 from workers.cache import ModelCache
 from workers.config import WorkerSettings
-from workers.jobs import JobContext, install_context, reset_context
+from workers.context import JobContext, install_context, reset_context
 from workers.maintenance import Maintenance
 from workers.worker import ErasureWorker
 
@@ -156,11 +156,11 @@ def test_heartbeats_keep_a_long_job_registered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A job running longer than heartbeat_ttl is never taken for abandoned."""
-    import editing.pipeline as erase_module  # the pipeline calls run_erasure
+    import editing.pipeline as pipeline  # erase_and_publish calls run_erasure from there
 
     erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
     queue = _queue(settings, rconn)
-    real = erase_module.run_erasure
+    real = pipeline.run_erasure
     during: dict[str, Any] = {}
 
     def slow(request: Any, loaded: Any, **kw: Any) -> Any:
@@ -169,7 +169,7 @@ def test_heartbeats_keep_a_long_job_registered(
         during["registered"] = erasure_id in StartedJobRegistry(queue=queue)
         return real(request, loaded, **kw)
 
-    monkeypatch.setattr(erase_module, "run_erasure", slow)
+    monkeypatch.setattr(pipeline, "run_erasure", slow)
     ErasureWorker([queue], connection=rconn, context=context).work(burst=True)
 
     assert during == {"abandoned": [], "registered": True}

@@ -14,12 +14,12 @@ from rq import Queue
 
 from service.config import Settings
 from service.store import get_store
-from service.store_s3 import S3Store
+from service.store.s3 import S3Store
 from tests.s3_server import new_bucket, s3_client
 from tests.workers.conftest import MODEL, Fact, secret_forms, submit
 from workers.cache import ModelCache
 from workers.config import WorkerSettings, callback_queue_name
-from workers.jobs import JobContext, install_context, reset_context
+from workers.context import JobContext, install_context, reset_context
 from workers.worker import ErasureWorker
 
 

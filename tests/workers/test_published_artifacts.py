@@ -30,7 +30,8 @@ from service.store import FilesystemStore
 from tests.service.conftest import serve_in_thread
 from tests.workers.conftest import MODEL, Fact
 from workers.cache import ModelCache
-from workers.jobs import JobContext, callback_body, install_context, reset_context
+from workers.callbacks import callback_body
+from workers.context import JobContext, install_context, reset_context
 from workers.worker import ErasureWorker
 
 pytestmark = pytest.mark.slow  # two real erasures on the small world

@@ -37,7 +37,7 @@ from tests.service.test_report_formats import (
 )
 from tests.workers.conftest import MODEL, Fact, redis_bytes, secret_forms, submit
 from workers.cache import ModelCache
-from workers.jobs import JobContext, install_context, reset_context
+from workers.context import JobContext, install_context, reset_context
 from workers.worker import ErasureWorker
 
 pytestmark = (

@@ -40,7 +40,7 @@ from service.queueing import QueueUnavailable
 from service.records import TERMINAL, ErasureRecord, Status
 from service.report_html import render_report_html
 from service.security import encrypt_request
-from service.store import new_erasure_id, record_event
+from service.store import new_erasure_id, record_event, transitions
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +250,16 @@ def create_erasure(
     except QueueUnavailable as exc:
         log.error("enqueue failed", extra={"erasure": stored.id, "error": str(exc)})
 
-        def fail(r: ErasureRecord) -> None:
-            if r.status == "queued":
-                record_event(r, "failed", stage="queued", detail=QUEUE_UNAVAILABLE)
-                r.error = QUEUE_UNAVAILABLE
-
-        ctx.store.update_erasure(stored.id, fail)
-        ctx.store.delete_request_blob(stored.id)
+        transitions.finish(
+            ctx.store,
+            stored.id,
+            "failed",
+            settings=ctx.settings,
+            error=QUEUE_UNAVAILABLE,
+            detail=QUEUE_UNAVAILABLE,
+            stage="queued",
+            only_from={"queued"},
+        )
         request.state.audit_outcome = "queue_unavailable"
         raise HTTPException(
             status_code=503,
@@ -324,25 +327,13 @@ def cancel_erasure(
         except QueueUnavailable:
             # the worker checks the record before running a job, so marking it is enough
             log.warning("queue unavailable while cancelling", extra={"erasure": record.id})
-    outcome: dict[str, str] = {}
-
-    def mutate(r: ErasureRecord) -> None:
-        if r.status in TERMINAL:
-            outcome["terminal"] = r.status
-        elif r.status == "queued" and removed:
-            record_event(r, "cancelled", stage=r.stage, detail="cancelled by the client")
-            outcome["done"] = "cancelled"
-        else:
-            r.cancel_requested = True
-            outcome["done"] = "cancel_requested"
-
-    updated = ctx.store.update_erasure(record.id, mutate)
-    if "terminal" in outcome:
-        raise HTTPException(status_code=409, detail=f"Erasure is already {outcome['terminal']}")
-    request.state.audit_outcome = outcome["done"]
-    if outcome["done"] == "cancelled":
-        ctx.store.delete_request_blob(record.id)
-    else:
+    updated, outcome = transitions.cancel(
+        ctx.store, record.id, dequeued=removed, settings=ctx.settings
+    )
+    if outcome == "terminal":
+        raise HTTPException(status_code=409, detail=f"Erasure is already {updated.status}")
+    request.state.audit_outcome = outcome
+    if outcome != "cancelled":
         response.status_code = 202
     return ErasurePublic.from_record(updated, ctx.base_url(request))
 

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.checkpoint_files import MANIFEST, file_sha256, is_safe_name, read_manifest
 from service.records import ErasureRecord, utcnow
-from service.store import (
+from service.store.base import (
     check_private_name,
     check_tenant,
     page_of_records,
@@ -95,7 +95,7 @@ class S3StoreError(RuntimeError):
 
 
 class S3Store:
-    """:class:`~service.store.Store` on an S3-compatible bucket; see the module docstring."""
+    """:class:`~service.store.base.Store` on an S3-compatible bucket; see the module docstring."""
 
     def __init__(
         self,

@@ -1,22 +1,9 @@
-"""API keys, request-blob encryption and callback signatures.
+"""API keys: create, list, revoke, authenticate.
 
-API keys
-    ``fe_<43 url-safe characters>`` (256 random bits). Only their sha256 is stored, in
-    ``$FEATUREEDIT_HOME/keys/api_keys.json`` (mode 0600, atomic writes under a lock) with the
-    tenant, a key id (``key_<hex>``, safe to show and log), the creation and revocation times.
-    :func:`authenticate` compares hashes in constant time.
-
-Request blobs
-    The erasure request (with its secrets) is stored only encrypted, with Fernet (AES-128-CBC +
-    HMAC-SHA256). Keys come from ``FEATUREEDIT_SECRET_KEY`` (comma-separated Fernet keys: the first
-    encrypts, every one decrypts, for rotation) or from ``$FEATUREEDIT_HOME/keys/request.key``,
-    generated once (mode 0600). The API encrypts (:func:`encrypt_request`); the worker decrypts
-    (:func:`decrypt_request`) with the same home or environment.
-
-Callbacks
-    A callback body is signed with HMAC-SHA256 under the callback secret
-    (``FEATUREEDIT_CALLBACK_SECRET`` or ``$FEATUREEDIT_HOME/keys/callback.key``):
-    header ``X-Featureedit-Signature: sha256=<hex>`` (:func:`sign_body`, :func:`verify_signature`).
+A key is ``fe_<43 url-safe characters>`` (256 random bits). Only its sha256 is stored, in
+``$FEATUREEDIT_HOME/keys/api_keys.json`` (mode 0600, atomic writes under a lock) with the tenant,
+a key id (``key_<hex>``, safe to show and log), the creation and revocation times.
+:func:`authenticate` compares hashes in constant time.
 """
 
 from __future__ import annotations
@@ -30,29 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editing.request import STORED, ErasureRequest
-from editing.sealing import (
-    SealKeyError,
-    keys_dir,
-    seal,
-    secret_file,
-    unseal,
-)
-from service.config import callback_secret_from_env
+from editing.sealing import keys_dir
 from service.records import utcnow
 from service.store import file_lock, valid_tenant, write_atomic
 
 KEY_PREFIX = "fe_"
 KEY_ID_PREFIX = "key_"
 KEYS_FILE = "api_keys.json"
-SIGNATURE_HEADER = "X-Featureedit-Signature"
 
 
 def _sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-# ----------------------------------------------------------------------------- API keys
 @dataclass(frozen=True)
 class KeyInfo:
     """An API key as stored (never the key itself)."""
@@ -177,62 +154,3 @@ def revoke(key_id: str, home: str | os.PathLike[str] | None = None) -> KeyInfo:
 def authenticate(key: str | None, home: str | os.PathLike[str] | None = None) -> str | None:
     """The tenant of an active API key, or None."""
     return KeyStore(keys_dir(home)).authenticate(key)
-
-
-# ----------------------------------------------------------------------------- request blobs
-RequestKeyError = SealKeyError  # the request-blob key is malformed, or a blob cannot be opened
-
-
-def _request_json(request: ErasureRequest) -> bytes:
-    doc = request.model_dump(mode="json")
-    for fact_doc, fact in zip(doc["facts"], request.facts, strict=True):
-        fact_doc["target"] = fact.target.get_secret_value()
-    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
-
-
-def encrypt_request(
-    request: ErasureRequest,
-    *,
-    home: str | os.PathLike[str] | None = None,
-    key: str | bytes | None = None,
-) -> bytes:
-    """The request, secrets included, as a Fernet token (what the store keeps)."""
-    return seal(_request_json(request), home=home, key=key)
-
-
-def decrypt_request(
-    blob: bytes,
-    *,
-    home: str | os.PathLike[str] | None = None,
-    key: str | bytes | None = None,
-) -> ErasureRequest:
-    """The request :func:`encrypt_request` encrypted (RequestKeyError if no key opens it)."""
-    plain = unseal(blob, home=home, key=key, what="The request blob")
-    return ErasureRequest.model_validate_json(plain, context=STORED)  # older blobs too
-
-
-# ----------------------------------------------------------------------------- callbacks
-def callback_secret(
-    home: str | os.PathLike[str] | None = None, *, configured: str | None = None
-) -> bytes:
-    """The callback signing secret: ``configured`` (e.g. ``Settings.callback_secret``), else
-    ``FEATUREEDIT_CALLBACK_SECRET``, else ``<home>/keys/callback.key`` (generated once, 0600)."""
-    if configured:
-        return configured.encode("utf-8")
-    env = callback_secret_from_env()
-    if env:
-        return env.encode("utf-8")
-    return secret_file(keys_dir(home) / "callback.key", secrets.token_hex(32).encode("ascii"))
-
-
-def sign_body(body: bytes, secret: bytes | str) -> str:
-    """The ``X-Featureedit-Signature`` value of ``body``: ``"sha256=<hex HMAC-SHA256>"``."""
-    key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(body: bytes, signature: str | None, secret: bytes | str) -> bool:
-    """Whether ``signature`` (a header value) signs ``body`` under ``secret`` (constant time)."""
-    if not signature:
-        return False
-    return hmac.compare_digest(signature.strip(), sign_body(body, secret))
