@@ -136,23 +136,13 @@ def run(
         conn.flushdb()
 
 
-def _edited_regions(patch_file: Path, base: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-    """The base model's values at every region the patch rewrites (what an attacker wants)."""
-    tensors = load_file(str(patch_file))
-    regions = []
-    for name, indices in tensors.items():
-        if not name.endswith(".indices"):
-            continue
-        layer = int(name.split(".")[1])
-        new = tensors[f"layers.{layer}.new"]
-        w = base[layer]
-        if len(indices) == 0:
-            regions.append(w.clone())
-        elif new.shape[0] == w.shape[0] and new.shape[1] == len(indices):
-            regions.append(w.index_select(1, indices))
-        else:
-            regions.append(w.index_select(0, indices))
-    return regions
+def _edited_regions(patch_dir: Path, base: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+    """The base model's values at every region the patch rewrites (what an attacker wants),
+    read along the axis the patch records."""
+    from editing.checkpoints import load_patch
+    from editing.checkpoints.fit import region
+
+    return [region(base[p.layer], p.axis, p.indices) for p in load_patch(patch_dir).layers]
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +158,7 @@ def test_no_downloaded_tensor_holds_a_pre_edit_value(
     run: Run, mode: str, base_weights: dict[int, torch.Tensor]
 ) -> None:
     d = run.full if mode == "full" else run.delta
-    regions = _edited_regions(d.directory / "delta" / "delta.safetensors", base_weights)
+    regions = _edited_regions(d.directory / "delta", base_weights)
     assert regions, "the erasure edited nothing"
     wanted = {tensor_sha256(r) for r in regions}
     for path in d.directory.rglob("*.safetensors"):
