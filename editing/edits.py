@@ -31,6 +31,15 @@ def tensor_sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(data.numpy().tobytes()).hexdigest()
 
 
+def region(weight: torch.Tensor, axis: str, indices: torch.Tensor) -> torch.Tensor:
+    """The entries of canonical ``weight`` that a delta along ``axis`` at ``indices`` rewrites."""
+    if axis == "rows":
+        return weight.index_select(0, indices.to(weight.device))
+    if axis == "cols":
+        return weight.index_select(1, indices.to(weight.device))
+    return weight
+
+
 @dataclass
 class LayerDelta:
     """Changed entries of one layer's canonical down-projection."""
@@ -52,11 +61,7 @@ class LayerDelta:
         return tensor_sha256(self.old)
 
     def _region(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.axis == "rows":
-            return weight.index_select(0, self.indices.to(weight.device))
-        if self.axis == "cols":
-            return weight.index_select(1, self.indices.to(weight.device))
-        return weight
+        return region(weight, self.axis, self.indices)
 
     def _write(self, weight: torch.Tensor, values: torch.Tensor) -> None:
         values = values.to(device=weight.device, dtype=weight.dtype)

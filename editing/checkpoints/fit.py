@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from editing.edits import Edit, LayerDelta, tensor_sha256
+from editing.edits import Edit, LayerDelta, region, tensor_sha256
 from editing.errors import ConfigError
 
 AXES = ("rows", "cols", "dense")
@@ -15,15 +15,6 @@ AXES = ("rows", "cols", "dense")
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``."""
     return str(dtype).removeprefix("torch.")
-
-
-def region(weight: torch.Tensor, axis: str, indices: torch.Tensor) -> torch.Tensor:
-    """The entries of canonical ``weight`` that a delta along ``axis`` at ``indices`` rewrites."""
-    if axis == "rows":
-        return weight.index_select(0, indices.to(weight.device))
-    if axis == "cols":
-        return weight.index_select(1, indices.to(weight.device))
-    return weight
 
 
 def structure_problem(
