@@ -193,6 +193,23 @@ def parse_last_event_id(value: str | None) -> int | None:
     return int(text)
 
 
+def resume_after(
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=20, description="Resume after this seq."),
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=-1, description="Resume after this seq (for clients without headers).")
+    ] = None,
+) -> int:
+    """The seq an event stream resumes after: ``Last-Event-ID`` (strict, 400 if malformed),
+    else ``after``, else -1 (from the start)."""
+    resumed = parse_last_event_id(last_event_id)
+    if resumed is not None:
+        return resumed
+    return after if after is not None else -1
+
+
 def stream_slot(request: Request, ctx: ContextDep, tenant: TenantDep) -> Iterator[None]:
     """Hold one of the tenant's event streams while the response streams (429 if all are
     open); released when the stream ends, however it ends."""
@@ -403,21 +420,13 @@ def cancel_erasure(
 async def erasure_events(
     record: OwnedErasure,
     ctx: ContextDep,
+    last: Annotated[int, Depends(resume_after)],
     _slot: Annotated[None, Depends(stream_slot)],
-    last_event_id: Annotated[
-        str | None,
-        Header(alias="Last-Event-ID", max_length=20, description="Resume after this seq."),
-    ] = None,
-    after: Annotated[
-        int | None, Query(ge=-1, description="Resume after this seq (for clients without headers).")
-    ] = None,
 ) -> AsyncIterable[ServerSentEvent]:
     """The status history as ``status`` events (``id`` = seq), then new events as they happen.
 
     Ends after a terminal event, or after ``sse_max_seconds`` (reconnect with Last-Event-ID).
     """
-    resumed = parse_last_event_id(last_event_id)
-    last = resumed if resumed is not None else after if after is not None else -1
     s = ctx.settings
     deadline = time.monotonic() + s.sse_max_seconds
     first = True
