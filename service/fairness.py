@@ -62,18 +62,21 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 return #ids
 """
 
-# KEYS[1] the tenant's in-flight hash (erasure id -> facts); ARGV: id, facts, max jobs, max facts.
-# Returns 0 if reserved, 1 if the job limit, 2 if the facts limit refuses it.
+# KEYS[1] the tenant's in-flight hash (erasure id -> "<facts>|<reserved at>"); ARGV: id, facts,
+# max jobs, max facts, now. Returns 0 if reserved, 1 if the job limit, 2 if the facts limit
+# refuses it.
 _RESERVE_LUA = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 local held = redis.call('HVALS', KEYS[1])
 if #held + 1 > tonumber(ARGV[3]) then return 1 end
 local facts = tonumber(ARGV[2])
-for _, n in ipairs(held) do facts = facts + tonumber(n) end
+for _, v in ipairs(held) do facts = facts + tonumber(string.match(v, '^(%d+)')) end
 if facts > tonumber(ARGV[4]) then return 2 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[5])
 return 0
 """
+# A reservation whose record never appeared (the API process died in between) lapses after this.
+ORPHAN_SECONDS = 120.0
 
 # KEYS[1] the tenant's stream set; ARGV: token, now, expiry, limit. 1 if opened, 0 if refused.
 _OPEN_STREAM_LUA = """
@@ -136,20 +139,22 @@ class TenantQuota:
         return f"{self.prefix}:streams:{tenant}"
 
     def reserve_erasure(
-        self, tenant: str, erasure_id: str, facts: int, ended: Callable[[str], bool]
+        self, tenant: str, erasure_id: str, facts: int, ended: Callable[[str], bool | None]
     ) -> QuotaRefusal | None:
         """Count ``erasure_id`` (with ``facts`` facts) against ``tenant``'s quota; None if it
-        fits, else why not. ``ended(id)`` says whether a held erasure has finished (it is then
-        dropped first)."""
+        fits, else why not. ``ended(id)`` says whether a held erasure has finished (True), is
+        still queued or running (False) or has no record (None: being created, or orphaned if
+        older than :data:`ORPHAN_SECONDS`); finished and orphaned ones are dropped first."""
         key = self._jobs_key(tenant)
+        now = time.time()
         try:
-            held = [i.decode() for i in self.redis.hkeys(key)]
-            done = [i for i in held if ended(i)]
+            held = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
+            done = [i for i, v in held.items() if _lapsed(ended(i), v, now)]
             if done:
                 self.redis.hdel(key, *done)
             code = int(
                 self.redis.eval(
-                    _RESERVE_LUA, 1, key, erasure_id, facts, self.max_jobs, self.max_facts
+                    _RESERVE_LUA, 1, key, erasure_id, facts, self.max_jobs, self.max_facts, now
                 )
             )
         except RedisError as exc:
@@ -204,3 +209,14 @@ class TenantQuota:
             self.redis.zrem(self._streams_key(tenant), token)
         except RedisError as exc:
             log.warning("cannot release a stream slot", extra={"error": str(exc)})
+
+
+def _lapsed(ended: bool | None, value: str, now: float) -> bool:
+    """Whether a held reservation no longer counts (its erasure ended, or it is an orphan)."""
+    if ended is not None:
+        return ended
+    try:
+        reserved_at = float(value.split("|", 1)[1])
+    except (IndexError, ValueError):
+        return True
+    return now - reserved_at > ORPHAN_SECONDS

@@ -104,3 +104,15 @@ def test_reports_are_rendered_once_per_content(
     store.update_erasure(erasure_id, lambda r: setattr(r, "status", "rejected"))
     client.get(url, headers=auth(keys["acme"]))
     assert cache.renders == 2  # a changed record is rendered anew
+
+
+def test_concurrent_submissions_never_exceed_the_cap(
+    make_client: Callable[..., TestClient], keys: dict[str, str], store: FilesystemStore
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = make_client(tenant_max_jobs=5, rate_limit_write=1000)
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: _submit(client, keys["acme"])[0], range(40)))
+    assert codes.count(202) == 5 and codes.count(429) == 35
+    assert len(store.list_erasures("acme", limit=100)[0]) == 5

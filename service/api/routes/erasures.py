@@ -173,10 +173,11 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
     return request
 
 
-def _has_ended(ctx: ContextDep, erasure_id: str) -> bool:
-    """Whether the erasure has finished (or is gone): it no longer counts against a quota."""
+def _has_ended(ctx: ContextDep, erasure_id: str) -> bool | None:
+    """Whether the erasure has finished (it then no longer counts against a quota); None if it
+    has no record (yet)."""
     record = ctx.store.get_erasure(erasure_id)
-    return record is None or record.status in TERMINAL
+    return None if record is None else record.status in TERMINAL
 
 
 def parse_last_event_id(value: str | None) -> int | None:
