@@ -38,18 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1500, help="cap on the whole run, s")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="featureedit-fuzz-") as tmp:
-        with LocalStack(Path(tmp), env=ENV) as stack:
-            stack.start_api()
-            key = stack.create_key("fuzz")
-            report = run_schemathesis(
-                stack.base,
-                key,
-                max_examples=args.examples,
-                seed=args.seed,
-                timeout=args.timeout,
-                report_dir=Path(tmp),
-            )
+    with (
+        tempfile.TemporaryDirectory(prefix="featureedit-fuzz-") as tmp,
+        LocalStack(Path(tmp), env=ENV) as stack,
+    ):
+        stack.start_api()
+        key = stack.create_key("fuzz")
+        report = run_schemathesis(
+            stack.base,
+            key,
+            max_examples=args.examples,
+            seed=args.seed,
+            timeout=args.timeout,
+            report_dir=Path(tmp),
+        )
     doc = {
         "passed": report.passed,
         "cases": report.generated,
