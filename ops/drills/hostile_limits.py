@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -48,25 +49,28 @@ def hostile_limits(ctx: DrillContext, obs: Observations) -> None:
         ctx.s.stop(ctx.worker)  # nothing runs: the queue order is observable, no CPU spent
     ctx.secrets.append(FLOOD_TARGET)
     other_key = ctx.s.create_key("drill-other")
-    made: list[tuple[str, str]] = []
-    try:
-        with ctx.http() as http, ctx.http(other_key) as other:
-            _flood(ctx, obs, http, other, made)
-            _protocol(ctx, obs, http, other, made)
-    finally:
-        with ctx.http() as http, ctx.http(other_key) as other:
-            for key, erasure_id in made:
+    with ctx.http() as http, ctx.http(other_key) as other:
+        tenants = Tenants(http, other)
+        try:
+            _flood(ctx, obs, tenants)
+            _protocol(ctx, obs, tenants)
+        finally:
+            for key, erasure_id in tenants.made:
                 (http if key == "drill" else other).delete(f"/v1/erasures/{erasure_id}")
-        ctx.ensure_worker()
+            ctx.ensure_worker()
 
 
-def _flood(
-    ctx: DrillContext,
-    obs: Observations,
-    http: httpx.Client,
-    other: httpx.Client,
-    made: list[tuple[str, str]],
-) -> None:
+@dataclass
+class Tenants:
+    """The drill's two tenants' clients and the erasures made (to cancel at the end)."""
+
+    http: httpx.Client
+    other: httpx.Client
+    made: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _flood(ctx: DrillContext, obs: Observations, t: Tenants) -> None:
+    http, other, made = t.http, t.other, t.made
     codes: list[int] = []
     refusal: httpx.Response | None = None
     for i in range(25):
@@ -115,13 +119,8 @@ def _flood(
         )
 
 
-def _protocol(
-    ctx: DrillContext,
-    obs: Observations,
-    http: httpx.Client,
-    other: httpx.Client,
-    made: list[tuple[str, str]],
-) -> None:
+def _protocol(ctx: DrillContext, obs: Observations, t: Tenants) -> None:
+    http, other, made = t.http, t.other, t.made
     big = http.get("/v1/erasures", headers={"X-Pad": "a" * 65536, "Authorization": "Bearer x"})
     obs.check(big.status_code == 431, f"64 KB header before authentication: {big.status_code}")
     raw = json.dumps(_body(thresholds={"max_delta_ppl": "INF"})).replace('"INF"', "1e999")
