@@ -70,13 +70,16 @@ class JobQueue:
                 failure_ttl=s.failure_ttl,
                 unique=True,
             )
-            if tenant is not None:
-                tally = fair_tally_key(s.redis_prefix, queue.name)
-                place_fairly(self.redis, queue.key, tally, erasure_id, tenant)
         except DuplicateJobError:
             return False
         except RedisError as exc:
             raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if tenant is not None:
+            try:
+                tally = fair_tally_key(s.redis_prefix, queue.name)
+                place_fairly(self.redis, queue.key, tally, erasure_id, tenant)
+            except RedisError as exc:  # the job is queued all the same, at the end
+                log.warning("could not place a job fairly", extra={"error": str(exc)})
         return True
 
     def job_exists(self, erasure_id: str) -> bool:
