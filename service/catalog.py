@@ -19,7 +19,6 @@ from service.config import Settings
 
 log = logging.getLogger(__name__)
 
-
 class RegistryUnavailable(RuntimeError):
     """The registry file is malformed or missing (an operator problem, not the client's)."""
 
