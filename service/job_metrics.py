@@ -14,7 +14,8 @@ Keys (hashes; all counters, monotonic until Redis itself is reset):
   ``count``; ``stage`` is one of :data:`STAGES` (queue wait, model load, baseline, locate, edit,
   evaluate, publish, total);
 * ``<prefix>:metrics:finished``: erasures that ended, by terminal status;
-* ``<prefix>:metrics:failures``: failed erasures by reason, one of :data:`FAILURE_REASONS`.
+* ``<prefix>:metrics:failures``: failed erasures by reason, one of :data:`FAILURE_REASONS`;
+* ``<prefix>:metrics:accepted``: ``total`` erasures the API accepted (counted by the API).
 
 Label values come only from these closed sets (anything else counts as ``other``), never from
 free text: no secret and no unbounded cardinality can reach a label. Recording never raises: a
@@ -88,6 +89,7 @@ class JobMetricsSnapshot:
     stages: dict[str, Histogram]
     finished: dict[str, int]
     failures: dict[str, int]
+    accepted: int = 0
 
 
 class JobMetrics:
@@ -128,6 +130,13 @@ class JobMetrics:
         except RedisError as exc:
             log.warning("cannot count a finished erasure: %s", type(exc).__name__)
 
+    def count_accepted(self) -> None:
+        """Count an erasure the API accepted (queued)."""
+        try:
+            self.redis.hincrby(_key(self.prefix, "accepted"), "total", 1)
+        except RedisError as exc:
+            log.warning("cannot count an accepted erasure: %s", type(exc).__name__)
+
     def snapshot(self) -> JobMetricsSnapshot:
         """The current totals (raises RedisError if Redis is down)."""
         pipe = self.redis.pipeline(transaction=False)
@@ -135,7 +144,8 @@ class JobMetrics:
             pipe.hgetall(_key(self.prefix, "stage_seconds", stage))
         pipe.hgetall(_key(self.prefix, "finished"))
         pipe.hgetall(_key(self.prefix, "failures"))
-        *raw_stages, finished, failures = pipe.execute()
+        pipe.hget(_key(self.prefix, "accepted"), "total")
+        *raw_stages, finished, failures, accepted = pipe.execute()
         stages: dict[str, Histogram] = {}
         for stage, raw in zip(STAGES, raw_stages):
             fields = {k.decode(): v.decode() for k, v in raw.items()}
@@ -152,4 +162,5 @@ class JobMetrics:
             stages=stages,
             finished=counts(finished, TERMINAL_STATUSES),
             failures=counts(failures, FAILURE_REASONS),
+            accepted=int(accepted or 0),
         )

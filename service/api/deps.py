@@ -19,9 +19,11 @@ from editing.fingerprint import fingerprint_key
 from service.api.schemas import problem_response
 from service.audit import AuditLog
 from service.checkpoint_files import FileVerifier
-from service.config import Settings
+from service.config import Settings, is_loopback_host
+from service.fairness import QuotaRefusal, TenantQuota
 from service.metrics import Metrics
 from service.queueing import JobQueue, RateLimiter
+from service.report_cache import ReportCache
 from service.security import KeyStore
 from service.store import Store
 
@@ -38,6 +40,8 @@ class ServiceContext:
     keys: KeyStore
     audit: AuditLog
     metrics: Metrics
+    quota: TenantQuota
+    reports: ReportCache
     verifier: FileVerifier = field(default_factory=FileVerifier)
     _fp_key: bytes | None = None
     _fp_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,8 +59,20 @@ class ServiceContext:
         return key.get_secret_value() if key is not None else None
 
     def base_url(self, request: Request) -> str:
-        """Base of absolute links: ``public_url`` or the URL the client used."""
-        return (self.settings.public_url or str(request.base_url)).rstrip("/")
+        """Base of absolute links: ``public_url``, else the address the server listens on
+        (never the client's ``Host`` header, which an attacker chooses)."""
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        server = request.scope.get("server")
+        if not server:
+            return str(request.base_url).rstrip("/")
+        host, port = server[0], server[1]
+        if ":" in host:
+            host = f"[{host}]"
+        default = {"http": 80, "https": 443}.get(request.url.scheme)
+        suffix = "" if port in (None, default) else f":{port}"
+        root = request.scope.get("root_path", "")
+        return f"{request.url.scheme}://{host}{suffix}{root}".rstrip("/")
 
 
 def get_context(request: Request) -> ServiceContext:
@@ -124,6 +140,19 @@ def get_tenant(
             headers={"Retry-After": str(retry_after)},
         )
     return info.tenant
+
+
+def too_many(refusal: QuotaRefusal) -> HTTPException:
+    """The 429 of a tenant over its quota (with ``Retry-After``)."""
+    return HTTPException(
+        status_code=429, detail=refusal.detail, headers={"Retry-After": str(refusal.retry_after)}
+    )
+
+
+def client_is_local(request: Request) -> bool:
+    """Whether the request's peer address is loopback."""
+    client = request.scope.get("client")
+    return bool(client) and is_loopback_host(str(client[0]))
 
 
 ContextDep = Annotated[ServiceContext, Depends(get_context)]

@@ -153,7 +153,8 @@ def _concurrent_posts(client: TestClient, n: int, headers_for) -> list:
         return list(pool.map(post, range(n)))
 
 
-def test_100_concurrent_posts_none_lost_none_duplicated(client, keys, store, rconn):
+def test_100_concurrent_posts_none_lost_none_duplicated(make_client, keys, store, rconn):
+    client = make_client(tenant_max_jobs=100)  # the rate limit, not the in-flight cap, binds
     responses = _concurrent_posts(client, 100, lambda i: auth(keys["acme"]))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {202, 429}, codes
