@@ -4,10 +4,12 @@
 :mod:`editing.acceptance`) and, when the result is accepted and the method edits weights,
 publishes the checkpoint (:func:`editing.checkpoints.publish_checkpoint`: a forward patch, never
 pre-edit values) and hands its revert data to ``keep_revert`` — the caller's private record —
-before returning, so no checkpoint exists whose rollback data was not kept. The model is left
-unedited whatever happens. :func:`load_base_edit` turns a parent checkpoint (sequential erasures)
-into the edit ``run_erasure`` starts from. Callers add only what is theirs: the command line
-prints, the worker checks tenant ownership, records progress and registers the checkpoint.
+before returning, so no checkpoint exists whose rollback data was not kept. The returned
+:class:`Erasure`'s :meth:`~Erasure.report` is the typed :class:`~editing.report.ErasureReport`.
+The model is left unedited whatever happens. :func:`load_base_edit` turns a parent checkpoint
+(sequential erasures) into the edit ``run_erasure`` starts from. Callers add only what is theirs:
+the command line prints, the worker checks tenant ownership, records progress and registers the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from editing.erase import ErasureResult, Progress, run_erasure
 from editing.errors import CancelledError, ConfigError
 from editing.models import LoadedModel
 from editing.registry import EvalSize
+from editing.report import ErasureReport
 from editing.request import ErasureRequest, PublishMode
 
 KeepRevert = Callable[[Edit, str], Any]
@@ -44,6 +47,20 @@ class Erasure:
     def published(self) -> bool:
         """Whether a checkpoint was published."""
         return self.checkpoint is not None
+
+    def report(self, **service_fields: Any) -> ErasureReport:
+        """The typed report: the result's (:meth:`ErasureResult.report`), the published
+        checkpoint's id and summary (read back from its manifest; None when nothing was
+        published) and the caller's ``service_fields``."""
+        from editing.checkpoints.manifest import checkpoint_summary
+
+        published: dict[str, Any] = {"checkpoint": None, "checkpoint_id": None}
+        if self.checkpoint is not None:
+            published = {
+                "checkpoint": checkpoint_summary(self.checkpoint),
+                "checkpoint_id": self.checkpoint.name,
+            }
+        return self.result.report(**(published | service_fields))
 
 
 def load_base_edit(loaded: LoadedModel, checkpoint_dir: str | Path) -> Edit:
