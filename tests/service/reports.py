@@ -6,46 +6,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from editing.report import (
-    Acceptance,
-    BaseModelRef,
-    CheckpointFile,
-    CheckpointSummary,
-    CodeVersion,
-    EditFootprint,
-    ErasureReport,
-    FactMetrics,
-    FactPrompts,
-    FactReport,
-    FactSnapshot,
-    LayerFootprint,
-    LocalityRate,
-    Metrics,
-    ReportedRate,
-    UnitReport,
-)
+from editing import report as rm
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 SHA = "ab" * 32
 CHECKPOINT_ID = "0123456789abcdef"
 
 
-def _fact(relation: str) -> FactReport:
-    return FactReport(
+def _fact(relation: str) -> rm.FactReport:
+    return rm.FactReport(
         index=0,
         subject_fingerprint="hmac-sha256:" + SHA,
         relation=relation,
         fingerprint="hmac-sha256:" + SHA,
-        prompts=FactPrompts(edit=8, edit_known=8, heldout=4, heldout_known=4),
+        prompts=rm.FactPrompts(edit=8, edit_known=8, heldout=4, heldout_known=4),
         status="erased",
-        metrics=FactMetrics(
-            before=FactSnapshot(prob=0.8, exposure=9.5, leak_rate=ReportedRate(value=0.9)),
-            after=FactSnapshot(prob=0.01, exposure=0.4, leak_rate=ReportedRate(value=0.0)),
-            reliability=ReportedRate(value=1.0, hits=8, count=8),
+        metrics=rm.FactMetrics(
+            before=rm.FactSnapshot(prob=0.8, exposure=9.5, leak_rate=rm.ReportedRate(value=0.9)),
+            after=rm.FactSnapshot(prob=0.01, exposure=0.4, leak_rate=rm.ReportedRate(value=0.0)),
+            reliability=rm.ReportedRate(value=1.0, hits=8, count=8),
             delta_prob=0.98,
         ),
         units=[
-            UnitReport(
+            rm.UnitReport(
                 kind="feature",
                 site="resid_post",
                 layer=1,
@@ -59,9 +42,9 @@ def _fact(relation: str) -> FactReport:
     )
 
 
-def sample_report(erasure_id: str, relation: str = HOSTILE) -> ErasureReport:
+def sample_report(erasure_id: str, relation: str = HOSTILE) -> rm.ErasureReport:
     """A succeeded FeatureEdit erasure with a published checkpoint."""
-    return ErasureReport(
+    return rm.ErasureReport(
         status="succeeded",
         model_id="demo-small",
         method="featureedit",
@@ -72,14 +55,14 @@ def sample_report(erasure_id: str, relation: str = HOSTILE) -> ErasureReport:
             "min_locality": 0.9,
             "max_delta_ppl": 0.05,
         },
-        metrics=Metrics(
-            reliability=ReportedRate(value=1.0, count=8, facts=1),
-            generalization=ReportedRate(value=0.75, count=4, facts=1),
-            locality=LocalityRate(
+        metrics=rm.Metrics(
+            reliability=rm.ReportedRate(value=1.0, count=8, facts=1),
+            generalization=rm.ReportedRate(value=0.75, count=4, facts=1),
+            locality=rm.LocalityRate(
                 value=0.98,
                 hits=49,
                 count=50,
-                by_kind={"private": ReportedRate(value=1.0, hits=10, count=10)},
+                by_kind={"private": rm.ReportedRate(value=1.0, hits=10, count=10)},
                 set_size=60,
             ),
             delta_ppl=0.004,
@@ -91,14 +74,14 @@ def sample_report(erasure_id: str, relation: str = HOSTILE) -> ErasureReport:
             leak_rate_after=0.0,
             entries_changed=512,
         ),
-        acceptance=Acceptance(accepted=True, reasons=[]),
+        acceptance=rm.Acceptance(accepted=True, reasons=[]),
         timings={"baseline": 1.0, "locate": 2.0, "edit": 0.1, "evaluate": 3.0},
         facts=[_fact(relation)],
-        edit=EditFootprint(
+        edit=rm.EditFootprint(
             entries_changed=512,
             delta_bytes=4160,
             layers=[
-                LayerFootprint(
+                rm.LayerFootprint(
                     layer=1,
                     param="model.layers.1.mlp.down_proj.weight",
                     axis="cols",
@@ -111,15 +94,15 @@ def sample_report(erasure_id: str, relation: str = HOSTILE) -> ErasureReport:
         ),
         base_weights_sha256=SHA,
         erasure_id=erasure_id,
-        code_version=CodeVersion(package="featureedit", version="0.1.0", git_commit="abc123"),
-        checkpoint=CheckpointSummary(
+        code_version=rm.CodeVersion(package="featureedit", version="0.1.0", git_commit="abc123"),
+        checkpoint=rm.CheckpointSummary(
             checkpoint_id=CHECKPOINT_ID,
             created_at="2026-01-01T00:00:00+00:00",
-            base_model=BaseModelRef(
+            base_model=rm.BaseModelRef(
                 model_id="demo-small", model_type="gemma2", down_proj_sha256=SHA
             ),
             edited_down_proj_sha256="ef" * 32,
-            files=[CheckpointFile(name="model.safetensors", size=1234, sha256="12" * 32)],
+            files=[rm.CheckpointFile(name="model.safetensors", size=1234, sha256="12" * 32)],
             total_bytes=1234,
             delta_bytes_on_disk=0,
         ),
