@@ -31,7 +31,7 @@ ALLOWED_TAGS = {
 def _stored(client, keys, store) -> str:
     r = client.post("/v1/erasures", json=body(), headers=auth(keys["acme"]))
     erasure_id = r.json()["id"]
-    store.putsample_report_json(erasure_id, sample_report_json(erasure_id))
+    store.put_report(erasure_id, sample_report_json(erasure_id))
     return erasure_id
 
 
@@ -204,7 +204,7 @@ def test_report_cli_writes_pdf_and_html_over_http(live_server, keys, store, tmp_
 
     with FeatureeditClient(live_server, api_key=keys["acme"]) as client:
         erasure_id = client.submit(body())["id"]
-    store.putsample_report_json(erasure_id, sample_report_json(erasure_id, relation="Dana Berg"))
+    store.put_report(erasure_id, sample_report_json(erasure_id, relation="Dana Berg"))
     common = ["--url", live_server, "--api-key", keys["acme"]]
     out = tmp_path / "report.pdf"
     assert main(["report", erasure_id, "--format", "pdf", "--out", str(out), *common]) == 0
