@@ -5,8 +5,7 @@ The public surface, imported on first use (PEP 562) so that ``import editing`` s
     loaded = editing.load_model("demo-small")                     # registry id -> weights + SAEs
     request = editing.ErasureRequest(model="demo-small", facts=[...])
     result = editing.run_erasure(request, loaded)                 # an Edit, metrics, verdict
-    report = result.report()                                      # typed ErasureReport (JSON:
-                                                                  # .to_json(); load_report reads it)
+    report = result.report()                                      # typed; .to_json() to store
     path = editing.publish_checkpoint(loaded, result.edit, out_root, manifest)
     patch = editing.load_patch(path)                              # a published forward patch
     edit = editing.apply_delta_to_adapter(loaded.adapter, patch)  # applied; returns the full Edit

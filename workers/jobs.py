@@ -19,10 +19,11 @@ store: the record and the encrypted request (the only place the secret lives). A
    the request blob (and, with ``private_retention="none"``, the private record); enqueues the
    callback if the record has a ``callback_url``.
 
-Errors: :class:`~editing.errors.EditingError` fails the erasure with its (redacted) message; any
-other exception is re-raised (redacted) while the rq job has retries left, so rq retries it, and
-fails the erasure with a generic reason on the last attempt. Secrets never reach logs, Redis or
-the store: messages are redacted, the report is scrubbed, rq sees only the id.
+Errors (classified by :func:`workers.failures.classify`): :class:`~editing.errors.EditingError`
+fails the erasure with its (redacted) message; any other exception is re-raised (redacted) while
+the rq job has retries left, so rq retries it, and fails the erasure with a generic reason on the
+last attempt. The stored report is :func:`workers.report.stored_report`. Secrets never reach
+logs, Redis or the store: messages are redacted, the report is scrubbed, rq sees only the id.
 
 The job finds the store, settings and model cache on the worker's
 :class:`~workers.context.JobContext`. Callbacks are :mod:`workers.callbacks` (``deliver_callback``
