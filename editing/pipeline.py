@@ -42,6 +42,9 @@ class Erasure:
     result: ErasureResult
     checkpoint: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)  # "publish", when published
+    # what was published (lineage, hashes, sizes), read back from its manifest when published:
+    # the caller may move the directory afterwards (e.g. upload it to another store)
+    summary: dict[str, Any] | None = None
 
     @property
     def published(self) -> bool:
@@ -50,16 +53,10 @@ class Erasure:
 
     def report(self, **service_fields: Any) -> ErasureReport:
         """The typed report: the result's (:meth:`ErasureResult.report`), the published
-        checkpoint's id and summary (read back from its manifest; None when nothing was
-        published) and the caller's ``service_fields``."""
-        from editing.checkpoints.manifest import checkpoint_summary
-
-        published: dict[str, Any] = {"checkpoint": None, "checkpoint_id": None}
-        if self.checkpoint is not None:
-            published = {
-                "checkpoint": checkpoint_summary(self.checkpoint),
-                "checkpoint_id": self.checkpoint.name,
-            }
+        checkpoint's id and :attr:`summary` (None when nothing was published) and the caller's
+        ``service_fields``."""
+        checkpoint_id = None if self.checkpoint is None else self.checkpoint.name
+        published = {"checkpoint": self.summary, "checkpoint_id": checkpoint_id}
         return self.result.report(**(published | service_fields))
 
 
@@ -112,6 +109,7 @@ def erase_and_publish(
     (CancelledError: nothing published).
     """
     from editing.checkpoints import publish_checkpoint
+    from editing.checkpoints.manifest import checkpoint_summary
 
     result = run_erasure(
         request,
@@ -142,6 +140,7 @@ def erase_and_publish(
     )
     keep_revert(edit, path.name)
     erasure.checkpoint = path
+    erasure.summary = checkpoint_summary(path)
     erasure.timings["publish"] = round(time.perf_counter() - t0, 4)
     if progress is not None:
         progress("publish", 1.0)
