@@ -213,11 +213,12 @@ _BEFORE_AFTER = (  # label, metric before, metric after, chart scale
 
 
 def _metrics(report: ErasureReport) -> Section:
-    measured = dict(report.metrics.present())
+    m = report.metrics
+    measured = dict(m.present())  # the metrics the report holds, in order (unknown ones too)
     blocks: list[Block] = []
     present = [p for p in _BEFORE_AFTER if p[1] in measured or p[2] in measured]
     for label, before, after, scale in present:
-        values = (number(measured.get(before)), number(measured.get(after)))
+        values = (number(getattr(m, before)), number(getattr(m, after)))
         if any(v is not None for v in values):
             blocks.append(
                 Chart(f"{label}, mean over facts", SERIES_BEFORE_AFTER, [(label, values)], scale)
@@ -226,7 +227,7 @@ def _metrics(report: ErasureReport) -> Section:
         blocks.append(
             _table(
                 ("metric", "before", "after"),
-                [(n, measured.get(b), measured.get(a)) for n, b, a, _ in present],
+                [(n, getattr(m, b), getattr(m, a)) for n, b, a, _ in present],
             )
         )
     paired = {k for _, b, a, _ in _BEFORE_AFTER for k in (b, a)}
