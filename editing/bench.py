@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from editing.acceptance import metric, number
 from editing.erase import PAPER_FIGURES, run_erasure
 from editing.methods import MethodParams, SaeParams, method_names, method_spec
 from editing.models import LoadedModel
@@ -32,13 +33,6 @@ METRICS = (
     "units",
 )
 STAGES = ("locate", "edit", "evaluate")
-
-
-def _metric(result_metrics: dict[str, Any], name: str) -> float | None:
-    v = result_metrics.get(name)
-    if isinstance(v, dict):
-        v = v.get("value")
-    return None if v is None else float(v)
 
 
 def _summary(values: list[float | None]) -> dict[str, float | int | None]:
@@ -102,7 +96,7 @@ def run_bench(
             result = run_erasure(request, loaded)
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
-                row[name] = _metric(result.metrics, name)
+                row[name] = number(metric(result.metrics, name))
             for stage in STAGES:
                 row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
             rows[method].append(row)

@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editing.errors import ConfigError
+
+if TYPE_CHECKING:
+    from editing.report import ErasureReport
 
 BENCH_EXTENSION_GROUP = "featureedit.bench"
 PARAM_HELP = (
@@ -79,18 +83,20 @@ def _load_facts(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, dict):
-        v = v.get("value")
-        if v is None:
-            return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
+    """A metric in a table cell: a count as is, a number or a rate's value to 3 decimals."""
+    from editing.acceptance import number
+
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    value = number(v)
+    return "-" if value is None else f"{value:.3f}"
 
 
-def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list[str], list[list]]:
+def _metrics_rows(
+    results: Mapping[str, ErasureReport], paper: bool
+) -> tuple[list[str], list[list]]:
+    """Per metric a row: each method's value (and the paper's, with ``paper``), then status."""
+    from editing.acceptance import metric
     from editing.bench import METRICS
     from editing.erase import PAPER_FIGURES
 
@@ -99,14 +105,14 @@ def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list
     if paper:
         headers += [f"paper {n}" for n in names if n in PAPER_FIGURES]
     rows = []
-    for metric in (*METRICS, "entries_changed"):
-        row = [metric] + [_fmt(results[n]["metrics"].get(metric)) for n in names]
+    for name in (*METRICS, "entries_changed"):
+        row = [name] + [_fmt(metric(results[n].metrics, name)) for n in names]
         if paper:
-            row += [_fmt(PAPER_FIGURES[n].get(metric)) for n in names if n in PAPER_FIGURES]
+            row += [_fmt(PAPER_FIGURES[n].get(name)) for n in names if n in PAPER_FIGURES]
         rows.append(row)
     rows.append(
         ["status"]
-        + [results[n]["status"] for n in names]
+        + [str(results[n].status) for n in names]
         + ([""] * sum(n in PAPER_FIGURES for n in names) if paper else [])
     )
     return headers, rows
@@ -159,15 +165,16 @@ def cmd_erase(args: argparse.Namespace) -> int:
     )
     result, checkpoint = erasure.result, erasure.checkpoint
     revert = kept[0] if kept else None
-    doc = result.to_dict()
-    doc["checkpoint"] = None if checkpoint is None else str(checkpoint)
-    doc["revert_data"] = None if revert is None else str(revert)
-    if args.json:
+    report = result.report()
+    if args.json:  # the report, with the paths of what was written (no secret in either)
+        doc = report.to_json()
+        doc["checkpoint"] = None if checkpoint is None else str(checkpoint)
+        doc["revert_data"] = None if revert is None else str(revert)
         print_json(doc)
     else:
-        headers, rows = _metrics_rows({request.method: doc}, paper=False)
+        headers, rows = _metrics_rows({request.method: report}, paper=False)
         print(format_table(headers, rows))
-        for reason in result.acceptance.get("reasons", []):
+        for reason in result.acceptance.reasons:
             print(f"not accepted: {reason}")
         print(f"checkpoint: {checkpoint or 'not published'}")
         if revert is not None:
@@ -195,7 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     loaded = load_model(model_id)
     fact = next(f for f in world.private_facts() if f.relation == args.relation)
     spec = {"subject": fact.subject, "relation": fact.relation, "target": fact.target}
-    erasures, docs = {}, {}
+    erasures, reports = {}, {}
     for method in ("featureedit", "neurons"):  # only FeatureEdit's checkpoint is published
         req = ErasureRequest(model=model_id, method=method, facts=[spec])
         erasures[method] = erase_and_publish(
@@ -206,7 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             publish=method == "featureedit",
             progress=_progress(args),
         )
-        docs[method] = erasures[method].result.to_dict()
+        reports[method] = erasures[method].result.report()
     checkpoint = erasures["featureedit"].checkpoint
     verified: dict[str, Any] = {}
     if checkpoint is not None:
@@ -222,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         }
     out = {
         "fact": {"subject": fact.subject, "relation": fact.relation},
-        "results": docs,
+        "results": {method: report.to_json() for method, report in reports.items()},
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "verification": verified,
     }
@@ -230,14 +237,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     print(f"Demo world '{size}': erasing {fact.subject}'s {fact.relation} (a fictional secret)\n")
-    headers, rows = _metrics_rows(docs, paper=True)
+    headers, rows = _metrics_rows(reports, paper=True)
     print(format_table(headers, rows))
     print()
-    for name, doc in docs.items():
-        t = doc["timings"]
+    for name, report in reports.items():
+        t = report.timings
         print(
             f"{name}: locate {t['locate']:.2f}s, edit {t['edit']:.2f}s, "
-            f"evaluate {t['evaluate']:.2f}s, units {doc['metrics']['units']}"
+            f"evaluate {t['evaluate']:.2f}s, units {report.metrics.units}"
         )
     if checkpoint:
         print(f"\nFeatureEdit checkpoint: {checkpoint}")

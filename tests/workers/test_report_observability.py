@@ -174,6 +174,67 @@ def test_report_json_holds_footprint_lineage_hashes_and_code_version(run: Run) -
     assert r["facts"][0]["units"], "no located unit in the report"
 
 
+# The report's JSON as the API served it before the report was typed (editing.report): keys and
+# their order, level by level. A change here changes the API.
+REPORT_KEYS = [
+    *("erasure_id", "checkpoint_id", "status", "model_id", "method", "params", "thresholds"),
+    *("metrics", "acceptance", "timings", "facts", "edit", "produces_checkpoint"),
+    *("base_weights_sha256", "code_version", "checkpoint", "model", "request"),
+    *("fact_fingerprints", "parent_checkpoint_id", "created_at", "finished_at", "attempts"),
+    *("worker", "model_cache"),
+]
+METRIC_KEYS = [
+    *("reliability", "generalization", "locality", "delta_ppl", "ppl_before", "ppl_after"),
+    *("delta_prob", "exposure_before", "exposure_after", "leak_rate_before", "leak_rate_after"),
+    *("facts_erased", "facts_nothing_to_erase", "units", "entries_changed"),
+]
+FACT_KEYS = [
+    *("index", "subject_fingerprint", "relation", "fingerprint", "prompts", "units", "metrics"),
+    *("evidence", "timings", "status"),
+]
+UNIT_KEYS = [
+    *("kind", "site", "layer", "index", "score", "activation", "control_activation"),
+    "prompt_count",
+]
+CHECKPOINT_KEYS = [
+    *("checkpoint_id", "created_at", "publish", "format_version", "base_model"),
+    *("parent_checkpoint_id", "edited_down_proj_sha256", "files", "total_bytes"),
+    "delta_bytes_on_disk",
+]
+LAYER_KEYS = [
+    *("layer", "param", "axis", "indices", "entries_changed", "base_sha256", "new_sha256"),
+]
+RATE, MEAN_RATE = ["value", "hits", "count"], ["value", "count", "facts"]
+
+
+def test_report_json_keeps_its_shape(run: Run) -> None:
+    r = run.report
+    assert list(r) == REPORT_KEYS
+    m = r["metrics"]
+    assert list(m) == METRIC_KEYS
+    assert list(m["reliability"]) == list(m["generalization"]) == MEAN_RATE
+    assert list(m["locality"]) == [*RATE, "by_kind", "set_size"]
+    assert all(list(rate) == RATE for rate in m["locality"]["by_kind"].values())
+    assert list(r["acceptance"]) == ["accepted", "reasons"]
+    (fact,) = r["facts"]
+    assert list(fact) == FACT_KEYS
+    assert list(fact["prompts"]) == ["edit", "edit_known", "heldout", "heldout_known", "control"]
+    assert list(fact["metrics"]) == [
+        *("before", "after", "reliability", "generalization", "delta_prob")
+    ]
+    for when in ("before", "after"):
+        assert list(fact["metrics"][when]) == ["prob", "exposure", "leak_rate"]
+        assert list(fact["metrics"][when]["leak_rate"]) == RATE
+    assert list(fact["metrics"]["reliability"]) == RATE
+    assert all(list(u) == UNIT_KEYS for u in fact["units"])
+    assert list(r["edit"]) == ["entries_changed", "delta_bytes", "layers"]
+    assert all(list(layer) == LAYER_KEYS for layer in r["edit"]["layers"])
+    assert list(r["checkpoint"]) == CHECKPOINT_KEYS
+    assert list(r["checkpoint"]["base_model"]) == ["model_id", "model_type", "down_proj_sha256"]
+    assert list(r["code_version"]) == ["package", "version", "git_commit", "git_dirty"]
+    assert list(r["model_cache"]) == ["cached", "load_seconds"]
+
+
 def test_html_report_of_a_real_erasure(run: Run) -> None:
     page = run.html
     assert run.report_headers["x-request-id"] == REQUEST_ID
