@@ -31,7 +31,7 @@ METRICS = (
     "leak_rate_after",
     "units",
 )
-STAGES = ("locate", "edit", "evaluate")
+TIMED_STAGES = ("locate", "edit", "evaluate")
 
 
 def _metric(result_metrics: dict[str, Any], name: str) -> float | None:
@@ -103,7 +103,7 @@ def run_bench(
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
                 row[name] = _metric(result.metrics, name)
-            for stage in STAGES:
+            for stage in TIMED_STAGES:
                 row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
             rows[method].append(row)
             done += 1
@@ -113,7 +113,7 @@ def run_bench(
     for method, method_rows in rows.items():
         summary[method] = {name: _summary([r[name] for r in method_rows]) for name in METRICS}
         summary[method]["seconds"] = {
-            stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in STAGES
+            stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in TIMED_STAGES
         }
         summary[method]["accepted"] = sum(r["status"] == "succeeded" for r in method_rows)
         summary[method]["nothing_to_erase"] = sum(
