@@ -18,6 +18,7 @@ from editing.methods import MethodParams, SaeParams, method_names, method_spec
 from editing.models import LoadedModel
 from editing.request import ErasureRequest
 from editing.world.corpus import round_robin
+from editing.world.demo_facts import demo_world_of, request_facts
 
 METRICS = (
     "reliability",
@@ -54,13 +55,8 @@ def _summary(values: list[float | None]) -> dict[str, float | int | None]:
 
 def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[str, str]]:
     """``n_facts`` private facts of the demo world, spread over the relations (deterministic)."""
-    from editing.world.build import load_world
-
-    if not loaded.entry.is_demo:
-        raise ValueError("bench picks facts from a demo world; use model 'demo' or 'demo-small'")
-    world = load_world(loaded.entry.demo_size or "default", loaded.home)
-    picked = round_robin(world.private_facts(), n_facts, random.Random(seed))
-    return [{"subject": f.subject, "relation": f.relation, "target": f.target} for f in picked]
+    world = demo_world_of(loaded.entry, loaded.home, purpose="bench", progress=True)
+    return request_facts(round_robin(world.private_facts(), n_facts, random.Random(seed)))
 
 
 def _params(method: str, values: dict[str, Any]) -> MethodParams:

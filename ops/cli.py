@@ -232,12 +232,9 @@ def register_bench(parser: argparse.ArgumentParser) -> Command:
 
 def cmd_bench_service(args: argparse.Namespace) -> int:
     """Run the service benchmark on a private stack; print a table, JSON or Markdown."""
-    from ops.bench_service import (
-        ServiceBenchPlan,
-        bench_service_markdown,
-        bench_service_table,
-        run_bench_service,
-    )
+    from ops.bench_service.plan import ServiceBenchPlan
+    from ops.bench_service.run import run_bench_service
+    from ops.bench_service.tables import bench_service_markdown, bench_service_table
 
     try:
         plan = ServiceBenchPlan.from_args(args)
