@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from editing.cli_input import add_json_option
+
 RULE_HELP = "majority: more than half of a fact's edit prompts answered (default); all: every one"
 
 
@@ -83,5 +85,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     probe.add_argument("--rule", choices=("majority", "all"), default="majority", help=RULE_HELP)
     probe.add_argument("--facts-file", help="another fact file in the facts.json format")
     probe.add_argument("--force", action="store_true", help="probe again, ignoring the cache")
-    probe.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(probe)
     probe.set_defaults(func=cmd_facts_probe)

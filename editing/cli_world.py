@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from editing.cli import EXIT_OK, _help_of, format_table, print_json
+from editing.cli_input import add_json_option
 
 WORLD_SIZES_HELP = "small (seconds; model id demo-small) or default (minutes; model id demo)"
 
@@ -268,7 +269,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     build.add_argument("--size", default="default", help=f"world size: {WORLD_SIZES_HELP}")
     build.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
-    build.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(build)
     build.set_defaults(func=cmd_world_build)
 
     info = world_sub.add_parser(
@@ -281,5 +282,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     info.add_argument("--size", default="default", help=f"world size: {WORLD_SIZES_HELP}")
     info.add_argument("--relation", help="only this relation (e.g. phone, email, address)")
-    info.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(info)
     info.set_defaults(func=cmd_world_info)

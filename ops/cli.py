@@ -12,7 +12,7 @@ Each starts its own stack (:mod:`ops.stack`) that reuses the demo worlds of the 
 ``featureedit bench --service [--json | --markdown]``
     The service benchmark of :mod:`ops.bench_service`, added to the engine's ``bench``
     command through the entry-point group ``featureedit.bench`` (see
-    :func:`editing.cli_engine.register`), so ``editing`` never imports this package.
+    :func:`editing.cli_bench.register`), so ``editing`` never imports this package.
 
 Entry points (``pyproject.toml``): ``featureedit.commands: perf = ops.cli:register`` and
 ``featureedit.bench: service = ops.cli:register_bench``.

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from editing.cli import EXIT_OK, format_table, global_options, print_json
+from editing.cli_input import add_json_option
 from service.cli import show_help
 
 
@@ -134,15 +135,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--plain", action="store_true", help="write it unsealed (a plain safetensors file)"
     )
-    export.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(export)
     export.set_defaults(func=cmd_private_export)
     subjects = sub.add_parser("subjects", parents=[common], help="print the subject names")
     subjects.add_argument("erasure_id")
-    subjects.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(subjects)
     subjects.set_defaults(func=cmd_private_subjects)
     delete = sub.add_parser("delete", parents=[common], help="forget the private data")
     delete.add_argument("erasure_id")
-    delete.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(delete)
     delete.set_defaults(func=cmd_private_delete)
 
     checkpoints = subparsers.add_parser(
@@ -156,5 +157,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rewrite format-1 checkpoints (they held pre-edit values and subject names)",
     )
     migrate.add_argument("--dry-run", action="store_true", help="only list what would change")
-    migrate.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(migrate)
     migrate.set_defaults(func=cmd_checkpoints_migrate)
