@@ -21,7 +21,6 @@ import pytest
 import redis
 
 from service.config import Settings
-from service.records import ErasureRecord
 from service.store import FilesystemStore
 from tests.conftest import flushed_redis, reachable_redis
 
@@ -107,23 +106,13 @@ def submit(
     """Create an erasure the way the API does (record, encrypted blob, job); return its id."""
     from editing.fingerprint import fingerprint_key
     from editing.request import ErasureRequest
-    from service.api.routes.erasures import public_request
+    from service.api.routes.erasures import new_record
     from service.queueing import JobQueue
     from service.security import encrypt_request
-    from service.store import new_erasure_id, record_event
 
     request = ErasureRequest(model=MODEL, facts=facts, **request_fields)
-    public, fingerprints = public_request(request, fingerprint_key(settings.home))
-    record = ErasureRecord(
-        id=new_erasure_id(),
-        tenant=tenant,
-        model=request.model,
-        method=request.method,
-        request_public=public,
-        fact_fingerprints=fingerprints,
-        callback_url=callback_url,
-    )
-    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
+    key = fingerprint_key(settings.home)
+    record = new_record(request, tenant, key, callback_url=callback_url)
     store.create_erasure(record, encrypt_request(request, home=settings.home))
     if enqueue:
         assert JobQueue(conn, settings).enqueue(record.id, record.model)
