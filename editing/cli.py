@@ -39,6 +39,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any, TextIO
 
 from editing import settings
+from editing.cli_input import help_command
 from editing.errors import EditingError
 
 ENTRY_POINT_GROUP = "featureedit.commands"
@@ -190,14 +191,6 @@ def register_plugins(subparsers: argparse._SubParsersAction) -> None:
             )
 
 
-def _help_of(parser: argparse.ArgumentParser) -> Command:
-    def show_help(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return EXIT_ERROR
-
-    return show_help
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full ``featureedit`` parser: global options, built-in and plugin commands."""
     try:
@@ -218,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     register_commands(subparsers)
     register_plugins(subparsers)
-    parser.set_defaults(func=_help_of(parser))
+    parser.set_defaults(func=help_command(parser))
     return parser
 
 

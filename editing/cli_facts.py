@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from editing.cli_input import add_json_option
+from editing.cli_input import add_command_group, add_json_option
 
 RULE_HELP = "majority: more than half of a fact's edit prompts answered (default); all: every one"
 
@@ -63,16 +63,13 @@ def cmd_facts_probe(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``facts probe``."""
-    from editing.cli import _help_of
-
-    facts = subparsers.add_parser(
+    sub = add_command_group(
+        subparsers,
         "facts",
         help="the shipped world-knowledge fact set: which facts a model knows",
         description="Genuine world knowledge (capitals, authors, chemical symbols...) shipped "
         "with featureedit (editing/realdata/facts.json).",
     )
-    sub = facts.add_subparsers(dest="facts_command", metavar="COMMAND")
-    facts.set_defaults(func=_help_of(facts))
     probe = sub.add_parser(
         "probe",
         parents=[common],

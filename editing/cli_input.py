@@ -1,6 +1,6 @@
 """What ``featureedit`` commands read from the user, shared by every package's CLI: the common
-option shapes (``--json``, a fact given by flags, method parameters and thresholds), ``KEY=VALUE``
-pairs, and fact files (JSON or JSONL).
+option shapes (``--json``, a fact given by flags, method parameters and thresholds, a command
+group), ``KEY=VALUE`` pairs, and fact files (JSON or JSONL).
 
 Torch-free; errors are :class:`~editing.errors.ConfigError` (one line on stderr, exit code 2).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,28 @@ THRESHOLD_HELP = "acceptance threshold KEY=VALUE (repeatable), e.g. min_locality
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """``--json``: print one JSON document on stdout (see :func:`editing.cli.print_json`)."""
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def help_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A command that prints ``parser``'s help and exits with the usage error code."""
+
+    def show_help(_args: argparse.Namespace) -> int:
+        from editing.cli import EXIT_ERROR
+
+        parser.print_help()
+        return EXIT_ERROR
+
+    return show_help
+
+
+def add_command_group(
+    subparsers: argparse._SubParsersAction, name: str, **parser_options: Any
+) -> argparse._SubParsersAction:
+    """Add the command ``name`` (``parser_options`` as for ``add_parser``) and return the
+    sub-parsers of its sub-commands (dest ``<name>_command``); given alone it prints its help."""
+    group = subparsers.add_parser(name, **parser_options)
+    group.set_defaults(func=help_command(group))
+    return group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
 
 
 def add_fact_options(parser: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from editing.cli import EXIT_ERROR, EXIT_OK, format_table, global_options, print_json
 from editing.cli_input import (
+    add_command_group,
     add_fact_options,
     add_json_option,
     add_method_options,
@@ -293,14 +294,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- registration
-def show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return EXIT_ERROR
-
-    return show
-
-
 def _client_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("service options")
@@ -317,14 +310,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = global_options()
     client = _client_options()
 
-    keys = subparsers.add_parser(
+    keys_sub = add_command_group(
+        subparsers,
         "keys",
         help="manage the service's API keys (on the API host)",
         description="API keys of the HTTP service, stored as sha256 hashes in "
         "$FEATUREEDIT_HOME/keys/api_keys.json.",
     )
-    keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
-    keys.set_defaults(func=show_help(keys))
 
     create = keys_sub.add_parser(
         "create", parents=[common], help="create a key for a tenant (printed once)"

@@ -9,14 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from editing.cli_input import (
-    add_fact_options,
-    add_json_option,
-    add_method_options,
-    fact_from_options,
-    parse_pairs,
-    read_fact_file,
-)
+from editing import cli_input
 from editing.errors import ConfigError
 
 FACT = {"subject": "Dana Berg", "relation": "phone", "target": "555-0100"}
@@ -24,9 +17,9 @@ FACT = {"subject": "Dana Berg", "relation": "phone", "target": "555-0100"}
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    add_fact_options(parser)
-    add_method_options(parser)
-    add_json_option(parser)
+    cli_input.add_fact_options(parser)
+    cli_input.add_method_options(parser)
+    cli_input.add_json_option(parser)
     return parser
 
 
@@ -45,21 +38,21 @@ def test_fact_files_in_every_shape(
 ) -> None:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    assert read_fact_file(path, "--file x") == (rest, facts)
+    assert cli_input.read_fact_file(path, "--file x") == (rest, facts)
 
 
 def test_bad_fact_files_name_the_file_not_the_content(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^--file gone does not exist$"):
-        read_fact_file(tmp_path / "gone.json", "--file gone")
+        cli_input.read_fact_file(tmp_path / "gone.json", "--file gone")
     broken = tmp_path / "broken.json"
     broken.write_text('{\n"target": "555-0100",\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"broken is not valid JSON \(line 3\)") as info:
-        read_fact_file(broken, "broken")
+        cli_input.read_fact_file(broken, "broken")
     assert "555-0100" not in str(info.value)
     scalar = tmp_path / "scalar.json"
     scalar.write_text("3", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected a request object"):
-        read_fact_file(scalar, "scalar")
+        cli_input.read_fact_file(scalar, "scalar")
 
 
 def test_a_fact_from_flags(tmp_path: Path) -> None:
@@ -69,17 +62,17 @@ def test_a_fact_from_flags(tmp_path: Path) -> None:
         ["--subject", "Dana Berg", "--relation", "phone", "--target-file", str(secret),
          "--prompt", "Dana's phone is", "--json"]
     )  # fmt: skip
-    assert fact_from_options(args) == FACT | {"edit_prompts": ["Dana's phone is"]}
+    assert cli_input.fact_from_options(args) == FACT | {"edit_prompts": ["Dana's phone is"]}
     assert args.json and args.param is None and args.base_checkpoint is None
-    assert fact_from_options(_parser().parse_args([])) is None
+    assert cli_input.fact_from_options(_parser().parse_args([])) is None
     incomplete = _parser().parse_args(["--subject", "Dana Berg", "--target", "555-0100"])
     with pytest.raises(ConfigError, match="a fact needs --subject, --relation") as info:
-        fact_from_options(incomplete)
+        cli_input.fact_from_options(incomplete)
     assert "555-0100" not in str(info.value)
 
 
 def test_key_value_pairs_decode_json_values() -> None:
     pairs = ["tau1=0.3", "layers=[1,2]", "variant=rows"]
-    assert parse_pairs(pairs) == {"tau1": 0.3, "layers": [1, 2], "variant": "rows"}
+    assert cli_input.parse_pairs(pairs) == {"tau1": 0.3, "layers": [1, 2], "variant": "rows"}
     with pytest.raises(ConfigError, match="--threshold expects KEY=VALUE, got 'x'"):
-        parse_pairs(["x"], "--threshold")
+        cli_input.parse_pairs(["x"], "--threshold")
