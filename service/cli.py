@@ -26,16 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editing import cli_input
 from editing.cli import EXIT_ERROR, EXIT_OK, format_table, global_options, print_json
-from editing.cli_input import (
-    add_command_group,
-    add_fact_options,
-    add_json_option,
-    add_method_options,
-    fact_from_options,
-    parse_pairs,
-    read_fact_file,
-)
 from editing.errors import ConfigError
 from editing.methods import method_names
 
@@ -152,8 +144,8 @@ def _client_command(func: Callable[[argparse.Namespace], int]) -> Callable[..., 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     """The request body from ``FILE`` (a full request, ``{"facts": [...]}``, a list or JSONL)
     and the flags (which override the file's model, method, params and thresholds)."""
-    body, facts = read_fact_file(Path(args.file), args.file) if args.file else ({}, [])
-    fact = fact_from_options(args)
+    body, facts = cli_input.read_fact_file(Path(args.file), args.file) if args.file else ({}, [])
+    fact = cli_input.fact_from_options(args)
     if fact is not None:
         facts.append(fact)
     if not facts:
@@ -164,11 +156,11 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             body[name] = value
     if args.param:
-        body["params"] = {**body.get("params", {}), **parse_pairs(args.param, "--param")}
+        body["params"] = {**body.get("params", {}), **cli_input.parse_pairs(args.param, "--param")}
     if args.threshold:
         body["thresholds"] = {
             **body.get("thresholds", {}),
-            **parse_pairs(args.threshold, "--threshold"),
+            **cli_input.parse_pairs(args.threshold, "--threshold"),
         }
     return body
 
@@ -301,7 +293,7 @@ def _client_options() -> argparse.ArgumentParser:
         "--url", help=f"service base URL (env FEATUREEDIT_URL; default {DEFAULT_URL})"
     )
     group.add_argument("--api-key", help="API key (env FEATUREEDIT_API_KEY; prefer the env)")
-    add_json_option(group)
+    cli_input.add_json_option(group)
     return parser
 
 
@@ -310,7 +302,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = global_options()
     client = _client_options()
 
-    keys_sub = add_command_group(
+    keys_sub = cli_input.add_command_group(
         subparsers,
         "keys",
         help="manage the service's API keys (on the API host)",
@@ -322,17 +314,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "create", parents=[common], help="create a key for a tenant (printed once)"
     )
     create.add_argument("--tenant", required=True, help="tenant name (letters, digits, ._-)")
-    add_json_option(create)
+    cli_input.add_json_option(create)
     create.set_defaults(func=cmd_keys_create)
 
     listing = keys_sub.add_parser("list", parents=[common], help="list keys (never the keys)")
     listing.add_argument("--tenant", help="only this tenant's keys")
-    add_json_option(listing)
+    cli_input.add_json_option(listing)
     listing.set_defaults(func=cmd_keys_list)
 
     revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by id")
     revoke.add_argument("key_id", metavar="KEY_ID")
-    add_json_option(revoke)
+    cli_input.add_json_option(revoke)
     revoke.set_defaults(func=cmd_keys_revoke)
 
     submit = subparsers.add_parser(
@@ -346,8 +338,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("file", nargs="?", metavar="FILE", help="request JSON (or JSONL facts)")
     submit.add_argument("--model", help="registered model id (default demo)")
     submit.add_argument("--method", choices=method_names())
-    add_fact_options(submit)
-    add_method_options(submit)
+    cli_input.add_fact_options(submit)
+    cli_input.add_method_options(submit)
     submit.add_argument(
         "--publish",
         choices=("full", "delta"),
