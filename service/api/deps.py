@@ -18,6 +18,7 @@ from redis import Redis
 from editing.fingerprint import fingerprint_key
 from service.api.schemas import problem_response
 from service.audit import AuditLog
+from service.catalog import RegistryUnavailable, registered_models
 from service.checkpoint_files import FileVerifier
 from service.config import Settings, is_loopback_host
 from service.fairness import QuotaRefusal, TenantQuota
@@ -160,3 +161,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def registered_models_or_503(settings: Settings) -> dict[str, Any]:
+    """The registered models (:func:`service.catalog.registered_models`); HTTP 503 if the
+    registry cannot be read (the operator's problem, not the client's)."""
+    try:
+        return registered_models(settings)
+    except RegistryUnavailable:
+        raise HTTPException(
+            status_code=503, detail="The model registry is misconfigured; contact the operator"
+        ) from None

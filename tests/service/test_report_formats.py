@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from service.job_metrics import FAILURE_REASONS, STAGES, JobMetrics
+from service.job_metrics import FAILURE_REASONS, TIMING_STAGES, JobMetrics
 from tests.service.conftest import SECRET, auth, body
 from tests.service.reports import SHA, sample_report, sample_report_json
 
@@ -239,7 +239,7 @@ def test_job_metrics_on_metrics_page_parse_with_closed_labels(client, rconn, set
     assert samples[(bucket, (("le", "0.5"), ("stage", "locate")))] == 1
     assert samples[(bucket, (("le", "+Inf"), ("stage", "locate")))] == 2
     assert samples[(count, (("stage", "queue_wait"),))] == 1
-    assert {s.labels["stage"] for s in hist.samples} == set(STAGES)
+    assert {s.labels["stage"] for s in hist.samples} == set(TIMING_STAGES)
     finished = {
         s.labels["status"]: s.value for s in families["featureedit_erasures_finished"].samples
     }

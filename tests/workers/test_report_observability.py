@@ -22,23 +22,15 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from rq import Queue
 
-from service.config import Settings
-from service.security import KeyStore, keys_dir
 from service.store import FilesystemStore
-from tests.service.conftest import serve_in_thread
 from tests.service.test_report_formats import (
     ALLOWED_TAGS,
     assert_not_blank,
     chromium_screenshot,
     pdf_text,
 )
-from tests.workers.conftest import MODEL, Fact, redis_bytes, secret_forms, submit
-from workers.cache import ModelCache
-from workers.context import JobContext, install_context, reset_context
-from workers.worker import ErasureWorker
+from tests.workers.conftest import MODEL, Fact, live_stack, redis_bytes, secret_forms, submit
 
 pytestmark = (
     pytest.mark.slow
@@ -80,16 +72,6 @@ def run(
     from service.logs import JsonFormatter
 
     tmp = tmp_path_factory.mktemp("report-run")
-    conn = redis.Redis.from_url(worker_redis_url)
-    conn.flushdb()
-    settings = Settings(
-        home=fe_home,
-        store_root=tmp / "store",
-        redis_url=worker_redis_url,
-        job_timeout=600,
-        job_retries=0,
-    )
-    store = FilesystemStore(settings.store_dir)
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(JsonFormatter())
@@ -99,11 +81,9 @@ def run(
         saved[name] = logger.level
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    ctx = JobContext(settings=settings, store=store, cache=ModelCache(1, home=fe_home), redis=conn)
-    install_context(ctx)
     try:
-        key = KeyStore(keys_dir(settings.home)).create_key("acme")[1]
-        with serve_in_thread(settings) as url:
+        with live_stack(tmp, fe_home, worker_redis_url, ("acme",), job_timeout=600) as stack:
+            url, key, conn = stack.url, stack.keys["acme"], stack.conn
             accepted = httpx.post(
                 f"{url}/v1/erasures",
                 json={"model": MODEL, "facts": [erasable_fact.spec()]},
@@ -112,12 +92,13 @@ def run(
             assert accepted.status_code == 202, accepted.text
             erasure_id = accepted.json()["id"]
             failed_id = submit(  # as the API would; it refuses unknown base checkpoints itself
-                settings, store, conn, [erasable_fact.spec()], base_checkpoint="0123456789abcdef"
+                stack.settings,
+                stack.store,
+                conn,
+                [erasable_fact.spec()],
+                base_checkpoint="0123456789abcdef",
             )
-            worker = ErasureWorker(
-                [Queue(settings.queue_name(MODEL), connection=conn)], connection=conn, context=ctx
-            )
-            worker.work(burst=True, logging_level="INFO")
+            stack.run_jobs(logging_level="INFO")
             with FeatureeditClient(url, api_key=key) as client:
                 report = client.report(erasure_id)
                 pdf = client.report(erasure_id, format="pdf")
@@ -130,28 +111,25 @@ def run(
             args = ["report", erasure_id, "--format", "pdf", "--out", str(cli_out)]
             assert main([*args, "--url", url, "--api-key", key]) == 0
             metrics = httpx.get(f"{url}/metrics").text
-        yield Run(
-            secret=erasable_fact.target,
-            erasure_id=erasure_id,
-            failed_id=failed_id,
-            store=store,
-            report=report,
-            html=page.text,
-            pdf=pdf,
-            cli_pdf=cli_out.read_bytes(),
-            metrics=metrics,
-            report_headers=dict(page.headers),
-            logs=buffer.getvalue().splitlines(),
-            redis_dump=redis_bytes(conn),
-        )
+            yield Run(
+                secret=erasable_fact.target,
+                erasure_id=erasure_id,
+                failed_id=failed_id,
+                store=stack.store,
+                report=report,
+                html=page.text,
+                pdf=pdf,
+                cli_pdf=cli_out.read_bytes(),
+                metrics=metrics,
+                report_headers=dict(page.headers),
+                logs=buffer.getvalue().splitlines(),
+                redis_dump=redis_bytes(conn),
+            )
     finally:
         for name in LOGGERS:
             logger = logging.getLogger(name)
             logger.removeHandler(handler)
             logger.setLevel(saved[name])
-        reset_context()
-        conn.flushdb()
-        conn.close()
 
 
 def test_report_json_holds_footprint_lineage_hashes_and_code_version(run: Run) -> None:

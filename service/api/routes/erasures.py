@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from editing.checkpoints.manifest import LegacyCheckpointError, base_model_problem
 from editing.fingerprint import fingerprint, subject_fingerprint
 from editing.request import ErasureRequest
-from service.api.deps import ContextDep, TenantDep, too_many
+from service.api.deps import ContextDep, TenantDep, registered_models_or_503, too_many
 from service.api.errors import Unprocessable, from_validation_error
 from service.api.schemas import (
     ErasureAccepted,
@@ -36,7 +36,7 @@ from service.api.schemas import (
     callback_host_is_private,
     problem_response,
 )
-from service.catalog import RegistryUnavailable, method_problem, registered_models
+from service.catalog import method_problem
 from service.job_metrics import JobMetrics
 from service.queueing import QueueUnavailable
 from service.records import TERMINAL, ErasureRecord, Status
@@ -91,6 +91,31 @@ def public_request(request: ErasureRequest, key: bytes) -> tuple[dict[str, Any],
     return doc, fingerprints
 
 
+def new_record(
+    request: ErasureRequest,
+    tenant: str,
+    key: bytes,
+    *,
+    callback_url: str | None = None,
+    request_id: str | None = None,
+) -> ErasureRecord:
+    """The queued record of a new erasure of ``request`` for ``tenant`` (with a fresh id; only
+    the request's public form, see :func:`public_request`; ``key`` is the fingerprint key)."""
+    request_public, fingerprints = public_request(request, key)
+    record = ErasureRecord(
+        id=new_erasure_id(),
+        tenant=tenant,
+        model=request.model,
+        method=request.method,
+        request_public=request_public,
+        fact_fingerprints=fingerprints,
+        callback_url=callback_url,
+        request_id=request_id,
+    )
+    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
+    return record
+
+
 def _encode_cursor(erasure_id: str | None) -> str | None:
     if erasure_id is None:
         return None
@@ -118,12 +143,7 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
         request = body.to_request()
     except ValidationError as exc:
         raise from_validation_error(exc) from None
-    try:
-        models = registered_models(s)
-    except RegistryUnavailable:
-        raise HTTPException(
-            status_code=503, detail="The model registry is misconfigured; contact the operator"
-        ) from None
+    models = registered_models_or_503(s)
     entry = models.get(request.model)
     if entry is None:
         raise Unprocessable(
@@ -268,25 +288,20 @@ def create_erasure(
 ) -> ErasureAccepted:
     """Validate and store the request, then enqueue its job. Returns 202 with the status URL."""
     erasure_request = _validate_create(body, ctx, tenant)
-    request_public, fingerprints = public_request(erasure_request, ctx.fingerprint_key())
-    erasure_id = new_erasure_id()
+    record = new_record(
+        erasure_request,
+        tenant,
+        ctx.fingerprint_key(),
+        callback_url=str(body.callback_url) if body.callback_url else None,
+        request_id=getattr(request.state, "request_id", None),
+    )
+    erasure_id = record.id
     refusal = ctx.quota.reserve_erasure(
         tenant, erasure_id, len(erasure_request.facts), lambda i: _has_ended(ctx, i)
     )
     if refusal is not None:
         request.state.audit_outcome = "over_quota"
         raise too_many(refusal)
-    record = ErasureRecord(
-        id=erasure_id,
-        tenant=tenant,
-        model=erasure_request.model,
-        method=erasure_request.method,
-        request_public=request_public,
-        fact_fingerprints=fingerprints,
-        callback_url=str(body.callback_url) if body.callback_url else None,
-        request_id=getattr(request.state, "request_id", None),
-    )
-    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
     blob = encrypt_request(erasure_request, home=ctx.settings.home, key=ctx.request_key())
     try:
         stored, created = ctx.store.create_erasure(record, blob, idempotency_key)
