@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 ERASURE_FUNC = "workers.jobs.run_erasure_job"
 
 # Share of the overall progress each stage covers (run_erasure reports a fraction per stage).
-STAGES: dict[str, tuple[float, float]] = {
+PROGRESS_SHARES: dict[str, tuple[float, float]] = {
     "starting": (0.0, 0.0),
     "loading model": (0.0, 0.05),
     "baseline": (0.05, 0.15),
@@ -362,7 +362,7 @@ class _ErasureRun:
         self._progress(stage, fraction)
 
     def _progress(self, stage: str, fraction: float, force: bool = False) -> None:
-        lo, hi = STAGES.get(stage, (self.written_progress, self.written_progress))
+        lo, hi = PROGRESS_SHARES.get(stage, (self.written_progress, self.written_progress))
         overall = round(min(1.0, max(0.0, lo + (hi - lo) * max(0.0, min(1.0, fraction)))), 4)
         stage_changed = stage != self.stage
         if not (force or stage_changed or overall - self.written_progress >= PROGRESS_STEP):
