@@ -312,7 +312,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    result = run_bench(loaded, args.facts, methods=methods, progress=progress)
+    from editing.attacks import parse_attacks
+
+    attacks = [] if args.attacks is None else parse_attacks(args.attacks)
+    result = run_bench(loaded, args.facts, methods=methods, progress=progress, attacks=attacks)
     bar.close()
     if args.json:
         print_json(result)
@@ -351,6 +354,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print()
     for k, v in result["ratios"].items():
         print(f"{k}: {v}")
+    if attacks:
+        from editing.cli_attack import summary_rows
+
+        rows = [[m, *r] for m, s in result["summary"].items() for r in summary_rows(s["attacks"])]
+        print("\nAttackSuccess (share of facts whose whole secret the attack recovered):")
+        print(format_table(["method", "attack", "success", "before", "after"], rows))
     return 0
 
 
@@ -486,6 +495,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     bench.add_argument("--methods", help="comma-separated (default: every registered method)")
     bench.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
+    bench.add_argument(
+        "--attacks",
+        nargs="?",
+        const="",
+        metavar="A,B",
+        help="also attack every edit (featureedit attack's suite; default all attacks)",
+    )
     bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
 
 
