@@ -313,9 +313,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bar.refresh()
 
     from editing.attacks import parse_attacks
+    from editing.cli_attack import parse_budgets
 
     attacks = [] if args.attacks is None else parse_attacks(args.attacks)
-    result = run_bench(loaded, args.facts, methods=methods, progress=progress, attacks=attacks)
+    budgets = parse_budgets(args.budget)
+    result = run_bench(
+        loaded,
+        args.facts,
+        methods=methods,
+        progress=progress,
+        attacks=attacks,
+        attack_budgets=budgets,
+    )
     bar.close()
     if args.json:
         print_json(result)
@@ -501,6 +510,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         const="",
         metavar="A,B",
         help="also attack every edit (featureedit attack's suite; default all attacks)",
+    )
+    bench.add_argument(
+        "--budget", action="append", metavar="ATTACK.KEY=VALUE", help="attack budget"
     )
     bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
 
