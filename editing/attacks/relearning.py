@@ -39,10 +39,12 @@ def fine_tune(
     lr: float,
     seed: int,
 ) -> None:
-    """``steps`` AdamW steps of causal-LM loss on batches of ``texts`` (in place)."""
+    """``steps`` AdamW steps of causal-LM loss on batches of ``texts`` (in place; every parameter
+    is made trainable, so pass a copy of a loaded model, whose weights are frozen)."""
     gen = random.Random(seed)
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     device = next(model.parameters()).device
+    model.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     with torch.enable_grad():
