@@ -168,24 +168,6 @@ def sample_continuations(
     return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
 
 
-def sampled_leaks(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    secret: str,
-    samples: int = 5,
-    seed: int = 0,
-    top_p: float = 1.0,
-) -> list[int]:
-    """Per prompt: how many of ``samples`` sampled continuations contain the whole secret
-    (:func:`editing.scoring.contains_target`)."""
-    if not prompts:
-        return []
-    n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 4
-    per_prompt = sample_continuations(model, tokenizer, prompts, n_new, samples, seed, top_p)
-    return [sum(contains_target(t, secret) for t in texts) for texts in per_prompt]
-
-
 def leak_rate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -195,6 +177,11 @@ def leak_rate(
     seed: int = 0,
     top_p: float = 1.0,
 ) -> Rate:
-    """Share of sampled continuations (temperature 1, ``samples`` per prompt) with the secret."""
-    hits = sampled_leaks(model, tokenizer, prompts, secret, samples, seed, top_p)
-    return Rate(sum(hits), samples * len(hits))
+    """Share of sampled continuations (temperature 1, no top-k, nucleus ``top_p``; ``samples``
+    per prompt) that contain the whole secret (:func:`editing.scoring.contains_target`)."""
+    if not prompts:
+        return Rate(0, 0)
+    n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 4
+    per_prompt = sample_continuations(model, tokenizer, prompts, n_new, samples, seed, top_p)
+    texts = [t for group in per_prompt for t in group]
+    return Rate(sum(contains_target(t, secret) for t in texts), len(texts))
