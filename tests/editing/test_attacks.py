@@ -198,6 +198,10 @@ def test_cli_attacks_a_published_checkpoint(small_model, erasable_fact, tmp_path
     assert erasable_fact.subject not in captured.out + captured.err
     assert main([*args, "--attacks", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    text_args = [a for a in args if a != "--json"]
+    assert main([*text_args, "--attacks", "logit_lens"]) == 0
+    table = capsys.readouterr().out
+    assert "head@20" in table and erasable_fact.target not in table
 
 
 def test_bench_reports_attacks_per_method(small_model) -> None:
