@@ -23,7 +23,7 @@ BUDGET_HELP = (
 
 def parse_budgets(pairs: list[str] | None) -> dict[str, dict[str, int | float]]:
     """``["sampled.samples=20", ...]`` as ``{"sampled": {"samples": 20}}``."""
-    from editing.cli_engine import parse_pairs
+    from editing.cli_input import parse_pairs
 
     out: dict[str, dict[str, int | float]] = {}
     for key, value in parse_pairs(pairs, "--budget").items():
@@ -77,14 +77,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from editing.attacks.suite import run_attacks, summarise
     from editing.checkpoints.manifest import read_manifest
     from editing.cli import format_table, print_json
-    from editing.cli_engine import _load_facts
+    from editing.cli_input import read_fact_file
     from editing.models import load_model
     from editing.pipeline import load_base_edit
     from editing.request import FactSpec
 
     names = parse_attacks(args.attacks)
     budgets = parse_budgets(args.budget)
-    facts = [FactSpec(**f) for f in _load_facts(args)]
+    facts = [FactSpec(**f) for f in read_fact_file(Path(args.file), f"--file {args.file}")[1]]
     directory = checkpoint_dir(args.checkpoint, settings.home(args.home))
     model_id = (read_manifest(directory).get("base_model") or {}).get("model_id")
     if not model_id:
@@ -118,6 +118,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``featureedit attack`` to the CLI."""
     from editing.attacks import attack_names
+    from editing.cli_input import add_json_option
 
     attack = subparsers.add_parser(
         "attack",
@@ -132,13 +133,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     attack.add_argument("--file", required=True, help="JSON or JSONL of the erased facts")
     attack.add_argument("--attacks", help="comma-separated attack names (default: all)")
     attack.add_argument("--budget", action="append", metavar="ATTACK.KEY=VALUE", help=BUDGET_HELP)
-    attack.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    attack.set_defaults(
-        func=cmd_attack,
-        subject=None,
-        relation=None,
-        target=None,
-        target_file=None,
-        prompt=None,
-        heldout=None,
-    )
+    add_json_option(attack)
+    attack.set_defaults(func=cmd_attack)
