@@ -167,7 +167,15 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     models.set_defaults(func=cmd_models, model_ids=[])
 
     # The other commands live in their own modules (torch-free at import).
-    from editing import cli_analysis, cli_bench, cli_engine, cli_facts, cli_models, cli_world
+    from editing import (
+        cli_analysis,
+        cli_attack,
+        cli_bench,
+        cli_engine,
+        cli_facts,
+        cli_models,
+        cli_world,
+    )
 
     cli_world.register(subparsers, common)  # world build, world info
     cli_models.register(models, common, cmd_models)  # models list (the default), models add
@@ -176,6 +184,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     cli_engine.register(subparsers, common)  # erase, demo, apply-delta
     cli_bench.register(subparsers, common)  # bench
     cli_analysis.register(subparsers, common)  # analyze
+    cli_attack.register(subparsers, common)  # attack
 
 
 def register_plugins(subparsers: argparse._SubParsersAction) -> None:

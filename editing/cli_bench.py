@@ -59,7 +59,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    result = run_bench(loaded, args.facts, methods=methods, progress=progress)
+    from editing.attacks import parse_attacks
+    from editing.cli_attack import parse_budgets
+
+    attacks = [] if args.attacks is None else parse_attacks(args.attacks)
+    result = run_bench(
+        loaded,
+        args.facts,
+        methods=methods,
+        progress=progress,
+        attacks=attacks,
+        attack_budgets=parse_budgets(args.budget),
+    )
     bar.close()
     if args.json:
         print_json(result)
@@ -89,6 +100,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print()
     for k, v in result["ratios"].items():
         print(f"{k}: {v}")
+    if attacks:
+        from editing.cli_attack import summary_rows
+
+        rows = [[m, *r] for m, s in result["summary"].items() for r in summary_rows(s["attacks"])]
+        print("\nAttackSuccess (share of facts whose whole secret the attack recovered):")
+        print(format_table(["method", "attack", "success", "before", "after"], rows))
     return 0
 
 
@@ -138,6 +155,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     bench.add_argument("--methods", help="comma-separated (default: every registered method)")
     add_json_option(bench)
     bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
+    bench.add_argument(
+        "--attacks",
+        nargs="?",
+        const="",
+        metavar="A,B",
+        help="also attack every edit (featureedit attack's suite; default all attacks)",
+    )
+    bench.add_argument(
+        "--budget", action="append", metavar="ATTACK.KEY=VALUE", help="attack budget"
+    )
     bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
 
 
