@@ -20,6 +20,7 @@ from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
 
 from service.config import Settings
+from service.queueing import JOB_SERIALIZER
 from service.records import TERMINAL, ErasureRecord
 from workers.config import callback_queue_name
 from workers.context import JobContext, get_context
@@ -42,7 +43,11 @@ def enqueue_callback(ctx: JobContext, erasure_id: str) -> bool:
     """Queue the delivery of ``erasure_id``'s callback; False if already queued or Redis fails."""
     s = ctx.settings
     try:
-        queue = Queue(callback_queue_name(s.queue_prefix), connection=ctx.connection())
+        queue = Queue(
+            callback_queue_name(s.queue_prefix),
+            connection=ctx.connection(),
+            serializer=JOB_SERIALIZER,
+        )
         queue.enqueue(
             CALLBACK_FUNC,
             erasure_id,
