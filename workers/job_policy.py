@@ -11,7 +11,8 @@ holds the request key). Two defences, applied by every featureedit worker:
   :data:`CALLBACK_FUNCTIONS` for callback workers), called with exactly one erasure id, with no
   instance and no rq success/failure/stopped callback (those name functions rq imports and calls
   too). A refused job is logged (its id, queue and the refused function's name, never its
-  arguments), not run, and marked failed without retries.
+  arguments), not run, and marked failed without retries; its stored data is replaced by the
+  inert name :data:`REFUSED_FUNC` with no arguments.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from workers.callbacks import CALLBACK_FUNC
 ERASURE_FUNCTIONS: frozenset[str] = frozenset({JOB_FUNC})
 CALLBACK_FUNCTIONS: frozenset[str] = frozenset({CALLBACK_FUNC})
 ERASURE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+REFUSED_FUNC = "<refused>"  # what a refused job's stored function name becomes
 CALLBACK_HOOKS = ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
 
 

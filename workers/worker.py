@@ -55,7 +55,7 @@ from service.store import get_store
 from workers.cache import ModelCache
 from workers.config import WorkerSettings, callback_queue_name
 from workers.context import JobContext, install_context
-from workers.job_policy import CALLBACK_FUNCTIONS, ERASURE_FUNCTIONS, refusal
+from workers.job_policy import CALLBACK_FUNCTIONS, ERASURE_FUNCTIONS, REFUSED_FUNC, refusal
 from workers.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ class FeatureeditWorker(SimpleWorker):
             extra={"refused_job": job.id, "queue": queue.name},
         )
         started = queue.started_job_registry
+        # the stored job becomes inert: re-encoded as JSON, no function to import, no arguments
+        job.func_name, job.args, job.kwargs = REFUSED_FUNC, (), {}
         self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
         job.retries_left = 0
         job._status = JobStatus.FAILED
