@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
@@ -130,6 +131,7 @@ def _deliver_callback(erasure_id: str) -> str:
         "X-Featureedit-Erasure": record.id,
         **callback_headers(body, settings_tenant_secret(ctx.settings, record.tenant)),
     }
+    started = time.monotonic()
     try:
         reply = post_pinned(
             record.callback_url,
@@ -141,7 +143,8 @@ def _deliver_callback(erasure_id: str) -> str:
         )
     except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
         raise CallbackDeliveryError(
-            f"callback {erasure_id} to {host}: {type(exc).__name__}"
+            f"callback {erasure_id} to {host}: {type(exc).__name__} after "
+            f"{time.monotonic() - started:.1f} s"
         ) from None
     if reply.truncated:
         log.warning("callback %s to %s: reply cut at %d bytes", erasure_id, host, reply.bytes_read)
