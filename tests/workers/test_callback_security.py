@@ -21,6 +21,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpcore
@@ -328,3 +329,34 @@ def test_keys_command_shows_each_tenants_callback_secret(
         assert shown[tenant] == settings_tenant_secret(settings, tenant)
     assert shown["alice"] != shown["bob"]
     assert main(["keys", "callback-secret", "--tenant", "../x", "--home", home]) != 0
+
+
+def test_the_documented_verification_snippet_accepts_once_and_rejects_replays(
+    context: JobContext, rconn: redis.Redis
+) -> None:
+    """docs/security.md's receiver snippet, run as written against a real delivery."""
+    import re
+
+    from service.security.signing import settings_tenant_secret
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    code = re.search(r"<!-- verify-snippet -->\n```python\n(.*?)```", text, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(code.group(1), "docs/security.md", "exec"), namespace)
+    verify = namespace["verify_featureedit_callback"]
+
+    context.settings.callback_allow_private = True
+    server = _Server(_ok)
+    try:
+        erasure_id = _ended_erasure(context, rconn, f"http://127.0.0.1:{server.port}/h", "bob")
+        assert deliver_callback(erasure_id) == "delivered"
+    finally:
+        server.close()
+    headers, body = server.requests[0]
+    seen: set[str] = set()
+    assert not verify(body, headers, settings_tenant_secret(context.settings, "alice"), seen)
+    assert verify(body, headers, settings_tenant_secret(context.settings, "bob"), seen)
+    assert not verify(body, headers, settings_tenant_secret(context.settings, "bob"), seen)
+    stale = {**headers, "X-Featureedit-Timestamp": str(int(time.time()) - 301)}
+    assert not verify(body, stale, settings_tenant_secret(context.settings, "bob"), set())
