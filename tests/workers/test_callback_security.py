@@ -110,6 +110,18 @@ def _ended_erasure(ctx: JobContext, rconn: redis.Redis, url: str, tenant: str = 
     return erasure_id
 
 
+def _delivered(ctx: JobContext, rconn: redis.Redis, tenant: str) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a real delivery of one of ``tenant``'s callbacks (to 127.0.0.1)."""
+    ctx.settings.callback_allow_private = True
+    server = _Server(_ok)
+    try:
+        erasure_id = _ended_erasure(ctx, rconn, f"http://127.0.0.1:{server.port}/h", tenant)
+        assert deliver_callback(erasure_id) == "delivered"
+    finally:
+        server.close()
+    return server.requests[0]
+
+
 # ----------------------------------------------------------------------------- SSRF
 def test_dns_rebinding_cannot_deliver_to_loopback(
     context: JobContext,
@@ -292,14 +304,7 @@ def test_tenants_cannot_verify_forge_or_replay_each_others_callbacks(
     from service.security import callback_headers, verify_callback
     from service.security.signing import settings_tenant_secret
 
-    context.settings.callback_allow_private = True
-    server = _Server(_ok)
-    try:
-        erasure_id = _ended_erasure(context, rconn, f"http://127.0.0.1:{server.port}/h", "bob")
-        assert deliver_callback(erasure_id) == "delivered"
-    finally:
-        server.close()
-    headers, body = server.requests[0]
+    headers, body = _delivered(context, rconn, "bob")
     alice = settings_tenant_secret(context.settings, "alice")
     bob = settings_tenant_secret(context.settings, "bob")
     assert alice != bob and alice.startswith("whsec_")
@@ -346,14 +351,7 @@ def test_the_documented_verification_snippet_accepts_once_and_rejects_replays(
     exec(compile(code.group(1), "docs/security.md", "exec"), namespace)
     verify = namespace["verify_featureedit_callback"]
 
-    context.settings.callback_allow_private = True
-    server = _Server(_ok)
-    try:
-        erasure_id = _ended_erasure(context, rconn, f"http://127.0.0.1:{server.port}/h", "bob")
-        assert deliver_callback(erasure_id) == "delivered"
-    finally:
-        server.close()
-    headers, body = server.requests[0]
+    headers, body = _delivered(context, rconn, "bob")
     seen: set[str] = set()
     assert not verify(body, headers, settings_tenant_secret(context.settings, "alice"), seen)
     assert verify(body, headers, settings_tenant_secret(context.settings, "bob"), seen)

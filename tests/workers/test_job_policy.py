@@ -47,6 +47,29 @@ def _foreign_jobs(conn: redis.Redis, queue_name: str, marker: Path, own: str) ->
     return [job.id for job in jobs]
 
 
+def _enqueue(conn: redis.Redis, queue_name: str, func: str) -> Job:
+    """One of the project's own jobs, for an erasure that does not exist (it ends at once)."""
+    queue = Queue(queue_name, connection=conn, serializer=JOB_SERIALIZER)
+    return queue.enqueue(func, "er_000000000000unknown0000")
+
+
+def _run(
+    settings: Settings,
+    store: FilesystemStore,
+    conn: redis.Redis,
+    *workers: tuple[type[FeatureeditWorker], str],
+) -> None:
+    """Run each ``(worker class, queue)`` in burst mode, in order."""
+    context = JobContext(
+        settings=settings, store=store, cache=ModelCache(1, home=settings.home), redis=conn
+    )
+    try:
+        for worker_class, queue_name in workers:
+            worker_class([queue_name], connection=conn, context=context).work(burst=True)
+    finally:
+        reset_context()
+
+
 @pytest.mark.parametrize("worker_class", [ErasureWorker, CallbackWorker])
 def test_foreign_jobs_are_refused_logged_and_not_run_while_own_jobs_run(
     worker_class: type[FeatureeditWorker],
@@ -67,16 +90,8 @@ def test_foreign_jobs_are_refused_logged_and_not_run_while_own_jobs_run(
     own_func = CALLBACK_FUNC if is_callbacks else JOB_FUNC
     foreign = _foreign_jobs(rconn, queue_name, marker, own_func)
     # the project's own job still runs (an unknown erasure: logged, nothing to do)
-    own = Queue(queue_name, connection=rconn, serializer=JOB_SERIALIZER).enqueue(
-        own_func, "er_000000000000unknown0000"
-    )
-    context = JobContext(
-        settings=settings, store=store, cache=ModelCache(1, home=settings.home), redis=rconn
-    )
-    try:
-        worker_class([queue_name], connection=rconn, context=context).work(burst=True)
-    finally:
-        reset_context()
+    own = _enqueue(rconn, queue_name, own_func)
+    _run(settings, store, rconn, (worker_class, queue_name))
 
     assert not marker.exists(), "a foreign job ran"
     for job_id in foreign:
@@ -104,20 +119,9 @@ def test_a_model_worker_refuses_callbacks_and_a_callback_worker_refuses_erasures
     (e.g. to run slow callbacks on a model worker) is refused there, and vice versa."""
     model_queue = settings.queue_name("demo-small")
     callbacks = callback_queue_name(settings.queue_prefix)
-    on_model = Queue(model_queue, connection=rconn, serializer=JOB_SERIALIZER).enqueue(
-        CALLBACK_FUNC, "er_000000000000unknown0000"
-    )
-    on_callbacks = Queue(callbacks, connection=rconn, serializer=JOB_SERIALIZER).enqueue(
-        JOB_FUNC, "er_000000000000unknown0000"
-    )
-    context = JobContext(
-        settings=settings, store=store, cache=ModelCache(1, home=settings.home), redis=rconn
-    )
-    try:
-        ErasureWorker([model_queue], connection=rconn, context=context).work(burst=True)
-        CallbackWorker([callbacks], connection=rconn, context=context).work(burst=True)
-    finally:
-        reset_context()
+    on_model = _enqueue(rconn, model_queue, CALLBACK_FUNC)
+    on_callbacks = _enqueue(rconn, callbacks, JOB_FUNC)
+    _run(settings, store, rconn, (ErasureWorker, model_queue), (CallbackWorker, callbacks))
     for job in (on_model, on_callbacks):
         assert Job.fetch(job.id, connection=rconn).get_status() == JobStatus.FAILED
 
