@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
+        repr=False,  # may hold the password
         validation_alias=AliasChoices(*REDIS_URL_VARIABLES),
         description="Redis holding the job queues and the rate-limit counters (redis:// or, "
         "for TLS, rediss://).",
