@@ -250,12 +250,16 @@ def test_validation_messages_are_clear(client, keys, make_client):
     assert "at most 2" in r.json()["summary"] and SECRET not in r.text
     r = client.post("/v1/erasures", json=body(params={"layers": [7]}), headers=auth(keys["acme"]))
     assert r.status_code == 422 and "layers with SAEs: [0, 1]" in r.json()["summary"]
-    r = client.post(
-        "/v1/erasures",
-        json=body(callback_url="http://127.0.0.1:9/hook"),
-        headers=auth(keys["acme"]),
-    )
-    assert r.status_code == 422 and "public host" in r.json()["summary"]
+    for url in (  # every spelling of a local host (issue #15: `localhost.` used to pass)
+        "http://127.0.0.1:9/hook",
+        "http://localhost./hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://2130706433/hook",
+        "http://0177.0.0.1/hook",
+        "http://[fe80::1]/hook",
+    ):
+        r = client.post("/v1/erasures", json=body(callback_url=url), headers=auth(keys["acme"]))
+        assert r.status_code == 422 and "public host" in r.json()["summary"], url
 
 
 def test_params_are_the_methods_own(client, keys):
