@@ -108,6 +108,13 @@ class PinnedBackend(httpcore.SyncBackend):
         return _DeadlineStream(stream, self.deadline)
 
 
+def _tls_context() -> ssl.SSLContext:
+    """httpx's TLS defaults and CA bundle (certifi); certificates checked against the URL's host."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
 def post_pinned(
     url: str,
     address: IPAddress,
@@ -117,19 +124,19 @@ def post_pinned(
     seconds: float,
     max_reply_bytes: int,
     backend: PinnedBackend | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> CallbackReply:
     """POST ``body`` to ``url`` through a connection to ``address``; the reply's status.
 
     The whole exchange ends within ``seconds`` (:class:`DeadlineExceeded`, an
     ``httpcore.TimeoutException``, otherwise); at most ``max_reply_bytes`` of the body are read.
     Redirects are not followed. Raises ``httpcore`` errors on connection or protocol failures.
+    ``tls``: the TLS context of https URLs (default: httpx's, with its CA bundle).
     """
     backend = backend or PinnedBackend(address, time.monotonic() + seconds)
-    import httpx  # its CA bundle (certifi) and TLS defaults
-
     with (
         httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=(tls or _tls_context()) if url.lower().startswith("https:") else None,
             network_backend=backend,
             max_connections=1,
             retries=0,
