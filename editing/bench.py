@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from editing.acceptance import metric, number
 from editing.erase import PAPER_FIGURES, run_erasure
 from editing.methods import MethodParams, SaeParams, method_names, method_spec
 from editing.models import LoadedModel
 from editing.request import ErasureRequest
 from editing.world.corpus import round_robin
+from editing.world.demo_facts import demo_world_of, request_facts
 
 METRICS = (
     "reliability",
@@ -31,14 +33,7 @@ METRICS = (
     "leak_rate_after",
     "units",
 )
-STAGES = ("locate", "edit", "evaluate")
-
-
-def _metric(result_metrics: dict[str, Any], name: str) -> float | None:
-    v = result_metrics.get(name)
-    if isinstance(v, dict):
-        v = v.get("value")
-    return None if v is None else float(v)
+TIMED_STAGES = ("locate", "edit", "evaluate")
 
 
 def _summary(values: list[float | None]) -> dict[str, float | int | None]:
@@ -54,13 +49,8 @@ def _summary(values: list[float | None]) -> dict[str, float | int | None]:
 
 def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[str, str]]:
     """``n_facts`` private facts of the demo world, spread over the relations (deterministic)."""
-    from editing.world.build import load_world
-
-    if not loaded.entry.is_demo:
-        raise ValueError("bench picks facts from a demo world; use model 'demo' or 'demo-small'")
-    world = load_world(loaded.entry.demo_size or "default", loaded.home)
-    picked = round_robin(world.private_facts(), n_facts, random.Random(seed))
-    return [{"subject": f.subject, "relation": f.relation, "target": f.target} for f in picked]
+    world = demo_world_of(loaded.entry, loaded.home, purpose="bench", progress=True)
+    return request_facts(round_robin(world.private_facts(), n_facts, random.Random(seed)))
 
 
 def _params(method: str, values: dict[str, Any]) -> MethodParams:
@@ -102,8 +92,8 @@ def run_bench(
             result = run_erasure(request, loaded)
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
-                row[name] = _metric(result.metrics, name)
-            for stage in STAGES:
+                row[name] = number(metric(result.metrics, name))
+            for stage in TIMED_STAGES:
                 row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
             rows[method].append(row)
             done += 1
@@ -113,7 +103,7 @@ def run_bench(
     for method, method_rows in rows.items():
         summary[method] = {name: _summary([r[name] for r in method_rows]) for name in METRICS}
         summary[method]["seconds"] = {
-            stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in STAGES
+            stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in TIMED_STAGES
         }
         summary[method]["accepted"] = sum(r["status"] == "succeeded" for r in method_rows)
         summary[method]["nothing_to_erase"] = sum(

@@ -14,6 +14,7 @@ The client commands' settings (``FEATUREEDIT_URL``, ``FEATUREEDIT_API_KEY``) are
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -141,6 +142,35 @@ class Settings(BaseSettings):
         default=1200, ge=1, description="GET requests per tenant per window (429)."
     )
 
+    max_header_bytes: int = Field(
+        default=16384,
+        ge=1024,
+        description="Cap on the request line's target plus all headers, bytes (431), checked "
+        "before authentication.",
+    )
+
+    # fairness between tenants (429 with Retry-After when exceeded)
+    tenant_max_jobs: int = Field(
+        default=20, ge=1, description="Erasures one tenant may have queued or running at once."
+    )
+    tenant_max_facts: int = Field(
+        default=500,
+        ge=1,
+        description="Facts one tenant may have in its queued or running erasures at once.",
+    )
+    tenant_max_streams: int = Field(
+        default=10, ge=1, description="Event streams one tenant may hold open at once."
+    )
+    tenant_retry_after: int = Field(
+        default=30, ge=1, description="Retry-After (seconds) of a tenant over its quota."
+    )
+    report_cache_entries: int = Field(
+        default=64,
+        ge=0,
+        description="Rendered HTML/PDF reports kept in memory per API process, by content hash "
+        "(0: render on every read).",
+    )
+
     # jobs
     publish_mode: Literal["full", "delta"] = Field(
         default="full",
@@ -159,6 +189,13 @@ class Settings(BaseSettings):
     job_retries: int = Field(default=2, ge=0, description="rq Retry(max=...).")
     job_retry_intervals: list[int] = Field(
         default_factory=lambda: [5, 30], description="rq Retry(interval=...), seconds."
+    )
+    publish_stale_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="A '.publish-*' directory, temporary file or unowned checkpoint left in "
+        "the store untouched this long belongs to no live job: workers sweep it at start and "
+        "on their maintenance timer.",
     )
     result_ttl: int = Field(default=86400, description="rq result_ttl, seconds.")
     failure_ttl: int = Field(default=7 * 86400, description="rq failure_ttl, seconds.")
@@ -188,7 +225,15 @@ class Settings(BaseSettings):
     # misc
     log_level: str = Field(default="INFO", description="Level of the service's JSON logs.")
     public_url: str | None = Field(
-        default=None, description="Base URL for links in responses (default: from the request)."
+        default=None,
+        description="Base URL for links in responses (https://api.example.com). Required when "
+        "the API listens on anything but loopback; on loopback the default is the address the "
+        "server listens on (never the client's Host header).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token /metrics requires. Unset: /metrics answers loopback clients "
+        "only (404 to others).",
     )
 
     @field_validator("queue_classes")
@@ -218,6 +263,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    def check_bind(self, host: str) -> None:
+        """Raise ValueError (saying what to set) if the API would listen on ``host``, not a
+        loopback address, without ``public_url``: links would otherwise echo a client's Host."""
+        if self.public_url is None and not is_loopback_host(host):
+            raise ValueError(
+                f"the API listens on {host!r} (not loopback) but FEATUREEDIT_PUBLIC_URL is not "
+                "set: set it to the URL clients use (e.g. https://featureedit.example.com), so "
+                "links in responses never come from a client's Host header"
+            )
+
     @property
     def store_dir(self) -> Path:
         """The filesystem store's root."""
@@ -245,6 +300,17 @@ class Settings(BaseSettings):
     def class_queue_name(self, queue_class: str) -> str:
         """The rq queue of a queue class, ``<queue_prefix>-<class>``."""
         return f"{self.queue_prefix}-{queue_class}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) names only this machine."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class ClientSettings(BaseSettings):

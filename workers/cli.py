@@ -195,6 +195,13 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API (and a local worker) until SIGINT/SIGTERM; see the module docstring."""
+    from service.config import Settings
+
+    try:
+        Settings().check_bind(args.host)
+    except ValueError as exc:
+        print(f"featureedit: error: {exc}", file=sys.stderr)
+        return 2
     url, embedded, error = _resolve_redis()
     if error is not None or url is None:
         print(f"featureedit: error: {error}", file=sys.stderr)

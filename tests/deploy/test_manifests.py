@@ -612,7 +612,14 @@ def test_entrypoint_starts_uvicorn_for_api_and_the_worker_command_for_worker() -
         [str(ENTRYPOINT), "worker", "--help"], env=env, capture_output=True, text=True, timeout=120
     )
     assert worker.returncode == 0 and "--classes" in worker.stdout, worker.stderr
+    public = {**env, "FEATUREEDIT_PUBLIC_URL": "https://fe.example.com"}
     api = subprocess.run(
-        [str(ENTRYPOINT), "api", "--help"], env=env, capture_output=True, text=True, timeout=60
+        [str(ENTRYPOINT), "api", "--help"], env=public, capture_output=True, text=True, timeout=60
     )
     assert api.returncode == 0 and "--factory" in api.stdout, api.stderr
+    # listening on 0.0.0.0 without a public URL: a clear error before uvicorn starts
+    bare = {k: v for k, v in env.items() if k != "FEATUREEDIT_PUBLIC_URL"}
+    refused = subprocess.run(
+        [str(ENTRYPOINT), "api", "--help"], env=bare, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "FEATUREEDIT_PUBLIC_URL" in refused.stderr

@@ -18,6 +18,7 @@ from service.records import ErasureRecord
 from service.security import decrypt_request
 from service.store import FilesystemStore, record_event
 from tests.service.conftest import SECRET, auth, body, fact
+from tests.service.reports import sample_report_json
 
 QUEUE = "featureedit-demo-small"
 
@@ -153,7 +154,8 @@ def _concurrent_posts(client: TestClient, n: int, headers_for) -> list:
         return list(pool.map(post, range(n)))
 
 
-def test_100_concurrent_posts_none_lost_none_duplicated(client, keys, store, rconn):
+def test_100_concurrent_posts_none_lost_none_duplicated(make_client, keys, store, rconn):
+    client = make_client(tenant_max_jobs=100)  # the rate limit, not the in-flight cap, binds
     responses = _concurrent_posts(client, 100, lambda i: auth(keys["acme"]))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {202, 429}, codes
@@ -462,31 +464,7 @@ def test_report_json_and_escaped_html(client, keys, store):
     erasure_id = _submit(client, keys["acme"])["id"]
     r = client.get(f"/v1/erasures/{erasure_id}/report", headers=auth(keys["acme"]))
     assert r.status_code == 404 and "queued" in r.json()["detail"]
-    report = {
-        "status": "succeeded",
-        "model_id": "demo-small",
-        "method": "featureedit",
-        "metrics": {
-            "reliability": {"value": 1.0, "count": 8},
-            "exposure_before": 9.5,
-            "exposure_after": 0.4,
-            "leak_rate_before": 0.9,
-            "leak_rate_after": 0.0,
-        },
-        "acceptance": {"accepted": True, "reasons": []},
-        "facts": [
-            {
-                "subject_fingerprint": "hmac-sha256:cd",
-                "relation": "<script>alert(1)</script>",
-                "fingerprint": "hmac-sha256:ab",
-                "status": "erased",
-                "metrics": {"before": {"prob": 0.8}, "after": {"prob": 0.01}},
-                "units": [
-                    {"kind": "feature", "site": "resid_post", "layer": 1, "index": 42, "score": 0.5}
-                ],
-            }
-        ],
-    }
+    report = sample_report_json(erasure_id)
     store.put_report(erasure_id, report)
     doc = client.get(f"/v1/erasures/{erasure_id}/report", headers=auth(keys["acme"])).json()
     assert doc["erasure_id"] == erasure_id and doc["metrics"]["exposure_after"] == 0.4
