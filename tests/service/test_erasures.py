@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from rq import Queue
 from rq.job import Job
 
+from service.queueing import JOB_SERIALIZER
 from service.records import ErasureRecord
 from service.security import decrypt_request
 from service.store import FilesystemStore, record_event
@@ -55,9 +56,9 @@ def test_submit_stores_record_and_enqueues_one_job(client, keys, store, settings
 
     q = Queue(QUEUE, connection=rconn)
     assert q.job_ids == [erasure_id]
-    job = Job.fetch(erasure_id, connection=rconn)
+    job = Job.fetch(erasure_id, connection=rconn, serializer=JOB_SERIALIZER)  # JSON, not pickle
     assert job.func_name == "workers.jobs.run_erasure_job"
-    assert job.args == (erasure_id,) and job.kwargs == {}
+    assert list(job.args) == [erasure_id] and job.kwargs == {}
     assert job.timeout == 1800 and job.result_ttl == 86400
     assert job.retries_left == 2 and job.retry_intervals == [5, 30]
     assert job.description == f"erasure {erasure_id}"
