@@ -45,7 +45,9 @@ def _home(args: argparse.Namespace) -> str | None:
     return getattr(args, "home", None)
 
 
-def _audit_key_action(args: argparse.Namespace, action: str, tenant: str, key_id: str) -> None:
+def _audit_key_action(
+    args: argparse.Namespace, action: str, tenant: str, key_id: str | None
+) -> None:
     from service.audit import AuditLog
     from service.config import Settings
 
@@ -105,6 +107,27 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         print_json(info.public_dict())
     else:
         print(f"Revoked {info.key_id} (tenant {info.tenant!r}) at {info.revoked_at}.")
+    return EXIT_OK
+
+
+def cmd_keys_callback_secret(args: argparse.Namespace) -> int:
+    """Print a tenant's callback signing secret (give it to that tenant only)."""
+    from service.config import Settings
+    from service.security.signing import settings_tenant_secret
+    from service.store import valid_tenant
+
+    if not valid_tenant(args.tenant):
+        return _fail(f"invalid tenant name {args.tenant!r}")
+    home = _home(args)
+    settings = Settings(home=home) if home else Settings()
+    secret = settings_tenant_secret(settings, args.tenant)
+    _audit_key_action(args, "callback_secret_show", args.tenant, None)
+    if args.json:
+        print_json({"tenant": args.tenant, "callback_secret": secret})
+        return EXIT_OK
+    print(f"Callback signing secret of tenant {args.tenant!r} (verify X-Featureedit-Signature")
+    print("with it; see docs/security.md). Give it to this tenant only:")
+    print(secret)
     return EXIT_OK
 
 
@@ -326,6 +349,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("key_id", metavar="KEY_ID")
     cli_input.add_json_option(revoke)
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    shown = keys_sub.add_parser(
+        "callback-secret",
+        parents=[common],
+        help="show a tenant's callback signing secret",
+        description="Print the secret a tenant verifies its callbacks with (HMAC-SHA256 over "
+        "timestamp, delivery id and body; derived per tenant from the service's callback key, "
+        "never stored). Each tenant's differs; see docs/security.md.",
+    )
+    shown.add_argument("--tenant", required=True, help="tenant name")
+    shown.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    shown.set_defaults(func=cmd_keys_callback_secret)
 
     submit = subparsers.add_parser(
         "submit",

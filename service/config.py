@@ -1,7 +1,11 @@
 """Service settings: one :class:`Settings`, read from ``FEATUREEDIT_*`` environment variables.
 
 Every field can be set by the environment variable ``FEATUREEDIT_<FIELD>`` (upper case), e.g.
-``FEATUREEDIT_MAX_FACTS=20``; the Redis URL also from ``REDIS_URL``. Secrets (the request-blob key,
+``FEATUREEDIT_MAX_FACTS=20``; the Redis URL also from ``REDIS_URL`` and its password (and ACL user)
+from ``FEATUREEDIT_REDIS_PASSWORD``/``REDIS_PASSWORD`` (``..._REDIS_USERNAME``/``REDIS_USERNAME``),
+which are put into the URL when it names none (a Kubernetes Secret or compose ``.env`` can then
+hold the password alone). ``rediss://`` URLs connect over TLS (``?ssl_ca_certs=/path/ca.pem``
+names a private CA; see docs/security.md). Secrets (the request-blob key,
 the callback signing secret) are ``SecretStr``; when unset, a random key is generated once under
 ``$FEATUREEDIT_HOME/keys/`` (mode 0600) and shared by every process that uses the same home.
 The client commands' settings (``FEATUREEDIT_URL``, ``FEATUREEDIT_API_KEY``) are
@@ -15,6 +19,7 @@ import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +28,8 @@ from editing import settings as library_settings
 
 QUEUE_CLASS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 REDIS_URL_VARIABLES: tuple[str, ...] = ("FEATUREEDIT_REDIS_URL", "REDIS_URL")  # first set wins
+REDIS_PASSWORD_VARIABLES: tuple[str, ...] = ("FEATUREEDIT_REDIS_PASSWORD", "REDIS_PASSWORD")
+REDIS_USERNAME_VARIABLES: tuple[str, ...] = ("FEATUREEDIT_REDIS_USERNAME", "REDIS_USERNAME")
 
 
 def _default_home() -> Path:
@@ -37,10 +44,30 @@ def callback_secret_from_env() -> str | None:
     return os.environ.get(CALLBACK_SECRET_ENV) or None
 
 
+def _first_env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[v] for v in names if os.environ.get(v)), None)
+
+
+def redis_url_with_credentials(url: str, password: str | None, username: str | None = None) -> str:
+    """``url`` with ``username``/``password`` put in, unless it already names a password."""
+    parts = urlsplit(url)
+    if not password or parts.password is not None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = quote(username or parts.username or "", safe="")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
 def explicit_redis_url() -> str | None:
-    """The Redis URL the environment names (``FEATUREEDIT_REDIS_URL``, else ``REDIS_URL``), or
-    None when neither is set (``featureedit serve`` then finds or starts a local Redis)."""
-    return next((os.environ[v] for v in REDIS_URL_VARIABLES if os.environ.get(v)), None)
+    """The Redis URL the environment names (``FEATUREEDIT_REDIS_URL``, else ``REDIS_URL``; with
+    the password of ``REDIS_PASSWORD`` put in), or None when neither is set (``featureedit serve``
+    then finds or starts a local Redis)."""
+    url = _first_env(REDIS_URL_VARIABLES)
+    if url is None:
+        return None
+    return redis_url_with_credentials(
+        url, _first_env(REDIS_PASSWORD_VARIABLES), _first_env(REDIS_USERNAME_VARIABLES)
+    )
 
 
 class Settings(BaseSettings):
@@ -75,8 +102,21 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
+        repr=False,  # may hold the password
         validation_alias=AliasChoices(*REDIS_URL_VARIABLES),
-        description="Redis holding the job queues and the rate-limit counters.",
+        description="Redis holding the job queues and the rate-limit counters (redis:// or, "
+        "for TLS, rediss://).",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(*REDIS_PASSWORD_VARIABLES),
+        description="Redis password (requirepass or the ACL user's), put into redis_url when the "
+        "URL names none.",
+    )
+    redis_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(*REDIS_USERNAME_VARIABLES),
+        description="Redis ACL user of redis_password (default: the 'default' user).",
     )
     redis_prefix: str = Field(
         default="featureedit", description="Prefix of the service's own Redis keys."
@@ -206,6 +246,14 @@ class Settings(BaseSettings):
                     "and '-' (at most 64 characters), e.g. 'gpu-24g'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _redis_credentials(self) -> Settings:
+        if self.redis_password is not None:
+            self.redis_url = redis_url_with_credentials(
+                self.redis_url, self.redis_password.get_secret_value(), self.redis_username
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_s3(self) -> Settings:

@@ -6,6 +6,8 @@ keeps one model warm; within it jobs wait in round-robin order across tenants
 path (the API never imports the worker code) with ``job_id = erasure_id`` and ``unique=True``: a
 second enqueue of the same erasure raises ``DuplicateJobError`` instead of queueing it twice.
 The job's only argument is the opaque erasure id; the request lives encrypted in the store.
+Jobs are JSON-encoded (:data:`JOB_SERIALIZER`, never pickled): the workers decode nothing but
+JSON and refuse any job function outside their allow-list (:mod:`workers.job_policy`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from service.config import Settings
 from service.fairness import fair_tally_key, place_fairly
@@ -26,6 +29,7 @@ from service.fairness import fair_tally_key, place_fairly
 log = logging.getLogger(__name__)
 
 JOB_FUNC = "workers.jobs.run_erasure_job"
+JOB_SERIALIZER = JSONSerializer  # every featureedit queue, job and worker uses it
 
 
 class QueueUnavailable(RuntimeError):
@@ -46,7 +50,9 @@ class JobQueue:
 
     def queue(self, model_id: str) -> Queue:
         """The rq queue of ``model_id``."""
-        return Queue(self.settings.queue_name(model_id), connection=self.redis)
+        return Queue(
+            self.settings.queue_name(model_id), connection=self.redis, serializer=JOB_SERIALIZER
+        )
 
     def enqueue(self, erasure_id: str, model_id: str, tenant: str | None = None) -> bool:
         """Enqueue the erasure's job; False if a job with that id already exists.
@@ -95,7 +101,7 @@ class JobQueue:
         A missing job counts as removed. Raises QueueUnavailable when Redis fails.
         """
         try:
-            job = Job.fetch(erasure_id, connection=self.redis)
+            job = Job.fetch(erasure_id, connection=self.redis, serializer=JOB_SERIALIZER)
         except NoSuchJobError:
             return True
         except RedisError as exc:
@@ -123,7 +129,7 @@ class JobQueue:
         """Per featureedit queue: queued, started, failed and scheduled job counts."""
         out: dict[str, dict[str, int]] = {}
         prefix = f"{self.settings.queue_prefix}-"
-        for q in Queue.all(connection=self.redis):
+        for q in Queue.all(connection=self.redis, serializer=JOB_SERIALIZER):
             if not q.name.startswith(prefix):
                 continue
             out[q.name] = {

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from rq import Queue
 from rq.job import Job
 
+from service.queueing import JOB_SERIALIZER
 from service.records import ErasureRecord
 from service.security import decrypt_request
 from service.store import FilesystemStore, record_event
@@ -55,9 +56,9 @@ def test_submit_stores_record_and_enqueues_one_job(client, keys, store, settings
 
     q = Queue(QUEUE, connection=rconn)
     assert q.job_ids == [erasure_id]
-    job = Job.fetch(erasure_id, connection=rconn)
+    job = Job.fetch(erasure_id, connection=rconn, serializer=JOB_SERIALIZER)  # JSON, not pickle
     assert job.func_name == "workers.jobs.run_erasure_job"
-    assert job.args == (erasure_id,) and job.kwargs == {}
+    assert list(job.args) == [erasure_id] and job.kwargs == {}
     assert job.timeout == 1800 and job.result_ttl == 86400
     assert job.retries_left == 2 and job.retry_intervals == [5, 30]
     assert job.description == f"erasure {erasure_id}"
@@ -252,12 +253,16 @@ def test_validation_messages_are_clear(client, keys, make_client):
     assert "at most 2" in r.json()["summary"] and SECRET not in r.text
     r = client.post("/v1/erasures", json=body(params={"layers": [7]}), headers=auth(keys["acme"]))
     assert r.status_code == 422 and "layers with SAEs: [0, 1]" in r.json()["summary"]
-    r = client.post(
-        "/v1/erasures",
-        json=body(callback_url="http://127.0.0.1:9/hook"),
-        headers=auth(keys["acme"]),
-    )
-    assert r.status_code == 422 and "public host" in r.json()["summary"]
+    for url in (  # every spelling of a local host (issue #15: `localhost.` used to pass)
+        "http://127.0.0.1:9/hook",
+        "http://localhost./hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://2130706433/hook",
+        "http://0177.0.0.1/hook",
+        "http://[fe80::1]/hook",
+    ):
+        r = client.post("/v1/erasures", json=body(callback_url=url), headers=auth(keys["acme"]))
+        assert r.status_code == 422 and "public host" in r.json()["summary"], url
 
 
 def test_params_are_the_methods_own(client, keys):
