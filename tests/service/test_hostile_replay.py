@@ -176,6 +176,7 @@ def test_s3_store_checks_the_owner_before_any_download(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from service.store import s3
     from service.store.s3 import S3Store
     from tests.s3_server import new_bucket
 
@@ -190,13 +191,13 @@ def test_s3_store_checks_the_owner_before_any_download(
     worker = S3Store(bucket, cache_dir=tmp_path / "worker", endpoint_url=s3_endpoint)
     checkpoint_id = make_checkpoint(worker, "acme", {"model.safetensors": b"w" * 4096})
     downloads: list[str] = []
-    real = S3Store._download
+    real = s3.download_checkpoint
 
-    def counting(self: S3Store, cid: str, *args: object) -> None:
+    def counting(objects: object, cid: str, *args: object) -> None:
         downloads.append(cid)
-        real(self, cid, *args)
+        real(objects, cid, *args)
 
-    monkeypatch.setattr(S3Store, "_download", counting)
+    monkeypatch.setattr(s3, "download_checkpoint", counting)
     for path in (f"/v1/checkpoints/{checkpoint_id}", f"/v1/checkpoints/{checkpoint_id}/files/x"):
         assert client.get(path, headers=auth(keys["globex"])).status_code == 404
     based = body(base_checkpoint=checkpoint_id)
