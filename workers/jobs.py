@@ -26,10 +26,9 @@ last attempt. The stored report is :func:`workers.report.stored_report`. Secrets
 logs, Redis or the store: messages are redacted, the report is scrubbed, rq sees only the id.
 
 The job finds the store, settings and model cache on the worker's
-:class:`~workers.context.JobContext`. Callbacks are :mod:`workers.callbacks` (``deliver_callback``
-stays importable from here: rq may hold jobs queued under ``workers.jobs.deliver_callback``);
-records of jobs lost with their worker are reconciled by :mod:`workers.reconcile`. This module
-imports no torch: the API (or an rq dashboard) may import it.
+:class:`~workers.context.JobContext`. Callbacks are :mod:`workers.callbacks` (run by the
+callback worker class only); records of jobs lost with their worker are reconciled by
+:mod:`workers.reconcile`. This module imports no torch: the API (or an rq dashboard) may import it.
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ from service.private_records import (
 )
 from service.records import TERMINAL, ErasureRecord, Status
 from service.store import record_event, transitions
-from workers.callbacks import deliver_callback as deliver_callback  # rq: the old dotted path
 from workers.callbacks import enqueue_callback
 from workers.context import JobContext, get_context, job_metrics
 from workers.failures import STORE_FULL as STORE_FULL
