@@ -45,22 +45,31 @@ class SmallSAE:
     """The recipe of the test's SAE: a few minutes on 2 CPU cores."""
 
     layer: int = 15
-    tokens: int = 30_000
+    tokens: int = 20_000
     expansion: int = 4
     k: int = 32
-    steps: int = 1500
-    batch_size: int = 1024
+    steps: int = 800
+    batch_size: int = 512
+
+
+class _Stop(Exception):
+    """Raised after the captured layer: the layers above it are not needed."""
 
 
 def collect(loaded: Any, texts: list[str], layer: int, max_tokens: int) -> Any:
     """``resid_post`` activations of ``layer`` over ``texts`` (position 0 dropped: the
-    attention-sink token is an outlier no answer depends on), at most ``max_tokens`` rows."""
+    attention-sink token is an outlier no answer depends on), at most ``max_tokens`` rows; the
+    forward pass stops at ``layer``."""
     import torch
 
     adapter, tok = loaded.adapter, loaded.tokenizer
     key = (SITE, layer)
     rows: list[torch.Tensor] = []
     total = 0
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
     tok.padding_side = "right"
     try:
         for i in range(0, len(texts), 16):
@@ -74,7 +83,13 @@ def collect(loaded: Any, texts: list[str], layer: int, max_tokens: int) -> Any:
             mask = enc["attention_mask"].bool().clone()
             mask[:, 0] = False
             with torch.inference_mode(), adapter.capture([key]) as acts:
-                adapter.model(**enc)
+                handle = adapter.layer(layer).register_forward_hook(stop)  # after the capture
+                try:
+                    adapter.model(**enc)
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
             rows.append(acts[key][mask].float())
             total += len(rows[-1])
             if total >= max_tokens:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from editing.realdata.pick import fact_spec
 from ops.stack import LocalStack
 from tests.conftest import flushed_redis, reachable_redis
 from tests.e2e.real_model import MODEL_ID, SITE, SmallSAE, import_model, require_package, train_sae
@@ -98,18 +99,11 @@ def test_erase_a_genuine_fact_from_smollm2_through_the_service(
         assert models[MODEL_ID]["saes"] == {SITE: {"layers": [layer]}}
         assert "featureedit" in models[MODEL_ID]["methods"] and not models[MODEL_ID]["demo"]
 
-        spec = {
-            "subject": fact.subject,
-            "relation": fact.relation.name,
-            "target": fact.target.strip(),
-            "edit_prompts": fact.edit_prompts(),
-            "heldout_prompts": fact.heldout_prompts(),
-        }
         response = client.post(
             "/v1/erasures",
             json={
                 "model": MODEL_ID,
-                "facts": [spec],
+                "facts": [fact_spec(fact)],
                 "params": {"site": SITE, "layers": [layer]},
                 "publish": "full",
             },
