@@ -45,11 +45,11 @@ class SmallSAE:
     """The recipe of the test's SAE: a few minutes on 2 CPU cores."""
 
     layer: int = 15
-    tokens: int = 20_000
+    tokens: int = 10_000
     expansion: int = 4
     k: int = 32
-    steps: int = 800
-    batch_size: int = 512
+    steps: int = 400
+    batch_size: int = 256
 
 
 class _Stop(Exception):
@@ -116,7 +116,7 @@ def train_sae(home: Path, recipe: SmallSAE = SmallSAE()) -> dict[str, Any]:
     t0 = time.perf_counter()
     loaded = load_model(MODEL_ID, home=home)
     train = collect(loaded, load_text("train"), recipe.layer, recipe.tokens)
-    held = collect(loaded, load_text("heldout"), recipe.layer, 5_000)
+    held = collect(loaded, load_text("heldout"), recipe.layer, 2_000)
     collected = time.perf_counter() - t0
     sae_recipe = SAERecipe(
         expansion=recipe.expansion, k=recipe.k, steps=recipe.steps, batch_size=recipe.batch_size
