@@ -147,3 +147,13 @@ def test_bench_json_keys(capsys) -> None:
         assert key in fe and "mean" in fe[key] and "std" in fe[key]
     assert set(fe["seconds"]) == {"locate", "edit", "evaluate"}
     assert "locate_speedup_featureedit_vs_neurons" in doc["ratios"]
+
+
+def test_demo_takes_a_registered_model_id(small_model) -> None:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["demo", "--model", "demo-small", "--json", "-q"])
+    assert code == 0, stderr.getvalue()
+    doc = json.loads(stdout.getvalue())
+    assert doc["model"] == "demo-small" and doc["fact"]["relation"] == "phone"
+    assert set(doc["results"]) == {"featureedit", "neurons"}
