@@ -137,8 +137,14 @@ def test_erase_a_genuine_fact_from_smollm2_through_the_service(
     base = AutoModelForCausalLM.from_pretrained(
         real_home["home"] / "models" / MODEL_ID, dtype=torch.float32
     ).eval()
-    prompts = fact.edit_prompts()
-    assert all(_answered(base, tokenizer, prompts, fact.target)), "SmolLM2 should know the fact"
+    prompts = [
+        p
+        for p, a in zip(
+            fact.edit_prompts(), _answered(base, tokenizer, fact.edit_prompts(), fact.target)
+        )
+        if a
+    ]
+    assert prompts, "SmolLM2 should know the fact"
     still = _answered(edited, tokenizer, prompts, fact.target)
     reliability = metrics["reliability"]
     # the downloaded model answers exactly as the report says (greedy, edit prompts it knew)
