@@ -148,7 +148,8 @@ def test_erase_a_genuine_fact_from_smollm2_through_the_service(
     still = _answered(edited, tokenizer, prompts, fact.target)
     reliability = metrics["reliability"]
     # the downloaded model answers exactly as the report says (greedy, edit prompts it knew)
-    assert sum(not a for a in still) >= reliability["hits"], (still, reliability)
+    erased = round(reliability["value"] * reliability["count"])  # one fact: prompts not leaking
+    assert sum(not a for a in still) >= erased, (still, reliability)
     changed = [n for n, p in edited.named_parameters() if not torch.equal(p, base.get_parameter(n))]
     assert changed == [f"model.layers.{layer}.mlp.down_proj.weight"], changed
     figures = {
