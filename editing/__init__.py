@@ -5,6 +5,7 @@ The public surface, imported on first use (PEP 562) so that ``import editing`` s
     loaded = editing.load_model("demo-small")                     # registry id -> weights + SAEs
     request = editing.ErasureRequest(model="demo-small", facts=[...])
     result = editing.run_erasure(request, loaded)                 # an Edit, metrics, verdict
+    report = result.report()                                      # typed; .to_json() to store
     path = editing.publish_checkpoint(loaded, result.edit, out_root, manifest)
     patch = editing.load_patch(path)                              # a published forward patch
     edit = editing.apply_delta_to_adapter(loaded.adapter, patch)  # applied; returns the full Edit
@@ -28,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "FactSpec": "editing.request",
     "run_erasure": "editing.erase",
     "ErasureResult": "editing.erase",
+    "ErasureReport": "editing.report",
+    "load_report": "editing.report",
     "Edit": "editing.edits",
     "publish_checkpoint": "editing.checkpoints",
     "load_patch": "editing.checkpoints",

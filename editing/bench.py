@@ -2,7 +2,9 @@
 
 The model is restored between erasures (each :func:`run_erasure` restores it). Per method: mean and
 standard deviation of every metric, per-fact wall time split into locate / edit / evaluate, and the
-ratios of FeatureEdit to the neuron baseline measured in the same run.
+ratios of FeatureEdit to the neuron baseline measured in the same run. With ``attacks``, every
+erasure that produced an edit is also attacked (:mod:`editing.attacks`) before and after it, and
+each method's summary gains ``attacks``: per attack the mean numbers and AttackSuccess rates.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from editing.acceptance import metric, number
 from editing.erase import PAPER_FIGURES, run_erasure
 from editing.methods import MethodParams, SaeParams, method_names, method_spec
 from editing.models import LoadedModel
 from editing.request import ErasureRequest
 from editing.world.corpus import round_robin
+from editing.world.demo_facts import demo_world_of, request_facts
 
 METRICS = (
     "reliability",
@@ -31,14 +35,7 @@ METRICS = (
     "leak_rate_after",
     "units",
 )
-STAGES = ("locate", "edit", "evaluate")
-
-
-def _metric(result_metrics: dict[str, Any], name: str) -> float | None:
-    v = result_metrics.get(name)
-    if isinstance(v, dict):
-        v = v.get("value")
-    return None if v is None else float(v)
+TIMED_STAGES = ("locate", "edit", "evaluate")
 
 
 def _summary(values: list[float | None]) -> dict[str, float | int | None]:
@@ -54,13 +51,25 @@ def _summary(values: list[float | None]) -> dict[str, float | int | None]:
 
 def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[str, str]]:
     """``n_facts`` private facts of the demo world, spread over the relations (deterministic)."""
-    from editing.world.build import load_world
+    world = demo_world_of(loaded.entry, loaded.home, purpose="bench", progress=True)
+    return request_facts(round_robin(world.private_facts(), n_facts, random.Random(seed)))
 
-    if not loaded.entry.is_demo:
-        raise ValueError("bench picks facts from a demo world; use model 'demo' or 'demo-small'")
-    world = load_world(loaded.entry.demo_size or "default", loaded.home)
-    picked = round_robin(world.private_facts(), n_facts, random.Random(seed))
-    return [{"subject": f.subject, "relation": f.relation, "target": f.target} for f in picked]
+
+def _attack(
+    loaded: LoadedModel,
+    edit: Any,
+    request: ErasureRequest,
+    attacks: Sequence[str],
+    budgets: dict[str, dict[str, int | float]] | None,
+    before_cache: dict[Any, Any],
+) -> dict[str, Any]:
+    """The attacks on one erasure's fact: attack name -> AttackResult."""
+    from editing.attacks import AttackCase
+    from editing.attacks.suite import run_attacks
+
+    case = AttackCase.from_fact(request.facts[0])
+    (results,) = run_attacks(loaded, edit, [case], attacks, budgets, before_cache=before_cache)
+    return results
 
 
 def _params(method: str, values: dict[str, Any]) -> MethodParams:
@@ -75,12 +84,20 @@ def run_bench(
     params: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    attacks: Sequence[str] = (),
+    attack_budgets: dict[str, dict[str, int | float]] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark (default: every registered method); per-method summaries, rows, ratios.
 
-    ``params`` maps a method name to its parameters (defaults for the others).
+    ``params`` maps a method name to its parameters (defaults for the others). ``attacks``
+    (registered attack names) are run on every edit, with ``attack_budgets`` overrides; the
+    unedited model's scores are measured once per fact and shared by the methods.
     """
+    from editing.attacks.suite import BeforeCache, summarise
+
     methods = tuple(method_names()) if methods is None else methods
+    attacked: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    before_cache: BeforeCache = {}
     method_params = {m: _params(m, (params or {}).get(m, {})) for m in methods}
     facts = bench_facts(loaded, n_facts, seed)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -102,9 +119,13 @@ def run_bench(
             result = run_erasure(request, loaded)
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
-                row[name] = _metric(result.metrics, name)
-            for stage in STAGES:
+                row[name] = number(metric(result.metrics, name))
+            for stage in TIMED_STAGES:
                 row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
+            if attacks and result.edit is not None:
+                found = _attack(loaded, result.edit, request, attacks, attack_budgets, before_cache)
+                attacked[method].append(found)
+                row["attacks"] = {name: r.model_dump() for name, r in found.items()}
             rows[method].append(row)
             done += 1
             if progress:
@@ -113,12 +134,14 @@ def run_bench(
     for method, method_rows in rows.items():
         summary[method] = {name: _summary([r[name] for r in method_rows]) for name in METRICS}
         summary[method]["seconds"] = {
-            stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in STAGES
+            stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in TIMED_STAGES
         }
         summary[method]["accepted"] = sum(r["status"] == "succeeded" for r in method_rows)
         summary[method]["nothing_to_erase"] = sum(
             r["status"] == "nothing_to_erase" for r in method_rows
         )
+        if attacks:
+            summary[method]["attacks"] = summarise(attacked[method])
     ratios: dict[str, float | None] = {}
     if "featureedit" in summary and "neurons" in summary:
         fe, nb = summary["featureedit"], summary["neurons"]
@@ -136,6 +159,7 @@ def run_bench(
         "facts": len(facts),
         "methods": list(methods),
         "params": {m: p.model_dump() for m, p in method_params.items()},
+        "attacks": list(attacks),
         "summary": summary,
         "ratios": ratios,
         "paper": PAPER_FIGURES,

@@ -39,6 +39,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any, TextIO
 
 from editing import settings
+from editing.cli_input import help_command
 from editing.errors import EditingError
 
 ENTRY_POINT_GROUP = "featureedit.commands"
@@ -150,8 +151,8 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the built-in commands: ``world build``, ``world info`` (:mod:`editing.cli_world`),
     ``models`` and the engine's
-    (``erase``, ``demo``, ``apply-delta``, ``bench``: :mod:`editing.cli_engine`) and the
-    analyses' (``analyze``: :mod:`editing.cli_analysis`)."""
+    (``erase``, ``demo``, ``apply-delta``: :mod:`editing.cli_engine`; ``bench``:
+    :mod:`editing.cli_bench`) and the analyses' (``analyze``: :mod:`editing.cli_analysis`)."""
     common = global_options()
 
     models = subparsers.add_parser(
@@ -166,14 +167,24 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     models.set_defaults(func=cmd_models, model_ids=[])
 
     # The other commands live in their own modules (torch-free at import).
-    from editing import cli_analysis, cli_engine, cli_facts, cli_models, cli_world
+    from editing import (
+        cli_analysis,
+        cli_attack,
+        cli_bench,
+        cli_engine,
+        cli_facts,
+        cli_models,
+        cli_world,
+    )
 
     cli_world.register(subparsers, common)  # world build, world info
     cli_models.register(models, common, cmd_models)  # models list (the default), models add
     cli_facts.register(subparsers, common)  # facts probe
 
-    cli_engine.register(subparsers, common)  # erase, demo, apply-delta, bench
+    cli_engine.register(subparsers, common)  # erase, demo, apply-delta
+    cli_bench.register(subparsers, common)  # bench
     cli_analysis.register(subparsers, common)  # analyze
+    cli_attack.register(subparsers, common)  # attack
 
 
 def register_plugins(subparsers: argparse._SubParsersAction) -> None:
@@ -187,14 +198,6 @@ def register_plugins(subparsers: argparse._SubParsersAction) -> None:
                 f"{exc.__class__.__name__}: {exc}",
                 file=sys.stderr,
             )
-
-
-def _help_of(parser: argparse.ArgumentParser) -> Command:
-    def show_help(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return EXIT_ERROR
-
-    return show_help
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     register_commands(subparsers)
     register_plugins(subparsers)
-    parser.set_defaults(func=_help_of(parser))
+    parser.set_defaults(func=help_command(parser))
     return parser
 
 

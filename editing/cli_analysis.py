@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from editing.cli_input import add_json_option
+
 ANALYSIS_NAMES = (
     "decomposition",
     "features-vs-neurons",
@@ -94,5 +96,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="dictionary-size SAE training steps (default 800)",
     )
     p.add_argument("--threads", type=int, metavar="T", help="torch CPU threads")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(p)
     p.set_defaults(func=cmd_analyze)

@@ -1,77 +1,36 @@
-"""Engine commands of the ``featureedit`` CLI: ``erase``, ``demo``, ``apply-delta``, ``bench``.
+"""Engine commands of the ``featureedit`` CLI: ``erase``, ``demo`` and ``apply-delta``
+(``bench`` is :mod:`editing.cli_bench`).
 
 Registered by :func:`editing.cli.register_commands`; heavy imports stay inside the commands.
-
-``bench`` extensions: other packages add modes to ``featureedit bench`` through the entry-point
-group ``featureedit.bench``, without ``editing`` importing them. An entry point ``NAME`` names a
-callable ``register(bench_parser) -> command`` that adds a ``--NAME`` flag (dest ``NAME``) and its
-own options and returns ``command(args) -> int``, run instead of the engine benchmark when
-``--NAME`` is given (``ops.cli:register_bench`` adds ``--service``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from editing.cli_input import (
+    add_fact_options,
+    add_json_option,
+    add_method_options,
+    fact_from_options,
+    parse_pairs,
+    read_fact_file,
+)
 from editing.errors import ConfigError
 
-BENCH_EXTENSION_GROUP = "featureedit.bench"
-PARAM_HELP = (
-    "method parameter KEY=VALUE (repeatable), e.g. variant=rows, selector=activation, tau1=0.3, "
-    "layers=[1,2]; see the method's params class in editing/methods/params.py"
-)
-
-
-def parse_pairs(pairs: list[str] | None, flag: str = "--param") -> dict[str, Any]:
-    """``["k=v", ...]`` as a dict, each value JSON-decoded when it parses (else the string)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+if TYPE_CHECKING:
+    from editing.report import ErasureReport
 
 
 def _load_facts(args: argparse.Namespace) -> list[dict[str, Any]]:
-    facts: list[dict[str, Any]] = []
-    if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise ConfigError(f"--file {path} does not exist")
-        text = path.read_text()
-        try:
-            if path.suffix == ".jsonl":
-                facts = [json.loads(line) for line in text.splitlines() if line.strip()]
-            else:
-                doc = json.loads(text)
-                facts = doc.get("facts", doc) if isinstance(doc, dict) else doc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--file {path} is not valid JSON: line {exc.lineno}") from None
-        if isinstance(facts, dict):
-            facts = [facts]
-    if args.subject or args.relation or args.target or args.target_file:
-        target = args.target
-        if args.target_file:
-            target = Path(args.target_file).read_text().strip()
-        if not (args.subject and args.relation and target):
-            raise ConfigError("a fact needs --subject, --relation and --target (or --target-file)")
-        fact: dict[str, Any] = {
-            "subject": args.subject,
-            "relation": args.relation,
-            "target": target,
-        }
-        if args.prompt:
-            fact["edit_prompts"] = args.prompt
-        if args.heldout:
-            fact["heldout_prompts"] = args.heldout
+    """The facts of ``--file`` and of the fact flags (ConfigError if there are none)."""
+    facts = read_fact_file(Path(args.file), f"--file {args.file}")[1] if args.file else []
+    fact = fact_from_options(args)
+    if fact is not None:
         facts.append(fact)
     if not facts:
         raise ConfigError("no fact given: use --subject/--relation/--target or --file FACTS.json")
@@ -79,18 +38,20 @@ def _load_facts(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, dict):
-        v = v.get("value")
-        if v is None:
-            return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
+    """A metric in a table cell: a count as is, a number or a rate's value to 3 decimals."""
+    from editing.acceptance import number
+
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    value = number(v)
+    return "-" if value is None else f"{value:.3f}"
 
 
-def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list[str], list[list]]:
+def _metrics_rows(
+    results: Mapping[str, ErasureReport], paper: bool
+) -> tuple[list[str], list[list]]:
+    """Per metric a row: each method's value (and the paper's, with ``paper``), then status."""
+    from editing.acceptance import metric
     from editing.bench import METRICS
     from editing.erase import PAPER_FIGURES
 
@@ -99,14 +60,14 @@ def _metrics_rows(results: dict[str, dict[str, Any]], paper: bool) -> tuple[list
     if paper:
         headers += [f"paper {n}" for n in names if n in PAPER_FIGURES]
     rows = []
-    for metric in (*METRICS, "entries_changed"):
-        row = [metric] + [_fmt(results[n]["metrics"].get(metric)) for n in names]
+    for name in (*METRICS, "entries_changed"):
+        row = [name] + [_fmt(metric(results[n].metrics, name)) for n in names]
         if paper:
-            row += [_fmt(PAPER_FIGURES[n].get(metric)) for n in names if n in PAPER_FIGURES]
+            row += [_fmt(PAPER_FIGURES[n].get(name)) for n in names if n in PAPER_FIGURES]
         rows.append(row)
     rows.append(
         ["status"]
-        + [results[n]["status"] for n in names]
+        + [str(results[n].status) for n in names]
         + ([""] * sum(n in PAPER_FIGURES for n in names) if paper else [])
     )
     return headers, rows
@@ -159,15 +120,16 @@ def cmd_erase(args: argparse.Namespace) -> int:
     )
     result, checkpoint = erasure.result, erasure.checkpoint
     revert = kept[0] if kept else None
-    doc = result.to_dict()
-    doc["checkpoint"] = None if checkpoint is None else str(checkpoint)
-    doc["revert_data"] = None if revert is None else str(revert)
-    if args.json:
+    report = result.report()
+    if args.json:  # the report, with the paths of what was written (no secret in either)
+        doc = report.to_json()
+        doc["checkpoint"] = None if checkpoint is None else str(checkpoint)
+        doc["revert_data"] = None if revert is None else str(revert)
         print_json(doc)
     else:
-        headers, rows = _metrics_rows({request.method: doc}, paper=False)
+        headers, rows = _metrics_rows({request.method: report}, paper=False)
         print(format_table(headers, rows))
-        for reason in result.acceptance.get("reasons", []):
+        for reason in result.acceptance.reasons:
             print(f"not accepted: {reason}")
         print(f"checkpoint: {checkpoint or 'not published'}")
         if revert is not None:
@@ -213,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     secret = spec["target"]
     sites = loaded.entry.saes
     params = {"site": "resid_post" if "resid_post" in sites or not sites else sorted(sites)[0]}
-    erasures, docs = {}, {}
+    erasures, reports = {}, {}
     for method in ("featureedit", "neurons"):  # only FeatureEdit's checkpoint is published
         req = ErasureRequest(
             model=model_id,
@@ -229,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             publish=method == "featureedit",
             progress=_progress(args),
         )
-        docs[method] = erasures[method].result.to_dict()
+        reports[method] = erasures[method].result.report()
     checkpoint = erasures["featureedit"].checkpoint
     verified: dict[str, Any] = {}
     if checkpoint is not None:
@@ -244,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = {
         "model": model_id,
         "fact": {"subject": spec["subject"], "relation": spec["relation"]},
-        "results": docs,
+        "results": {method: report.to_json() for method, report in reports.items()},
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "verification": verified,
     }
@@ -252,14 +214,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     print(f"{title}\n")
-    headers, rows = _metrics_rows(docs, paper=True)
+    headers, rows = _metrics_rows(reports, paper=True)
     print(format_table(headers, rows))
     print()
-    for name, doc in docs.items():
-        t = doc["timings"]
+    for name, report in reports.items():
+        t = report.timings
         print(
             f"{name}: locate {t['locate']:.2f}s, edit {t['edit']:.2f}s, "
-            f"evaluate {t['evaluate']:.2f}s, units {doc['metrics']['units']}"
+            f"evaluate {t['evaluate']:.2f}s, units {report.metrics.units}"
         )
     if checkpoint:
         print(f"\nFeatureEdit checkpoint: {checkpoint}")
@@ -306,118 +268,6 @@ def cmd_apply_delta(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Benchmark every method on N facts; print a table (or JSON). Extensions: module docstring."""
-    for name, command in getattr(args, "bench_extensions", {}).items():
-        if getattr(args, name, False):
-            return command(args)
-    args.model = args.model or "demo"
-    from tqdm.auto import tqdm
-
-    from editing.bench import run_bench
-    from editing.cli import format_table, print_json
-    from editing.methods import method_names
-    from editing.models import load_model
-
-    args.methods = args.methods or ",".join(method_names())
-    loaded = load_model(args.model)
-    methods = tuple(args.methods.split(","))
-    bar = tqdm(
-        total=args.facts * len(methods),
-        desc="bench",
-        file=sys.stderr,
-        disable=args.quiet,
-        unit="erasure",
-    )
-
-    def progress(done: int, total: int) -> None:
-        bar.n = done
-        bar.refresh()
-
-    result = run_bench(loaded, args.facts, methods=methods, progress=progress)
-    bar.close()
-    if args.json:
-        print_json(result)
-        return 0
-    if args.markdown:
-        print(
-            bench_markdown(
-                result,
-                f"featureedit bench --model {args.model} --facts "
-                f"{args.facts} --methods {args.methods} --markdown",
-            )
-        )
-        return 0
-    rows = []
-    metrics = (
-        "reliability",
-        "generalization",
-        "locality",
-        "delta_ppl",
-        "delta_prob",
-        "exposure_after",
-        "leak_rate_after",
-        "units",
-    )
-    for m, s in result["summary"].items():
-        row = [m]
-        for name in metrics:
-            v = s[name]
-            row.append("-" if v["mean"] is None else f"{v['mean']:.3f}±{v['std']:.3f}")
-        for stage in ("locate", "edit", "evaluate"):
-            row.append(f"{s['seconds'][stage]['mean']:.3f}")
-        row.append(f"{s['accepted']}/{result['facts']}")
-        rows.append(row)
-    headers = ["method", *metrics, "locate s", "edit s", "evaluate s", "accepted"]
-    print(format_table(headers, rows))
-    print()
-    for k, v in result["ratios"].items():
-        print(f"{k}: {v}")
-    return 0
-
-
-def bench_markdown(result: dict[str, Any], command: str) -> str:
-    """A Markdown section with the benchmark's tables (for docs/benchmarks.md)."""
-    from editing.erase import PAPER_FIGURES
-
-    lines = [
-        f"Command: `{command}` ({result['facts']} facts, model `{result['model']}`, "
-        f"{result['wall_seconds']} s wall).",
-        "",
-    ]
-    metrics = (
-        "reliability",
-        "generalization",
-        "locality",
-        "delta_ppl",
-        "delta_prob",
-        "leak_rate_before",
-        "leak_rate_after",
-        "exposure_before",
-        "exposure_after",
-        "units",
-    )
-    methods = list(result["summary"])
-    lines.append("| metric | " + " | ".join(methods) + " | paper FeatureEdit | paper neurons |")
-    lines.append("|---" * (len(methods) + 3) + "|")
-    for name in metrics:
-        cells = []
-        for m in methods:
-            v = result["summary"][m][name]
-            cells.append("–" if v["mean"] is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
-        paper = [PAPER_FIGURES[k].get(name) for k in ("featureedit", "neurons")]
-        cells += ["–" if p is None else f"~{p}" for p in paper]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for stage in ("locate", "edit", "evaluate"):
-        cells = [f"{result['summary'][m]['seconds'][stage]['mean']:.3f}" for m in methods]
-        lines.append(f"| seconds {stage} (per fact) | " + " | ".join(cells) + " | | |")
-    cells = [f"{result['summary'][m]['accepted']}/{result['facts']}" for m in methods]
-    lines.append("| accepted (default thresholds) | " + " | ".join(cells) + " | | |")
-    lines += ["", "Ratios measured in the same run:", ""]
-    lines += [f"- `{k}`: {v}" for k, v in result["ratios"].items()]
-    return "\n".join(lines)
-
-
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the engine commands to the CLI."""
     from editing.methods import method_names
@@ -434,21 +284,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     erase.add_argument("--model", default="demo", help="model id or local directory (default demo)")
     erase.add_argument("--method", default=DEFAULT_METHOD, choices=method_names())
-    erase.add_argument("--subject", help="who the fact is about")
-    erase.add_argument("--relation", help="relation, e.g. phone, email, address")
-    erase.add_argument("--target", help="the secret (prefer --target-file: shells keep history)")
-    erase.add_argument("--target-file", help="file holding the secret")
-    erase.add_argument("--prompt", action="append", help="edit prompt (repeatable)")
-    erase.add_argument("--heldout", action="append", help="held-out prompt (repeatable)")
+    add_fact_options(erase)
     erase.add_argument("--file", help="JSON ({'facts': [...]} or a list) or JSONL of facts")
-    erase.add_argument("--param", action="append", metavar="KEY=VALUE", help=PARAM_HELP)
-    erase.add_argument(
-        "--threshold",
-        action="append",
-        metavar="KEY=VALUE",
-        help="acceptance threshold, e.g. min_locality=0.95",
-    )
-    erase.add_argument("--base-checkpoint", help="checkpoint id to edit further")
+    add_method_options(erase)
     erase.add_argument("--out", help="checkpoint root directory")
     erase.add_argument("--no-publish", action="store_true", help="evaluate only")
     erase.add_argument(
@@ -457,7 +295,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="full: the edited model plus its delta (default); delta: the delta alone (rebuild "
         "with apply-delta)",
     )
-    erase.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(erase)
     erase.set_defaults(func=cmd_erase)
 
     demo = subparsers.add_parser(
@@ -475,7 +313,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "fact it knows (of --relation if that is a fact-set relation, e.g. capital_of)",
     )
     demo.add_argument("--relation", default="phone", help="which kind of fact to erase")
-    demo.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(demo)
     demo.set_defaults(func=cmd_demo)
 
     apply = subparsers.add_parser(
@@ -498,36 +336,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="the operator's revert data: the sealed file `erase` printed (under "
         "$FEATUREEDIT_HOME/private/) or `featureedit private export`'s output",
     )
-    apply.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(apply)
     apply.set_defaults(func=cmd_apply_delta)
-
-    bench = subparsers.add_parser(
-        "bench",
-        parents=[common],
-        help="benchmark every method on N demo-world facts",
-        description="One erasure per fact (model restored in between) for each method; prints "
-        "mean ± std of every metric, per-stage seconds and FeatureEdit/neuron ratios.",
-    )
-    bench.add_argument("--model", help="model id (default demo; an extension may differ)")
-    bench.add_argument("--facts", type=int, default=30)
-    bench.add_argument("--methods", help="comma-separated (default: every registered method)")
-    bench.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
-    bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
-
-
-def _bench_extensions(bench: argparse.ArgumentParser) -> dict[str, Any]:
-    """Load the ``featureedit.bench`` entry points (a broken one only warns); name -> command."""
-    from importlib.metadata import entry_points
-
-    found: dict[str, Any] = {}
-    for ep in sorted(entry_points(group=BENCH_EXTENSION_GROUP), key=lambda e: e.name):
-        try:
-            found[ep.name] = ep.load()(bench)
-        except Exception as exc:  # a broken extension must not break the engine benchmark
-            print(
-                f"featureedit: warning: bench extension {ep.name!r} ({ep.value}) not loaded: "
-                f"{exc.__class__.__name__}: {exc}",
-                file=sys.stderr,
-            )
-    return found

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from editing.cli_input import add_command_group, add_json_option
+
 RULE_HELP = "majority: more than half of a fact's edit prompts answered (default); all: every one"
 
 
@@ -61,16 +63,13 @@ def cmd_facts_probe(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``facts probe``."""
-    from editing.cli import _help_of
-
-    facts = subparsers.add_parser(
+    sub = add_command_group(
+        subparsers,
         "facts",
         help="the shipped world-knowledge fact set: which facts a model knows",
         description="Genuine world knowledge (capitals, authors, chemical symbols...) shipped "
         "with featureedit (editing/realdata/facts.json).",
     )
-    sub = facts.add_subparsers(dest="facts_command", metavar="COMMAND")
-    facts.set_defaults(func=_help_of(facts))
     probe = sub.add_parser(
         "probe",
         parents=[common],
@@ -83,5 +82,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     probe.add_argument("--rule", choices=("majority", "all"), default="majority", help=RULE_HELP)
     probe.add_argument("--facts-file", help="another fact file in the facts.json format")
     probe.add_argument("--force", action="store_true", help="probe again, ignoring the cache")
-    probe.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(probe)
     probe.set_defaults(func=cmd_facts_probe)

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from editing import settings
+from editing.cli_input import add_json_option
 from editing.model_packages import INSTALL_COMMANDS
 
 
@@ -116,7 +117,7 @@ def register(
         help="list the registered models (the default: `featureedit models [MODEL_ID ...]`)",
     )
     listing.add_argument("model_ids", nargs="*", metavar="MODEL_ID", help="only these models")
-    listing.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(listing)
     listing.set_defaults(func=list_command)
 
     known = ", ".join(f"{p} ({cmd})" for p, cmd in sorted(INSTALL_COMMANDS.items()))
@@ -138,5 +139,5 @@ def register(
     source.add_argument("--gguf", metavar="FILE", help="a GGUF file (dequantized on import)")
     source.add_argument("--package", metavar="NAME", help="an installed PyPI package with a GGUF")
     add.add_argument("--force", action="store_true", help="replace an earlier import of ID")
-    add.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(add)
     add.set_defaults(func=cmd_models_add)

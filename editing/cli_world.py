@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from editing.cli import EXIT_OK, _help_of, format_table, print_json
+from editing.cli import EXIT_OK, format_table, print_json
+from editing.cli_input import add_command_group, add_json_option
 
 WORLD_SIZES_HELP = "small (seconds; model id demo-small) or default (minutes; model id demo)"
 
@@ -248,15 +249,14 @@ def cmd_world_info(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``world build`` and ``world info``."""
-    world = subparsers.add_parser(
+    world_sub = add_command_group(
+        subparsers,
         "world",
         help="build or inspect the demo world (a small trained LM with private facts and SAEs)",
         description="The demo world: a synthetic corpus of fictional people with private facts, "
         "a Gemma-2-architecture model trained on it and sparse autoencoders trained on its "
         "activations. It is cached under $FEATUREEDIT_HOME/worlds/.",
     )
-    world_sub = world.add_subparsers(dest="world_command", metavar="COMMAND")
-    world.set_defaults(func=_help_of(world))
 
     build = world_sub.add_parser(
         "build",
@@ -268,7 +268,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     build.add_argument("--size", default="default", help=f"world size: {WORLD_SIZES_HELP}")
     build.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
-    build.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(build)
     build.set_defaults(func=cmd_world_build)
 
     info = world_sub.add_parser(
@@ -281,5 +281,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     info.add_argument("--size", default="default", help=f"world size: {WORLD_SIZES_HELP}")
     info.add_argument("--relation", help="only this relation (e.g. phone, email, address)")
-    info.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(info)
     info.set_defaults(func=cmd_world_info)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from editing import evaluate as ev
@@ -24,6 +24,20 @@ from editing.fingerprint import fingerprint, subject_fingerprint
 from editing.methods import FactCase, FactOutcome, SaeParams, get_method, method_spec
 from editing.models import LoadedModel
 from editing.registry import EvalSize
+from editing.report import (
+    Acceptance,
+    EditFootprint,
+    ErasureReport,
+    FactMetrics,
+    FactPrompts,
+    FactReport,
+    FactSnapshot,
+    LayerFootprint,
+    LocalityRate,
+    Metrics,
+    ReportedRate,
+    UnitReport,
+)
 from editing.request import ErasureRequest
 
 log = logging.getLogger(__name__)
@@ -37,24 +51,12 @@ PAPER_FIGURES = {  # The Knowledge Microscope, erasing table (Gemma-2, PrivacyPa
 
 
 @dataclass
-class FactReport:
-    """Per-fact evidence and metrics (no secret, no subject name: only keyed fingerprints)."""
-
-    index: int
-    subject_fingerprint: str
-    relation: str
-    fingerprint: str
-    prompts: dict[str, int]
-    units: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    evidence: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    status: str = "erased"  # or "nothing_to_erase"
-
-
-@dataclass
 class ErasureResult:
-    """Outcome of an erasure: status, metrics before/after, located units, the edit, timings."""
+    """Outcome of an erasure: status, metrics before/after, located units, the edit, timings.
+
+    :meth:`report` is the typed report (:class:`~editing.report.ErasureReport`); the edit stays
+    here, as a value to publish or apply.
+    """
 
     status: str  # "succeeded" | "rejected" | "nothing_to_erase"
     model_id: str
@@ -62,8 +64,8 @@ class ErasureResult:
     params: dict[str, Any]
     thresholds: dict[str, Any]
     facts: list[FactReport]
-    metrics: dict[str, Any]
-    acceptance: dict[str, Any]
+    metrics: Metrics
+    acceptance: Acceptance
     timings: dict[str, float]
     edit: Edit | None
     produces_checkpoint: bool
@@ -85,21 +87,28 @@ class ErasureResult:
             "params": self.params,
             "thresholds": self.thresholds,
             "facts": [
-                {
-                    "subject_fingerprint": f.subject_fingerprint,
-                    "relation": f.relation,
-                    "fingerprint": f.fingerprint,
-                    "units": f.units,
-                }
+                f.model_dump(
+                    mode="json",
+                    include={"subject_fingerprint", "relation", "fingerprint", "units"},
+                )
                 for f in self.facts
             ],
-            "metrics": self.metrics,
-            "acceptance": self.acceptance,
+            "metrics": self.metrics.to_json(),
+            "acceptance": self.acceptance.to_json(),
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly report (the edit as its footprint; no secret anywhere)."""
-        return {
+    def report(self, **service_fields: Any) -> ErasureReport:
+        """The typed report: this result (the edit as its footprint; no secret anywhere) plus
+        the caller's ``service_fields`` (see :class:`~editing.report.ErasureReport`; a
+        ``timings`` given there replaces the result's)."""
+        edit = None
+        if self.edit is not None:
+            edit = EditFootprint(
+                entries_changed=self.edit.entries_changed,
+                delta_bytes=self.edit.nbytes,
+                layers=[LayerFootprint(**d) for d in self.edit.footprint()],
+            )
+        fields: dict[str, Any] = {
             "status": self.status,
             "model_id": self.model_id,
             "method": self.method,
@@ -108,17 +117,16 @@ class ErasureResult:
             "metrics": self.metrics,
             "acceptance": self.acceptance,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
-            "facts": [vars(f) for f in self.facts],
-            "edit": None
-            if self.edit is None
-            else {
-                "entries_changed": self.edit.entries_changed,
-                "delta_bytes": self.edit.nbytes,
-                "layers": self.edit.footprint(),
-            },
+            "facts": self.facts,
+            "edit": edit,
             "produces_checkpoint": self.produces_checkpoint,
             "base_weights_sha256": self.base_weights_sha256,
         }
+        return ErasureReport(**(fields | service_fields))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON (:meth:`report`, without service fields)."""
+        return self.report().to_json()
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -126,16 +134,19 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _rate_sum(rates: list[ev.Rate]) -> dict[str, Any]:
+def _rate_sum(rates: list[ev.Rate]) -> ReportedRate:
     """Fact-averaged value, with the total count of prompts behind it."""
-    out = {
-        "value": _mean([r.value for r in rates]),
-        "count": sum(r.count for r in rates),
-        "facts": sum(1 for r in rates if r.count),
-    }
-    if out["value"] is not None:
-        out["value"] = round(out["value"], 4)
-    return out
+    value = _mean([r.value for r in rates])
+    return ReportedRate(
+        value=None if value is None else round(value, 4),
+        count=sum(r.count for r in rates),
+        facts=sum(1 for r in rates if r.count),
+    )
+
+
+def _rate(rate: ev.Rate) -> ReportedRate:
+    """A measured rate as reported (value rounded, hits and count)."""
+    return ReportedRate(**rate.to_dict())
 
 
 def run_erasure(
@@ -205,25 +216,34 @@ def run_erasure(
                 subject_fingerprint=subject_fingerprint(f.subject),
                 relation=f.relation,
                 fingerprint=fingerprint(secret),
-                prompts={
-                    "edit": len(edit_p),
-                    "edit_known": len(case.edit_prompts),
-                    "heldout": len(held_p),
-                    "heldout_known": len(case.heldout_prompts),
-                    "control": len(case.control_prompts),
-                },
+                prompts=FactPrompts(
+                    edit=len(edit_p),
+                    edit_known=len(case.edit_prompts),
+                    heldout=len(held_p),
+                    heldout_known=len(case.heldout_prompts),
+                    control=len(case.control_prompts),
+                ),
+                units=[],
+                metrics=FactMetrics(),
+                evidence={},
+                timings={},
+                status="erased" if case.edit_prompts else "nothing_to_erase",
             )
-            if not case.edit_prompts:
-                rep.status = "nothing_to_erase"
-            else:
+            if case.edit_prompts:
                 first = case.edit_prompts[0]
-                rep.metrics["before"] = {
-                    "prob": _mean(ev.target_prob(model, tok, case.edit_prompts, secret)),
-                    "exposure": ev.exposure(model, tok, first, secret),
-                    "leak_rate": ev.leak_rate(
-                        model, tok, case.edit_prompts + case.heldout_prompts, secret, leak_samples
-                    ).to_dict(),
-                }
+                rep.metrics.before = FactSnapshot(
+                    prob=_mean(ev.target_prob(model, tok, case.edit_prompts, secret)),
+                    exposure=ev.exposure(model, tok, first, secret),
+                    leak_rate=_rate(
+                        ev.leak_rate(
+                            model,
+                            tok,
+                            case.edit_prompts + case.heldout_prompts,
+                            secret,
+                            leak_samples,
+                        )
+                    ),
+                )
             cases.append(case)
             reports.append(rep)
         loc_prompts = [x[0] for x in data.locality]
@@ -241,11 +261,11 @@ def run_erasure(
                 params=p.model_dump(),
                 thresholds=request.thresholds.model_dump(),
                 facts=reports,
-                metrics={
-                    "note": "the unedited model reproduces none of the targets on the edit "
+                metrics=Metrics(
+                    note="the unedited model reproduces none of the targets on the edit "
                     "prompts; there is nothing to erase"
-                },
-                acceptance={"accepted": False, "reasons": ["nothing to erase"]},
+                ),
+                acceptance=Acceptance(accepted=False, reasons=["nothing to erase"]),
                 timings=timings,
                 edit=None,
                 produces_checkpoint=False,
@@ -262,7 +282,7 @@ def run_erasure(
             timings["locate"] += out.timings["locate"]
             timings["edit"] += out.timings["edit"]
             rep = reports[case.index]
-            rep.units = [u.to_dict() for u in out.units]
+            rep.units = [UnitReport(**u.to_dict()) for u in out.units]
             rep.evidence = out.evidence
             rep.timings = {k: round(v, 4) for k, v in out.timings.items()}
         edit = session.edit({"method": request.method}) if spec.produces_checkpoint else None
@@ -286,22 +306,24 @@ def run_erasure(
                 rel.append(r)
                 gen.append(g)
                 prob_after = _mean(ev.target_prob(model, tok, case.edit_prompts, case.secret))
-                before = rep.metrics["before"]
-                rep.metrics["after"] = {
-                    "prob": prob_after,
-                    "exposure": ev.exposure(model, tok, case.edit_prompts[0], case.secret),
-                    "leak_rate": ev.leak_rate(
-                        model,
-                        tok,
-                        case.edit_prompts + case.heldout_prompts,
-                        case.secret,
-                        leak_samples,
-                    ).to_dict(),
-                }
-                rep.metrics["reliability"] = r.to_dict()
-                rep.metrics["generalization"] = g.to_dict()
-                rep.metrics["delta_prob"] = (
-                    None if not before["prob"] else (before["prob"] - prob_after) / before["prob"]
+                before = rep.metrics.before.prob if rep.metrics.before is not None else None
+                rep.metrics.after = FactSnapshot(
+                    prob=prob_after,
+                    exposure=ev.exposure(model, tok, case.edit_prompts[0], case.secret),
+                    leak_rate=_rate(
+                        ev.leak_rate(
+                            model,
+                            tok,
+                            case.edit_prompts + case.heldout_prompts,
+                            case.secret,
+                            leak_samples,
+                        )
+                    ),
+                )
+                rep.metrics.reliability = _rate(r)
+                rep.metrics.generalization = _rate(g)
+                rep.metrics.delta_prob = (
+                    None if not before or prob_after is None else (before - prob_after) / before
                 )
             known_idx = [i for i, k in enumerate(loc_known) if k]
             after = ev.known(
@@ -311,7 +333,7 @@ def run_erasure(
             kinds = {}
             for kind in ("private", "public"):
                 idx = [j for j, i in enumerate(known_idx) if data.locality[i][2] == kind]
-                kinds[kind] = ev.Rate(sum(after[j] for j in idx), len(idx)).to_dict()
+                kinds[kind] = _rate(ev.Rate(sum(after[j] for j in idx), len(idx)))
             ppl_after = ev.perplexity(model, tok, data.ppl_texts) if data.ppl_texts else None
         timings["evaluate"] = time.perf_counter() - t0
         report("evaluate", 1.0)
@@ -321,31 +343,25 @@ def run_erasure(
         raise RuntimeError("model weights were not restored after the erasure")
 
     delta_ppl = None if ppl_before is None else (ppl_after - ppl_before) / ppl_before
-    metrics = {
-        "reliability": _rate_sum(rel),
-        "generalization": _rate_sum(gen),
-        "locality": {**locality.to_dict(), "by_kind": kinds, "set_size": len(loc_prompts)},
-        "delta_ppl": None if delta_ppl is None else round(delta_ppl, 5),
-        "ppl_before": ppl_before,
-        "ppl_after": ppl_after,
-        "delta_prob": _mean([r.metrics.get("delta_prob") for r in reports]),
-        "exposure_before": _mean(
-            [r.metrics["before"]["exposure"] for r in reports if "before" in r.metrics]
-        ),
-        "exposure_after": _mean(
-            [r.metrics["after"]["exposure"] for r in reports if "after" in r.metrics]
-        ),
-        "leak_rate_before": _mean(
-            [r.metrics["before"]["leak_rate"]["value"] for r in reports if "before" in r.metrics]
-        ),
-        "leak_rate_after": _mean(
-            [r.metrics["after"]["leak_rate"]["value"] for r in reports if "after" in r.metrics]
-        ),
-        "facts_erased": len(active),
-        "facts_nothing_to_erase": len(cases) - len(active),
-        "units": sum(len(r.units) for r in reports),
-        "entries_changed": None if edit is None else edit.entries_changed,
-    }
+    befores = [r.metrics.before for r in reports if r.metrics.before is not None]
+    afters = [r.metrics.after for r in reports if r.metrics.after is not None]
+    metrics = Metrics(
+        reliability=_rate_sum(rel),
+        generalization=_rate_sum(gen),
+        locality=LocalityRate(**locality.to_dict(), by_kind=kinds, set_size=len(loc_prompts)),
+        delta_ppl=None if delta_ppl is None else round(delta_ppl, 5),
+        ppl_before=ppl_before,
+        ppl_after=ppl_after,
+        delta_prob=_mean([r.metrics.delta_prob for r in reports]),
+        exposure_before=_mean([b.exposure for b in befores]),
+        exposure_after=_mean([a.exposure for a in afters]),
+        leak_rate_before=_mean([b.leak_rate.value for b in befores if b.leak_rate is not None]),
+        leak_rate_after=_mean([a.leak_rate.value for a in afters if a.leak_rate is not None]),
+        facts_erased=len(active),
+        facts_nothing_to_erase=len(cases) - len(active),
+        units=sum(len(r.units) for r in reports),
+        entries_changed=None if edit is None else edit.entries_changed,
+    )
     t = request.thresholds
     accepted, reasons = decide(metrics, t.model_dump())
     return ErasureResult(
@@ -356,7 +372,7 @@ def run_erasure(
         thresholds=t.model_dump(),
         facts=reports,
         metrics=metrics,
-        acceptance={"accepted": accepted, "reasons": reasons},
+        acceptance=Acceptance(accepted=accepted, reasons=reasons),
         timings=timings,
         edit=edit,
         produces_checkpoint=spec.produces_checkpoint,

@@ -10,7 +10,6 @@ inherits the matching builtin so callers may catch either::
      │    └── SAEMismatchError              SAE d_in / hook does not fit the model site
      ├── NotFoundError(FileNotFoundError)   a model, SAE or checkpoint missing on disk / offline
      ├── CorruptCacheError                  a cache entry failed its integrity check
-     ├── NothingToEraseError                the unedited model does not produce the target
      └── CancelledError                     the job was cancelled mid-run (weights restored)
 """
 
@@ -46,10 +45,6 @@ class NotFoundError(EditingError, FileNotFoundError):
 
 class CorruptCacheError(EditingError):
     """A cached artifact failed its integrity check; it must be rebuilt."""
-
-
-class NothingToEraseError(EditingError, ValueError):
-    """The unedited model does not reproduce the target on any prompt: there is nothing to erase."""
 
 
 class CancelledError(EditingError):

@@ -131,6 +131,43 @@ def exposure(
 
 
 @torch.inference_mode()
+def sample_continuations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    samples: int,
+    seed: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 256,
+) -> list[list[str]]:
+    """``samples`` continuations per prompt at temperature 1, no top-k, nucleus ``top_p``.
+
+    Returns, per prompt, the decoded new text of its samples. Seeded (the global generator is
+    restored afterwards), batched ``batch_size`` rows at a time.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    rows = [tokenizer(p)["input_ids"] for p in prompts for _ in range(samples)]
+    texts: list[str] = []
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        torch.manual_seed(seed)
+        for start in range(0, len(rows), batch_size):
+            ids, mask = padded(rows[start : start + batch_size], pad, device, left=True)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=top_p,
+                pad_token_id=pad,
+            )
+            texts += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+
+
 def leak_rate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -138,27 +175,13 @@ def leak_rate(
     secret: str,
     samples: int = 5,
     seed: int = 0,
+    top_p: float = 1.0,
 ) -> Rate:
-    """Share of sampled continuations (temperature 1, ``samples`` per prompt) with the secret."""
+    """Share of sampled continuations (temperature 1, no top-k, nucleus ``top_p``; ``samples``
+    per prompt) that contain the whole secret (:func:`editing.scoring.contains_target`)."""
     if not prompts:
         return Rate(0, 0)
     n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 4
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    rows = [tokenizer(p)["input_ids"] for p in prompts for _ in range(samples)]
-    ids, mask = padded(rows, pad, device, left=True)
-    width = ids.shape[1]
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-        torch.manual_seed(seed)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=n_new,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=pad,
-        )
-    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return Rate(sum(secret in t for t in texts), len(texts))
+    per_prompt = sample_continuations(model, tokenizer, prompts, n_new, samples, seed, top_p)
+    texts = [t for group in per_prompt for t in group]
+    return Rate(sum(contains_target(t, secret) for t in texts), len(texts))

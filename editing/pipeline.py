@@ -4,10 +4,12 @@
 :mod:`editing.acceptance`) and, when the result is accepted and the method edits weights,
 publishes the checkpoint (:func:`editing.checkpoints.publish_checkpoint`: a forward patch, never
 pre-edit values) and hands its revert data to ``keep_revert`` — the caller's private record —
-before returning, so no checkpoint exists whose rollback data was not kept. The model is left
-unedited whatever happens. :func:`load_base_edit` turns a parent checkpoint (sequential erasures)
-into the edit ``run_erasure`` starts from. Callers add only what is theirs: the command line
-prints, the worker checks tenant ownership, records progress and registers the checkpoint.
+before returning, so no checkpoint exists whose rollback data was not kept. The returned
+:class:`Erasure`'s :meth:`~Erasure.report` is the typed :class:`~editing.report.ErasureReport`.
+The model is left unedited whatever happens. :func:`load_base_edit` turns a parent checkpoint
+(sequential erasures) into the edit ``run_erasure`` starts from. Callers add only what is theirs:
+the command line prints, the worker checks tenant ownership, records progress and registers the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from editing.erase import ErasureResult, Progress, run_erasure
 from editing.errors import CancelledError, ConfigError
 from editing.models import LoadedModel
 from editing.registry import EvalSize
+from editing.report import ErasureReport
 from editing.request import ErasureRequest, PublishMode
 
 KeepRevert = Callable[[Edit, str], Any]
@@ -39,11 +42,22 @@ class Erasure:
     result: ErasureResult
     checkpoint: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)  # "publish", when published
+    # what was published (lineage, hashes, sizes), read back from its manifest when published:
+    # the caller may move the directory afterwards (e.g. upload it to another store)
+    summary: dict[str, Any] | None = None
 
     @property
     def published(self) -> bool:
         """Whether a checkpoint was published."""
         return self.checkpoint is not None
+
+    def report(self, **service_fields: Any) -> ErasureReport:
+        """The typed report: the result's (:meth:`ErasureResult.report`), the published
+        checkpoint's id and :attr:`summary` (None when nothing was published) and the caller's
+        ``service_fields``."""
+        checkpoint_id = None if self.checkpoint is None else self.checkpoint.name
+        published = {"checkpoint": self.summary, "checkpoint_id": checkpoint_id}
+        return self.result.report(**(published | service_fields))
 
 
 def load_base_edit(loaded: LoadedModel, checkpoint_dir: str | Path) -> Edit:
@@ -95,6 +109,7 @@ def erase_and_publish(
     (CancelledError: nothing published).
     """
     from editing.checkpoints import publish_checkpoint
+    from editing.checkpoints.manifest import checkpoint_summary
 
     result = run_erasure(
         request,
@@ -125,6 +140,7 @@ def erase_and_publish(
     )
     keep_revert(edit, path.name)
     erasure.checkpoint = path
+    erasure.summary = checkpoint_summary(path)
     erasure.timings["publish"] = round(time.perf_counter() - t0, 4)
     if progress is not None:
         progress("publish", 1.0)

@@ -7,6 +7,8 @@ without echoing input values.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import (
@@ -125,7 +127,7 @@ class FactSpec(BaseModel):
 class Thresholds(BaseModel):
     """Acceptance thresholds: a result is published only if it meets all of them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_reliability: float = Field(0.9, ge=0, le=1)
     min_generalization: float = Field(0.7, ge=0, le=1)
@@ -196,6 +198,8 @@ class ErasureRequest(BaseModel):
         if context.get("stored") and isinstance(value, dict):
             own = params_cls.model_fields
             value = {k: v for k, v in value.items() if k in own or k not in FLAT_PARAMS_V1}
+        if isinstance(value, dict):
+            _refuse_non_finite(value)
         try:
             return params_cls.model_validate(value, strict=bool(context.get("strict")))
         except ValidationError as exc:
@@ -204,6 +208,33 @@ class ErasureRequest(BaseModel):
     def secrets(self) -> list[str]:
         """All targets of the request (for redaction and output scans)."""
         return [f.secret for f in self.facts]
+
+
+def _refuse_non_finite(params: dict[str, Any]) -> None:
+    """Raise the ``finite_number`` error (as ``allow_inf_nan=False`` would) for any infinite or
+    NaN number in ``params`` (``1e999`` in JSON is infinity): no method parameter takes one."""
+    details = [
+        InitErrorDetails(type="finite_number", loc=(key, *path), input=number)
+        for key, value in params.items()
+        for path, number in _numbers(value)
+        if not math.isfinite(number)
+    ]
+    if details:
+        raise ValidationError.from_exception_data("params", details)
+
+
+def _numbers(value: Any) -> Iterator[tuple[tuple[int | str, ...], float]]:
+    """``(path, float)`` of every float in a JSON-like value."""
+    if isinstance(value, float):
+        yield (), value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            for path, number in _numbers(v):
+                yield (k, *path), number
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            for path, number in _numbers(v):
+                yield (i, *path), number
 
 
 def _params_schema(schema: dict[str, Any]) -> None:

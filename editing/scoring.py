@@ -8,6 +8,7 @@ one per token. ``greedy_generate`` really decodes, for audits that must not depe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,5 +111,13 @@ def greedy_generate(
 
 
 def contains_target(text: str, target: str) -> bool:
-    """Whether a generated continuation begins with the target (leading spaces ignored)."""
-    return text.lstrip().startswith(target)
+    """Whether the whole ``target`` appears in ``text`` as a word of its own.
+
+    The one matcher of every leak check (greedy audits, sampled leak rates, the attacks): the
+    target must not be glued to a letter or digit on either side, so a continuation with "August"
+    does not leak the secret "Au" and "555-01234" does not leak "555-0123"; punctuation and spaces
+    around it are fine ("... is 555-0123.").
+    """
+    if not target:
+        return False
+    return re.search(rf"(?<!\w){re.escape(target)}(?!\w)", text) is not None

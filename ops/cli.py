@@ -12,7 +12,7 @@ Each starts its own stack (:mod:`ops.stack`) that reuses the demo worlds of the 
 ``featureedit bench --service [--json | --markdown]``
     The service benchmark of :mod:`ops.bench_service`, added to the engine's ``bench``
     command through the entry-point group ``featureedit.bench`` (see
-    :func:`editing.cli_engine.register`), so ``editing`` never imports this package.
+    :func:`editing.cli_bench.register`), so ``editing`` never imports this package.
 
 Entry points (``pyproject.toml``): ``featureedit.commands: perf = ops.cli:register`` and
 ``featureedit.bench: service = ops.cli:register_bench``.
@@ -232,12 +232,9 @@ def register_bench(parser: argparse.ArgumentParser) -> Command:
 
 def cmd_bench_service(args: argparse.Namespace) -> int:
     """Run the service benchmark on a private stack; print a table, JSON or Markdown."""
-    from ops.bench_service import (
-        ServiceBenchPlan,
-        bench_service_markdown,
-        bench_service_table,
-        run_bench_service,
-    )
+    from ops.bench_service.plan import ServiceBenchPlan
+    from ops.bench_service.run import run_bench_service
+    from ops.bench_service.tables import bench_service_markdown, bench_service_table
 
     try:
         plan = ServiceBenchPlan.from_args(args)

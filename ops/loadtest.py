@@ -24,13 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from service.records import TERMINAL
+from service.records import TERMINAL, epoch_of
 
 POLL = "poll"
 SUBMIT = "submit"
@@ -260,10 +259,6 @@ def _status_counts(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- busy coverage
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 def running_intervals(record: dict[str, Any], now: float) -> list[tuple[float, float]]:
     """The ``(start, end)`` epoch intervals during which an erasure record was running.
 
@@ -274,7 +269,7 @@ def running_intervals(record: dict[str, Any], now: float) -> list[tuple[float, f
     spans: list[tuple[float, float]] = []
     opened: float | None = None
     for event in record.get("history", []):
-        at = _epoch(event["at"])
+        at = epoch_of(event["at"])
         if event["status"] == "running" and opened is None:
             opened = at
         elif event["status"] != "running" and opened is not None:
@@ -315,16 +310,10 @@ class LoadSetup:
 def _demo_facts(model: str, home: Path) -> list[dict[str, str]]:
     """The demo world's private facts as request ``facts`` entries (builds the world if needed)."""
     from editing.registry import get_entry
-    from editing.world.build import load_world
+    from editing.world.demo_facts import demo_world_of, request_facts
 
-    entry = get_entry(model, home=home)
-    if not entry.is_demo:
-        raise ValueError(f"the load test submits demo-world facts; {model!r} is not a demo model")
-    world = load_world(entry.demo_size or "default", home, progress=False)
-    return [
-        {"subject": f.subject, "relation": f.relation, "target": f.target}
-        for f in world.private_facts()
-    ]
+    world = demo_world_of(get_entry(model, home=home), home, purpose="the load test")
+    return request_facts(world.private_facts())
 
 
 def run_load_test(

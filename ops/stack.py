@@ -5,14 +5,17 @@ Used by the end-to-end tests (``tests/e2e``), ``featureedit drill`` and the serv
     with LocalStack(root) as stack:          # root/home, root/store, root/logs, root/redis
         stack.start_api()                    # featureedit serve --no-worker (uvicorn, real HTTP)
         worker = stack.start_worker()        # featureedit worker (a real rq worker process)
+        stack.start_callback_worker()        # featureedit worker --callbacks-only
         with stack.client(stack.create_key("me")) as http:
             http.post("/v1/erasures", json=...)
 
 Without ``redis_url`` the stack runs its own ``redis-server`` (:class:`~workers.embedded_redis.
 EmbeddedRedis`) on a free port with its data in ``root/redis`` and the append-only file on, so
-:meth:`LocalStack.restart_redis` keeps the queues. Every process gets ``FEATUREEDIT_HOME``,
-``FEATUREEDIT_STORE_ROOT`` and ``REDIS_URL`` of the stack and ``FAST_RECOVERY`` tuning (a killed
-worker's job is retried within about 10 s); its output goes to ``root/logs/NN-<name>.log``.
+:meth:`LocalStack.restart_redis` keeps the queues; like the embedded Redis of ``featureedit
+serve`` it requires a random password, part of the stack's ``REDIS_URL``. Every process gets
+``FEATUREEDIT_HOME``, ``FEATUREEDIT_STORE_ROOT`` and ``REDIS_URL`` of the stack and
+``FAST_RECOVERY`` tuning (a killed worker's job is retried within about 10 s); its output goes to
+``root/logs/NN-<name>.log``.
 :func:`link_worlds` makes a fresh home reuse the demo worlds another home has already built.
 """
 
@@ -173,6 +176,12 @@ class LocalStack:
         """
         queue = queues or f"featureedit-{self.model}"
         return self.spawn("worker", "worker", "--queues", queue, env=env)
+
+    def start_callback_worker(
+        self, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``featureedit worker --callbacks-only``: delivers callbacks (model workers never do)."""
+        return self.spawn("callbacks", "worker", "--callbacks-only", env=env)
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
         """SIGTERM ``proc`` and wait (SIGKILL after ``timeout``); its exit code."""

@@ -1,10 +1,10 @@
 """Append-only audit log: one JSON line per action at ``$FEATUREEDIT_HOME/audit/audit.log``.
 
 Each line has ``time``, ``tenant``, ``action``, ``erasure_id``, ``request_id`` and ``outcome``
-(plus a few non-secret extras such as the HTTP status or a key id). Nothing a client sent is
-copied into it except ids, so no secret can reach it. The file is opened with ``O_APPEND`` and
-each line is one ``write``, so concurrent writers (threads, API processes, workers) never
-interleave within a line.
+(plus a few non-secret extras such as the HTTP status, a key id or the client's address).
+Nothing a client sent is copied into it except ids, so no secret can reach it. The file is opened
+with ``O_APPEND`` and each line is one ``write``, so concurrent writers (threads, API processes,
+workers) never interleave within a line.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Any
 from service.records import utcnow
 
 # Extra fields an audit line may carry (anything else is dropped).
-EXTRA_FIELDS = frozenset({"status_code", "key_id", "checkpoint_id", "method", "path", "reason"})
+EXTRA_FIELDS = frozenset(
+    {"status_code", "key_id", "checkpoint_id", "method", "path", "reason", "client"}
+)
 
 
 class AuditLog:

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editing import cli_input
 from editing.cli import EXIT_ERROR, EXIT_OK, format_table, global_options, print_json
-from editing.cli_engine import parse_pairs
 from editing.errors import ConfigError
 from editing.methods import method_names
 
@@ -45,7 +45,9 @@ def _home(args: argparse.Namespace) -> str | None:
     return getattr(args, "home", None)
 
 
-def _audit_key_action(args: argparse.Namespace, action: str, tenant: str, key_id: str) -> None:
+def _audit_key_action(
+    args: argparse.Namespace, action: str, tenant: str, key_id: str | None
+) -> None:
     from service.audit import AuditLog
     from service.config import Settings
 
@@ -108,6 +110,27 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys_callback_secret(args: argparse.Namespace) -> int:
+    """Print a tenant's callback signing secret (give it to that tenant only)."""
+    from service.config import Settings
+    from service.security.signing import settings_tenant_secret
+    from service.store import valid_tenant
+
+    if not valid_tenant(args.tenant):
+        return _fail(f"invalid tenant name {args.tenant!r}")
+    home = _home(args)
+    settings = Settings(home=home) if home else Settings()
+    secret = settings_tenant_secret(settings, args.tenant)
+    _audit_key_action(args, "callback_secret_show", args.tenant, None)
+    if args.json:
+        print_json({"tenant": args.tenant, "callback_secret": secret})
+        return EXIT_OK
+    print(f"Callback signing secret of tenant {args.tenant!r} (verify X-Featureedit-Signature")
+    print("with it; see docs/security.md). Give it to this tenant only:")
+    print(secret)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- client verbs
 def _client(args: argparse.Namespace) -> Any:
     from service.client import FeatureeditClient
@@ -144,41 +167,9 @@ def _client_command(func: Callable[[argparse.Namespace], int]) -> Callable[..., 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     """The request body from ``FILE`` (a full request, ``{"facts": [...]}``, a list or JSONL)
     and the flags (which override the file's model, method, params and thresholds)."""
-    body: dict[str, Any] = {}
-    facts: list[dict[str, Any]] = []
-    if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise _UsageError(f"{path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix == ".jsonl":
-                doc: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
-            else:
-                doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _UsageError(f"{path} is not valid JSON (line {exc.lineno})") from None
-        if isinstance(doc, dict) and "facts" in doc:
-            body = dict(doc)
-            facts = list(body.pop("facts"))
-        elif isinstance(doc, dict):
-            facts = [doc]
-        elif isinstance(doc, list):
-            facts = doc
-        else:
-            raise _UsageError(f"{path}: expected a request object, a fact or a list of facts")
-    if args.subject or args.relation or args.target or args.target_file:
-        target = args.target
-        if args.target_file:
-            target = Path(args.target_file).read_text(encoding="utf-8").strip()
-        if not (args.subject and args.relation and target):
-            raise _UsageError("a fact needs --subject, --relation and --target (or --target-file)")
-        fact: dict[str, Any] = {"subject": args.subject, "relation": args.relation}
-        fact["target"] = target
-        if args.prompt:
-            fact["edit_prompts"] = args.prompt
-        if args.heldout:
-            fact["heldout_prompts"] = args.heldout
+    body, facts = cli_input.read_fact_file(Path(args.file), args.file) if args.file else ({}, [])
+    fact = cli_input.fact_from_options(args)
+    if fact is not None:
         facts.append(fact)
     if not facts:
         raise _UsageError("no fact given: pass a request FILE or --subject/--relation/--target")
@@ -188,11 +179,11 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             body[name] = value
     if args.param:
-        body["params"] = {**body.get("params", {}), **parse_pairs(args.param, "--param")}
+        body["params"] = {**body.get("params", {}), **cli_input.parse_pairs(args.param, "--param")}
     if args.threshold:
         body["thresholds"] = {
             **body.get("thresholds", {}),
-            **parse_pairs(args.threshold, "--threshold"),
+            **cli_input.parse_pairs(args.threshold, "--threshold"),
         }
     return body
 
@@ -318,14 +309,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- registration
-def show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return EXIT_ERROR
-
-    return show
-
-
 def _client_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("service options")
@@ -333,7 +316,7 @@ def _client_options() -> argparse.ArgumentParser:
         "--url", help=f"service base URL (env FEATUREEDIT_URL; default {DEFAULT_URL})"
     )
     group.add_argument("--api-key", help="API key (env FEATUREEDIT_API_KEY; prefer the env)")
-    group.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    cli_input.add_json_option(group)
     return parser
 
 
@@ -342,31 +325,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = global_options()
     client = _client_options()
 
-    keys = subparsers.add_parser(
+    keys_sub = cli_input.add_command_group(
+        subparsers,
         "keys",
         help="manage the service's API keys (on the API host)",
         description="API keys of the HTTP service, stored as sha256 hashes in "
         "$FEATUREEDIT_HOME/keys/api_keys.json.",
     )
-    keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
-    keys.set_defaults(func=show_help(keys))
 
     create = keys_sub.add_parser(
         "create", parents=[common], help="create a key for a tenant (printed once)"
     )
     create.add_argument("--tenant", required=True, help="tenant name (letters, digits, ._-)")
-    create.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    cli_input.add_json_option(create)
     create.set_defaults(func=cmd_keys_create)
 
     listing = keys_sub.add_parser("list", parents=[common], help="list keys (never the keys)")
     listing.add_argument("--tenant", help="only this tenant's keys")
-    listing.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    cli_input.add_json_option(listing)
     listing.set_defaults(func=cmd_keys_list)
 
     revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by id")
     revoke.add_argument("key_id", metavar="KEY_ID")
-    revoke.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    cli_input.add_json_option(revoke)
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    shown = keys_sub.add_parser(
+        "callback-secret",
+        parents=[common],
+        help="show a tenant's callback signing secret",
+        description="Print the secret a tenant verifies its callbacks with (HMAC-SHA256 over "
+        "timestamp, delivery id and body; derived per tenant from the service's callback key, "
+        "never stored). Each tenant's differs; see docs/security.md.",
+    )
+    shown.add_argument("--tenant", required=True, help="tenant name")
+    shown.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    shown.set_defaults(func=cmd_keys_callback_secret)
 
     submit = subparsers.add_parser(
         "submit",
@@ -379,15 +373,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("file", nargs="?", metavar="FILE", help="request JSON (or JSONL facts)")
     submit.add_argument("--model", help="registered model id (default demo)")
     submit.add_argument("--method", choices=method_names())
-    submit.add_argument("--subject", help="who the fact is about")
-    submit.add_argument("--relation", help="relation, e.g. phone, email, address")
-    submit.add_argument("--target", help="the secret (prefer --target-file: shells keep history)")
-    submit.add_argument("--target-file", help="file holding the secret")
-    submit.add_argument("--prompt", action="append", help="edit prompt (repeatable)")
-    submit.add_argument("--heldout", action="append", help="held-out prompt (repeatable)")
-    submit.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter")
-    submit.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="threshold")
-    submit.add_argument("--base-checkpoint", help="checkpoint id to edit further")
+    cli_input.add_fact_options(submit)
+    cli_input.add_method_options(submit)
     submit.add_argument(
         "--publish",
         choices=("full", "delta"),

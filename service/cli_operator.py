@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from editing.cli import EXIT_OK, format_table, global_options, print_json
-from service.cli import show_help
+from editing.cli_input import add_command_group, add_json_option
 
 
 def _settings(args: argparse.Namespace):  # -> service.config.Settings
@@ -119,42 +119,42 @@ def cmd_checkpoints_migrate(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``private`` and ``checkpoints`` to the ``featureedit`` CLI."""
     common = global_options()
-    private = subparsers.add_parser(
+    sub = add_command_group(
+        subparsers,
         "private",
         parents=[common],
         help="the operator's private erasure data (revert values, subject names)",
         description="Read or delete an erasure's private record: sealed with the service key, "
         "never served over HTTP.",
     )
-    private.set_defaults(func=show_help(private))
-    sub = private.add_subparsers(dest="private_command")
     export = sub.add_parser("export", parents=[common], help="write the revert data to a file")
     export.add_argument("erasure_id")
     export.add_argument("--out", required=True, help="new file to write (mode 0600)")
     export.add_argument(
         "--plain", action="store_true", help="write it unsealed (a plain safetensors file)"
     )
-    export.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(export)
     export.set_defaults(func=cmd_private_export)
     subjects = sub.add_parser("subjects", parents=[common], help="print the subject names")
     subjects.add_argument("erasure_id")
-    subjects.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(subjects)
     subjects.set_defaults(func=cmd_private_subjects)
     delete = sub.add_parser("delete", parents=[common], help="forget the private data")
     delete.add_argument("erasure_id")
-    delete.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(delete)
     delete.set_defaults(func=cmd_private_delete)
 
-    checkpoints = subparsers.add_parser(
-        "checkpoints", parents=[common], help="operator tasks on the store's checkpoints"
+    csub = add_command_group(
+        subparsers,
+        "checkpoints",
+        parents=[common],
+        help="operator tasks on the store's checkpoints",
     )
-    checkpoints.set_defaults(func=show_help(checkpoints))
-    csub = checkpoints.add_subparsers(dest="checkpoints_command")
     migrate = csub.add_parser(
         "migrate",
         parents=[common],
         help="rewrite format-1 checkpoints (they held pre-edit values and subject names)",
     )
     migrate.add_argument("--dry-run", action="store_true", help="only list what would change")
-    migrate.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_option(migrate)
     migrate.set_defaults(func=cmd_checkpoints_migrate)

@@ -1,7 +1,11 @@
 """Service settings: one :class:`Settings`, read from ``FEATUREEDIT_*`` environment variables.
 
 Every field can be set by the environment variable ``FEATUREEDIT_<FIELD>`` (upper case), e.g.
-``FEATUREEDIT_MAX_FACTS=20``; the Redis URL also from ``REDIS_URL``. Secrets (the request-blob key,
+``FEATUREEDIT_MAX_FACTS=20``; the Redis URL also from ``REDIS_URL`` and its password (and ACL user)
+from ``FEATUREEDIT_REDIS_PASSWORD``/``REDIS_PASSWORD`` (``..._REDIS_USERNAME``/``REDIS_USERNAME``),
+which are put into the URL when it names none (a Kubernetes Secret or compose ``.env`` can then
+hold the password alone). ``rediss://`` URLs connect over TLS (``?ssl_ca_certs=/path/ca.pem``
+names a private CA; see docs/security.md). Secrets (the request-blob key,
 the callback signing secret) are ``SecretStr``; when unset, a random key is generated once under
 ``$FEATUREEDIT_HOME/keys/`` (mode 0600) and shared by every process that uses the same home.
 The client commands' settings (``FEATUREEDIT_URL``, ``FEATUREEDIT_API_KEY``) are
@@ -10,10 +14,12 @@ The client commands' settings (``FEATUREEDIT_URL``, ``FEATUREEDIT_API_KEY``) are
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +28,8 @@ from editing import settings as library_settings
 
 QUEUE_CLASS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 REDIS_URL_VARIABLES: tuple[str, ...] = ("FEATUREEDIT_REDIS_URL", "REDIS_URL")  # first set wins
+REDIS_PASSWORD_VARIABLES: tuple[str, ...] = ("FEATUREEDIT_REDIS_PASSWORD", "REDIS_PASSWORD")
+REDIS_USERNAME_VARIABLES: tuple[str, ...] = ("FEATUREEDIT_REDIS_USERNAME", "REDIS_USERNAME")
 
 
 def _default_home() -> Path:
@@ -36,10 +44,30 @@ def callback_secret_from_env() -> str | None:
     return os.environ.get(CALLBACK_SECRET_ENV) or None
 
 
+def _first_env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[v] for v in names if os.environ.get(v)), None)
+
+
+def redis_url_with_credentials(url: str, password: str | None, username: str | None = None) -> str:
+    """``url`` with ``username``/``password`` put in, unless it already names a password."""
+    parts = urlsplit(url)
+    if not password or parts.password is not None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = quote(username or parts.username or "", safe="")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
 def explicit_redis_url() -> str | None:
-    """The Redis URL the environment names (``FEATUREEDIT_REDIS_URL``, else ``REDIS_URL``), or
-    None when neither is set (``featureedit serve`` then finds or starts a local Redis)."""
-    return next((os.environ[v] for v in REDIS_URL_VARIABLES if os.environ.get(v)), None)
+    """The Redis URL the environment names (``FEATUREEDIT_REDIS_URL``, else ``REDIS_URL``; with
+    the password of ``REDIS_PASSWORD`` put in), or None when neither is set (``featureedit serve``
+    then finds or starts a local Redis)."""
+    url = _first_env(REDIS_URL_VARIABLES)
+    if url is None:
+        return None
+    return redis_url_with_credentials(
+        url, _first_env(REDIS_PASSWORD_VARIABLES), _first_env(REDIS_USERNAME_VARIABLES)
+    )
 
 
 class Settings(BaseSettings):
@@ -74,8 +102,21 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
+        repr=False,  # may hold the password
         validation_alias=AliasChoices(*REDIS_URL_VARIABLES),
-        description="Redis holding the job queues and the rate-limit counters.",
+        description="Redis holding the job queues and the rate-limit counters (redis:// or, "
+        "for TLS, rediss://).",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(*REDIS_PASSWORD_VARIABLES),
+        description="Redis password (requirepass or the ACL user's), put into redis_url when the "
+        "URL names none.",
+    )
+    redis_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(*REDIS_USERNAME_VARIABLES),
+        description="Redis ACL user of redis_password (default: the 'default' user).",
     )
     redis_prefix: str = Field(
         default="featureedit", description="Prefix of the service's own Redis keys."
@@ -101,6 +142,35 @@ class Settings(BaseSettings):
         default=1200, ge=1, description="GET requests per tenant per window (429)."
     )
 
+    max_header_bytes: int = Field(
+        default=16384,
+        ge=1024,
+        description="Cap on the request line's target plus all headers, bytes (431), checked "
+        "before authentication.",
+    )
+
+    # fairness between tenants (429 with Retry-After when exceeded)
+    tenant_max_jobs: int = Field(
+        default=20, ge=1, description="Erasures one tenant may have queued or running at once."
+    )
+    tenant_max_facts: int = Field(
+        default=500,
+        ge=1,
+        description="Facts one tenant may have in its queued or running erasures at once.",
+    )
+    tenant_max_streams: int = Field(
+        default=10, ge=1, description="Event streams one tenant may hold open at once."
+    )
+    tenant_retry_after: int = Field(
+        default=30, ge=1, description="Retry-After (seconds) of a tenant over its quota."
+    )
+    report_cache_entries: int = Field(
+        default=64,
+        ge=0,
+        description="Rendered HTML/PDF reports kept in memory per API process, by content hash "
+        "(0: render on every read).",
+    )
+
     # jobs
     publish_mode: Literal["full", "delta"] = Field(
         default="full",
@@ -119,6 +189,13 @@ class Settings(BaseSettings):
     job_retries: int = Field(default=2, ge=0, description="rq Retry(max=...).")
     job_retry_intervals: list[int] = Field(
         default_factory=lambda: [5, 30], description="rq Retry(interval=...), seconds."
+    )
+    publish_stale_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="A '.publish-*' directory, temporary file or unowned checkpoint left in "
+        "the store untouched this long belongs to no live job: workers sweep it at start and "
+        "on their maintenance timer.",
     )
     result_ttl: int = Field(default=86400, description="rq result_ttl, seconds.")
     failure_ttl: int = Field(default=7 * 86400, description="rq failure_ttl, seconds.")
@@ -148,7 +225,15 @@ class Settings(BaseSettings):
     # misc
     log_level: str = Field(default="INFO", description="Level of the service's JSON logs.")
     public_url: str | None = Field(
-        default=None, description="Base URL for links in responses (default: from the request)."
+        default=None,
+        description="Base URL for links in responses (https://api.example.com). Required when "
+        "the API listens on anything but loopback; on loopback the default is the address the "
+        "server listens on (never the client's Host header).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token /metrics requires. Unset: /metrics answers loopback clients "
+        "only (404 to others).",
     )
 
     @field_validator("queue_classes")
@@ -163,12 +248,30 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _redis_credentials(self) -> Settings:
+        if self.redis_password is not None:
+            self.redis_url = redis_url_with_credentials(
+                self.redis_url, self.redis_password.get_secret_value(), self.redis_username
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_s3(self) -> Settings:
         if self.store_backend == "s3" and not self.s3_bucket:
             raise ValueError(
                 "FEATUREEDIT_STORE_BACKEND=s3 needs FEATUREEDIT_S3_BUCKET (the bucket name)"
             )
         return self
+
+    def check_bind(self, host: str) -> None:
+        """Raise ValueError (saying what to set) if the API would listen on ``host``, not a
+        loopback address, without ``public_url``: links would otherwise echo a client's Host."""
+        if self.public_url is None and not is_loopback_host(host):
+            raise ValueError(
+                f"the API listens on {host!r} (not loopback) but FEATUREEDIT_PUBLIC_URL is not "
+                "set: set it to the URL clients use (e.g. https://featureedit.example.com), so "
+                "links in responses never come from a client's Host header"
+            )
 
     @property
     def store_dir(self) -> Path:
@@ -197,6 +300,17 @@ class Settings(BaseSettings):
     def class_queue_name(self, queue_class: str) -> str:
         """The rq queue of a queue class, ``<queue_prefix>-<class>``."""
         return f"{self.queue_prefix}-{queue_class}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) names only this machine."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class ClientSettings(BaseSettings):

@@ -11,10 +11,11 @@ workers on other hosts or containers do not have, and it loses a dead worker's s
 Keys (hashes; all counters, monotonic until Redis itself is reset):
 
 * ``<prefix>:metrics:stage_seconds:<stage>``: ``le:<bound>`` cumulative bucket counts, ``sum``,
-  ``count``; ``stage`` is one of :data:`STAGES` (queue wait, model load, baseline, locate, edit,
-  evaluate, publish, total);
+  ``count``; ``stage`` is one of :data:`TIMING_STAGES` (queue wait, model load, baseline, locate,
+  edit, evaluate, publish, total);
 * ``<prefix>:metrics:finished``: erasures that ended, by terminal status;
-* ``<prefix>:metrics:failures``: failed erasures by reason, one of :data:`FAILURE_REASONS`.
+* ``<prefix>:metrics:failures``: failed erasures by reason, one of :data:`FAILURE_REASONS`;
+* ``<prefix>:metrics:accepted``: ``total`` erasures the API accepted (counted by the API).
 
 Label values come only from these closed sets (anything else counts as ``other``), never from
 free text: no secret and no unbounded cardinality can reach a label. Recording never raises: a
@@ -33,7 +34,7 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = (
+TIMING_STAGES: tuple[str, ...] = (
     "queue_wait",
     "model_load",
     "baseline",
@@ -88,6 +89,7 @@ class JobMetricsSnapshot:
     stages: dict[str, Histogram]
     finished: dict[str, int]
     failures: dict[str, int]
+    accepted: int = 0
 
 
 class JobMetrics:
@@ -102,7 +104,7 @@ class JobMetrics:
         try:
             pipe = self.redis.pipeline(transaction=True)
             for stage, value in seconds.items():
-                if stage not in STAGES or not math.isfinite(value) or value < 0:
+                if stage not in TIMING_STAGES or not math.isfinite(value) or value < 0:
                     continue
                 key = _key(self.prefix, "stage_seconds", stage)
                 for le in (*BUCKETS, math.inf):
@@ -128,16 +130,24 @@ class JobMetrics:
         except RedisError as exc:
             log.warning("cannot count a finished erasure: %s", type(exc).__name__)
 
+    def count_accepted(self) -> None:
+        """Count an erasure the API accepted (queued)."""
+        try:
+            self.redis.hincrby(_key(self.prefix, "accepted"), "total", 1)
+        except RedisError as exc:
+            log.warning("cannot count an accepted erasure: %s", type(exc).__name__)
+
     def snapshot(self) -> JobMetricsSnapshot:
         """The current totals (raises RedisError if Redis is down)."""
         pipe = self.redis.pipeline(transaction=False)
-        for stage in STAGES:
+        for stage in TIMING_STAGES:
             pipe.hgetall(_key(self.prefix, "stage_seconds", stage))
         pipe.hgetall(_key(self.prefix, "finished"))
         pipe.hgetall(_key(self.prefix, "failures"))
-        *raw_stages, finished, failures = pipe.execute()
+        pipe.hget(_key(self.prefix, "accepted"), "total")
+        *raw_stages, finished, failures, accepted = pipe.execute()
         stages: dict[str, Histogram] = {}
-        for stage, raw in zip(STAGES, raw_stages):
+        for stage, raw in zip(TIMING_STAGES, raw_stages):
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             hist = Histogram(sum=float(fields.get("sum", 0.0)), count=int(fields.get("count", 0)))
             for le in (*BUCKETS, math.inf):
@@ -152,4 +162,5 @@ class JobMetrics:
             stages=stages,
             finished=counts(finished, TERMINAL_STATUSES),
             failures=counts(failures, FAILURE_REASONS),
+            accepted=int(accepted or 0),
         )

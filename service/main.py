@@ -20,9 +20,11 @@ from service.api.middleware import BodySizeLimitMiddleware, RequestContextMiddle
 from service.api.routes import checkpoints, erasures, health, models
 from service.audit import AuditLog
 from service.config import Settings
+from service.fairness import TenantQuota
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.queueing import JobQueue, RateLimiter, connect_redis
+from service.report_cache import ReportCache
 from service.security import KeyStore, keys_dir
 from service.store import get_store
 
@@ -47,6 +49,16 @@ def build_context(settings: Settings) -> ServiceContext:
         keys=KeyStore(keys_dir(settings.home)),
         audit=AuditLog(settings.audit_path),
         metrics=Metrics(),
+        quota=TenantQuota(
+            redis,
+            settings.redis_prefix,
+            max_jobs=settings.tenant_max_jobs,
+            max_facts=settings.tenant_max_facts,
+            max_streams=settings.tenant_max_streams,
+            stream_seconds=settings.sse_max_seconds,
+            retry_after=settings.tenant_retry_after,
+        ),
+        reports=ReportCache(settings.report_cache_entries),
     )
 
 
@@ -77,5 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     # the last added is the outermost: request ids and audit wrap the body-size check
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=ctx.metrics, audit=ctx.audit)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=ctx.metrics,
+        audit=ctx.audit,
+        max_header_bytes=settings.max_header_bytes,
+    )
     return app

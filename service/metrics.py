@@ -1,10 +1,10 @@
 """Prometheus metrics in the text exposition format, written by hand (no prometheus_client).
 
-Request counters are per process (scrape each API process); erasure counts come from the store
-(cached a few seconds, since the filesystem store reads every record) and queue depths from rq.
-Job figures (per-stage duration histograms, erasures finished by status, failures by reason) are
-recorded by the workers in Redis (:mod:`service.job_metrics`) and are the same from every API
-process.
+Everything comes from counters, never from a scan of the records: request counters are per
+process (scrape each API process); queue depths are rq's list lengths and registry sizes; job
+figures (erasures accepted, per-stage duration histograms, erasures finished by status, failures
+by reason) are counted in Redis by the API and the workers (:mod:`service.job_metrics`) and are
+the same from every API process.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from service.job_metrics import JobMetrics, JobMetricsSnapshot
 
 if TYPE_CHECKING:
     from service.queueing import JobQueue
-    from service.store import Store
 
 log = logging.getLogger(__name__)
-
-_STATUS_CACHE_SECONDS = 10.0
 
 
 def _escape(value: str) -> str:
@@ -45,7 +42,6 @@ class Metrics:
         self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self._seconds: dict[tuple[str, str], float] = defaultdict(float)
         self._counts: dict[tuple[str, str], int] = defaultdict(int)
-        self._status_cache: tuple[float, dict[str, int]] | None = None
         self.started = time.time()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -55,16 +51,7 @@ class Metrics:
             self._seconds[(method, route)] += seconds
             self._counts[(method, route)] += 1
 
-    def _erasure_counts(self, store: Store) -> dict[str, int]:
-        now = time.monotonic()
-        cached = self._status_cache
-        if cached is not None and now - cached[0] < _STATUS_CACHE_SECONDS:
-            return cached[1]
-        counts = store.count_by_status()
-        self._status_cache = (now, counts)
-        return counts
-
-    def render(self, store: Store, queue: JobQueue, jobs: JobMetrics | None = None) -> str:
+    def render(self, queue: JobQueue, jobs: JobMetrics | None = None) -> str:
         """The exposition text (with the workers' job metrics when ``jobs`` is given)."""
         out: list[str] = []
 
@@ -98,18 +85,6 @@ class Metrics:
             "Requests timed, by method and route.",
             [(_labels(method=m, route=r), n) for (m, r), n in sorted(counts.items())],
         )
-        try:
-            by_status = self._erasure_counts(store)
-        except OSError:
-            log.warning("cannot count erasures for /metrics", exc_info=True)
-            by_status = None
-        if by_status is not None:
-            family(
-                "featureedit_erasures",
-                "gauge",
-                "Erasures in the store, by status.",
-                [(_labels(status=s), n) for s, n in sorted(by_status.items())],
-            )
         up = 1
         try:
             depths = queue.depths()
@@ -150,6 +125,9 @@ def _job_families(snap: JobMetricsSnapshot) -> list[str]:
     """Exposition lines of the workers' job metrics."""
     name = "featureedit_job_stage_duration_seconds"
     out = [
+        "# HELP featureedit_erasures_accepted_total Erasures the API accepted (queued).",
+        "# TYPE featureedit_erasures_accepted_total counter",
+        f"featureedit_erasures_accepted_total {snap.accepted}",
         f"# HELP {name} Seconds each erasure spent per stage (queue_wait: enqueue to start), "
         "recorded by the workers.",
         f"# TYPE {name} histogram",

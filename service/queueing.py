@@ -1,10 +1,13 @@
 """The job queues (rq on Redis) as the API uses them, and the per-tenant rate limiter.
 
 One queue per model, ``<queue_prefix>-<model_id>`` (default ``featureedit-demo``), so a worker
-keeps one model warm. A job is ``workers.jobs.run_erasure_job(erasure_id)`` enqueued by dotted
+keeps one model warm; within it jobs wait in round-robin order across tenants
+(:mod:`service.fairness`). A job is ``workers.jobs.run_erasure_job(erasure_id)`` enqueued by dotted
 path (the API never imports the worker code) with ``job_id = erasure_id`` and ``unique=True``: a
 second enqueue of the same erasure raises ``DuplicateJobError`` instead of queueing it twice.
 The job's only argument is the opaque erasure id; the request lives encrypted in the store.
+Jobs are JSON-encoded (:data:`JOB_SERIALIZER`, never pickled): the workers decode nothing but
+JSON and refuse any job function outside their allow-list (:mod:`workers.job_policy`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from service.config import Settings
+from service.fairness import fair_tally_key, place_fairly
 
 log = logging.getLogger(__name__)
 
 JOB_FUNC = "workers.jobs.run_erasure_job"
+JOB_SERIALIZER = JSONSerializer  # every featureedit queue, job and worker uses it
 
 
 class QueueUnavailable(RuntimeError):
@@ -44,17 +50,22 @@ class JobQueue:
 
     def queue(self, model_id: str) -> Queue:
         """The rq queue of ``model_id``."""
-        return Queue(self.settings.queue_name(model_id), connection=self.redis)
+        return Queue(
+            self.settings.queue_name(model_id), connection=self.redis, serializer=JOB_SERIALIZER
+        )
 
-    def enqueue(self, erasure_id: str, model_id: str) -> bool:
+    def enqueue(self, erasure_id: str, model_id: str, tenant: str | None = None) -> bool:
         """Enqueue the erasure's job; False if a job with that id already exists.
 
+        With ``tenant``, the job then takes its tenant's round in the queue
+        (:func:`~service.fairness.place_fairly`: round-robin across tenants).
         Raises :class:`QueueUnavailable` when Redis fails.
         """
         s = self.settings
         retry = Retry(max=s.job_retries, interval=s.job_retry_intervals) if s.job_retries else None
+        queue = self.queue(model_id)
         try:
-            self.queue(model_id).enqueue(
+            queue.enqueue(
                 JOB_FUNC,
                 erasure_id,
                 job_id=erasure_id,
@@ -69,6 +80,12 @@ class JobQueue:
             return False
         except RedisError as exc:
             raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if tenant is not None:
+            try:
+                tally = fair_tally_key(s.redis_prefix, queue.name)
+                place_fairly(self.redis, queue.key, tally, erasure_id, tenant)
+            except RedisError as exc:  # the job is queued all the same, at the end
+                log.warning("could not place a job fairly", extra={"error": str(exc)})
         return True
 
     def job_exists(self, erasure_id: str) -> bool:
@@ -84,7 +101,7 @@ class JobQueue:
         A missing job counts as removed. Raises QueueUnavailable when Redis fails.
         """
         try:
-            job = Job.fetch(erasure_id, connection=self.redis)
+            job = Job.fetch(erasure_id, connection=self.redis, serializer=JOB_SERIALIZER)
         except NoSuchJobError:
             return True
         except RedisError as exc:
@@ -112,7 +129,7 @@ class JobQueue:
         """Per featureedit queue: queued, started, failed and scheduled job counts."""
         out: dict[str, dict[str, int]] = {}
         prefix = f"{self.settings.queue_prefix}-"
-        for q in Queue.all(connection=self.redis):
+        for q in Queue.all(connection=self.redis, serializer=JOB_SERIALIZER):
             if not q.name.startswith(prefix):
                 continue
             out[q.name] = {

@@ -25,6 +25,11 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch_of(stamp: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time (``Z`` suffix allowed, as :func:`utcnow`'s)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 class StatusEvent(BaseModel):
     """One entry of an erasure's status history (also an SSE event)."""
 

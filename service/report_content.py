@@ -1,8 +1,8 @@
 """The compliance report as a document: sections of tables, charts and text, format-neutral.
 
-:func:`build_report_document` turns the worker's report JSON (``editing.erase.ErasureResult
-.to_dict()`` plus ids, lineage, hashes and code version, see ``workers.jobs``) and the erasure's
-status history into a :class:`ReportDocument`; :mod:`service.report_html` and
+:func:`build_report_document` turns the worker's stored report (validated once into an
+:class:`editing.report.ErasureReport`, any age: see :func:`editing.report.load_report`) and the
+erasure's status history into a :class:`ReportDocument`; :mod:`service.report_html` and
 :mod:`service.report_pdf` render the same document, so both formats say the same thing. Values
 are formatted here (plain text, ASCII); the renderers escape them. Nothing is computed anew: the
 page states what the worker measured and published. The report holds no secret (each erased fact
@@ -16,7 +16,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from editing.acceptance import CRITERIA, number, verdict
+from pydantic import BaseModel
+
+from editing.acceptance import assess, number
+from editing.report import (
+    CheckpointSummary,
+    ErasureReport,
+    FactReport,
+    FactSnapshot,
+    LocalityRate,
+    load_report,
+)
 
 SERIES_BEFORE_AFTER = ("before", "after")
 _UNIT_COLUMNS = (
@@ -93,6 +103,8 @@ def fmt(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, BaseModel):  # a typed part of the report (e.g. a rate): as stored
+        value = value.model_dump(mode="json", exclude_unset=True)
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, Mapping):
@@ -133,30 +145,27 @@ def _table(
 
 
 # ----------------------------------------------------------------------------- sections
-def _summary(report: Mapping[str, Any], erasure_id: str, status: str) -> Section:
-    ckpt = report.get("checkpoint") or {}
+def _summary(report: ErasureReport, erasure_id: str, status: str) -> Section:
+    ckpt = report.checkpoint or CheckpointSummary()
     rows = [
         ("erasure id", erasure_id),
         ("status", status),
-        ("model", report.get("model_id") or report.get("model")),
-        ("method", report.get("method")),
-        ("facts", len(report.get("facts") or [])),
-        ("checkpoint id", report.get("checkpoint_id") or ckpt.get("checkpoint_id")),
-        ("parent checkpoint", report.get("parent_checkpoint_id")),
-        ("requested at", report.get("created_at")),
-        ("finished at", report.get("finished_at")),
-        ("checkpoint created at", ckpt.get("created_at")),
-        ("attempts", report.get("attempts")),
+        ("model", report.base_model_id),
+        ("method", report.method),
+        ("facts", len(report.facts)),
+        ("checkpoint id", report.published_checkpoint_id),
+        ("parent checkpoint", report.parent_checkpoint_id),
+        ("requested at", report.created_at),
+        ("finished at", report.finished_at),
+        ("checkpoint created at", ckpt.created_at),
+        ("attempts", report.attempts),
     ]
     return Section("Summary", [_kv(rows)])
 
 
-def _acceptance(report: Mapping[str, Any]) -> Section:
-    metrics: Mapping[str, Any] = report.get("metrics") or {}
-    thresholds: Mapping[str, Any] = report.get("thresholds") or {}
-    acceptance: Mapping[str, Any] = report.get("acceptance") or {}
+def _acceptance(report: ErasureReport) -> Section:
     blocks: list[Block] = []
-    accepted = acceptance.get("accepted")
+    accepted = report.accepted
     if accepted is True:
         blocks.append(Text("ACCEPTED: every measured criterion meets its threshold.", "ok"))
     elif accepted is False:
@@ -166,22 +175,24 @@ def _acceptance(report: Mapping[str, Any]) -> Section:
     rows = []
     bars: list[tuple[str, tuple[float | None, ...]]] = []
     markers: dict[str, float] = {}
-    for name, key, rule in CRITERIA:
-        measured, bar = number(metrics.get(name)), number(thresholds.get(key))
-        rows.append((name, metrics.get(name), f"{rule} {fmt(bar)}", verdict(measured, bar, rule)))
-        if rule == ">=":
-            bars.append((name, (measured,)))
-            if bar is not None:
-                markers[name] = bar
+    dppl: float | None = None
+    max_dppl: float | None = None
+    for check in assess(report.metrics, report.thresholds):
+        rows.append((check.name, check.metric, f"{check.rule} {fmt(check.bar)}", check.verdict))
+        if check.rule == ">=":
+            bars.append((check.name, (check.measured,)))
+            if check.bar is not None:
+                markers[check.name] = check.bar
+        elif check.name == "delta_ppl":
+            dppl, max_dppl = check.measured, check.bar
     blocks.append(_table(("criterion", "measured", "threshold", "result"), rows))
-    reasons = acceptance.get("reasons") or []
+    reasons = report.acceptance.reasons if report.acceptance is not None else []
     for reason in reasons:
         blocks.append(Text(f"Reason: {fmt(reason)}", "bad"))
     if any(v[0] is not None for _, v in bars):
         blocks.append(
             Chart("Measured vs threshold (share of prompts)", ("measured",), bars, 1.0, markers)
         )
-    dppl, max_dppl = number(metrics.get("delta_ppl")), number(thresholds.get("max_delta_ppl"))
     if dppl is not None:
         blocks.append(
             Chart(
@@ -194,17 +205,20 @@ def _acceptance(report: Mapping[str, Any]) -> Section:
     return Section("Acceptance decision", blocks)
 
 
-def _metrics(report: Mapping[str, Any]) -> Section:
-    m: Mapping[str, Any] = report.get("metrics") or {}
+_BEFORE_AFTER = (  # label, metric before, metric after, chart scale
+    ("leak rate", "leak_rate_before", "leak_rate_after", 1.0),
+    ("exposure (bits)", "exposure_before", "exposure_after", None),
+    ("perplexity", "ppl_before", "ppl_after", None),
+)
+
+
+def _metrics(report: ErasureReport) -> Section:
+    m = report.metrics
+    measured = dict(m.present())  # the metrics the report holds, in order (unknown ones too)
     blocks: list[Block] = []
-    pairs = [
-        ("leak rate", "leak_rate_before", "leak_rate_after", 1.0),
-        ("exposure (bits)", "exposure_before", "exposure_after", None),
-        ("perplexity", "ppl_before", "ppl_after", None),
-    ]
-    present = [p for p in pairs if p[1] in m or p[2] in m]
+    present = [p for p in _BEFORE_AFTER if p[1] in measured or p[2] in measured]
     for label, before, after, scale in present:
-        values = (number(m.get(before)), number(m.get(after)))
+        values = (number(getattr(m, before)), number(getattr(m, after)))
         if any(v is not None for v in values):
             blocks.append(
                 Chart(f"{label}, mean over facts", SERIES_BEFORE_AFTER, [(label, values)], scale)
@@ -212,18 +226,19 @@ def _metrics(report: Mapping[str, Any]) -> Section:
     if present:
         blocks.append(
             _table(
-                ("metric", "before", "after"), [(n, m.get(b), m.get(a)) for n, b, a, _ in present]
+                ("metric", "before", "after"),
+                [(n, getattr(m, b), getattr(m, a)) for n, b, a, _ in present],
             )
         )
-    paired = {k for _, b, a, _ in pairs for k in (b, a)}
+    paired = {k for _, b, a, _ in _BEFORE_AFTER for k in (b, a)}
     rows: list[tuple[str, Any]] = []
-    for key, value in m.items():
+    for key, value in measured.items():
         if key in paired:
             continue
-        if isinstance(value, Mapping) and "by_kind" in value:
-            rows.append((key, {k: v for k, v in value.items() if k != "by_kind"}))
-            for kind, rate in (value.get("by_kind") or {}).items():
-                rows.append((f"{key} ({kind} facts)", rate))
+        if isinstance(value, LocalityRate) and "by_kind" in value.model_fields_set:
+            overall = value.model_dump(mode="json", exclude_unset=True, exclude={"by_kind"})
+            rows.append((key, overall))
+            rows.extend((f"{key} ({kind} facts)", rate) for kind, rate in value.by_kind.items())
         else:
             rows.append((key, value))
     if rows:
@@ -231,56 +246,71 @@ def _metrics(report: Mapping[str, Any]) -> Section:
     return Section("Metrics before and after the edit", blocks)
 
 
-def _fact(i: int, fact: Mapping[str, Any]) -> Section:
-    fm: Mapping[str, Any] = fact.get("metrics") or {}
-    before, after = fm.get("before") or {}, fm.get("after") or {}
-    prompts = fact.get("prompts") or {}
+def _snapshot_fields(before: FactSnapshot, after: FactSnapshot) -> list[str]:
+    """The fields measured before or after, in order (prob, exposure, leak_rate)."""
+    return [
+        name
+        for name in FactSnapshot.model_fields
+        if name in before.model_fields_set or name in after.model_fields_set
+    ]
+
+
+def _fact(i: int, fact: FactReport) -> Section:
+    fm = fact.metrics
+    before, after = fm.before or FactSnapshot(), fm.after or FactSnapshot()
+    prompts = fact.prompts
+
+    def count(n: int | None) -> str:
+        return "-" if n is None else str(n)
+
     blocks: list[Block] = [
         _kv(
             [
-                (
-                    "subject fingerprint (keyed; no name in this report)",
-                    fact.get("subject_fingerprint"),
-                ),
-                ("relation", fact.get("relation")),
-                ("fingerprint (keyed; the secret is not in this report)", fact.get("fingerprint")),
-                ("status", fact.get("status")),
+                ("subject fingerprint (keyed; no name in this report)", fact.subject_fingerprint),
+                ("relation", fact.relation),
+                ("fingerprint (keyed; the secret is not in this report)", fact.fingerprint),
+                ("status", fact.status if "status" in fact.model_fields_set else None),
                 (
                     "prompts known / given (edit, held-out)",
-                    f"{prompts.get('edit_known', '-')}/{prompts.get('edit', '-')}, "
-                    f"{prompts.get('heldout_known', '-')}/{prompts.get('heldout', '-')}",
+                    f"{count(prompts.edit_known)}/{count(prompts.edit)}, "
+                    f"{count(prompts.heldout_known)}/{count(prompts.heldout)}",
                 ),
-                ("control prompts", prompts.get("control")),
-                ("reliability", fm.get("reliability")),
-                ("generalization", fm.get("generalization")),
-                ("delta prob", fm.get("delta_prob")),
+                ("control prompts", prompts.control),
+                ("reliability", fm.reliability),
+                ("generalization", fm.generalization),
+                ("delta prob", fm.delta_prob),
             ]
         )
     ]
+    keys = _snapshot_fields(before, after)
     rate_groups = [
-        (label, (number(before.get(key)), number(after.get(key))))
+        (label, (number(getattr(before, key)), number(getattr(after, key))))
         for label, key in (("target probability", "prob"), ("leak rate", "leak_rate"))
-        if key in before or key in after
+        if key in keys
     ]
     if rate_groups:
         blocks.append(Chart("Before vs after (0-1)", SERIES_BEFORE_AFTER, rate_groups, 1.0))
-    exposure = (number(before.get("exposure")), number(after.get("exposure")))
+    exposure = (before.exposure, after.exposure)
     if any(v is not None for v in exposure):
         blocks.append(Chart("Exposure (bits)", SERIES_BEFORE_AFTER, [("exposure", exposure)]))
-    keys = [k for k in ("prob", "exposure", "leak_rate") if k in before or k in after]
     if keys:
         blocks.append(
-            _table(("", "before", "after"), [(k, before.get(k), after.get(k)) for k in keys])
+            _table(
+                ("", "before", "after"),
+                [(k, getattr(before, k), getattr(after, k)) for k in keys],
+            )
         )
-    units = fact.get("units") or []
+    units = fact.units
     blocks.append(Text(f"Located units: {len(units)} (features or neurons the edit targets)."))
     if units:
-        blocks.append(_table(_UNIT_COLUMNS, [[u.get(c) for c in _UNIT_COLUMNS] for u in units]))
-        top = sorted(units, key=lambda u: -(number(u.get("activation")) or 0.0))[:10]
+        blocks.append(
+            _table(_UNIT_COLUMNS, [[getattr(u, c) for c in _UNIT_COLUMNS] for u in units])
+        )
+        top = sorted(units, key=lambda u: -(u.activation or 0.0))[:10]
         groups = [
             (
-                f"{u.get('kind', '?')} L{u.get('layer', '?')}#{u.get('index', '?')}",
-                (number(u.get("activation")), number(u.get("control_activation"))),
+                f"{u.kind or '?'} L{_or_unknown(u.layer)}#{_or_unknown(u.index)}",
+                (u.activation, u.control_activation),
             )
             for u in top
         ]
@@ -288,8 +318,12 @@ def _fact(i: int, fact: Mapping[str, Any]) -> Section:
             blocks.append(
                 Chart("Activation on the fact vs on control prompts", ("fact", "control"), groups)
             )
-    title = f"Fact {i + 1}: {fmt(fact.get('relation'))}"
+    title = f"Fact {i + 1}: {fmt(fact.relation)}"
     return Section(title, blocks, level=3)
+
+
+def _or_unknown(n: int | None) -> str:
+    return "?" if n is None else str(n)
 
 
 _PUBLISHED_AS = {
@@ -299,21 +333,24 @@ _PUBLISHED_AS = {
 }
 
 
-def _footprint(report: Mapping[str, Any]) -> Section:
-    edit = report.get("edit")
-    ckpt = report.get("checkpoint") or {}
-    if not edit:
+def _footprint(report: ErasureReport) -> Section:
+    edit = report.edit
+    ckpt = report.checkpoint
+    if edit is None:
         return Section("Edit footprint", [Text("No weight edit was made.", "note")])
-    layers = edit.get("layers") or []
-    params = sorted({str(d.get("param")) for d in layers})
+    layers = edit.layers
+    params = sorted({str(d.param) for d in layers})
     rows = [
-        ("weight entries changed", edit.get("entries_changed")),
-        ("layers touched", ", ".join(str(d.get("layer")) for d in layers) or "-"),
+        ("weight entries changed", edit.entries_changed),
+        ("layers touched", ", ".join(str(d.layer) for d in layers) or "-"),
         ("tensors touched", ", ".join(params) or "-"),
-        ("delta size (tensors: indices, old and new values)", fmt_bytes(edit.get("delta_bytes"))),
-        ("delta size on disk (delta/ files)", fmt_bytes(ckpt.get("delta_bytes_on_disk"))),
-        ("checkpoint size on disk", fmt_bytes(ckpt.get("total_bytes"))),
-        ("published as", _PUBLISHED_AS.get(str(ckpt.get("publish")), "-") if ckpt else "-"),
+        ("delta size (tensors: indices, old and new values)", fmt_bytes(edit.delta_bytes)),
+        (
+            "delta size on disk (delta/ files)",
+            fmt_bytes(None if ckpt is None else ckpt.delta_bytes_on_disk),
+        ),
+        ("checkpoint size on disk", fmt_bytes(None if ckpt is None else ckpt.total_bytes)),
+        ("published as", _PUBLISHED_AS.get(str(ckpt.publish), "-") if ckpt else "-"),
         (
             "what stays private",
             "the pre-edit values (revert data) and the subject names: sealed in the operator's "
@@ -323,47 +360,46 @@ def _footprint(report: Mapping[str, Any]) -> Section:
     ]
     per_layer = []
     for d in layers:
-        indices = list(d.get("indices") or [])
-        shown = ", ".join(str(x) for x in indices[:_INDEX_PREVIEW])
-        if len(indices) > _INDEX_PREVIEW:
-            shown += f", ... ({len(indices)} in all)"
+        shown = ", ".join(str(x) for x in d.indices[:_INDEX_PREVIEW])
+        if len(d.indices) > _INDEX_PREVIEW:
+            shown += f", ... ({len(d.indices)} in all)"
         per_layer.append(
             (
-                d.get("layer"),
-                d.get("param"),
-                d.get("axis"),
+                d.layer,
+                d.param,
+                d.axis,
                 shown or "(whole matrix)",
-                d.get("entries_changed"),
-                d.get("base_sha256"),
-                d.get("new_sha256"),
+                d.entries_changed,
+                d.base_sha256,
+                d.new_sha256,
             )
         )
     headers = ("layer", "tensor", "axis", "indices", "entries", "base sha256", "new sha256")
     return Section("Edit footprint", [_kv(rows), _table(headers, per_layer, mono=(5, 6))])
 
 
-def _lineage(report: Mapping[str, Any]) -> Section:
-    ckpt = report.get("checkpoint") or {}
-    base = ckpt.get("base_model") or {}
+def _lineage(report: ErasureReport) -> Section:
+    ckpt = report.checkpoint or CheckpointSummary()
+    base = ckpt.base_model
     rows = [
-        ("base model id", base.get("model_id") or report.get("model_id") or report.get("model")),
-        ("base model type", base.get("model_type")),
+        ("base model id", (base and base.model_id) or report.base_model_id),
+        ("base model type", base and base.model_type),
         (
             "base down-projection sha256",
-            base.get("down_proj_sha256") or report.get("base_weights_sha256"),
+            (base and base.down_proj_sha256) or report.base_weights_sha256,
         ),
-        ("edited down-projection sha256", ckpt.get("edited_down_proj_sha256")),
-        ("parent checkpoint", report.get("parent_checkpoint_id")),
-        ("checkpoint id", report.get("checkpoint_id") or ckpt.get("checkpoint_id")),
+        ("edited down-projection sha256", ckpt.edited_down_proj_sha256),
+        ("parent checkpoint", report.parent_checkpoint_id),
+        ("checkpoint id", report.published_checkpoint_id),
     ]
     blocks: list[Block] = [_kv(rows, mono=("value",))]
-    files = ckpt.get("files") or []
+    files = ckpt.files
     if files:
         blocks.append(Text(f"Files of the published checkpoint ({len(files)}), with their sha256:"))
         blocks.append(
             _table(
                 ("file", "bytes", "sha256"),
-                [(f.get("name"), f.get("size"), f.get("sha256")) for f in files],
+                [(f.name, f.size, f.sha256) for f in files],
                 mono=(2,),
             )
         )
@@ -372,30 +408,27 @@ def _lineage(report: Mapping[str, Any]) -> Section:
     return Section("Lineage and hashes", blocks)
 
 
-def _method(report: Mapping[str, Any]) -> Section:
-    params = report.get("params") or {}
-    thresholds = report.get("thresholds") or {}
+def _method(report: ErasureReport) -> Section:
     blocks: list[Block] = []
-    if params:
-        blocks.append(_table(("parameter", "value"), sorted(params.items())))
-    if thresholds:
-        blocks.append(_table(("threshold", "value"), sorted(thresholds.items())))
-    return Section(f"Method ({fmt(report.get('method'))}) and parameters", blocks)
+    if report.params:
+        blocks.append(_table(("parameter", "value"), sorted(report.params.items())))
+    if report.thresholds:
+        blocks.append(_table(("threshold", "value"), sorted(report.thresholds.items())))
+    return Section(f"Method ({fmt(report.method)}) and parameters", blocks)
 
 
-def _provenance(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> Section:
-    code = report.get("code_version") or {}
-    cache = report.get("model_cache") or {}
+def _provenance(report: ErasureReport, history: Sequence[Mapping[str, Any]]) -> Section:
+    code = report.code_version
+    cache = report.model_cache
     rows = [
-        ("package", f"{fmt(code.get('package'))} {fmt(code.get('version'))}"),
-        ("git commit", code.get("git_commit")),
-        ("uncommitted changes", code.get("git_dirty")),
-        ("worker", report.get("worker")),
-        ("model was already loaded", cache.get("cached")),
+        ("package", f"{fmt(code and code.package)} {fmt(code and code.version)}"),
+        ("git commit", code and code.git_commit),
+        ("uncommitted changes", code and code.git_dirty),
+        ("worker", report.worker),
+        ("model was already loaded", cache and cache.cached),
     ]
     blocks: list[Block] = [_kv(rows)]
-    timings = report.get("timings") or {}
-    stages = [(k, v) for k, v in timings.items() if k != "model_cached"]
+    stages = [(k, v) for k, v in report.timings.items() if k != "model_cached"]
     if stages:
         blocks.append(_table(("stage", "seconds"), stages))
     if history:
@@ -418,17 +451,19 @@ def _provenance(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]])
 
 
 def build_report_document(
-    report: Mapping[str, Any],
+    report: ErasureReport | Mapping[str, Any],
     *,
     erasure_id: str,
     status: str,
     history: Sequence[Mapping[str, Any]] = (),
 ) -> ReportDocument:
-    """The compliance report of one erasure, from the worker's report and the status history."""
-    accepted = (report.get("acceptance") or {}).get("accepted")
+    """The compliance report of one erasure, from the worker's report (typed, or the stored JSON:
+    validated once) and the status history."""
+    if not isinstance(report, ErasureReport):
+        report = load_report(report)
+    accepted = report.accepted
     decision = None if accepted is None else ("accepted" if accepted else "rejected")
     sections = [_summary(report, erasure_id, status), _acceptance(report), _metrics(report)]
-    facts = report.get("facts") or []
     sections.append(
         Section(
             "Erased facts",
@@ -441,7 +476,7 @@ def build_report_document(
             ],
         )
     )
-    sections.extend(_fact(i, f) for i, f in enumerate(facts))
+    sections.extend(_fact(i, f) for i, f in enumerate(report.facts))
     sections += [
         _footprint(report),
         _lineage(report),

@@ -13,6 +13,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from editing.report import ErasureReport
 from service.report_chart import chart_svg
 from service.report_content import Chart, ReportDocument, Table, Text, build_report_document
 
@@ -72,13 +73,13 @@ def document_html(doc: ReportDocument) -> str:
 
 
 def render_report_html(
-    report: Mapping[str, Any],
+    report: ErasureReport | Mapping[str, Any],
     *,
     erasure_id: str,
     status: str,
     history: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The HTML page of ``report`` (the worker's report JSON) and the erasure's history."""
+    """The HTML page of ``report`` (typed, or the stored JSON) and the erasure's history."""
     return document_html(
         build_report_document(report, erasure_id=erasure_id, status=status, history=history)
     )

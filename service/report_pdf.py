@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
+from editing.report import ErasureReport
 from service.report_chart import Label, Line, Rect, layout_chart
 from service.report_content import Chart, ReportDocument, Table, Text, build_report_document
 
@@ -149,13 +150,13 @@ def document_pdf(doc: ReportDocument) -> bytes:
 
 
 def render_report_pdf(
-    report: Mapping[str, Any],
+    report: ErasureReport | Mapping[str, Any],
     *,
     erasure_id: str,
     status: str,
     history: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
-    """The PDF of ``report`` (the worker's report JSON) and the erasure's history."""
+    """The PDF of ``report`` (typed, or the stored JSON) and the erasure's history."""
     return document_pdf(
         build_report_document(report, erasure_id=erasure_id, status=status, history=history)
     )

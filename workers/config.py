@@ -57,7 +57,17 @@ class WorkerSettings(BaseSettings):
     cancel_poll_interval: float = Field(
         default=0.5, ge=0, description="Seconds between reads of the record's cancel flag."
     )
-    callback_timeout: float = Field(default=10.0, gt=0, description="HTTP timeout of callbacks.")
+    callback_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Overall deadline of one callback delivery (connect, TLS, send, reply), "
+        "seconds: not per read, so a trickling endpoint is cut when it passes.",
+    )
+    callback_max_reply_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="Bytes of a callback endpoint's reply body read at most; the rest is dropped.",
+    )
     nice: int = Field(
         default=10,
         ge=0,

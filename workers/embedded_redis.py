@@ -6,12 +6,18 @@ binary; a ``redis-server`` on ``PATH`` works too. :class:`EmbeddedRedis` runs it
 it (and removes the directory) on :meth:`~EmbeddedRedis.stop`. With ``directory=`` it uses (and
 keeps) that directory instead, and ``appendonly=True`` turns on the append-only file (fsync on every
 write), so a stopped or killed server started again on the same directory has kept every key.
+
+It always requires a password: a random one per :class:`EmbeddedRedis` (or ``password=``), written
+to a 0600 config file in its directory (not on the command line, where ``ps`` would show it) and
+part of :attr:`EmbeddedRedis.url`, which is what the API and workers get as ``REDIS_URL``. A local
+process that does not know it cannot queue jobs (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -75,6 +81,7 @@ class EmbeddedRedis:
         *,
         directory: Path | None = None,
         appendonly: bool = False,
+        password: str | None = None,
     ) -> None:
         found = binary or redis_server_binary()
         if found is None:
@@ -82,14 +89,24 @@ class EmbeddedRedis:
         self.binary = found
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password or secrets.token_hex(24)
         self._keep_dir = directory is not None
         self.dir: Path | None = directory
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://:<password>@127.0.0.1:<port>/0`` (mask it with ``workers.cli.safe_url``)."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def _write_config(self, directory: Path) -> Path:
+        """The 0600 config file holding ``requirepass`` (read by redis-server at start)."""
+        path = directory / "redis.conf"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n")
+        return path
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers (RuntimeError with its output if not)."""
@@ -98,10 +115,12 @@ class EmbeddedRedis:
         else:
             self.dir = Path(tempfile.mkdtemp(prefix="featureedit-redis-"))
         log_path = self.dir / "redis.log"
+        config = self._write_config(self.dir)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else []
         self.process = subprocess.Popen(
             [
                 self.binary,
+                str(config),
                 "--port",
                 str(self.port),
                 "--bind",

@@ -19,10 +19,11 @@ store: the record and the encrypted request (the only place the secret lives). A
    the request blob (and, with ``private_retention="none"``, the private record); enqueues the
    callback if the record has a ``callback_url``.
 
-Errors: :class:`~editing.errors.EditingError` fails the erasure with its (redacted) message; any
-other exception is re-raised (redacted) while the rq job has retries left, so rq retries it, and
-fails the erasure with a generic reason on the last attempt. Secrets never reach logs, Redis or
-the store: messages are redacted, the report is scrubbed, rq sees only the id.
+Errors (classified by :func:`workers.failures.classify`): :class:`~editing.errors.EditingError`
+fails the erasure with its (redacted) message; any other exception is re-raised (redacted) while
+the rq job has retries left, so rq retries it, and fails the erasure with a generic reason on the
+last attempt. The stored report is :func:`workers.report.stored_report`. Secrets never reach
+logs, Redis or the store: messages are redacted, the report is scrubbed, rq sees only the id.
 
 The job finds the store, settings and model cache on the worker's
 :class:`~workers.context.JobContext`. Callbacks are :mod:`workers.callbacks` (``deliver_callback``
@@ -33,7 +34,6 @@ imports no torch: the API (or an rq dashboard) may import it.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import time
@@ -49,19 +49,23 @@ from service.private_records import (
     keep_subjects,
     subjects_of,
 )
-from service.records import TERMINAL, ErasureRecord, Status, utcnow
+from service.records import TERMINAL, ErasureRecord, Status
 from service.store import record_event, transitions
 from workers.callbacks import deliver_callback as deliver_callback  # rq: the old dotted path
 from workers.callbacks import enqueue_callback
 from workers.context import JobContext, get_context, job_metrics
-from workers.redaction import public_message, redact, scrub
+from workers.failures import STORE_FULL as STORE_FULL
+from workers.failures import Cancelled, JobFailure, RetryableJobError, classify
+from workers.failures import out_of_space as out_of_space
+from workers.redaction import redact
+from workers.report import stored_report
 
 log = logging.getLogger(__name__)
 
 ERASURE_FUNC = "workers.jobs.run_erasure_job"
 
 # Share of the overall progress each stage covers (run_erasure reports a fraction per stage).
-STAGES: dict[str, tuple[float, float]] = {
+PROGRESS_SHARES: dict[str, tuple[float, float]] = {
     "starting": (0.0, 0.0),
     "loading model": (0.0, 0.05),
     "baseline": (0.05, 0.15),
@@ -80,14 +84,6 @@ def _queue_wait(job: Job | None) -> float | None:
     if enqueued.tzinfo is None:
         enqueued = enqueued.replace(tzinfo=UTC)
     return max(0.0, (datetime.now(UTC) - enqueued).total_seconds())
-
-
-class JobFailure(Exception):
-    """A terminal failure with a user-facing reason (holds no secret)."""
-
-
-class RetryableJobError(RuntimeError):
-    """An attempt failed unexpectedly; rq retries the job. The message is redacted."""
 
 
 def finish_erasure(
@@ -157,7 +153,6 @@ class _ErasureRun:
         self.stage = "starting"
         self.written_progress = 0.0
         self.loaded: Any = None
-        self.published: dict[str, Any] | None = None  # the checkpoint's lineage, hashes, sizes
         self.attempt = 0
         self._cancel_checked_at = -math.inf
         self._cancelled = False
@@ -200,47 +195,18 @@ class _ErasureRun:
                 self.ctx.cache.verify(self.loaded)
 
     def _handle_error(self, exc: Exception) -> str:
-        from pydantic import ValidationError
-        from rq.timeouts import JobTimeoutException
-
-        from editing.errors import CancelledError, EditingError
-        from editing.request import validation_summary
-
-        if isinstance(exc, CancelledError | _Cancelled):
+        """End the attempt as :func:`workers.failures.classify` says ``exc`` means."""
+        failure = classify(
+            exc, erasure_id=self.id, secrets=self.secrets, settings=self.ctx.settings
+        )
+        if failure.kind == "cancelled":
             return self._finish("cancelled", detail="cancelled while running; nothing published")
-        if isinstance(exc, JobFailure):
-            return self._fail(str(exc), "invalid_request")
-        if isinstance(exc, EditingError):
-            message = public_message(str(exc), self.secrets, self.ctx.settings)
-            return self._fail(message, "engine_error")
-        if isinstance(exc, ValidationError):
-            message = f"the stored request is invalid: {validation_summary(exc)}"
-            return self._fail(message, "invalid_request")
-        if out_of_space(exc):
-            return self._fail(STORE_FULL, "store_full")
-        kind = "internal_error"
-        if isinstance(exc, JobTimeoutException):
-            kind = "timeout"
-            reason = (
-                f"the erasure did not finish within the job timeout "
-                f"({self.ctx.settings.job_timeout} s); nothing was published"
-            )
-        elif type(exc).__name__ == "SealKeyError":
-            kind = "request_key"
-            reason = (
-                "the worker could not decrypt the request: the API and the workers must share "
-                "the request key; contact the operator"
-            )
-        else:
-            reason = (
-                f"internal error ({type(exc).__name__}); nothing was published. Contact the "
-                f"operator with the erasure id {self.id}"
-            )
-        return self._unexpected(exc, reason, kind)
+        if failure.unexpected:
+            return self._unexpected(exc, failure.reason or "", failure.kind)
+        return self._fail(failure.reason or "", failure.kind)
 
     # -- the steps
     def _run(self, record: ErasureRecord, t0: float) -> str:
-        from editing.checkpoints.manifest import checkpoint_summary
         from editing.pipeline import erase_and_publish
         from service.security import decrypt_request
 
@@ -292,18 +258,25 @@ class _ErasureRun:
         checkpoint_id = None
         if erasure.checkpoint is not None:
             checkpoint_id = erasure.checkpoint.name
-            self.published = checkpoint_summary(erasure.checkpoint)
             self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
             log.info("erasure %s: published checkpoint %s", self.id, checkpoint_id)
         self.timings["total"] = round(time.perf_counter() - t0, 4)
         self._observe_stages(cached)
-        report = self._report(result, record, checkpoint_id, cached, load_seconds)
+        report = stored_report(
+            erasure,
+            record,
+            attempt=self.attempt,
+            worker=self.ctx.name(),
+            cached=cached,
+            load_seconds=load_seconds,
+            timings=self.timings,
+            secrets=self.secrets,
+        )
         self.store.put_report(self.id, report)
-        metrics = scrub(result.metrics, self.secrets)
-        acceptance = scrub(result.acceptance, self.secrets)
+        metrics, acceptance = report["metrics"], report["acceptance"]
         detail = {
             "succeeded": "accepted" + ("; checkpoint published" if checkpoint_id else ""),
-            "rejected": "not accepted: " + "; ".join(acceptance.get("reasons", [])),
+            "rejected": "not accepted: " + "; ".join(acceptance["reasons"]),
             "nothing_to_erase": "the model does not produce the target(s); nothing to erase",
         }.get(result.status)
         return self._finish(
@@ -376,37 +349,6 @@ class _ErasureRun:
                 "contact the operator"
             ) from None
 
-    def _report(
-        self,
-        result: Any,
-        record: ErasureRecord,
-        checkpoint_id: str | None,
-        cached: bool,
-        load_seconds: float,
-    ) -> dict[str, Any]:
-        from editing.checkpoints import code_version
-
-        doc = result.to_dict()
-        doc.update(
-            {
-                "erasure_id": self.id,
-                "code_version": code_version(),
-                "checkpoint": self.published,
-                "model": record.model,
-                "request": record.request_public,
-                "fact_fingerprints": record.fact_fingerprints,
-                "checkpoint_id": checkpoint_id,
-                "parent_checkpoint_id": record.request_public.get("base_checkpoint"),
-                "created_at": record.created_at,
-                "finished_at": utcnow(),
-                "attempts": self.attempt,
-                "worker": self.ctx.name(),
-                "model_cache": {"cached": cached, "load_seconds": round(load_seconds, 4)},
-                "timings": dict(self.timings),
-            }
-        )
-        return scrub(doc, self.secrets)
-
     def _observe_stages(self, cached: bool) -> None:
         """Record this run's stage durations (model_load only if the model had to be loaded)."""
         stages = ("baseline", "locate", "edit", "evaluate", "publish", "total")
@@ -420,7 +362,7 @@ class _ErasureRun:
         self._progress(stage, fraction)
 
     def _progress(self, stage: str, fraction: float, force: bool = False) -> None:
-        lo, hi = STAGES.get(stage, (self.written_progress, self.written_progress))
+        lo, hi = PROGRESS_SHARES.get(stage, (self.written_progress, self.written_progress))
         overall = round(min(1.0, max(0.0, lo + (hi - lo) * max(0.0, min(1.0, fraction)))), 4)
         stage_changed = stage != self.stage
         if not (force or stage_changed or overall - self.written_progress >= PROGRESS_STEP):
@@ -459,7 +401,7 @@ class _ErasureRun:
         if force:
             self._cancel_checked_at = -math.inf
         if self.should_cancel():
-            raise _Cancelled()
+            raise Cancelled()
 
     # -- outcomes
     def _finish(self, status: Status, **kwargs: Any) -> str:
@@ -506,34 +448,3 @@ class _ErasureRun:
             return self.should_cancel()
         except Exception:
             return False
-
-
-STORE_FULL = (
-    "the store ran out of disk space (No space left on device) while writing the checkpoint or "
-    "the report; nothing was published. Free space on the store, then submit again"
-)
-_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def out_of_space(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota.
-
-    An OSError with ENOSPC/EDQUOT, or a library error wrapping one in its message (safetensors'
-    Rust writer raises ``SafetensorError: ... StorageFull ...``, not an OSError). A full store
-    fails the erasure at once: retrying within seconds would only fail again.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _NO_SPACE_ERRNOS:
-            return True
-        text = str(current)
-        if "No space left on device" in text or "StorageFull" in text or "Disk quota" in text:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-class _Cancelled(Exception):
-    """The record asked for cancellation between engine steps."""

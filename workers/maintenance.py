@@ -25,7 +25,6 @@ are still running. The bound on how long a dead worker's job stays "running" is 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -108,6 +107,10 @@ class Maintenance:
             self._thread = None
 
     def _loop(self) -> None:
+        try:
+            self.sweep_publish_leftovers()  # at start: what a killed worker left
+        except Exception:
+            log.exception("maintenance: startup sweep failed; continuing")
         while not self._stop.is_set():
             try:
                 self.run_once()
@@ -156,33 +159,21 @@ class Maintenance:
         return False
 
     def sweep_publish_leftovers(self, older_than: float | None = None) -> list[str]:
-        """Remove temporary ``.publish-*`` directories a dead worker left in the checkpoint root.
+        """Sweep what dead workers left in the store: ``.publish-*`` directories, temporary
+        files, unowned checkpoints (:mod:`service.store.leftovers`); the names removed.
 
-        ``publish_checkpoint`` builds a checkpoint in such a directory and renames it into place,
-        so they are never visible as checkpoints; one older than ``older_than`` seconds (default:
-        the job timeout, at least 10 minutes) belongs to no running job any more.
+        Anything untouched for ``older_than`` seconds (default ``publish_stale_seconds``) belongs
+        to no running job: a live publish keeps writing under its directory.
         """
+        from service.store.leftovers import sweep_leftovers
+
         limit = (
-            older_than
-            if older_than is not None
-            else max(600.0, float(self.context.settings.job_timeout))
+            older_than if older_than is not None else self.context.settings.publish_stale_seconds
         )
-        try:
-            root = self.context.store.checkpoint_root()
-            candidates = [p for p in root.glob(".publish-*") if p.is_dir()]
-        except OSError:
-            return []
-        removed = []
-        for path in candidates:
-            try:
-                if time.time() - path.stat().st_mtime > limit:
-                    shutil.rmtree(path)
-                    removed.append(path.name)
-            except OSError:
-                continue
-        if removed:
-            log.warning("maintenance: removed abandoned publish directories %s", removed)
-        return removed
+        store = self.context.store
+        sweep = getattr(store, "sweep_leftovers", None)
+        done = sweep(limit) if callable(sweep) else sweep_leftovers(store, limit)
+        return done.removed()
 
     def promote_scheduled(self, queue: Queue) -> list[str]:
         """Move ``queue``'s due scheduled jobs (retries) onto the queue; their ids."""

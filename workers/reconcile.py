@@ -11,6 +11,7 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from service.queueing import JOB_SERIALIZER
 from service.records import TERMINAL
 from service.store import transitions
 from workers.callbacks import CALLBACK_JOB_SUFFIX
@@ -36,7 +37,7 @@ def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> st
         ctx.store.delete_request_blob(erasure_id)
         return None
     try:
-        job = Job.fetch(erasure_id, connection=connection)
+        job = Job.fetch(erasure_id, connection=connection, serializer=JOB_SERIALIZER)
         status = job.get_status(refresh=True)
     except NoSuchJobError:
         return None

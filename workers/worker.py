@@ -18,9 +18,14 @@
   own loop only survives outages while it blocks waiting for a job, any other Redis error ends
   ``work()``.
 
-Queues: by default ``<prefix>-callbacks`` (callback deliveries, quick) and one queue per registered
-model, ``<prefix>-<model_id>``. Run it with ``featureedit worker`` (see :mod:`workers.cli`) or
-:func:`run_worker`.
+* **Only our own jobs.** Jobs are JSON-encoded (never unpickled) and each worker class runs only
+  its own job functions (:mod:`workers.job_policy`): anything else is refused, logged and failed.
+
+Two worker classes: :class:`ErasureWorker` (model queues, ``<prefix>-<model_id>`` or a queue
+class's, one per registered model by default; holds models and the request key) and
+:class:`CallbackWorker` (only ``<prefix>-callbacks``; holds no model: a tenant's slow or hostile
+callback endpoint never ties up a model worker). Run them with ``featureedit worker`` and
+``featureedit worker --callbacks-only`` (see :mod:`workers.cli`) or :func:`run_worker`.
 """
 
 from __future__ import annotations
@@ -39,16 +44,18 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
 from service.config import Settings
+from service.queueing import JOB_SERIALIZER
 from service.store import get_store
 from workers.cache import ModelCache
 from workers.config import WorkerSettings, callback_queue_name
 from workers.context import JobContext, install_context
+from workers.job_policy import CALLBACK_FUNCTIONS, ERASURE_FUNCTIONS, REFUSED_FUNC, refusal
 from workers.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
@@ -60,8 +67,8 @@ T = TypeVar("T")
 def default_queue_names(
     settings: Settings, home: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """The callbacks queue, then the queue of every registered model (``featureedit-demo``...;
-    a model with a queue class in ``Settings.queue_classes`` is served by its class's queue)."""
+    """The queue of every registered model (``featureedit-demo``...; a model with a queue class in
+    ``Settings.queue_classes`` is served by its class's queue). Callbacks have their own worker."""
     from editing.registry import load_registry
 
     return model_queue_names(settings, sorted(load_registry(home or settings.home)))
@@ -70,14 +77,14 @@ def default_queue_names(
 def model_queue_names(
     settings: Settings, models: Sequence[str] = (), classes: Sequence[str] = ()
 ) -> list[str]:
-    """The callbacks queue, then the queues serving ``models`` and the queue ``classes``.
+    """The queues serving ``models`` and the queue ``classes`` (never the callbacks queue).
 
     A worker on these queues only gets jobs for models it was given: a model whose queue class
     (``Settings.queue_classes``) is shared with models not in ``models`` raises ValueError, since
     that class's queue would hand it their jobs too (name the class in ``classes`` instead, on a
     worker that can hold every model of the class).
     """
-    names = [callback_queue_name(settings.queue_prefix)]
+    names: list[str] = []
     for model_id in models:
         queue_class = settings.queue_class(model_id)
         if queue_class is not None and queue_class not in classes:
@@ -96,14 +103,24 @@ def model_queue_names(
     return list(dict.fromkeys(names))
 
 
+def json_queue(queue: Queue | str, connection: Redis | None) -> Queue:
+    """``queue`` (a name or a Queue) as a Queue on ``connection`` with the JSON job serializer."""
+    if isinstance(queue, str):
+        return Queue(queue, connection=connection, serializer=JOB_SERIALIZER)
+    return Queue(queue.name, connection=connection or queue.connection, serializer=JOB_SERIALIZER)
+
+
 def worker_name() -> str:
     """A readable unique worker name: ``<host>-<pid>-<random>``."""
     host = socket.gethostname().split(".")[0] or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class ErasureWorker(SimpleWorker):
-    """A ``SimpleWorker`` with short job heartbeats and a maintenance thread (module docstring)."""
+class FeatureeditWorker(SimpleWorker):
+    """A ``SimpleWorker`` with short job heartbeats, a maintenance thread and an allow-list of job
+    functions (module docstring); :class:`ErasureWorker` and :class:`CallbackWorker` set it."""
+
+    allowed_functions: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -114,6 +131,9 @@ class ErasureWorker(SimpleWorker):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", worker_name())
+        kwargs["serializer"] = JOB_SERIALIZER
+        self.check_queues([q if isinstance(q, str) else q.name for q in queues], context.settings)
+        queues = [json_queue(q, kwargs.get("connection")) for q in queues]
         super().__init__(queues, *args, **kwargs)
         self.context = context
         self.tuning = tuning or context.tuning
@@ -146,19 +166,53 @@ class ErasureWorker(SimpleWorker):
         finally:
             self._stop_heartbeat()
 
+    @classmethod
+    def check_queues(cls, names: Sequence[str], settings: Settings) -> None:
+        """ValueError if this worker class must not serve a queue of ``names``."""
+
+    def perform_job(self, job: Job, queue: Queue) -> bool:
+        """Run ``job`` if this worker class allows it (:func:`workers.job_policy.refusal`); else
+        log the refusal (job id, queue, reason: never the arguments) and fail it, unrun and
+        without retries."""
+        reason = refusal(job, self.allowed_functions)
+        if reason is None:
+            return super().perform_job(job, queue)
+        log.warning(
+            "job %s on queue %s refused, not run: %s",
+            job.id,
+            queue.name,
+            reason,
+            extra={"refused_job": job.id, "queue": queue.name},
+        )
+        started = queue.started_job_registry
+        # the stored job becomes inert: re-encoded as JSON, no function to import, no arguments
+        job.func_name, job.args, job.kwargs = REFUSED_FUNC, (), {}
+        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        job.retries_left = 0
+        job._status = JobStatus.FAILED
+        self.handle_execution_ended(job, queue, self.get_heartbeat_ttl(job))
+        self.handle_job_failure(
+            job=job,
+            queue=queue,
+            started_job_registry=started,
+            exc_string=f"refused by the featureedit worker: {reason}",
+        )
+        return False
+
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """Stop renewing before rq finishes the job's bookkeeping (waits out a Redis outage)."""
         self._stop_heartbeat()
+        base = super()
         self.until_redis_answers(
-            f"job {job.id} ended",
-            lambda: super(ErasureWorker, self).handle_execution_ended(job, queue, heartbeat_ttl),
+            f"job {job.id} ended", lambda: base.handle_execution_ended(job, queue, heartbeat_ttl)
         )
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any) -> None:
         """rq's success bookkeeping (one transaction), retried until Redis answers."""
+        base = super()
         self.until_redis_answers(
             f"recording job {job.id} as finished",
-            lambda: super(ErasureWorker, self).handle_job_success(job, queue, started_job_registry),
+            lambda: base.handle_job_success(job, queue, started_job_registry),
         )
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
@@ -173,20 +227,20 @@ class ErasureWorker(SimpleWorker):
             super().heartbeat(timeout, pipeline)
             return
         self.until_redis_answers(
-            "worker heartbeat", lambda: super(ErasureWorker, self).heartbeat(timeout)
+            "worker heartbeat", lambda: super(FeatureeditWorker, self).heartbeat(timeout)
         )
 
     def check_for_suspension(self, burst: bool) -> None:
         """rq's suspension check (each loop), waiting out a Redis outage."""
         self.until_redis_answers(
             "suspension check",
-            lambda: super(ErasureWorker, self).check_for_suspension(burst),
+            lambda: super(FeatureeditWorker, self).check_for_suspension(burst),
         )
 
     def run_maintenance_tasks(self) -> None:
         """rq's periodic maintenance (our :meth:`clean_registries`), waiting out an outage."""
         self.until_redis_answers(
-            "maintenance", lambda: super(ErasureWorker, self).run_maintenance_tasks()
+            "maintenance", lambda: super(FeatureeditWorker, self).run_maintenance_tasks()
         )
 
     def until_redis_answers(self, what: str, call: Callable[[], T]) -> T:
@@ -263,6 +317,35 @@ class ErasureWorker(SimpleWorker):
             self.maintenance.stop()
 
 
+class ErasureWorker(FeatureeditWorker):
+    """The model worker: runs erasure jobs only (never callbacks)."""
+
+    allowed_functions = ERASURE_FUNCTIONS
+
+    @classmethod
+    def check_queues(cls, names: Sequence[str], settings: Settings) -> None:
+        """A model worker never serves the callbacks queue (a callback worker does)."""
+        callbacks = callback_queue_name(settings.queue_prefix)
+        if callbacks in names:
+            raise ValueError(
+                f"{callbacks!r} is served by callback workers (`featureedit worker "
+                "--callbacks-only`), never by a model worker"
+            )
+
+
+class CallbackWorker(FeatureeditWorker):
+    """The callback worker: delivers callbacks only, on the callbacks queue; holds no model."""
+
+    allowed_functions = CALLBACK_FUNCTIONS
+
+    @classmethod
+    def check_queues(cls, names: Sequence[str], settings: Settings) -> None:
+        """A callback worker serves the callbacks queue and nothing else."""
+        callbacks = callback_queue_name(settings.queue_prefix)
+        if list(names) != [callbacks]:
+            raise ValueError(f"a callback worker serves {callbacks!r} only, not {list(names)}")
+
+
 def configure_worker_logging(level: str = "INFO") -> None:
     """JSON log lines on stderr for the ``workers``, ``editing``, ``service`` and ``rq`` loggers.
 
@@ -283,18 +366,23 @@ def build_worker(
     dtype: str | None = None,
     connection: Redis | None = None,
     cache: ModelCache | None = None,
-) -> ErasureWorker:
-    """An :class:`ErasureWorker` on ``queue_names`` (default :func:`default_queue_names`)."""
+    callbacks_only: bool = False,
+) -> FeatureeditWorker:
+    """An :class:`ErasureWorker` on ``queue_names`` (default :func:`default_queue_names`), or with
+    ``callbacks_only`` a :class:`CallbackWorker` on the callbacks queue."""
     settings = settings or Settings()
     tuning = tuning or WorkerSettings()
     connection = connection or Redis.from_url(settings.redis_url)
-    names = list(queue_names) if queue_names else default_queue_names(settings)
+    worker_class: type[FeatureeditWorker] = CallbackWorker if callbacks_only else ErasureWorker
+    if callbacks_only:
+        names = list(queue_names or [callback_queue_name(settings.queue_prefix)])
+    else:
+        names = list(queue_names) if queue_names else default_queue_names(settings)
     cache = cache or ModelCache(tuning.cache_size, device=device, dtype=dtype, home=settings.home)
     context = JobContext(
         settings=settings, store=get_store(settings), cache=cache, tuning=tuning, redis=connection
     )
-    queues = [Queue(n, connection=connection) for n in names]
-    return ErasureWorker(queues, connection=connection, context=context, tuning=tuning)
+    return worker_class(names, connection=connection, context=context, tuning=tuning)
 
 
 def lower_priority(increment: int) -> int:
@@ -339,15 +427,27 @@ def run_worker(
     settings: Settings | None = None,
     tuning: WorkerSettings | None = None,
     log_level: str = "INFO",
+    callbacks_only: bool = False,
 ) -> bool:
     """Run a worker until stopped (SIGINT/SIGTERM: finish the job, then exit) or, with
-    ``burst``, until its queues are empty. Returns whether any job was performed."""
+    ``burst``, until its queues are empty. Returns whether any job was performed.
+
+    ``callbacks_only``: a :class:`CallbackWorker` (no engine import, no model).
+    """
     settings = settings or Settings()
     tuning = tuning or WorkerSettings()
     configure_worker_logging(log_level)
     lower_priority(tuning.nice)  # first: threads started later (torch's) inherit it
-    import_engine()
-    worker = build_worker(queue_names, settings=settings, tuning=tuning, device=device, dtype=dtype)
+    if not callbacks_only:
+        import_engine()
+    worker = build_worker(
+        queue_names,
+        settings=settings,
+        tuning=tuning,
+        device=device,
+        dtype=dtype,
+        callbacks_only=callbacks_only,
+    )
     log.info(
         "worker %s on %s (store %s, model cache %d); a lost job is retried within ~%.0f s",
         worker.name,

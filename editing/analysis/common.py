@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from editing.errors import ConfigError
 from editing.locate import _batch, _target_logprob
 from editing.models import LoadedModel
 from editing.relations import get_relation
 from editing.scoring import padded
 from editing.world.corpus import round_robin
+from editing.world.demo_facts import demo_world_of
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,7 @@ class AnalysisFact:
 
 def demo_world(loaded: LoadedModel):
     """The demo world of ``loaded`` (never rebuilt here); ConfigError for non-demo models."""
-    from editing.world.build import load_world
-
-    if not loaded.entry.is_demo:
-        raise ConfigError(
-            f"analyses pick facts from a demo world; model {loaded.model_id!r} is not a demo model "
-            "(use 'demo' or 'demo-small')"
-        )
-    return load_world(loaded.entry.demo_size or "default", loaded.home, build=False, progress=False)
+    return demo_world_of(loaded.entry, loaded.home, purpose="the analysis", build=False)
 
 
 def pick_facts(

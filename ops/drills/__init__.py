@@ -4,7 +4,7 @@ Importing this package registers the drills; :data:`ORDER` is the order they run
 drills publish the checkpoints the later ones reuse).
 """
 
-from ops.drills import hostile, openapi, process_faults, storage_faults
+from ops.drills import hostile, hostile_limits, openapi, process_faults, storage_faults
 from ops.drills.base import DRILLS, DrillContext, DrillResult, run_drills
 
 ORDER = (
@@ -13,10 +13,11 @@ ORDER = (
     "disk-full",
     "corrupt-checkpoint",
     "hostile-requests",
+    "hostile-limits",
     "schemathesis",
 )
 for _name in ORDER:  # re-insert in run order (run_drills follows DRILLS' order)
     DRILLS[_name] = DRILLS.pop(_name)
 
 __all__ = ["DRILLS", "ORDER", "DrillContext", "DrillResult", "run_drills"]
-_MODULES = (hostile, openapi, process_faults, storage_faults)
+_MODULES = (hostile, hostile_limits, openapi, process_faults, storage_faults)

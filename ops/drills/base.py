@@ -170,6 +170,7 @@ class DrillContext:
         self.stack.start_api()
         self.key = self.stack.create_key("drill")
         self.worker = self.stack.start_worker()
+        self.stack.start_callback_worker()
         return self
 
     def close(self) -> None:

@@ -65,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start a private stack on loopback (its own redis-server, a temporary home "
         "and store, the API and a worker, on the small demo world) and run failure drills: "
         "worker-kill, redis-restart, disk-full, corrupt-checkpoint, hostile-requests, "
-        "schemathesis. Each states its promise and what was observed. Exit code 1 if any "
-        "drill fails. See docs/drills.md.",
+        "hostile-limits, schemathesis. Each states its promise and what was observed. Exit "
+        "code 1 if any drill fails. See docs/drills.md.",
         json_help="print one JSON list of results",
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these drills")

@@ -18,10 +18,13 @@ from redis import Redis
 from editing.fingerprint import fingerprint_key
 from service.api.schemas import problem_response
 from service.audit import AuditLog
+from service.catalog import RegistryUnavailable, registered_models
 from service.checkpoint_files import FileVerifier
-from service.config import Settings
+from service.config import Settings, is_loopback_host
+from service.fairness import QuotaRefusal, TenantQuota
 from service.metrics import Metrics
 from service.queueing import JobQueue, RateLimiter
+from service.report_cache import ReportCache
 from service.security import KeyStore
 from service.store import Store
 
@@ -38,6 +41,8 @@ class ServiceContext:
     keys: KeyStore
     audit: AuditLog
     metrics: Metrics
+    quota: TenantQuota
+    reports: ReportCache
     verifier: FileVerifier = field(default_factory=FileVerifier)
     _fp_key: bytes | None = None
     _fp_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,8 +60,20 @@ class ServiceContext:
         return key.get_secret_value() if key is not None else None
 
     def base_url(self, request: Request) -> str:
-        """Base of absolute links: ``public_url`` or the URL the client used."""
-        return (self.settings.public_url or str(request.base_url)).rstrip("/")
+        """Base of absolute links: ``public_url``, else the address the server listens on
+        (never the client's ``Host`` header, which an attacker chooses)."""
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        server = request.scope.get("server")
+        if not server:
+            return str(request.base_url).rstrip("/")
+        host, port = server[0], server[1]
+        if ":" in host:
+            host = f"[{host}]"
+        default = {"http": 80, "https": 443}.get(request.url.scheme)
+        suffix = "" if port in (None, default) else f":{port}"
+        root = request.scope.get("root_path", "")
+        return f"{request.url.scheme}://{host}{suffix}{root}".rstrip("/")
 
 
 def get_context(request: Request) -> ServiceContext:
@@ -126,8 +143,32 @@ def get_tenant(
     return info.tenant
 
 
+def too_many(refusal: QuotaRefusal) -> HTTPException:
+    """The 429 of a tenant over its quota (with ``Retry-After``)."""
+    return HTTPException(
+        status_code=429, detail=refusal.detail, headers={"Retry-After": str(refusal.retry_after)}
+    )
+
+
+def client_is_local(request: Request) -> bool:
+    """Whether the request's peer address is loopback."""
+    client = request.scope.get("client")
+    return bool(client) and is_loopback_host(str(client[0]))
+
+
 ContextDep = Annotated[ServiceContext, Depends(get_context)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def registered_models_or_503(settings: Settings) -> dict[str, Any]:
+    """The registered models (:func:`service.catalog.registered_models`); HTTP 503 if the
+    registry cannot be read (the operator's problem, not the client's)."""
+    try:
+        return registered_models(settings)
+    except RegistryUnavailable:
+        raise HTTPException(
+            status_code=503, detail="The model registry is misconfigured; contact the operator"
+        ) from None

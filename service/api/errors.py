@@ -35,7 +35,6 @@ from editing.errors import (
     CorruptCacheError,
     EditingError,
     NotFoundError,
-    NothingToEraseError,
 )
 from editing.fingerprint import redact
 
@@ -150,20 +149,19 @@ _EDITING_STATUS: tuple[tuple[type[EditingError], int, str | None], ...] = (
     (NotFoundError, 404, "Not found"),
     (CorruptCacheError, 409, "A stored artifact failed its integrity check"),
     (CancelledError, 409, "The erasure was cancelled"),
-    (NothingToEraseError, 422, None),
     (ConfigError, 422, None),
     (EditingError, 400, None),
 )
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def allowed_methods(request: Request) -> list[str]:
     """The methods some route of the app fully matches for the request's path."""
     routes = request.app.router.routes
     allowed = []
-    for method in _METHODS:
+    for method in _HTTP_METHODS:
         scope = {**request.scope, "method": method}
         if any(route.matches(scope)[0] is Match.FULL for route in routes):
             allowed.append(method)

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, body size cap, and per-request metrics, access log and audit.
+"""ASGI middleware: request ids, header and body size caps, metrics, access log and audit.
 
 Pure ASGI (not ``BaseHTTPMiddleware``), so streamed responses (event streams, file downloads)
 pass through untouched. (FastAPI's own ``max_body_size`` answers a plain-text 413 from outside
@@ -31,6 +31,7 @@ _OUTCOMES = {
     404: "not_found",
     409: "conflict",
     413: "too_large",
+    431: "headers_too_large",
     422: "invalid",
     429: "rate_limited",
     503: "unavailable",
@@ -114,6 +115,12 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+def header_bytes(scope: Scope) -> int:
+    """Bytes of the request target (path and query) plus every header name and value."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    return size + sum(len(k) + len(v) for k, v in scope.get("headers", []))
+
+
 class RequestContextMiddleware:
     """Request id (``X-Request-ID`` in and out), metrics, a JSON access log line and the audit.
 
@@ -122,10 +129,13 @@ class RequestContextMiddleware:
     routes are audited.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, audit: AuditLog) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, audit: AuditLog, max_header_bytes: int = 16384
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.audit = audit
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -150,7 +160,18 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if header_bytes(scope) > self.max_header_bytes:  # before routing and authentication
+                await _send_json(
+                    send_with_id,
+                    431,
+                    {
+                        "detail": "Request headers too large: at most "
+                        f"{self.max_header_bytes} bytes of URL and headers",
+                        "request_id": rid,
+                    },
+                )
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -190,6 +211,7 @@ class RequestContextMiddleware:
                 key_id=state.get("key_id"),
                 checkpoint_id=_short(params.get("checkpoint_id")),
                 method=scope["method"],
+                client=(scope.get("client") or (None,))[0],
             )
         except OSError:
             log.error("cannot write the audit log", exc_info=True)

@@ -7,7 +7,6 @@ which holds only keyed fingerprints, so a response cannot echo a secret by const
 
 from __future__ import annotations
 
-import ipaddress
 import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from editing.request import STRICT, ErasureRequest, FactSpec
 from service.records import ErasureRecord, Status, StatusEvent
+from service.security.callback_target import host_refusal
 
 
 # ----------------------------------------------------------------------------- requests
@@ -122,21 +122,16 @@ class ErasureCreate(ErasureRequest):
 
 
 def callback_host_is_private(url: str | HttpUrl) -> bool:
-    """Whether a callback URL names localhost or a literal private/loopback/link-local address.
+    """Whether a callback URL names a local name or a private/loopback/link-local address, in any
+    spelling (``localhost.``, ``[::ffff:127.0.0.1]``, ``2130706433``, ``0177.0.0.1``...).
 
-    Host names are not resolved here (the worker that sends the callback must check the address
-    it connects to); this only refuses the obvious cases at submission time.
+    Host names are not resolved here (the worker resolves once when it delivers, and connects to
+    the address it checked); this refuses what is refused whatever DNS says
+    (:func:`service.security.callback_target.host_refusal`).
     """
     # urlsplit, not HttpUrl(url): the normalised form of a valid URL near the length limit (a
     # trailing "/" added) may not parse again
-    host = (urlsplit(str(url)).hostname or "").strip("[]").lower()
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-        return True
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return not addr.is_global
+    return host_refusal(urlsplit(str(url)).hostname or "") is not None
 
 
 # ----------------------------------------------------------------------------- responses

@@ -4,8 +4,10 @@
   :func:`list_keys`, :func:`revoke`, :func:`authenticate`), stored as hashes only;
 * :mod:`service.security.encryption`: request blobs (:func:`encrypt_request`,
   :func:`decrypt_request`, :data:`RequestKeyError`), sealed with :mod:`editing.sealing`;
-* :mod:`service.security.signing`: callback signatures (:func:`callback_secret`,
-  :func:`sign_body`, :func:`verify_signature`, :data:`SIGNATURE_HEADER`).
+* :mod:`service.security.signing`: callback signatures, per tenant (:func:`callback_secret`,
+  :func:`tenant_callback_secret`, :func:`callback_headers`, :func:`verify_callback`);
+* :mod:`service.security.callback_target`: where a callback may go (host normalisation,
+  public-address check, one DNS lookup).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from service.security.keys import (
 )
 from service.security.signing import (
     SIGNATURE_HEADER,
+    callback_headers,
     callback_secret,
     sign_body,
+    tenant_callback_secret,
+    verify_callback,
     verify_signature,
 )
 
@@ -39,6 +44,7 @@ __all__ = [
     "KeyStore",
     "RequestKeyError",
     "authenticate",
+    "callback_headers",
     "callback_secret",
     "create_key",
     "decrypt_request",
@@ -47,5 +53,7 @@ __all__ = [
     "list_keys",
     "revoke",
     "sign_body",
+    "tenant_callback_secret",
+    "verify_callback",
     "verify_signature",
 ]

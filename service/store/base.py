@@ -207,6 +207,22 @@ def check_tenant(tenant: str) -> None:
         )
 
 
+READY_PROBE_ID = "er_readiness_probe"  # never a real id (new_erasure_id makes others)
+
+
+def store_ready(store: Store) -> bool:
+    """Whether ``store`` answers, without writing: its own ``ready()`` if it has one, else a
+    read of a record that does not exist."""
+    ready = getattr(store, "ready", None)
+    try:
+        if callable(ready):
+            return bool(ready())
+        store.get_erasure(READY_PROBE_ID)
+    except Exception:  # any backend error (OSError, botocore...) means "not ready"
+        return False
+    return True
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -217,10 +233,34 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (and ``path``'s parent directory), so what
+    was written there survives a crash before anything names it."""
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (its entries: renames and creations in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -37,10 +37,24 @@ from service.store.base import (
     check_private_name,
     check_tenant,
     file_lock,
+    fsync_tree,
     page_of_records,
     valid_id,
     valid_tenant,
     write_atomic,
+)
+from service.store.leftovers import Leftovers, sweep_leftovers
+
+MIN_FREE_BYTES = 64 * 1024  # below this the store is not ready (a record write would fail)
+SUBDIRS = (
+    "erasures",
+    "requests",
+    "reports",
+    "checkpoints",
+    "idempotency",
+    "locks",
+    "index",
+    "private",
 )
 
 
@@ -54,16 +68,7 @@ class FilesystemStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        for sub in (
-            "erasures",
-            "requests",
-            "reports",
-            "checkpoints",
-            "idempotency",
-            "locks",
-            "index",
-            "private",
-        ):
+        for sub in SUBDIRS:
             (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # -- paths
@@ -219,10 +224,14 @@ class FilesystemStore:
         return self.root / "checkpoints"
 
     def register_checkpoint(self, checkpoint_id: str, tenant: str, erasure_id: str) -> None:
-        """Write ``checkpoints/<id>.owner.json``."""
+        """Write ``checkpoints/<id>.owner.json``, after fsync'ing the checkpoint's files and
+        directories: a checkpoint is served only once its bytes are durable."""
         if not self._valid_id(checkpoint_id):
             raise ValueError(f"invalid checkpoint id {checkpoint_id!r}")
         self._check_tenant(tenant)
+        directory = self.checkpoint_root() / checkpoint_id
+        if directory.is_dir():
+            fsync_tree(directory)
         doc = {"tenant": tenant, "erasure_id": erasure_id}
         write_atomic(
             self.checkpoint_root() / f"{checkpoint_id}.owner.json", json.dumps(doc).encode()
@@ -289,6 +298,22 @@ class FilesystemStore:
             shutil.rmtree(self.root / "private" / erasure_id, ignore_errors=True)
 
     # -- health and statistics
+    def ready(self) -> bool:
+        """Whether the store's directories exist and may be written here, and its filesystem
+        has :data:`MIN_FREE_BYTES` free (a readiness probe: reads metadata, writes nothing)."""
+        try:
+            fs = os.statvfs(self.root)
+        except OSError:
+            return False
+        return fs.f_bavail * fs.f_frsize >= MIN_FREE_BYTES and all(
+            (self.root / sub).is_dir() and os.access(self.root / sub, os.W_OK | os.X_OK)
+            for sub in SUBDIRS
+        )
+
+    def sweep_leftovers(self, stale_seconds: float) -> Leftovers:
+        """Sweep what killed processes left (:func:`~service.store.leftovers.sweep_leftovers`)."""
+        return sweep_leftovers(self, stale_seconds, record_root=self.root)
+
     def writable(self) -> bool:
         """Whether a probe file can be written and removed under the root."""
         probe = self.root / "locks" / f".probe-{os.getpid()}-{secrets.token_hex(4)}"

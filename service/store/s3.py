@@ -42,6 +42,10 @@ PutObject; AWS S3 since 2024, MinIO, moto; a 412 answers a failed condition):
   temporary directory first, every file verified against the manifest, then renamed into place)
   and reuses it afterwards: checkpoint ids are content hashes, so a cached copy never goes stale.
 
+The building blocks live beside this module: :mod:`service.store.s3_objects` (conditional
+writes, listing, the lease) and :mod:`service.store.s3_checkpoints` (verified upload and
+download of checkpoint files).
+
 Credentials come from boto3's standard chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
 ``AWS_PROFILE``, an instance or pod role); bucket, prefix, endpoint and region from
 :class:`service.config.Settings` (``FEATUREEDIT_S3_*``).
@@ -49,22 +53,18 @@ Credentials come from boto3's standard chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.checkpoint_files import MANIFEST, file_sha256, is_safe_name, read_manifest
+from service.checkpoint_files import MANIFEST
 from service.records import ErasureRecord, utcnow
 from service.store.base import (
     check_private_name,
@@ -73,9 +73,13 @@ from service.store.base import (
     valid_id,
     valid_tenant,
 )
+from service.store.s3_checkpoints import checkpoint_key, download_checkpoint, upload_checkpoint
+from service.store.s3_objects import S3Objects, S3StoreError, make_client
 
 if TYPE_CHECKING:
     from service.config import Settings
+
+__all__ = ["S3Store", "S3StoreError", "invert_id"]
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +92,6 @@ def invert_id(erasure_id: str) -> str:
     Ids from :func:`service.store.new_erasure_id` sort by time, so inverted ids sort newest first.
     """
     return erasure_id.translate(_HEX_INVERT)
-
-
-class S3StoreError(RuntimeError):
-    """The object store refused or failed a request the store cannot recover from."""
 
 
 class S3Store:
@@ -109,24 +109,9 @@ class S3Store:
         lock_ttl: float = 30.0,
         lock_timeout: float = 60.0,
     ) -> None:
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            client = boto3.client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region,
-                config=Config(
-                    retries={"max_attempts": 5, "mode": "standard"},
-                    connect_timeout=5,
-                    read_timeout=60,
-                    s3={"addressing_style": "path"} if endpoint_url else None,
-                ),
-            )
-        self.client = client
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.objects = S3Objects(
+            client if client is not None else make_client(endpoint_url, region), bucket, prefix
+        )
         self.cache_dir = Path(cache_dir)
         self.lock_ttl = lock_ttl
         self.lock_timeout = lock_timeout
@@ -147,133 +132,17 @@ class S3Store:
             region=settings.s3_region,
         )
 
-    # ------------------------------------------------------------------ object helpers
-    def _key(self, *parts: str) -> str:
-        return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)
-
-    @staticmethod
-    def _code(exc: Exception) -> tuple[str, int]:
-        response = getattr(exc, "response", None) or {}
-        code = str(response.get("Error", {}).get("Code", ""))
-        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        return code, status
-
-    def _is(self, exc: Exception, *kinds: str) -> bool:
-        code, status = self._code(exc)
-        wanted = {
-            "missing": ({"NoSuchKey", "404", "NotFound"}, 404),
-            "precondition": ({"PreconditionFailed", "412"}, 412),
-            "conflict": ({"ConditionalRequestConflict", "409"}, 409),
-        }
-        return any(code in wanted[k][0] or status == wanted[k][1] for k in kinds)
-
-    def _get(self, key: str) -> tuple[bytes, str] | None:
-        """``(body, etag)`` of ``key``, or None if it does not exist."""
-        from botocore.exceptions import ClientError
-
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if self._is(exc, "missing"):
-                return None
-            raise
-        return obj["Body"].read(), obj["ETag"]
-
-    def _put(
-        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
-    ) -> bool:
-        """Put ``data``; with a condition, False (nothing written) when it fails."""
-        from botocore.exceptions import ClientError
-
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        if if_match is not None:
-            kwargs["IfMatch"] = if_match
-        try:
-            self.client.put_object(**kwargs)
-        except ClientError as exc:
-            conditional = if_none_match or if_match is not None
-            if conditional and self._is(exc, "precondition", "conflict"):
-                return False
-            if if_match is not None and self._is(exc, "missing"):
-                return False
-            raise
-        return True
-
-    def _delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=key)
-
-    def _exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if self._is(exc, "missing"):
-                return False
-            raise
-        return True
-
-    def _keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        """Keys under ``prefix`` in ascending order (paginated)."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if start_after:
-            kwargs["StartAfter"] = start_after
-        for page in paginator.paginate(**kwargs):
-            for item in page.get("Contents", []):
-                yield item["Key"]
-
     _check_tenant = staticmethod(check_tenant)
-
-    # ------------------------------------------------------------------ lease
-    @contextmanager
-    def _lease(self, name: str) -> Iterator[None]:
-        """Hold ``locks/<name>`` (see the module docstring); TimeoutError after lock_timeout."""
-        from botocore.exceptions import ClientError
-
-        key = self._key("locks", name)
-        token = json.dumps({"holder": f"{os.getpid()}-{secrets.token_hex(8)}"}).encode()
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.01
-        while True:
-            if self._put(key, token, if_none_match=True):
-                break
-            try:
-                head = self.client.head_object(Bucket=self.bucket, Key=key)
-            except ClientError as exc:
-                if self._is(exc, "missing"):
-                    continue  # released meanwhile
-                raise
-            server_now = email.utils.parsedate_to_datetime(
-                head["ResponseMetadata"]["HTTPHeaders"].get("date", "")
-            )
-            age = (server_now - head["LastModified"]).total_seconds()
-            if age > self.lock_ttl and self._put(key, token, if_match=head["ETag"]):
-                log.warning("took over a stale store lease %s (%.0f s old)", name, age)
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"store lease {name} is held by another process; try again")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
-        try:
-            yield
-        finally:
-            try:
-                self._delete(key)
-            except ClientError as exc:  # the lease expires by itself
-                log.warning("could not release store lease %s: %s", name, self._code(exc)[0])
 
     # ------------------------------------------------------------------ erasures
     def _record_key(self, erasure_id: str) -> str:
-        return self._key("erasures", f"{erasure_id}.json")
+        return self.objects.key("erasures", f"{erasure_id}.json")
 
     def _blob_key(self, erasure_id: str) -> str:
-        return self._key("requests", f"{erasure_id}.bin")
+        return self.objects.key("requests", f"{erasure_id}.bin")
 
     def _index_key(self, tenant: str, erasure_id: str) -> str:
-        return self._key("index", tenant, invert_id(erasure_id))
+        return self.objects.key("index", tenant, invert_id(erasure_id))
 
     def create_erasure(
         self, record: ErasureRecord, encrypted_request: bytes, idempotency_key: str | None = None
@@ -285,30 +154,30 @@ class S3Store:
         mapping = None
         if idempotency_key is not None:
             digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
-            mapping = self._key("idempotency", record.tenant, digest)
+            mapping = self.objects.key("idempotency", record.tenant, digest)
             existing = self._existing_for_key(mapping)
             if existing is not None:
                 return existing, False
-        if not self._put(self._blob_key(record.id), encrypted_request, if_none_match=True):
+        if not self.objects.put(self._blob_key(record.id), encrypted_request, if_none_match=True):
             raise FileExistsError(f"erasure id {record.id} already exists")
-        if not self._put(
+        if not self.objects.put(
             self._record_key(record.id), record.model_dump_json().encode(), if_none_match=True
         ):
             raise FileExistsError(f"erasure id {record.id} already exists")
-        if mapping is not None and not self._put(
+        if mapping is not None and not self.objects.put(
             mapping, record.id.encode("ascii"), if_none_match=True
         ):
             existing = self._existing_for_key(mapping)
-            self._delete(self._record_key(record.id))
-            self._delete(self._blob_key(record.id))
+            self.objects.delete(self._record_key(record.id))
+            self.objects.delete(self._blob_key(record.id))
             if existing is not None:
                 return existing, False
             raise S3StoreError("idempotency mapping points to a missing erasure")
-        self._put(self._index_key(record.tenant, record.id), b"")
+        self.objects.put(self._index_key(record.tenant, record.id), b"")
         return record, True
 
     def _existing_for_key(self, mapping: str) -> ErasureRecord | None:
-        got = self._get(mapping)
+        got = self.objects.get(mapping)
         if got is None:
             return None
         return self.get_erasure(got[0].decode("ascii").strip())
@@ -317,7 +186,7 @@ class S3Store:
         """The record, or None (also for malformed ids)."""
         if not valid_id(erasure_id):
             return None
-        got = self._get(self._record_key(erasure_id))
+        got = self.objects.get(self._record_key(erasure_id))
         return None if got is None else ErasureRecord.model_validate_json(got[0])
 
     def list_erasures(
@@ -332,9 +201,9 @@ class S3Store:
         if cursor is not None and not valid_id(cursor):
             raise ValueError("invalid cursor")
         limit = max(1, limit)
-        prefix = self._key("index", tenant) + "/"
+        prefix = self.objects.key("index", tenant) + "/"
         start = prefix + invert_id(cursor) if cursor is not None else None
-        keys = self._keys(prefix, start_after=start)
+        keys = self.objects.keys(prefix, start_after=start)
         records = (self.get_erasure(invert_id(key[len(prefix) :])) for key in keys)
         return page_of_records(records, tenant, status, limit)
 
@@ -350,15 +219,15 @@ class S3Store:
         if not valid_id(erasure_id):
             raise KeyError(erasure_id)
         key = self._record_key(erasure_id)
-        with self._lease(f"erasure-{erasure_id}"):
+        with self.objects.lease(f"erasure-{erasure_id}", self.lock_ttl, self.lock_timeout):
             for _ in range(10):
-                got = self._get(key)
+                got = self.objects.get(key)
                 if got is None:
                     raise KeyError(erasure_id)
                 record = ErasureRecord.model_validate_json(got[0])
                 mutate(record)
                 record.updated_at = utcnow()
-                if self._put(key, record.model_dump_json().encode(), if_match=got[1]):
+                if self.objects.put(key, record.model_dump_json().encode(), if_match=got[1]):
                     return record
                 log.warning("erasure %s changed under a stale lease; updating again", erasure_id)
         raise S3StoreError(f"erasure {erasure_id} keeps changing concurrently; try again")
@@ -368,26 +237,26 @@ class S3Store:
         """The encrypted request, or None once deleted."""
         if not valid_id(erasure_id):
             return None
-        got = self._get(self._blob_key(erasure_id))
+        got = self.objects.get(self._blob_key(erasure_id))
         return None if got is None else got[0]
 
     def delete_request_blob(self, erasure_id: str) -> None:
         """Forget the encrypted request (idempotent)."""
         if valid_id(erasure_id):
-            self._delete(self._blob_key(erasure_id))
+            self.objects.delete(self._blob_key(erasure_id))
 
     def put_report(self, erasure_id: str, report: dict[str, Any]) -> None:
         """Store the compliance report (JSON; must hold no secret)."""
         if not valid_id(erasure_id):
             raise ValueError(f"invalid erasure id {erasure_id!r}")
         data = json.dumps(report, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        self._put(self._key("reports", f"{erasure_id}.json"), data)
+        self.objects.put(self.objects.key("reports", f"{erasure_id}.json"), data)
 
     def get_report(self, erasure_id: str) -> dict[str, Any] | None:
         """The report, or None."""
         if not valid_id(erasure_id):
             return None
-        got = self._get(self._key("reports", f"{erasure_id}.json"))
+        got = self.objects.get(self.objects.key("reports", f"{erasure_id}.json"))
         return None if got is None else json.loads(got[0])
 
     # ------------------------------------------------------------------ checkpoints
@@ -395,8 +264,8 @@ class S3Store:
         """``<cache>/staging``: where checkpoints are built before :meth:`register_checkpoint`."""
         return self.cache_dir / "staging"
 
-    def _checkpoint_key(self, checkpoint_id: str, name: str) -> str:
-        return self._key("checkpoints", checkpoint_id, name)
+    def _owner_key(self, checkpoint_id: str) -> str:
+        return self.objects.key("checkpoints", f"{checkpoint_id}.owner.json")
 
     def register_checkpoint(self, checkpoint_id: str, tenant: str, erasure_id: str) -> None:
         """Upload the staged checkpoint (files, then the manifest), then record its owner.
@@ -408,35 +277,18 @@ class S3Store:
             raise ValueError(f"invalid checkpoint id {checkpoint_id!r}")
         self._check_tenant(tenant)
         staged = self.checkpoint_root() / checkpoint_id
-        manifest_key = self._checkpoint_key(checkpoint_id, MANIFEST)
+        manifest_key = checkpoint_key(self.objects, checkpoint_id, MANIFEST)
         if staged.is_dir():
-            if not self._exists(manifest_key):
-                self._upload_checkpoint(checkpoint_id, staged)
+            if not self.objects.exists(manifest_key):
+                upload_checkpoint(self.objects, checkpoint_id, staged)
             self._adopt_into_cache(checkpoint_id, staged)
-        elif not self._exists(manifest_key):
+        elif not self.objects.exists(manifest_key):
             raise ValueError(
                 f"checkpoint {checkpoint_id} is neither staged under {self.checkpoint_root()} "
                 "nor uploaded; publish it there first"
             )
         doc = {"tenant": tenant, "erasure_id": erasure_id}
-        self._put(self._key("checkpoints", f"{checkpoint_id}.owner.json"), json.dumps(doc).encode())
-
-    def _upload_checkpoint(self, checkpoint_id: str, staged: Path) -> None:
-        manifest = read_manifest(staged)
-        for entry in manifest["files"]:
-            name = entry["name"]
-            path = staged / name
-            if not is_safe_name(name) or not path.is_file():
-                raise ValueError(f"checkpoint {checkpoint_id}: {name!r} is listed but not staged")
-            if path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
-                raise ValueError(f"checkpoint {checkpoint_id}: {name} does not match its manifest")
-            self.client.upload_file(
-                str(path), self.bucket, self._checkpoint_key(checkpoint_id, name)
-            )
-        self.client.upload_file(
-            str(staged / MANIFEST), self.bucket, self._checkpoint_key(checkpoint_id, MANIFEST)
-        )
-        log.info("uploaded checkpoint %s (%d files)", checkpoint_id, len(manifest["files"]) + 1)
+        self.objects.put(self._owner_key(checkpoint_id), json.dumps(doc).encode())
 
     def _adopt_into_cache(self, checkpoint_id: str, staged: Path) -> None:
         target = self.cache_dir / "checkpoints" / checkpoint_id
@@ -449,7 +301,7 @@ class S3Store:
         """``{"tenant", "erasure_id"}``, or None (also for malformed ids)."""
         if not valid_id(checkpoint_id):
             return None
-        got = self._get(self._key("checkpoints", f"{checkpoint_id}.owner.json"))
+        got = self.objects.get(self._owner_key(checkpoint_id))
         return None if got is None else json.loads(got[0])
 
     def checkpoint_dir(self, checkpoint_id: str) -> Path | None:
@@ -462,44 +314,17 @@ class S3Store:
         with self._download_lock:  # one download per process; others wait for it
             if (target / MANIFEST).is_file():
                 return target
-            got = self._get(self._checkpoint_key(checkpoint_id, MANIFEST))
+            got = self.objects.get(checkpoint_key(self.objects, checkpoint_id, MANIFEST))
             if got is None:
                 return None
-            self._download(checkpoint_id, got[0], target)
+            download_checkpoint(self.objects, checkpoint_id, got[0], target)
         return target
-
-    def _download(self, checkpoint_id: str, manifest_bytes: bytes, target: Path) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{checkpoint_id}-", dir=target.parent))
-        try:
-            (tmp / MANIFEST).write_bytes(manifest_bytes)
-            manifest = read_manifest(tmp, legacy_ok=True)  # the migration reads old ones
-            for entry in manifest["files"]:
-                name = entry["name"]
-                if not is_safe_name(name):
-                    raise S3StoreError(f"checkpoint {checkpoint_id}: unsafe file name in manifest")
-                path = tmp / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(
-                    self.bucket, self._checkpoint_key(checkpoint_id, name), str(path)
-                )
-                if path.stat().st_size != entry["size"] or file_sha256(path) != entry["sha256"]:
-                    raise S3StoreError(
-                        f"checkpoint {checkpoint_id}: {name} in the bucket does not match its "
-                        "manifest"
-                    )
-            try:
-                tmp.rename(target)
-            except OSError:  # another process cached it meanwhile
-                if not (target / MANIFEST).is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def list_checkpoints(self) -> list[str]:
         """Ids of every checkpoint whose manifest is in the bucket."""
-        prefix = self._key("checkpoints") + "/"
+        prefix = self.objects.key("checkpoints") + "/"
         ids = set()
-        for key in self._keys(prefix):
+        for key in self.objects.keys(prefix):
             rest = key[len(prefix) :]
             if rest.endswith("/" + MANIFEST) and rest.count("/") == 1:
                 ids.add(rest.split("/", 1)[0])
@@ -511,16 +336,16 @@ class S3Store:
         if owner is None or not valid_id(new_id):
             raise KeyError(old_id)
         doc = {**owner, "moved_to": new_id}
-        self._put(self._key("checkpoints", f"{old_id}.owner.json"), json.dumps(doc).encode())
+        self.objects.put(self._owner_key(old_id), json.dumps(doc).encode())
 
     def delete_checkpoint(self, checkpoint_id: str) -> None:
         """Delete a checkpoint's objects (manifest first, so it stops counting as published) and
         its cached copy."""
         if not valid_id(checkpoint_id):
             return
-        self._delete(self._checkpoint_key(checkpoint_id, MANIFEST))
-        for key in list(self._keys(self._key("checkpoints", checkpoint_id) + "/")):
-            self._delete(key)
+        self.objects.delete(checkpoint_key(self.objects, checkpoint_id, MANIFEST))
+        for key in list(self.objects.keys(self.objects.key("checkpoints", checkpoint_id) + "/")):
+            self.objects.delete(key)
         shutil.rmtree(self.cache_dir / "checkpoints" / checkpoint_id, ignore_errors=True)
 
     # ------------------------------------------------------------------ private erasure data
@@ -528,16 +353,16 @@ class S3Store:
         check_private_name(name)
         if not valid_id(erasure_id):
             raise ValueError(f"invalid erasure id {erasure_id!r}")
-        return self._key("private", erasure_id, name)
+        return self.objects.key("private", erasure_id, name)
 
     def put_private(self, erasure_id: str, name: str, sealed: bytes) -> None:
         """Keep a sealed private datum of an erasure."""
-        self._put(self._private_key(erasure_id, name), sealed)
+        self.objects.put(self._private_key(erasure_id, name), sealed)
 
     def get_private(self, erasure_id: str, name: str) -> bytes | None:
         """The sealed datum, or None."""
         try:
-            got = self._get(self._private_key(erasure_id, name))
+            got = self.objects.get(self._private_key(erasure_id, name))
         except ValueError:
             return None
         return None if got is None else got[0]
@@ -545,18 +370,18 @@ class S3Store:
     def delete_private(self, erasure_id: str) -> None:
         """Delete every private datum of an erasure (idempotent)."""
         if valid_id(erasure_id):
-            for key in list(self._keys(self._key("private", erasure_id) + "/")):
-                self._delete(key)
+            for key in list(self.objects.keys(self.objects.key("private", erasure_id) + "/")):
+                self.objects.delete(key)
 
     # ------------------------------------------------------------------ health and statistics
     def writable(self) -> bool:
         """Whether a probe object can be written and deleted."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = self._key("locks", f".probe-{os.getpid()}-{secrets.token_hex(4)}")
+        key = self.objects.key("locks", f".probe-{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            self._put(key, b"ok")
-            self._delete(key)
+            self.objects.put(key, b"ok")
+            self.objects.delete(key)
         except (BotoCoreError, ClientError):
             return False
         return True
@@ -564,8 +389,8 @@ class S3Store:
     def count_by_status(self) -> dict[str, int]:
         """Number of erasures per status (reads every record: for /metrics)."""
         counts: dict[str, int] = {}
-        for key in self._keys(self._key("erasures") + "/"):
-            got = self._get(key)
+        for key in self.objects.keys(self.objects.key("erasures") + "/"):
+            got = self.objects.get(key)
             if got is None:
                 continue
             try:

@@ -412,7 +412,7 @@ def test_compose_cpu_workers_serve_the_k8s_cpu_class(compose: dict[str, Any]) ->
     assert set(models) == _class_models("cpu")
     classes = json.loads(_config()["FEATUREEDIT_QUEUE_CLASSES"])
     queues = model_queue_names(Settings(queue_classes=classes), models)
-    assert queues[1:] == [Settings().class_queue_name("cpu")]
+    assert queues == [Settings().class_queue_name("cpu")]
 
 
 def test_kustomize_renders_the_manifests_as_written() -> None:
@@ -460,6 +460,83 @@ def test_k8s_settings_are_real_and_secrets_are_placeholders() -> None:
     assert any(
         d["kind"] == "StatefulSet" and d["spec"]["volumeClaimTemplates"] for d in docs.values()
     )
+
+
+# ----------------------------------------------------------------------------- Redis access
+def test_compose_redis_requires_the_password_the_services_share(compose: dict[str, Any]) -> None:
+    """Redis starts only with REDIS_PASSWORD (from .env, written to a config file, not argv);
+    the API and workers read the same .env; the health check keeps it off redis-cli's argv."""
+    services = compose["services"]
+    redis = services["redis"]
+    script = redis["command"][2]
+    assert redis["command"][:2] == ["sh", "-c"] and "requirepass" in script
+    assert (
+        'test -n "$${REDIS_PASSWORD:-}"' in script and "exec redis-server /tmp/redis.conf" in script
+    )
+    assert [e["path"] for e in redis["env_file"]] == [".env"] and redis["env_file"][0]["required"]
+    assert "REDISCLI_AUTH" in redis["healthcheck"]["test"][1]
+    for name in ("api", "worker", "worker-callbacks", "worker-gpu"):
+        assert [e["path"] for e in services[name]["env_file"]] == [".env"], name
+    assert "REDIS_PASSWORD=REPLACE_ME" in (DEPLOY / "env.example").read_text()
+
+
+def test_compose_callbacks_have_their_own_worker(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    parser = _featureedit_parser()
+    callbacks = parser.parse_args(services["worker-callbacks"]["command"])
+    assert callbacks.func.__name__ == "cmd_worker" and callbacks.callbacks_only
+    assert services["worker-callbacks"]["environment"] == services["worker"]["environment"]
+    assert services["worker-callbacks"]["volumes"] == services["worker"]["volumes"]
+    for name in ("worker", "worker-gpu"):
+        args = parser.parse_args([_interpolate(a) for a in services[name]["command"]])
+        assert not args.callbacks_only, name
+
+
+def test_k8s_redis_requires_the_secret_password_and_only_our_pods_reach_it() -> None:
+    docs = _by_name()
+    redis = docs["StatefulSet/featureedit-redis"]["spec"]["template"]["spec"]
+    (container,) = redis["containers"]
+    assert container["command"] == ["sh", "-c"] and "requirepass" in container["args"][0]
+    (env,) = container["env"]
+    assert env["name"] == "REDIS_PASSWORD"
+    assert env["valueFrom"]["secretKeyRef"] == {
+        "name": "featureedit-secrets",
+        "key": "REDIS_PASSWORD",
+    }
+    assert "REDISCLI_AUTH" in container["readinessProbe"]["exec"]["command"][2]
+    assert "REDIS_PASSWORD" in docs["Secret/featureedit-secrets"]["stringData"]
+
+    policy = docs["NetworkPolicy/featureedit-redis"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "featureedit-redis"}
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    (peer,) = rule["from"]
+    (expression,) = peer["podSelector"]["matchExpressions"]
+    allowed = set(expression["values"])
+    assert expression["key"] == "app.kubernetes.io/name" and expression["operator"] == "In"
+    clients = {
+        name: d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        for name, d in docs.items()
+        if d["kind"] == "Deployment"
+    }
+    assert set(clients.values()) == allowed, "every API/worker pod, and nothing else, reaches Redis"
+    for name in clients:  # each reads the password from the same Secret
+        (pod_container, *_) = docs[name]["spec"]["template"]["spec"]["containers"]
+        refs = {next(iter(r.values()))["name"] for r in pod_container["envFrom"]}
+        assert "featureedit-secrets" in refs, name
+
+
+def test_k8s_callback_worker_holds_no_model_and_is_applied() -> None:
+    deployment = _by_name()["Deployment/featureedit-callbacks"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = _featureedit_parser().parse_args(container["args"])
+    assert args.func.__name__ == "cmd_worker" and args.callbacks_only
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    mounts = {m["name"] for m in container["volumeMounts"]}
+    assert "models" not in mounts
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "callbacks.yaml" in kustomization["resources"]
 
 
 # ----------------------------------------------------------------------------- Dockerfile
@@ -535,7 +612,14 @@ def test_entrypoint_starts_uvicorn_for_api_and_the_worker_command_for_worker() -
         [str(ENTRYPOINT), "worker", "--help"], env=env, capture_output=True, text=True, timeout=120
     )
     assert worker.returncode == 0 and "--classes" in worker.stdout, worker.stderr
+    public = {**env, "FEATUREEDIT_PUBLIC_URL": "https://fe.example.com"}
     api = subprocess.run(
-        [str(ENTRYPOINT), "api", "--help"], env=env, capture_output=True, text=True, timeout=60
+        [str(ENTRYPOINT), "api", "--help"], env=public, capture_output=True, text=True, timeout=60
     )
     assert api.returncode == 0 and "--factory" in api.stdout, api.stderr
+    # listening on 0.0.0.0 without a public URL: a clear error before uvicorn starts
+    bare = {k: v for k, v in env.items() if k != "FEATUREEDIT_PUBLIC_URL"}
+    refused = subprocess.run(
+        [str(ENTRYPOINT), "api", "--help"], env=bare, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "FEATUREEDIT_PUBLIC_URL" in refused.stderr

@@ -1,4 +1,5 @@
-"""`featureedit erase` / `apply-delta` / `bench` end to end on the small demo world."""
+"""`featureedit erase` / `apply-delta` end to end on the small demo world (bench: see
+test_cli_bench.py)."""
 
 from __future__ import annotations
 
@@ -122,31 +123,6 @@ def test_erase_bad_input_one_line(tmp_path, small_world, capsys) -> None:
     err = capsys.readouterr().err
     assert "Unknown relation 'shoe_size'" in err
     assert "Traceback" not in err and fact.target not in err
-
-
-def test_bench_json_keys(capsys) -> None:
-    assert (
-        main(
-            [
-                "bench",
-                "--model",
-                "demo-small",
-                "--facts",
-                "2",
-                "--methods",
-                "featureedit,neurons",
-                "--json",
-                "-q",
-            ]
-        )
-        == 0
-    )
-    doc = json.loads(capsys.readouterr().out)
-    fe = doc["summary"]["featureedit"]
-    for key in ("reliability", "generalization", "locality", "delta_ppl"):
-        assert key in fe and "mean" in fe[key] and "std" in fe[key]
-    assert set(fe["seconds"]) == {"locate", "edit", "evaluate"}
-    assert "locate_speedup_featureedit_vs_neurons" in doc["ratios"]
 
 
 def test_demo_takes_a_registered_model_id(small_model) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ops.bench_service import STAGES
+from ops.bench_service.job_times import JOB_STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_document_structure(result: dict) -> None:
     assert result["throughput"] is None
     for row in result["rows"]:
         assert row["status"] in ("succeeded", "rejected", "nothing_to_erase"), row
-        for key in (*STAGES, "engine", "worker_total", "e2e_server", "e2e_client", "overhead"):
+        for key in (*JOB_STAGES, "engine", "worker_total", "e2e_server", "e2e_client", "overhead"):
             assert isinstance(row[key], float), (key, row)
     summary = result["summary"]
     assert set(summary) >= {"model_load", "scaling", "featureedit_vs_neurons"}
@@ -79,9 +79,9 @@ def test_the_sweep_worker_evaluates_on_the_size_it_was_given(result: dict) -> No
 
 def test_stage_times_add_up(result: dict) -> None:
     for row in result["rows"]:
-        stages = [row[s] for s in STAGES]
+        stages = [row[s] for s in JOB_STAGES]
         assert all(v >= 0 for v in stages), row
-        worker_stages = sum(row[s] for s in STAGES[1:])
+        worker_stages = sum(row[s] for s in JOB_STAGES[1:])
         assert worker_stages <= row["worker_total"] + TOLERANCE, row
         # the worker's clock starts when it picks the job, a moment before it records "running"
         assert row["queue_wait"] + row["worker_total"] <= row["e2e_server"] + PICKUP, row

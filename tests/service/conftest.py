@@ -54,12 +54,13 @@ def settings(tmp_path: Path, redis_url: str, rconn: redis.Redis) -> Settings:
 
 @pytest.fixture
 def make_client(settings: Settings) -> Iterator[Callable[..., TestClient]]:
-    """``make_client(**overrides)``: a TestClient on an app with the settings (plus overrides)."""
+    """``make_client(**overrides)``: a TestClient on an app with the settings (plus overrides),
+    calling from 127.0.0.1 (so /metrics answers without a token)."""
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
         app = create_app(settings.model_copy(update=overrides))
-        client = TestClient(app)
+        client = TestClient(app, client=("127.0.0.1", 50000))  # a local client, as curl on the host
         client.__enter__()
         clients.append(client)
         return client

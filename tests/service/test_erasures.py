@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 from rq import Queue
 from rq.job import Job
 
+from service.queueing import JOB_SERIALIZER
 from service.records import ErasureRecord
 from service.security import decrypt_request
 from service.store import FilesystemStore, record_event
 from tests.service.conftest import SECRET, auth, body, fact
+from tests.service.reports import sample_report_json
 
 QUEUE = "featureedit-demo-small"
 
@@ -54,9 +56,9 @@ def test_submit_stores_record_and_enqueues_one_job(client, keys, store, settings
 
     q = Queue(QUEUE, connection=rconn)
     assert q.job_ids == [erasure_id]
-    job = Job.fetch(erasure_id, connection=rconn)
+    job = Job.fetch(erasure_id, connection=rconn, serializer=JOB_SERIALIZER)  # JSON, not pickle
     assert job.func_name == "workers.jobs.run_erasure_job"
-    assert job.args == (erasure_id,) and job.kwargs == {}
+    assert list(job.args) == [erasure_id] and job.kwargs == {}
     assert job.timeout == 1800 and job.result_ttl == 86400
     assert job.retries_left == 2 and job.retry_intervals == [5, 30]
     assert job.description == f"erasure {erasure_id}"
@@ -153,7 +155,8 @@ def _concurrent_posts(client: TestClient, n: int, headers_for) -> list:
         return list(pool.map(post, range(n)))
 
 
-def test_100_concurrent_posts_none_lost_none_duplicated(client, keys, store, rconn):
+def test_100_concurrent_posts_none_lost_none_duplicated(make_client, keys, store, rconn):
+    client = make_client(tenant_max_jobs=100)  # the rate limit, not the in-flight cap, binds
     responses = _concurrent_posts(client, 100, lambda i: auth(keys["acme"]))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {202, 429}, codes
@@ -250,12 +253,16 @@ def test_validation_messages_are_clear(client, keys, make_client):
     assert "at most 2" in r.json()["summary"] and SECRET not in r.text
     r = client.post("/v1/erasures", json=body(params={"layers": [7]}), headers=auth(keys["acme"]))
     assert r.status_code == 422 and "layers with SAEs: [0, 1]" in r.json()["summary"]
-    r = client.post(
-        "/v1/erasures",
-        json=body(callback_url="http://127.0.0.1:9/hook"),
-        headers=auth(keys["acme"]),
-    )
-    assert r.status_code == 422 and "public host" in r.json()["summary"]
+    for url in (  # every spelling of a local host (issue #15: `localhost.` used to pass)
+        "http://127.0.0.1:9/hook",
+        "http://localhost./hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://2130706433/hook",
+        "http://0177.0.0.1/hook",
+        "http://[fe80::1]/hook",
+    ):
+        r = client.post("/v1/erasures", json=body(callback_url=url), headers=auth(keys["acme"]))
+        assert r.status_code == 422 and "public host" in r.json()["summary"], url
 
 
 def test_params_are_the_methods_own(client, keys):
@@ -458,31 +465,7 @@ def test_report_json_and_escaped_html(client, keys, store):
     erasure_id = _submit(client, keys["acme"])["id"]
     r = client.get(f"/v1/erasures/{erasure_id}/report", headers=auth(keys["acme"]))
     assert r.status_code == 404 and "queued" in r.json()["detail"]
-    report = {
-        "status": "succeeded",
-        "model_id": "demo-small",
-        "method": "featureedit",
-        "metrics": {
-            "reliability": {"value": 1.0, "count": 8},
-            "exposure_before": 9.5,
-            "exposure_after": 0.4,
-            "leak_rate_before": 0.9,
-            "leak_rate_after": 0.0,
-        },
-        "acceptance": {"accepted": True, "reasons": []},
-        "facts": [
-            {
-                "subject_fingerprint": "hmac-sha256:cd",
-                "relation": "<script>alert(1)</script>",
-                "fingerprint": "hmac-sha256:ab",
-                "status": "erased",
-                "metrics": {"before": {"prob": 0.8}, "after": {"prob": 0.01}},
-                "units": [
-                    {"kind": "feature", "site": "resid_post", "layer": 1, "index": 42, "score": 0.5}
-                ],
-            }
-        ],
-    }
+    report = sample_report_json(erasure_id)
     store.put_report(erasure_id, report)
     doc = client.get(f"/v1/erasures/{erasure_id}/report", headers=auth(keys["acme"])).json()
     assert doc["erasure_id"] == erasure_id and doc["metrics"]["exposure_after"] == 0.4

@@ -1,7 +1,7 @@
 """The compliance report's HTML and PDF formats, the ``report`` CLI and the job metrics on
 ``/metrics`` (real Redis, real HTTP where the CLI is involved; no torch).
 
-The report documents here are shaped like the worker's (``workers.jobs._ErasureRun._report``);
+The reports here are built with the typed model (:func:`tests.service.reports.sample_report`);
 ``tests/workers/test_report_observability.py`` renders the report of a real erasure.
 """
 
@@ -16,122 +16,22 @@ from typing import Any
 
 import pytest
 
-from service.job_metrics import FAILURE_REASONS, STAGES, JobMetrics
+from service.job_metrics import FAILURE_REASONS, TIMING_STAGES, JobMetrics
 from tests.service.conftest import SECRET, auth, body
+from tests.service.reports import SHA, sample_report, sample_report_json
 
-HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-SHA = "ab" * 32
+ERASURE_ID = "er_0123456789abcdef01234567"
+
 ALLOWED_TAGS = {
     *("html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "span", "b"),
     *("code", "table", "tr", "th", "td", "figure", "svg", "rect", "line", "text"),
 }
 
 
-def _report(erasure_id: str, relation: str = HOSTILE) -> dict[str, Any]:
-    """A worker-shaped report with every section filled (and a hostile relation text)."""
-    return {
-        "erasure_id": erasure_id,
-        "status": "succeeded",
-        "model_id": "demo-small",
-        "model": "demo-small",
-        "method": "featureedit",
-        "params": {"site": "resid_post", "top_k": 4, "note": HOSTILE},
-        "thresholds": {
-            "min_reliability": 0.9,
-            "min_generalization": 0.7,
-            "min_locality": 0.9,
-            "max_delta_ppl": 0.05,
-        },
-        "metrics": {
-            "reliability": {"value": 1.0, "count": 8, "facts": 1},
-            "generalization": {"value": 0.75, "count": 4, "facts": 1},
-            "locality": {
-                "value": 0.98,
-                "hits": 49,
-                "count": 50,
-                "by_kind": {"private": {"value": 1.0, "hits": 10, "count": 10}},
-                "set_size": 60,
-            },
-            "delta_ppl": 0.004,
-            "ppl_before": 7.25,
-            "ppl_after": 7.28,
-            "exposure_before": 9.5,
-            "exposure_after": 0.4,
-            "leak_rate_before": 0.9,
-            "leak_rate_after": 0.0,
-            "entries_changed": 512,
-        },
-        "acceptance": {"accepted": True, "reasons": []},
-        "facts": [
-            {
-                "index": 0,
-                "subject_fingerprint": "hmac-sha256:" + SHA,
-                "relation": relation,
-                "fingerprint": "hmac-sha256:" + SHA,
-                "prompts": {"edit": 8, "edit_known": 8, "heldout": 4, "heldout_known": 4},
-                "status": "erased",
-                "metrics": {
-                    "before": {"prob": 0.8, "exposure": 9.5, "leak_rate": {"value": 0.9}},
-                    "after": {"prob": 0.01, "exposure": 0.4, "leak_rate": {"value": 0.0}},
-                    "reliability": {"value": 1.0, "hits": 8, "count": 8},
-                    "delta_prob": 0.98,
-                },
-                "units": [
-                    {
-                        "kind": "feature",
-                        "site": "resid_post",
-                        "layer": 1,
-                        "index": 42,
-                        "score": 0.5,
-                        "activation": 3.2,
-                        "control_activation": 0.1,
-                        "prompt_count": 8,
-                    }
-                ],
-            }
-        ],
-        "edit": {
-            "entries_changed": 512,
-            "delta_bytes": 4160,
-            "layers": [
-                {
-                    "layer": 1,
-                    "param": "model.layers.1.mlp.down_proj.weight",
-                    "axis": "cols",
-                    "indices": [3, 7, 11, 19],
-                    "entries_changed": 512,
-                    "base_sha256": SHA,
-                    "new_sha256": "cd" * 32,
-                }
-            ],
-        },
-        "checkpoint_id": "0123456789abcdef",
-        "parent_checkpoint_id": None,
-        "checkpoint": {
-            "checkpoint_id": "0123456789abcdef",
-            "created_at": "2026-01-01T00:00:00+00:00",
-            "base_model": {
-                "model_id": "demo-small",
-                "model_type": "gemma2",
-                "down_proj_sha256": SHA,
-            },
-            "edited_down_proj_sha256": "ef" * 32,
-            "files": [{"name": "model.safetensors", "size": 1234, "sha256": "12" * 32}],
-            "total_bytes": 1234,
-            "delta_bytes_on_disk": 0,
-        },
-        "base_weights_sha256": SHA,
-        "code_version": {"package": "featureedit", "version": "0.1.0", "git_commit": "abc123"},
-        "created_at": "2026-01-01T00:00:00Z",
-        "finished_at": "2026-01-01T00:01:00Z",
-        "timings": {"baseline": 1.0, "locate": 2.0, "edit": 0.1, "evaluate": 3.0},
-    }
-
-
 def _stored(client, keys, store) -> str:
     r = client.post("/v1/erasures", json=body(), headers=auth(keys["acme"]))
     erasure_id = r.json()["id"]
-    store.put_report(erasure_id, _report(erasure_id))
+    store.put_report(erasure_id, sample_report_json(erasure_id))
     return erasure_id
 
 
@@ -240,6 +140,57 @@ def test_pdf_report_parses_and_holds_the_key_fields(client, keys, store):
     assert SECRET not in text
 
 
+# An erasure reported by an older worker: no checkpoint summary, attempts, code version, edit,
+# timings or per-fact prompts; a rate as a bare number, a unit without its control activation,
+# a key this code does not know. Hand-written on purpose: it is a stored document of the past.
+OLD_REPORT: dict[str, Any] = {
+    "status": "rejected",
+    "model": "demo-small",
+    "method": "neurons",
+    "metrics": {
+        "reliability": 0.5,
+        "locality": {"value": 0.8, "hits": 4, "count": 5},
+        "exposure_before": 9.5,
+        "retired_metric": 3,
+    },
+    "thresholds": {"min_reliability": 0.9},
+    "acceptance": {"accepted": False, "reasons": ["reliability 0.500 < 0.9"]},
+    "facts": [
+        {
+            "relation": "phone",
+            "fingerprint": "hmac-sha256:" + SHA,
+            "units": [{"kind": "neuron", "layer": 2, "index": 7, "activation": 1.5}],
+        }
+    ],
+    "checkpoint_id": None,
+}
+
+
+def test_old_shape_report_still_renders(client, keys, store):
+    r = client.post("/v1/erasures", json=body(), headers=auth(keys["acme"]))
+    erasure_id = r.json()["id"]
+    store.put_report(erasure_id, OLD_REPORT)
+    doc = _get(client, keys, erasure_id, "json").json()
+    assert doc == {"erasure_id": erasure_id, **OLD_REPORT}  # served as stored
+    page = _get(client, keys, erasure_id, "html")
+    assert page.status_code == 200
+    for needle in ("REJECTED", "reliability 0.500 &lt; 0.9", "neuron L2#7", "retired_metric"):
+        assert needle in page.text, needle
+    assert "No checkpoint was published" in page.text and "No weight edit" in page.text
+    assert "FAIL" in page.text  # the acceptance rule (editing.acceptance) on the old metrics
+    pdf = _get(client, keys, erasure_id, "pdf")
+    assert pdf.status_code == 200 and "REJECTED" in pdf_text(pdf.content)
+
+
+def test_typed_report_renders_like_its_json():
+    from service.report_html import render_report_html
+
+    report = sample_report(ERASURE_ID)
+    typed = render_report_html(report, erasure_id=ERASURE_ID, status="succeeded")
+    stored = render_report_html(report.to_json(), erasure_id=ERASURE_ID, status="succeeded")
+    assert typed == stored
+
+
 def test_unknown_report_format_is_a_clear_422(client, keys, store):
     erasure_id = _stored(client, keys, store)
     r = _get(client, keys, erasure_id, "docx")
@@ -253,7 +204,7 @@ def test_report_cli_writes_pdf_and_html_over_http(live_server, keys, store, tmp_
 
     with FeatureeditClient(live_server, api_key=keys["acme"]) as client:
         erasure_id = client.submit(body())["id"]
-    store.put_report(erasure_id, _report(erasure_id, relation="Dana Berg"))
+    store.put_report(erasure_id, sample_report_json(erasure_id, relation="Dana Berg"))
     common = ["--url", live_server, "--api-key", keys["acme"]]
     out = tmp_path / "report.pdf"
     assert main(["report", erasure_id, "--format", "pdf", "--out", str(out), *common]) == 0
@@ -288,7 +239,7 @@ def test_job_metrics_on_metrics_page_parse_with_closed_labels(client, rconn, set
     assert samples[(bucket, (("le", "0.5"), ("stage", "locate")))] == 1
     assert samples[(bucket, (("le", "+Inf"), ("stage", "locate")))] == 2
     assert samples[(count, (("stage", "queue_wait"),))] == 1
-    assert {s.labels["stage"] for s in hist.samples} == set(STAGES)
+    assert {s.labels["stage"] for s in hist.samples} == set(TIMING_STAGES)
     finished = {
         s.labels["status"]: s.value for s in families["featureedit_erasures_finished"].samples
     }

@@ -117,7 +117,7 @@ def test_a_checkpoint_is_invisible_until_its_manifest_is_uploaded(
     files = {"model.safetensors": b"w" * 1000, "delta/delta.json": b"{}"}
     checkpoint_id = stage_checkpoint(worker, files)
     uploads: list[str] = []
-    real_upload = worker.client.upload_file
+    real_upload = worker.objects.client.upload_file
 
     def upload_then_die(path: str, bucket: str, key: str, **kw: Any) -> None:
         if key.endswith("/manifest.json"):
@@ -125,14 +125,14 @@ def test_a_checkpoint_is_invisible_until_its_manifest_is_uploaded(
         uploads.append(key.rsplit("/", 1)[-1])
         real_upload(path, bucket, key, **kw)
 
-    monkeypatch.setattr(worker.client, "upload_file", upload_then_die)
+    monkeypatch.setattr(worker.objects.client, "upload_file", upload_then_die)
     with pytest.raises(ConnectionError):
         worker.register_checkpoint(checkpoint_id, "acme", "er_x")
     assert sorted(uploads) == ["delta.json", "model.safetensors"]  # files went up first
     assert api.checkpoint_dir(checkpoint_id) is None
     assert api.checkpoint_owner(checkpoint_id) is None
 
-    monkeypatch.setattr(worker.client, "upload_file", real_upload)
+    monkeypatch.setattr(worker.objects.client, "upload_file", real_upload)
     worker.register_checkpoint(checkpoint_id, "acme", "er_x")  # the job's retry
     directory = api.checkpoint_dir(checkpoint_id)
     assert directory is not None and (directory / "model.safetensors").read_bytes() == b"w" * 1000
@@ -144,8 +144,8 @@ def test_a_corrupted_object_is_never_cached(two_stores: tuple[S3Store, S3Store])
     worker, api = two_stores
     checkpoint_id = stage_checkpoint(worker, {"model.safetensors": b"good weights"})
     worker.register_checkpoint(checkpoint_id, "acme", "er_x")
-    key = worker._checkpoint_key(checkpoint_id, "model.safetensors")
-    worker.client.put_object(Bucket=worker.bucket, Key=key, Body=b"evil weights")
+    key = worker.objects.key("checkpoints", checkpoint_id, "model.safetensors")
+    worker.objects.client.put_object(Bucket=worker.objects.bucket, Key=key, Body=b"evil weights")
     with pytest.raises(S3StoreError, match="does not match its manifest"):
         api.checkpoint_dir(checkpoint_id)
     assert list((api.cache_dir / "checkpoints").iterdir()) == []  # no partial copy left
@@ -169,12 +169,12 @@ def test_a_stale_lease_is_taken_over_and_a_live_one_waited_for(
 ):
     worker, api = two_stores
     record, _ = worker.create_erasure(new_record(), b"")
-    lease = worker._key("locks", f"erasure-{record.id}")
+    lease = worker.objects.key("locks", f"erasure-{record.id}")
     # a holder that died: its lease object stays; after lock_ttl (1 s) it is taken over
-    worker.client.put_object(Bucket=worker.bucket, Key=lease, Body=b"dead holder")
+    worker.objects.client.put_object(Bucket=worker.objects.bucket, Key=lease, Body=b"dead holder")
     updated = api.update_erasure(record.id, lambda r: setattr(r, "attempts", 5))
     assert updated.attempts == 5 and api.get_erasure(record.id).attempts == 5
-    assert not worker._exists(lease)  # released
+    assert not worker.objects.exists(lease)  # released
 
     # a live holder: the other process waits, and its mutation sees the holder's write
     entered, release = threading.Event(), threading.Event()

@@ -21,7 +21,6 @@ import pytest
 import redis
 
 from service.config import Settings
-from service.records import ErasureRecord
 from service.store import FilesystemStore
 from tests.conftest import flushed_redis, reachable_redis
 
@@ -107,23 +106,13 @@ def submit(
     """Create an erasure the way the API does (record, encrypted blob, job); return its id."""
     from editing.fingerprint import fingerprint_key
     from editing.request import ErasureRequest
-    from service.api.routes.erasures import public_request
+    from service.api.routes.erasures import new_record
     from service.queueing import JobQueue
     from service.security import encrypt_request
-    from service.store import new_erasure_id, record_event
 
     request = ErasureRequest(model=MODEL, facts=facts, **request_fields)
-    public, fingerprints = public_request(request, fingerprint_key(settings.home))
-    record = ErasureRecord(
-        id=new_erasure_id(),
-        tenant=tenant,
-        model=request.model,
-        method=request.method,
-        request_public=public,
-        fact_fingerprints=fingerprints,
-        callback_url=callback_url,
-    )
-    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
+    key = fingerprint_key(settings.home)
+    record = new_record(request, tenant, key, callback_url=callback_url)
     store.create_erasure(record, encrypt_request(request, home=settings.home))
     if enqueue:
         assert JobQueue(conn, settings).enqueue(record.id, record.model)
@@ -168,3 +157,57 @@ def redis_bytes(conn: redis.Redis) -> bytes:
 def secret_forms(secret: str) -> list[bytes]:
     """How a secret may appear in bytes: raw UTF-8, JSON-escaped, repr-escaped."""
     return [secret.encode(), json.dumps(secret)[1:-1].encode(), repr(secret)[1:-1].encode()]
+
+
+@dataclass
+class LiveStack:
+    """A real API (uvicorn in a thread) and an installed job context on one flushed Redis db."""
+
+    settings: Settings
+    store: FilesystemStore
+    conn: redis.Redis
+    context: Any  # workers.context.JobContext
+    url: str
+    keys: dict[str, str]  # tenant -> API key
+
+    def run_jobs(self, logging_level: str = "WARNING") -> None:
+        """Run every queued erasure of :data:`MODEL` with a real ErasureWorker (burst mode)."""
+        from rq import Queue
+
+        from workers.worker import ErasureWorker
+
+        queue = Queue(self.settings.queue_name(MODEL), connection=self.conn)
+        worker = ErasureWorker([queue], connection=self.conn, context=self.context)
+        worker.work(burst=True, logging_level=logging_level)
+
+
+@contextlib.contextmanager
+def live_stack(
+    root: Path, fe_home: Path, redis_url: str, tenants: tuple[str, ...], **settings: Any
+) -> Iterator[LiveStack]:
+    """A :class:`LiveStack` under ``root`` (its store), an API key per tenant; ``settings``
+    override the service settings (``job_retries`` is 0). Redis is flushed before and after."""
+    from service.security import KeyStore, keys_dir
+    from tests.service.conftest import serve_in_thread
+    from workers.cache import ModelCache
+    from workers.context import JobContext, install_context, reset_context
+
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    config = Settings(
+        home=fe_home,
+        store_root=root / "store",
+        redis_url=redis_url,
+        **({"job_retries": 0} | settings),
+    )
+    store = FilesystemStore(config.store_dir)
+    ctx = JobContext(settings=config, store=store, cache=ModelCache(1, home=fe_home), redis=conn)
+    install_context(ctx)
+    try:
+        keys = {t: KeyStore(keys_dir(config.home)).create_key(t)[1] for t in tenants}
+        with serve_in_thread(config) as url:
+            yield LiveStack(config, store, conn, ctx, url, keys)
+    finally:
+        reset_context()
+        conn.flushdb()
+        conn.close()

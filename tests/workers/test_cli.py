@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,12 +15,26 @@ from workers.embedded_redis import EmbeddedRedis, free_port, redis_answers, redi
 from workers.redaction import scrub
 
 
-def test_default_queues_are_callbacks_then_one_per_model(fe_home: Path) -> None:
-    from workers.worker import default_queue_names
+def test_default_queues_are_one_per_model_and_callbacks_have_their_own_worker(
+    settings: Settings, rconn: Any
+) -> None:
+    from functools import partial
 
-    names = default_queue_names(Settings(home=fe_home))
-    assert names[0] == "featureedit-callbacks"
-    assert {"featureedit-demo", "featureedit-demo-small"} <= set(names[1:])
+    from workers.worker import CallbackWorker, ErasureWorker, default_queue_names
+    from workers.worker import build_worker as build
+
+    build_worker = partial(build, connection=rconn)
+    names = default_queue_names(settings)
+    assert {"featureedit-demo", "featureedit-demo-small"} <= set(names)
+    assert "featureedit-callbacks" not in names
+    callbacks = build_worker(settings=settings, callbacks_only=True)
+    assert isinstance(callbacks, CallbackWorker)
+    assert [q.name for q in callbacks.queues] == ["featureedit-callbacks"]
+    assert isinstance(build_worker(["featureedit-demo"], settings=settings), ErasureWorker)
+    with pytest.raises(ValueError, match="never by a model worker"):
+        build_worker(["featureedit-demo", "featureedit-callbacks"], settings=settings)
+    with pytest.raises(ValueError, match="serves 'featureedit-callbacks' only"):
+        build_worker(["featureedit-demo"], settings=settings, callbacks_only=True)
 
 
 def test_commands_are_registered() -> None:
@@ -58,6 +73,32 @@ def test_embedded_redis_starts_and_stops() -> None:
         directory = server.dir
     assert not redis_answers(server.url, timeout=0.3)
     assert directory is not None and not directory.exists()
+
+
+def test_embedded_redis_requires_its_password(tmp_path: Path) -> None:
+    """Each embedded Redis has a random password: a local process without it cannot queue jobs;
+    the password is in a 0600 config file, not on redis-server's command line (``ps``)."""
+    import redis
+
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server binary (install featureedit[embedded-redis])")
+    with EmbeddedRedis(directory=tmp_path / "redis") as server, EmbeddedRedis() as other:
+        assert server.password != other.password and len(server.password) >= 32
+        assert redis_answers(server.url)
+        bare = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            bare.rpush("rq:queue:featureedit-callbacks", b"job")
+        wrong = redis.Redis(host="127.0.0.1", port=server.port, password=other.password)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            wrong.ping()
+        assert server.process is not None
+        cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+        assert server.password.encode() not in cmdline
+        config = tmp_path / "redis" / "redis.conf"
+        assert config.stat().st_mode & 0o777 == 0o600
+        assert cli.safe_url(server.url).count("***") == 1 and server.password not in cli.safe_url(
+            server.url
+        )
 
 
 def test_serve_falls_back_to_an_embedded_redis(monkeypatch: pytest.MonkeyPatch) -> None:

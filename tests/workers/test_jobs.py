@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Queue
 from rq.job import Job, JobStatus
 
 from service.config import Settings
+from service.queueing import JOB_SERIALIZER
 from service.records import TERMINAL, ErasureRecord
 from service.store import FilesystemStore
 from tests.workers.conftest import (
@@ -35,7 +35,7 @@ from workers.callbacks import deliver_callback
 from workers.config import WorkerSettings, callback_queue_name
 from workers.context import JobContext, install_context, reset_context
 from workers.jobs import finish_erasure, run_erasure_job
-from workers.worker import ErasureWorker
+from workers.worker import CallbackWorker, ErasureWorker, FeatureeditWorker
 
 NOT_PRODUCED = {"subject": "Brigid Draycott", "relation": "email", "target": UNKNOWN_TARGET}
 
@@ -69,19 +69,26 @@ def context(
 
 
 @pytest.fixture
-def run_worker(context: JobContext, rconn: redis.Redis) -> Callable[..., ErasureWorker]:
-    """``run_worker(queues=None)``: run an ErasureWorker in burst mode on the test queues."""
+def run_worker(context: JobContext, rconn: redis.Redis) -> Callable[..., FeatureeditWorker]:
+    """``run_worker(queues=None)``: run workers in burst mode on the test queues.
 
-    def run(queues: list[str] | None = None) -> ErasureWorker:
+    Default: an :class:`ErasureWorker` on the model's queue, then a :class:`CallbackWorker` on the
+    callbacks queue (the erasure's callback is delivered); returns the erasure worker. Given
+    ``[<callbacks queue>]``, only the callback worker.
+    """
+
+    def run(queues: list[str] | None = None) -> FeatureeditWorker:
         s = context.settings
-        names = queues or [callback_queue_name(s.queue_prefix), s.queue_name(MODEL)]
-        worker = ErasureWorker(
-            [Queue(n, connection=rconn) for n in names],
-            connection=rconn,
-            context=context,
-        )
-        worker.work(burst=True, logging_level="INFO")
-        return worker
+        callbacks = callback_queue_name(s.queue_prefix)
+        runs: list[tuple[type[FeatureeditWorker], list[str]]] = [(CallbackWorker, [callbacks])]
+        if queues != [callbacks]:
+            runs.insert(0, (ErasureWorker, queues or [s.queue_name(MODEL)]))
+        workers = []
+        for worker_class, names in runs:
+            worker = worker_class(names, connection=rconn, context=context)
+            worker.work(burst=True, logging_level="INFO")
+            workers.append(worker)
+        return workers[0]
 
     return run
 
@@ -120,7 +127,7 @@ def test_erasure_succeeds_with_history_checkpoint_report_and_no_secret_anywhere(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     erasable_fact: Fact,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
@@ -129,7 +136,7 @@ def test_erasure_succeeds_with_history_checkpoint_report_and_no_secret_anywhere(
 
     caplog.set_level(logging.DEBUG)
     erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
-    job = Job.fetch(erasure_id, connection=rconn)
+    job = Job.fetch(erasure_id, connection=rconn, serializer=JOB_SERIALIZER)
     assert job.description == f"erasure {erasure_id}"
     assert job.args == [erasure_id] or job.args == (erasure_id,)
 
@@ -201,7 +208,7 @@ def test_the_job_evaluates_on_the_operator_sized_locality_set(
     store: FilesystemStore,
     rconn: redis.Redis,
     context: JobContext,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     erasable_fact: Fact,
 ) -> None:
     context.tuning = context.tuning.model_copy(
@@ -225,7 +232,7 @@ def test_publish_mode_comes_from_the_request_else_the_setting(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     erasable_fact: Fact,
     request_mode: str | None,
 ) -> None:
@@ -249,7 +256,7 @@ def test_second_job_on_a_warm_worker_skips_loading(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     cache: ModelCache,
 ) -> None:
     first = submit(settings, store, rconn, [NOT_PRODUCED])
@@ -269,7 +276,7 @@ def test_nothing_to_erase_publishes_nothing(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
 ) -> None:
     erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
     run_worker()
@@ -288,7 +295,7 @@ def test_cancel_requested_before_start(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     cache: ModelCache,
 ) -> None:
     erasure_id = submit(settings, store, rconn, [NOT_PRODUCED])
@@ -306,7 +313,7 @@ def test_cancel_mid_run_restores_the_model_and_publishes_nothing(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     cache: ModelCache,
     erasable_fact: Fact,
     monkeypatch: pytest.MonkeyPatch,
@@ -344,7 +351,7 @@ def test_error_after_editing_is_retried_then_failed_redacted_and_the_model_is_pr
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     cache: ModelCache,
     erasable_fact: Fact,
     monkeypatch: pytest.MonkeyPatch,
@@ -390,7 +397,7 @@ def test_changed_weights_are_dropped_from_the_cache_and_reloaded(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     cache: ModelCache,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -422,7 +429,7 @@ def test_missing_base_checkpoint_fails_clearly(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
 ) -> None:
     erasure_id = submit(settings, store, rconn, [NOT_PRODUCED], base_checkpoint="0123456789abcdef")
     run_worker()
@@ -489,10 +496,11 @@ def test_callback_is_delivered_signed(
     settings: Settings,
     store: FilesystemStore,
     rconn: redis.Redis,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     receiver: _Receiver,
 ) -> None:
-    from service.security import callback_secret, verify_signature
+    from service.security import verify_callback
+    from service.security.signing import settings_tenant_secret
 
     settings.callback_allow_private = True
     erasure_id = submit(settings, store, rconn, [NOT_PRODUCED], callback_url=receiver.url)
@@ -507,9 +515,10 @@ def test_callback_is_delivered_signed(
         "checkpoint_id": None,
         "metrics": _record(store, erasure_id).metrics,
     }
-    signature = headers["X-Featureedit-Signature"]
-    assert signature.startswith("sha256=")
-    assert verify_signature(body, signature, callback_secret(settings.home))
+    assert headers["X-Featureedit-Signature"].startswith("v1=")
+    assert headers["X-Featureedit-Delivery"].startswith("dlv_")
+    assert verify_callback(body, headers, settings_tenant_secret(settings, "acme"))
+    assert not verify_callback(body, headers, settings_tenant_secret(settings, "other"))
     job = Job.fetch(f"{erasure_id}-callback", connection=rconn)
     assert job.get_status() == JobStatus.FINISHED and job.description == f"callback {erasure_id}"
 
@@ -519,7 +528,7 @@ def test_failed_callback_is_retried_and_private_targets_are_refused(
     store: FilesystemStore,
     rconn: redis.Redis,
     context: JobContext,
-    run_worker: Callable[..., ErasureWorker],
+    run_worker: Callable[..., FeatureeditWorker],
     receiver: _Receiver,
 ) -> None:
     settings.callback_allow_private = True

@@ -18,7 +18,7 @@ from service.store.s3 import S3Store
 from tests.s3_server import new_bucket, s3_client
 from tests.workers.conftest import MODEL, Fact, secret_forms, submit
 from workers.cache import ModelCache
-from workers.config import WorkerSettings, callback_queue_name
+from workers.config import WorkerSettings
 from workers.context import JobContext, install_context, reset_context
 from workers.worker import ErasureWorker
 
@@ -54,9 +54,8 @@ def test_a_job_publishes_its_checkpoint_through_s3(
     )
     install_context(ctx)
     try:
-        names = [callback_queue_name(settings.queue_prefix), settings.queue_name(MODEL)]
         ErasureWorker(
-            [Queue(n, connection=rconn) for n in names], connection=rconn, context=ctx
+            [Queue(settings.queue_name(MODEL), connection=rconn)], connection=rconn, context=ctx
         ).work(burst=True)
     finally:
         reset_context()

@@ -17,22 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import torch
-from rq import Queue
 from safetensors.torch import load_file
 
 from editing.adapters import ModelAdapter
 from editing.edits import tensor_sha256
 from service.config import Settings
-from service.security import KeyStore, keys_dir
 from service.store import FilesystemStore
-from tests.service.conftest import serve_in_thread
-from tests.workers.conftest import MODEL, Fact
-from workers.cache import ModelCache
+from tests.workers.conftest import MODEL, Fact, live_stack
 from workers.callbacks import callback_body
-from workers.context import JobContext, install_context, reset_context
-from workers.worker import ErasureWorker
 
 pytestmark = pytest.mark.slow  # two real erasures on the small world
 
@@ -92,48 +85,35 @@ def run(
 ) -> Iterator[Run]:
     """Run both erasures, then download everything (see the module docstring)."""
     tmp = tmp_path_factory.mktemp("artifacts")
-    conn = redis.Redis.from_url(worker_redis_url)
-    conn.flushdb()
-    settings = Settings(
-        home=fe_home, store_root=tmp / "store", redis_url=worker_redis_url, job_retries=0
-    )
-    store = FilesystemStore(settings.store_dir)
-    ctx = JobContext(settings=settings, store=store, cache=ModelCache(1, home=fe_home), redis=conn)
-    install_context(ctx)
-    try:
-        keys = {t: KeyStore(keys_dir(settings.home)).create_key(t)[1] for t in ("acme", "other")}
-        with serve_in_thread(settings) as url:
-            ids = {}
-            for tenant, mode in (("acme", "full"), ("other", "delta")):
-                accepted = httpx.post(
-                    f"{url}/v1/erasures",
-                    json={"model": MODEL, "facts": [erasable_fact.spec()], "publish": mode},
-                    headers={"Authorization": f"Bearer {keys[tenant]}"},
-                )
-                assert accepted.status_code == 202, accepted.text
-                ids[tenant] = accepted.json()["id"]
-            worker = ErasureWorker(
-                [Queue(settings.queue_name(MODEL), connection=conn)], connection=conn, context=ctx
+    with live_stack(tmp, fe_home, worker_redis_url, ("acme", "other")) as stack:
+        url, keys = stack.url, stack.keys
+        ids = {}
+        for tenant, mode in (("acme", "full"), ("other", "delta")):
+            accepted = httpx.post(
+                f"{url}/v1/erasures",
+                json={"model": MODEL, "facts": [erasable_fact.spec()], "publish": mode},
+                headers={"Authorization": f"Bearer {keys[tenant]}"},
             )
-            worker.work(burst=True, logging_level="WARNING")
-            downloads = {}
-            for tenant in ("acme", "other"):
-                auth = {"Authorization": f"Bearer {keys[tenant]}"}
-                with httpx.Client(headers=auth, timeout=60) as client:
-                    d = _download(client, url, ids[tenant], tmp / tenant)
-                d.tenant = tenant
-                d.texts["callback"] = callback_body(store.get_erasure(ids[tenant]))
-                downloads[tenant] = d
-            # the other tenant cannot reach acme's checkpoint at all
-            cross = httpx.get(
-                f"{url}/v1/checkpoints/{downloads['acme'].checkpoint_id}",
-                headers={"Authorization": f"Bearer {keys['other']}"},
-            )
-            assert cross.status_code == 404
-        yield Run(erasable_fact, settings, store, {}, downloads["acme"], downloads["other"])
-    finally:
-        reset_context()
-        conn.flushdb()
+            assert accepted.status_code == 202, accepted.text
+            ids[tenant] = accepted.json()["id"]
+        stack.run_jobs()
+        downloads = {}
+        for tenant in ("acme", "other"):
+            auth = {"Authorization": f"Bearer {keys[tenant]}"}
+            with httpx.Client(headers=auth, timeout=60) as client:
+                d = _download(client, url, ids[tenant], tmp / tenant)
+            d.tenant = tenant
+            d.texts["callback"] = callback_body(stack.store.get_erasure(ids[tenant]))
+            downloads[tenant] = d
+        # the other tenant cannot reach acme's checkpoint at all
+        cross = httpx.get(
+            f"{url}/v1/checkpoints/{downloads['acme'].checkpoint_id}",
+            headers={"Authorization": f"Bearer {keys['other']}"},
+        )
+        assert cross.status_code == 404
+        yield Run(
+            erasable_fact, stack.settings, stack.store, {}, downloads["acme"], downloads["other"]
+        )
 
 
 def _edited_regions(patch_dir: Path, base: dict[int, torch.Tensor]) -> list[torch.Tensor]:

@@ -27,20 +27,17 @@ def test_queue_names_follow_the_classes(classed: Settings) -> None:
     assert classed.queue_name("demo-small") == "featureedit-gpu-24g"
     assert classed.queue_name("demo") == "featureedit-demo"  # no class: its own queue
     assert model_queue_names(classed, ["demo-small", "demo"]) == [
-        "featureedit-callbacks",
         "featureedit-gpu-24g",
         "featureedit-demo",
     ]
-    assert model_queue_names(classed, ["big-a", "big-b"]) == [
-        "featureedit-callbacks",
-        "featureedit-gpu-80g",
-    ]
-    assert model_queue_names(classed, classes=["gpu-80g"])[1:] == ["featureedit-gpu-80g"]
+    assert model_queue_names(classed, ["big-a", "big-b"]) == ["featureedit-gpu-80g"]
+    assert model_queue_names(classed, classes=["gpu-80g"]) == ["featureedit-gpu-80g"]
     # big-a alone would be handed big-b's jobs by the shared class queue
     with pytest.raises(ValueError, match=r"'gpu-80g' with \['big-b'\].*--classes gpu-80g"):
         model_queue_names(classed, ["big-a"])
     names = default_queue_names(classed)
     assert "featureedit-gpu-24g" in names and "featureedit-demo-small" not in names
+    assert "featureedit-callbacks" not in names  # callbacks have their own worker class
     assert len(names) == len(set(names))
 
 

@@ -22,23 +22,15 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from rq import Queue
 
-from service.config import Settings
-from service.security import KeyStore, keys_dir
 from service.store import FilesystemStore
-from tests.service.conftest import serve_in_thread
 from tests.service.test_report_formats import (
     ALLOWED_TAGS,
     assert_not_blank,
     chromium_screenshot,
     pdf_text,
 )
-from tests.workers.conftest import MODEL, Fact, redis_bytes, secret_forms, submit
-from workers.cache import ModelCache
-from workers.context import JobContext, install_context, reset_context
-from workers.worker import ErasureWorker
+from tests.workers.conftest import MODEL, Fact, live_stack, redis_bytes, secret_forms, submit
 
 pytestmark = (
     pytest.mark.slow
@@ -80,16 +72,6 @@ def run(
     from service.logs import JsonFormatter
 
     tmp = tmp_path_factory.mktemp("report-run")
-    conn = redis.Redis.from_url(worker_redis_url)
-    conn.flushdb()
-    settings = Settings(
-        home=fe_home,
-        store_root=tmp / "store",
-        redis_url=worker_redis_url,
-        job_timeout=600,
-        job_retries=0,
-    )
-    store = FilesystemStore(settings.store_dir)
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(JsonFormatter())
@@ -99,11 +81,9 @@ def run(
         saved[name] = logger.level
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    ctx = JobContext(settings=settings, store=store, cache=ModelCache(1, home=fe_home), redis=conn)
-    install_context(ctx)
     try:
-        key = KeyStore(keys_dir(settings.home)).create_key("acme")[1]
-        with serve_in_thread(settings) as url:
+        with live_stack(tmp, fe_home, worker_redis_url, ("acme",), job_timeout=600) as stack:
+            url, key, conn = stack.url, stack.keys["acme"], stack.conn
             accepted = httpx.post(
                 f"{url}/v1/erasures",
                 json={"model": MODEL, "facts": [erasable_fact.spec()]},
@@ -112,12 +92,13 @@ def run(
             assert accepted.status_code == 202, accepted.text
             erasure_id = accepted.json()["id"]
             failed_id = submit(  # as the API would; it refuses unknown base checkpoints itself
-                settings, store, conn, [erasable_fact.spec()], base_checkpoint="0123456789abcdef"
+                stack.settings,
+                stack.store,
+                conn,
+                [erasable_fact.spec()],
+                base_checkpoint="0123456789abcdef",
             )
-            worker = ErasureWorker(
-                [Queue(settings.queue_name(MODEL), connection=conn)], connection=conn, context=ctx
-            )
-            worker.work(burst=True, logging_level="INFO")
+            stack.run_jobs(logging_level="INFO")
             with FeatureeditClient(url, api_key=key) as client:
                 report = client.report(erasure_id)
                 pdf = client.report(erasure_id, format="pdf")
@@ -130,28 +111,25 @@ def run(
             args = ["report", erasure_id, "--format", "pdf", "--out", str(cli_out)]
             assert main([*args, "--url", url, "--api-key", key]) == 0
             metrics = httpx.get(f"{url}/metrics").text
-        yield Run(
-            secret=erasable_fact.target,
-            erasure_id=erasure_id,
-            failed_id=failed_id,
-            store=store,
-            report=report,
-            html=page.text,
-            pdf=pdf,
-            cli_pdf=cli_out.read_bytes(),
-            metrics=metrics,
-            report_headers=dict(page.headers),
-            logs=buffer.getvalue().splitlines(),
-            redis_dump=redis_bytes(conn),
-        )
+            yield Run(
+                secret=erasable_fact.target,
+                erasure_id=erasure_id,
+                failed_id=failed_id,
+                store=stack.store,
+                report=report,
+                html=page.text,
+                pdf=pdf,
+                cli_pdf=cli_out.read_bytes(),
+                metrics=metrics,
+                report_headers=dict(page.headers),
+                logs=buffer.getvalue().splitlines(),
+                redis_dump=redis_bytes(conn),
+            )
     finally:
         for name in LOGGERS:
             logger = logging.getLogger(name)
             logger.removeHandler(handler)
             logger.setLevel(saved[name])
-        reset_context()
-        conn.flushdb()
-        conn.close()
 
 
 def test_report_json_holds_footprint_lineage_hashes_and_code_version(run: Run) -> None:
@@ -172,6 +150,67 @@ def test_report_json_holds_footprint_lineage_hashes_and_code_version(run: Run) -
     assert r["code_version"]["package"] == "featureedit"
     assert r["facts"][0]["fingerprint"].startswith("hmac-sha256:")
     assert r["facts"][0]["units"], "no located unit in the report"
+
+
+# The report's JSON as the API served it before the report was typed (editing.report): keys and
+# their order, level by level. A change here changes the API.
+REPORT_KEYS = [
+    *("erasure_id", "checkpoint_id", "status", "model_id", "method", "params", "thresholds"),
+    *("metrics", "acceptance", "timings", "facts", "edit", "produces_checkpoint"),
+    *("base_weights_sha256", "code_version", "checkpoint", "model", "request"),
+    *("fact_fingerprints", "parent_checkpoint_id", "created_at", "finished_at", "attempts"),
+    *("worker", "model_cache"),
+]
+METRIC_KEYS = [
+    *("reliability", "generalization", "locality", "delta_ppl", "ppl_before", "ppl_after"),
+    *("delta_prob", "exposure_before", "exposure_after", "leak_rate_before", "leak_rate_after"),
+    *("facts_erased", "facts_nothing_to_erase", "units", "entries_changed"),
+]
+FACT_KEYS = [
+    *("index", "subject_fingerprint", "relation", "fingerprint", "prompts", "units", "metrics"),
+    *("evidence", "timings", "status"),
+]
+UNIT_KEYS = [
+    *("kind", "site", "layer", "index", "score", "activation", "control_activation"),
+    "prompt_count",
+]
+CHECKPOINT_KEYS = [
+    *("checkpoint_id", "created_at", "publish", "format_version", "base_model"),
+    *("parent_checkpoint_id", "edited_down_proj_sha256", "files", "total_bytes"),
+    "delta_bytes_on_disk",
+]
+LAYER_KEYS = [
+    *("layer", "param", "axis", "indices", "entries_changed", "base_sha256", "new_sha256"),
+]
+RATE, MEAN_RATE = ["value", "hits", "count"], ["value", "count", "facts"]
+
+
+def test_report_json_keeps_its_shape(run: Run) -> None:
+    r = run.report
+    assert list(r) == REPORT_KEYS
+    m = r["metrics"]
+    assert list(m) == METRIC_KEYS
+    assert list(m["reliability"]) == list(m["generalization"]) == MEAN_RATE
+    assert list(m["locality"]) == [*RATE, "by_kind", "set_size"]
+    assert all(list(rate) == RATE for rate in m["locality"]["by_kind"].values())
+    assert list(r["acceptance"]) == ["accepted", "reasons"]
+    (fact,) = r["facts"]
+    assert list(fact) == FACT_KEYS
+    assert list(fact["prompts"]) == ["edit", "edit_known", "heldout", "heldout_known", "control"]
+    assert list(fact["metrics"]) == [
+        *("before", "after", "reliability", "generalization", "delta_prob")
+    ]
+    for when in ("before", "after"):
+        assert list(fact["metrics"][when]) == ["prob", "exposure", "leak_rate"]
+        assert list(fact["metrics"][when]["leak_rate"]) == RATE
+    assert list(fact["metrics"]["reliability"]) == RATE
+    assert all(list(u) == UNIT_KEYS for u in fact["units"])
+    assert list(r["edit"]) == ["entries_changed", "delta_bytes", "layers"]
+    assert all(list(layer) == LAYER_KEYS for layer in r["edit"]["layers"])
+    assert list(r["checkpoint"]) == CHECKPOINT_KEYS
+    assert list(r["checkpoint"]["base_model"]) == ["model_id", "model_type", "down_proj_sha256"]
+    assert list(r["code_version"]) == ["package", "version", "git_commit", "git_dirty"]
+    assert list(r["model_cache"]) == ["cached", "load_seconds"]
 
 
 def test_html_report_of_a_real_erasure(run: Run) -> None:

@@ -44,8 +44,10 @@ def _owned_dir(
         raise HTTPException(
             status_code=308, detail=f"Checkpoint moved to {moved_to}", headers={"Location": url}
         )
+    if owner is None or owner.get("tenant") != tenant:  # before checkpoint_dir: S3 downloads
+        raise HTTPException(status_code=404, detail="Checkpoint not found")
     directory = ctx.store.checkpoint_dir(checkpoint_id)
-    if owner is None or owner.get("tenant") != tenant or directory is None:
+    if directory is None:
         raise HTTPException(status_code=404, detail="Checkpoint not found")
     return directory, owner
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterator
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from editing.checkpoints.manifest import LegacyCheckpointError, base_model_problem
 from editing.fingerprint import fingerprint, subject_fingerprint
 from editing.request import ErasureRequest
-from service.api.deps import ContextDep, TenantDep
+from service.api.deps import ContextDep, TenantDep, registered_models_or_503, too_many
 from service.api.errors import Unprocessable, from_validation_error
 from service.api.schemas import (
     ErasureAccepted,
@@ -35,7 +36,8 @@ from service.api.schemas import (
     callback_host_is_private,
     problem_response,
 )
-from service.catalog import RegistryUnavailable, method_problem, registered_models
+from service.catalog import method_problem
+from service.job_metrics import JobMetrics
 from service.queueing import QueueUnavailable
 from service.records import TERMINAL, ErasureRecord, Status
 from service.report_html import render_report_html
@@ -48,6 +50,7 @@ router = APIRouter(prefix="/v1/erasures", tags=["erasures"])
 
 _NOT_FOUND = {404: {"model": Problem, "description": "No such erasure (for this tenant)."}}
 QUEUE_UNAVAILABLE = "queue unavailable"
+LAST_EVENT_ID_RE = re.compile(r"-1|0|[1-9][0-9]{0,17}", re.ASCII)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -88,6 +91,31 @@ def public_request(request: ErasureRequest, key: bytes) -> tuple[dict[str, Any],
     return doc, fingerprints
 
 
+def new_record(
+    request: ErasureRequest,
+    tenant: str,
+    key: bytes,
+    *,
+    callback_url: str | None = None,
+    request_id: str | None = None,
+) -> ErasureRecord:
+    """The queued record of a new erasure of ``request`` for ``tenant`` (with a fresh id; only
+    the request's public form, see :func:`public_request`; ``key`` is the fingerprint key)."""
+    request_public, fingerprints = public_request(request, key)
+    record = ErasureRecord(
+        id=new_erasure_id(),
+        tenant=tenant,
+        model=request.model,
+        method=request.method,
+        request_public=request_public,
+        fact_fingerprints=fingerprints,
+        callback_url=callback_url,
+        request_id=request_id,
+    )
+    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
+    return record
+
+
 def _encode_cursor(erasure_id: str | None) -> str | None:
     if erasure_id is None:
         return None
@@ -115,12 +143,7 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
         request = body.to_request()
     except ValidationError as exc:
         raise from_validation_error(exc) from None
-    try:
-        models = registered_models(s)
-    except RegistryUnavailable:
-        raise HTTPException(
-            status_code=503, detail="The model registry is misconfigured; contact the operator"
-        ) from None
+    models = registered_models_or_503(s)
     entry = models.get(request.model)
     if entry is None:
         raise Unprocessable(
@@ -133,8 +156,10 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
         raise Unprocessable(problem[0], problem[1], "method_unavailable")
     if request.base_checkpoint is not None:
         owner = ctx.store.checkpoint_owner(request.base_checkpoint)
-        directory = ctx.store.checkpoint_dir(request.base_checkpoint)
-        if owner is None or owner.get("tenant") != tenant or directory is None:
+        owned = owner is not None and owner.get("tenant") == tenant
+        # the owner first: the S3 store downloads the whole checkpoint in checkpoint_dir
+        directory = ctx.store.checkpoint_dir(request.base_checkpoint) if owned else None
+        if directory is None:
             raise Unprocessable(
                 ["body", "base_checkpoint"],
                 "base_checkpoint is not one of your published checkpoints",
@@ -168,13 +193,65 @@ def _validate_create(body: ErasureCreate, ctx: ContextDep, tenant: str) -> Erasu
     return request
 
 
+def _has_ended(ctx: ContextDep, erasure_id: str) -> bool | None:
+    """Whether the erasure has finished (it then no longer counts against a quota); None if it
+    has no record (yet)."""
+    record = ctx.store.get_erasure(erasure_id)
+    return None if record is None else record.status in TERMINAL
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """The seq a ``Last-Event-ID`` header names: ASCII digits only (``-1`` allowed), else 400."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not LAST_EVENT_ID_RE.fullmatch(text):
+        raise HTTPException(
+            status_code=400,
+            detail="Last-Event-ID must be the id of an event received (a decimal integer, "
+            "at most 18 digits), or -1",
+        )
+    return int(text)
+
+
+def resume_after(
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=20, description="Resume after this seq."),
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=-1, description="Resume after this seq (for clients without headers).")
+    ] = None,
+) -> int:
+    """The seq an event stream resumes after: ``Last-Event-ID`` (strict, 400 if malformed),
+    else ``after``, else -1 (from the start)."""
+    resumed = parse_last_event_id(last_event_id)
+    if resumed is not None:
+        return resumed
+    return after if after is not None else -1
+
+
+def stream_slot(request: Request, ctx: ContextDep, tenant: TenantDep) -> Iterator[None]:
+    """Hold one of the tenant's event streams while the response streams (429 if all are
+    open); released when the stream ends, however it ends."""
+    token, refusal = ctx.quota.open_stream(tenant)
+    if refusal is not None:
+        request.state.audit_outcome = "over_quota"
+        raise too_many(refusal)
+    try:
+        yield
+    finally:
+        if token is not None:
+            ctx.quota.close_stream(tenant, token)
+
+
 def _ensure_enqueued(ctx: ContextDep, record: ErasureRecord) -> None:
     """Enqueue a replayed, still-queued erasure whose job is missing (a crash before enqueue)."""
     if record.status != "queued":
         return
     try:
         if not ctx.queue.job_exists(record.id):
-            ctx.queue.enqueue(record.id, record.model)  # unique: never a second job
+            ctx.queue.enqueue(record.id, record.model, record.tenant)  # unique: never twice
             log.warning("re-enqueued a queued erasure without a job", extra={"erasure": record.id})
     except QueueUnavailable:
         log.warning("queue unavailable while replaying", extra={"erasure": record.id})
@@ -211,20 +288,28 @@ def create_erasure(
 ) -> ErasureAccepted:
     """Validate and store the request, then enqueue its job. Returns 202 with the status URL."""
     erasure_request = _validate_create(body, ctx, tenant)
-    request_public, fingerprints = public_request(erasure_request, ctx.fingerprint_key())
-    record = ErasureRecord(
-        id=new_erasure_id(),
-        tenant=tenant,
-        model=erasure_request.model,
-        method=erasure_request.method,
-        request_public=request_public,
-        fact_fingerprints=fingerprints,
+    record = new_record(
+        erasure_request,
+        tenant,
+        ctx.fingerprint_key(),
         callback_url=str(body.callback_url) if body.callback_url else None,
         request_id=getattr(request.state, "request_id", None),
     )
-    record_event(record, "queued", stage="queued", progress=0.0, detail="accepted")
+    erasure_id = record.id
+    refusal = ctx.quota.reserve_erasure(
+        tenant, erasure_id, len(erasure_request.facts), lambda i: _has_ended(ctx, i)
+    )
+    if refusal is not None:
+        request.state.audit_outcome = "over_quota"
+        raise too_many(refusal)
     blob = encrypt_request(erasure_request, home=ctx.settings.home, key=ctx.request_key())
-    stored, created = ctx.store.create_erasure(record, blob, idempotency_key)
+    try:
+        stored, created = ctx.store.create_erasure(record, blob, idempotency_key)
+    except BaseException:
+        ctx.quota.release_erasure(tenant, erasure_id)
+        raise
+    if not created:
+        ctx.quota.release_erasure(tenant, erasure_id)
     request.state.audit_erasure_id = stored.id
     status_url = f"{ctx.base_url(request)}/v1/erasures/{stored.id}"
     response.headers["Location"] = status_url
@@ -246,7 +331,7 @@ def create_erasure(
         return ErasureAccepted(id=stored.id, status=stored.status, status_url=status_url)
 
     try:
-        ctx.queue.enqueue(stored.id, stored.model)
+        ctx.queue.enqueue(stored.id, stored.model, tenant)
     except QueueUnavailable as exc:
         log.error("enqueue failed", extra={"erasure": stored.id, "error": str(exc)})
 
@@ -268,6 +353,7 @@ def create_erasure(
             headers={"Retry-After": "30"},
         ) from None
     request.state.audit_outcome = "accepted"
+    JobMetrics(ctx.redis, ctx.settings.redis_prefix).count_accepted()
     return ErasureAccepted(id=stored.id, status=stored.status, status_url=status_url)
 
 
@@ -342,26 +428,21 @@ def cancel_erasure(
     "/{erasure_id}/events",
     response_class=EventSourceResponse,
     summary="Follow an erasure (Server-Sent Events)",
-    responses={404: problem_response("No such erasure (for this tenant).")},
+    responses={
+        400: problem_response("Malformed Last-Event-ID."),
+        404: problem_response("No such erasure (for this tenant)."),
+    },
 )
 async def erasure_events(
     record: OwnedErasure,
     ctx: ContextDep,
-    last_event_id: Annotated[
-        str | None,
-        Header(alias="Last-Event-ID", max_length=20, description="Resume after this seq."),
-    ] = None,
-    after: Annotated[
-        int | None, Query(ge=-1, description="Resume after this seq (for clients without headers).")
-    ] = None,
+    last: Annotated[int, Depends(resume_after)],
+    _slot: Annotated[None, Depends(stream_slot)],
 ) -> AsyncIterable[ServerSentEvent]:
     """The status history as ``status`` events (``id`` = seq), then new events as they happen.
 
     Ends after a terminal event, or after ``sse_max_seconds`` (reconnect with Last-Event-ID).
     """
-    last = after if after is not None else -1
-    if last_event_id is not None and last_event_id.strip().lstrip("-").isdigit():
-        last = int(last_event_id.strip())
     s = ctx.settings
     deadline = time.monotonic() + s.sse_max_seconds
     first = True
@@ -408,11 +489,10 @@ def get_report(
         raise HTTPException(
             status_code=404, detail=f"Report not available (erasure is {record.status})"
         )
-    history = [e.model_dump() for e in record.history]
+    history = [e.model_dump(mode="json") for e in record.history]
+    rendering = {"erasure_id": record.id, "status": record.status, "history": history}
     if format == "html":
-        page = render_report_html(
-            report, erasure_id=record.id, status=record.status, history=history
-        )
+        page = ctx.reports.render("html", render_report_html, report, **rendering)
         return HTMLResponse(
             page,
             headers={
@@ -423,7 +503,7 @@ def get_report(
     if format == "pdf":
         from service.report_pdf import render_report_pdf
 
-        pdf = render_report_pdf(report, erasure_id=record.id, status=record.status, history=history)
+        pdf = ctx.reports.render("pdf", render_report_pdf, report, **rendering)
         return Response(
             pdf,
             media_type="application/pdf",

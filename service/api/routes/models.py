@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
-from service.api.deps import SettingsDep, TenantDep
+from service.api.deps import SettingsDep, TenantDep, registered_models_or_503
 from service.api.schemas import ModelList, ModelPublic, SAEPublic
-from service.catalog import RegistryUnavailable, registered_models, supported_methods
+from service.catalog import supported_methods
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -17,12 +17,7 @@ def list_models(settings: SettingsDep, tenant: TenantDep) -> ModelList:
 
     ``featureedit`` is listed only for models with SAEs; ``neurons`` and ``neuronlens`` always.
     """
-    try:
-        entries = registered_models(settings)
-    except RegistryUnavailable:
-        raise HTTPException(
-            status_code=503, detail="The model registry is misconfigured; contact the operator"
-        ) from None
+    entries = registered_models_or_503(settings)
     return ModelList(
         models=[
             ModelPublic(

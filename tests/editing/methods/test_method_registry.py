@@ -201,7 +201,7 @@ def test_adding_a_method_is_one_module_and_one_registration(
     assert down_proj_sha256(small_model.adapter) == before
     assert result.method == "toy" and result.params == {"layers": [layer], "neuron": 3}
     assert result.status in {"succeeded", "rejected"}
-    assert result.facts[0].units[0] == {**result.facts[0].units[0], "layer": layer, "index": 3}
+    assert (result.facts[0].units[0].layer, result.facts[0].units[0].index) == (layer, 3)
     d_model = small_model.adapter.down_proj_weight(layer).shape[0]
     assert result.edit is not None and result.edit.entries_changed == d_model
     assert [(f["layer"], f["indices"]) for f in result.edit.footprint()] == [(layer, [3])]

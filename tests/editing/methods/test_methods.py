@@ -36,10 +36,10 @@ def test_method_keeps_promises(small_model, erasable_fact, method: str, params: 
     assert down_proj_sha256(small_model.adapter) == before
     assert result.status in {"succeeded", "rejected"}
     m = result.metrics
-    for name in ("reliability", "generalization", "locality"):
-        assert m[name]["count"] >= 1, name
-        assert 0.0 <= m[name]["value"] <= 1.0
-    assert m["delta_ppl"] is not None and m["delta_prob"] is not None
+    for rate in (m.reliability, m.generalization, m.locality):
+        assert rate is not None and rate.count is not None and rate.count >= 1, rate
+        assert rate.value is not None and 0.0 <= rate.value <= 1.0
+    assert m.delta_ppl is not None and m.delta_prob is not None
     assert (result.edit is not None) == method_spec(method).produces_checkpoint
     if result.edit is not None:
         assert not result.edit.is_empty()
@@ -52,9 +52,10 @@ def test_method_keeps_promises(small_model, erasable_fact, method: str, params: 
 def test_default_featureedit_erases(small_model, erasable_fact) -> None:
     result = run_erasure(_request(erasable_fact, "featureedit", {}), small_model)
     assert result.status == "succeeded", result.acceptance
-    assert result.metrics["reliability"]["value"] == 1.0
-    assert result.metrics["delta_prob"] > 0.5
-    assert result.metrics["locality"]["value"] >= 0.9
+    m = result.metrics
+    assert m.reliability is not None and m.reliability.value == 1.0
+    assert m.delta_prob is not None and m.delta_prob > 0.5
+    assert m.locality is not None and m.locality.value is not None and m.locality.value >= 0.9
 
 
 def test_nothing_to_erase(small_model, small_world) -> None:
@@ -144,7 +145,7 @@ def test_relocation_continues_where_candidates_ran_out(small_model, small_world)
             continue
         more = run_erasure(_request(fact, "featureedit", {"relocate_rounds": 2}), small_model)
         ev = more.facts[0].evidence
-        units = [(u["layer"], u["index"]) for u in more.facts[0].units]
+        units = [(u.layer, u.index) for u in more.facts[0].units]
         assert ev_one["locate_rounds"] == 1
         assert len(units) == len(set(units)), "no feature is edited twice"
         assert len(units) >= len(one.facts[0].units)

@@ -25,6 +25,7 @@ EXPECTED = [
     "disk-full",
     "corrupt-checkpoint",
     "hostile-requests",
+    "hostile-limits",
     "schemathesis",
 ]
 

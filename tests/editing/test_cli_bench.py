@@ -1,0 +1,32 @@
+"""``featureedit bench`` (:mod:`editing.cli_bench`) on the small demo world: the JSON document."""
+
+from __future__ import annotations
+
+import json
+
+from editing.cli import main
+
+
+def test_bench_json_keys(capsys) -> None:
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "demo-small",
+                "--facts",
+                "2",
+                "--methods",
+                "featureedit,neurons",
+                "--json",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    fe = doc["summary"]["featureedit"]
+    for key in ("reliability", "generalization", "locality", "delta_ppl"):
+        assert key in fe and "mean" in fe[key] and "std" in fe[key]
+    assert set(fe["seconds"]) == {"locate", "edit", "evaluate"}
+    assert "locate_speedup_featureedit_vs_neurons" in doc["ratios"]
