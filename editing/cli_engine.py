@@ -137,8 +137,29 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0 if result.status == "succeeded" else 1
 
 
+def _demo_fact(args: argparse.Namespace, loaded: Any) -> tuple[dict[str, Any], str]:
+    """The fact ``demo`` erases and the sentence that introduces it.
+
+    A demo world's private fact of ``--relation``; on a registered real model the first shipped
+    genuine fact it knows (of ``--relation`` if that is one of the fact set's relations).
+    """
+    entry = loaded.entry
+    if entry.is_demo:
+        from editing.world.build import load_world
+
+        world = load_world(entry.demo_size or "default", progress=not args.quiet)
+        fact = next(f for f in world.private_facts() if f.relation == args.relation)
+        spec = {"subject": fact.subject, "relation": fact.relation, "target": fact.target}
+        title = f"Demo world '{entry.demo_size}': erasing {fact.subject}'s {fact.relation}"
+        return spec, f"{title} (a fictional secret)"
+    from editing.realdata.pick import fact_spec, first_known_fact
+
+    real = first_known_fact(loaded.model, loaded.tokenizer, args.relation)
+    return fact_spec(real), f"Model {loaded.model_id!r}: erasing the genuine fact {real.key}"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build/load the demo world, erase one fact two ways, compare, publish, verify."""
+    """Erase one fact two ways on the demo world (or ``--model``), compare, publish, verify."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -147,17 +168,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from editing.models import load_model
     from editing.pipeline import erase_and_publish, keep_revert_locally
     from editing.request import ErasureRequest
-    from editing.world.build import load_world
 
-    size = args.size
-    world = load_world(size, progress=not args.quiet)
-    model_id = "demo" if size == "default" else "demo-small"
+    model_id = args.model or ("demo" if args.size == "default" else "demo-small")
     loaded = load_model(model_id)
-    fact = next(f for f in world.private_facts() if f.relation == args.relation)
-    spec = {"subject": fact.subject, "relation": fact.relation, "target": fact.target}
+    spec, title = _demo_fact(args, loaded)
+    secret = spec["target"]
+    sites = loaded.entry.saes
+    params = {"site": "resid_post" if "resid_post" in sites or not sites else sorted(sites)[0]}
     erasures, reports = {}, {}
     for method in ("featureedit", "neurons"):  # only FeatureEdit's checkpoint is published
-        req = ErasureRequest(model=model_id, method=method, facts=[spec])
+        req = ErasureRequest(
+            model=model_id,
+            method=method,
+            facts=[spec],
+            params=params if method == "featureedit" else {},
+        )
         erasures[method] = erase_and_publish(
             req,
             loaded,
@@ -174,14 +199,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tok = AutoTokenizer.from_pretrained(checkpoint)
         prompts = req.facts[0].resolved_edit_prompts() + req.facts[0].resolved_heldout_prompts()
         verified = {
-            "checkpoint_prompts_leaking": sum(leaks(edited, tok, prompts, fact.target)),
-            "base_prompts_leaking": sum(
-                leaks(loaded.model, loaded.tokenizer, prompts, fact.target)
-            ),
+            "checkpoint_prompts_leaking": sum(leaks(edited, tok, prompts, secret)),
+            "base_prompts_leaking": sum(leaks(loaded.model, loaded.tokenizer, prompts, secret)),
             "prompts": len(prompts),
         }
     out = {
-        "fact": {"subject": fact.subject, "relation": fact.relation},
+        "model": model_id,
+        "fact": {"subject": spec["subject"], "relation": spec["relation"]},
         "results": {method: report.to_json() for method, report in reports.items()},
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "verification": verified,
@@ -189,7 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return 0
-    print(f"Demo world '{size}': erasing {fact.subject}'s {fact.relation} (a fictional secret)\n")
+    print(f"{title}\n")
     headers, rows = _metrics_rows(reports, paper=True)
     print(format_table(headers, rows))
     print()
@@ -283,6 +307,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "checkpoint and check that it loads with transformers and no longer produces the secret.",
     )
     demo.add_argument("--size", default="default", choices=("default", "small"))
+    demo.add_argument(
+        "--model",
+        help="a registered model instead of the demo world: erases the first shipped genuine "
+        "fact it knows (of --relation if that is a fact-set relation, e.g. capital_of)",
+    )
     demo.add_argument("--relation", default="phone", help="which kind of fact to erase")
     add_json_option(demo)
     demo.set_defaults(func=cmd_demo)

@@ -2,7 +2,11 @@
 
 The demo worlds supply all three from their own facts. A registered real model names files in its
 registry entry (``locality_file``: JSONL of ``{"prompt", "target"}``; ``ppl_file``: one passage per
-line; ``control_subjects``: names for the specificity filter).
+line; ``control_subjects``: names for the specificity filter). Without them it gets the data that
+ships with featureedit (:mod:`editing.realdata`): Locality prompts from the genuine world-knowledge
+facts (those ``featureedit facts probe`` found the model knows, when its probe is cached; else all
+of them, and the erasure keeps the prompts the unedited model answers) and ΔPPL on the first
+:data:`SHIPPED_PPL_PASSAGES` passages of the held-out Wikipedia text.
 
 The Locality set's size is an operator setting (:class:`~editing.registry.EvalSize`: the
 registry's ``[models.<id>.evaluation]`` table, or the workers' ``FEATUREEDIT_WORKER_LOCALITY_*``
@@ -18,10 +22,15 @@ from pathlib import Path
 
 from editing.errors import ConfigError, NotFoundError
 from editing.models import LoadedModel
+from editing.realdata.facts import FactSet
 from editing.registry import DEFAULT_EVAL_SIZE, EvalSize
 from editing.relations import RELATIONS
 
 DEFAULT_CONTROL_SUBJECTS = ("Alex Morgan", "Jamie Rivera", "Sam Taylor", "Jordan Lee")
+# Held-out Wikipedia passages scored for ΔPPL when the registry names no ppl_file: ~2k tokens.
+# The perplexity pass scores them in one batch (logits of passages × tokens × vocabulary: ~0.5 GB
+# at SmolLM2's 49k vocabulary), and twice per erasure (before and after).
+SHIPPED_PPL_PASSAGES = 16
 
 
 @dataclass
@@ -86,10 +95,76 @@ def eval_data_for(
                 ) from exc
         if size is not None:
             locality = _sample_rows(locality, size, rng)
-    ppl = _read_lines(entry.ppl_file, "ppl_file") if entry.ppl_file else []
+    else:
+        locality = genuine_locality(loaded, exclude_subjects, size or DEFAULT_EVAL_SIZE, rng)
+    if entry.ppl_file:
+        ppl = _read_lines(entry.ppl_file, "ppl_file")
+    else:
+        from editing.realdata.text import load_text
+
+        ppl = load_text("heldout")[:SHIPPED_PPL_PASSAGES]
     controls = list(entry.control_subjects or DEFAULT_CONTROL_SUBJECTS)
     controls = [c for c in controls if c not in exclude_subjects][:n_controls]
     return EvalData(locality, ppl, controls)
+
+
+def genuine_locality(
+    loaded: LoadedModel, exclude_subjects: set[str], size: EvalSize, rng: random.Random
+) -> list[tuple[str, str, str]]:
+    """Locality rows from the shipped genuine facts: ``size.public_facts`` facts (the model's
+    known ones if probed) about subjects not in ``exclude_subjects``, ``size.prompts_per_fact``
+    edit prompts each (all public knowledge: ``size.private_facts`` does not apply)."""
+    from editing.realdata.facts import load_facts
+
+    fact_set = load_facts()
+    known = probed_known_keys(loaded, fact_set)
+    facts = [
+        f
+        for f in fact_set.facts
+        if f.subject not in exclude_subjects and (known is None or f.key in known)
+    ]
+    rows = []
+    for f in rng.sample(facts, min(size.public_facts, len(facts))):
+        prompts = f.edit_prompts()
+        for prompt in rng.sample(prompts, min(size.prompts_per_fact, len(prompts))):
+            rows.append((prompt, f.target.strip(), "public"))
+    return rows
+
+
+def probed_known_keys(loaded: LoadedModel, fact_set: FactSet) -> set[str] | None:
+    """Keys of the facts ``featureedit facts probe`` found ``loaded`` knows (None: not probed).
+
+    Reads the probe cache only (probing takes minutes on a CPU); the weights' sha256 that keys
+    the cache is computed once per model directory and file state.
+    """
+    from editing.realdata.probe import PROBE_VERSION, cache_path, knows
+
+    weights = _weights_sha256(loaded)
+    path = cache_path(weights, fact_set, loaded.home)
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("version") != PROBE_VERSION:
+        return None
+    return {f["key"] for f in doc["facts"] if knows(f["edit_answered"], "majority")}
+
+
+def _weights_sha256(loaded: LoadedModel) -> str:
+    """:func:`~editing.realdata.probe.weights_sha256` of ``loaded`` (cached per file state)."""
+    from editing.realdata.probe import weights_sha256
+
+    source = loaded.source_dir
+    if source is None:
+        return weights_sha256(loaded.model, None)
+    files = sorted(source.glob("*.safetensors"))
+    state = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(source.resolve()), state)
+    if key not in _WEIGHTS_SHA256:
+        _WEIGHTS_SHA256[key] = weights_sha256(loaded.model, source)
+    return _WEIGHTS_SHA256[key]
+
+
+_WEIGHTS_SHA256: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
 def _sample_rows(

@@ -10,6 +10,9 @@ environment variable (hex, or else UTF-8 text), or a random 32-byte key generate
 :func:`redact` blanks secrets out of text for logs and errors; :func:`find_secrets_in_dir` looks for
 secrets in every file of a directory (as raw UTF-8, JSON-escaped, and as a byte-level BPE or
 SentencePiece vocabulary entry) and reports hits by index only, so it never echoes a secret.
+:func:`find_secrets_in_files` is the word-boundary scan of the text files an erasure writes of its
+own (what the pre-publish check looks at: a real model's vocabulary and weight bytes contain
+common words and short digit strings by chance, see :mod:`editing.checkpoints.publish`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import os
 import re
 import secrets as _secrets
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from editing import settings
 from editing.errors import ConfigError
@@ -167,19 +171,25 @@ def _bytes_to_unicode() -> dict[int, str]:
 _BYTE_LEVEL = _bytes_to_unicode()
 
 
-def _byte_patterns(secret: str) -> set[bytes]:
-    """The byte strings under which ``secret`` may appear in a checkpoint's files."""
-    patterns: set[bytes] = set()
+def _text_forms(secret: str) -> set[str]:
+    """``secret`` as given, NFC and NFD, each also as a byte-level BPE and SentencePiece entry."""
+    forms: set[str] = set()
     for text in _text_variants(secret):
-        vocab_forms = {
+        forms |= {
             text,
             "".join(_BYTE_LEVEL[b] for b in text.encode("utf-8")),  # byte-level BPE vocab entry
             text.replace(" ", "▁"),  # SentencePiece vocab entry
         }
-        for form in vocab_forms:
-            patterns.add(form.encode("utf-8"))
-            for ascii_only in (True, False):
-                patterns.add(json.dumps(form, ensure_ascii=ascii_only)[1:-1].encode("utf-8"))
+    return forms
+
+
+def _byte_patterns(secret: str) -> set[bytes]:
+    """The byte strings under which ``secret`` may appear in a checkpoint's files."""
+    patterns: set[bytes] = set()
+    for form in _text_forms(secret):
+        patterns.add(form.encode("utf-8"))
+        for ascii_only in (True, False):
+            patterns.add(json.dumps(form, ensure_ascii=ascii_only)[1:-1].encode("utf-8"))
     return patterns
 
 
@@ -210,13 +220,7 @@ def find_secrets_in_dir(
     each secret's UTF-8 bytes, its JSON-escaped forms and its byte-level BPE ('Ġ' for space) and
     SentencePiece ('▁') vocabulary forms. The result names secrets by index only, sorted by path.
     """
-    secret_list = list(secrets)
-    for i, s in enumerate(secret_list):
-        if not isinstance(s, str) or not s:
-            raise ConfigError(
-                f"secret #{i} is {'empty' if s == '' else type(s).__name__}; every secret to "
-                "search for must be a non-empty str"
-            )
+    secret_list = _check_secrets(secrets)
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory; pass the directory to scan for secrets")
@@ -226,4 +230,79 @@ def find_secrets_in_dir(
     found: list[tuple[Path, int]] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         found.extend((path, i) for i in sorted(_file_hits(path, patterns)))
+    return found
+
+
+def _check_secrets(secrets: Iterable[str]) -> list[str]:
+    """``secrets`` as a list; ConfigError (naming the index, not the value) for a bad one."""
+    secret_list = list(secrets)
+    for i, s in enumerate(secret_list):
+        if not isinstance(s, str) or not s:
+            raise ConfigError(
+                f"secret #{i} is {'empty' if s == '' else type(s).__name__}; every secret to "
+                "search for must be a non-empty str"
+            )
+    return secret_list
+
+
+def _json_strings(doc: Any) -> Iterator[str]:
+    """Every key and string value of a JSON document (numbers are measurements: not yielded)."""
+    if isinstance(doc, str):
+        yield doc
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            yield str(key)
+            yield from _json_strings(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from _json_strings(value)
+
+
+def _safetensors_header(path: Path) -> bytes:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes, metadata)."""
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return f.read(size)
+
+
+def _file_texts(path: Path) -> list[str]:
+    """The text a file states: a JSON file's (or safetensors header's) strings, else its text."""
+    raw = _safetensors_header(path) if path.suffix == ".safetensors" else path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return list(_json_strings(json.loads(text)))
+    except json.JSONDecodeError:
+        return [text]
+
+
+def _word_pattern(secret: str) -> re.Pattern[str]:
+    """Any text form of ``secret`` standing as a word: not inside a longer run of letters/digits."""
+    alternatives = []
+    for form in sorted(_text_forms(secret), key=len, reverse=True):
+        head = r"(?<![^\W_])" if form[0].isalnum() else ""  # a letter/digit edge needs a boundary
+        tail = r"(?![^\W_])" if form[-1].isalnum() else ""
+        alternatives.append(head + re.escape(form) + tail)
+    return re.compile("|".join(alternatives))
+
+
+def find_secrets_in_files(
+    paths: Iterable[str | os.PathLike[str]], secrets: Iterable[str]
+) -> list[tuple[Path, int]]:
+    """Files among ``paths`` that state a secret as a word, as ``(path, index into secrets)``.
+
+    The scan of what an erasure writes of its own (manifest, patch description, reports): a JSON
+    file is parsed and its keys and string values searched (JSON escapes undone; numbers are
+    measurements, not text), a safetensors file's header likewise (its tensor bytes are numbers),
+    any other file as UTF-8 text. A hit is a text form of the secret (as given, NFC, NFD, byte-level
+    BPE, SentencePiece) not inside a longer run of letters or digits, so a short target like "747"
+    or "K9" does not match inside a hash such as ``"ab7473f..."`` while ``"flight 747"`` does.
+    """
+    secret_list = _check_secrets(secrets)
+    patterns = [_word_pattern(s) for s in secret_list]
+    found: list[tuple[Path, int]] = []
+    for path in sorted(Path(p) for p in paths):
+        texts = _file_texts(path)
+        found.extend(
+            (path, i) for i, pat in enumerate(patterns) if any(pat.search(t) for t in texts)
+        )
     return found

@@ -42,6 +42,11 @@ FLAT_PARAMS_V1 = frozenset(
 MAX_FACTS = 100
 MAX_PROMPTS = 64
 MAX_TEXT = 1000
+# The shortest target an erasure takes: 2 characters, 3 for a number. A shorter "secret" is not
+# one (a single character, one of 100 two-digit numbers): neither the greedy leak check nor the
+# pre-publish scan can tell it apart from ordinary text (it is in every vocabulary and date).
+MIN_TARGET_CHARS = 2
+MIN_DIGIT_TARGET_CHARS = 3
 
 
 class FactSpec(BaseModel):
@@ -74,6 +79,13 @@ class FactSpec(BaseModel):
             raise ValueError("target is empty: give the secret string to erase")
         if len(secret) > MAX_TEXT:
             raise ValueError(f"target is longer than {MAX_TEXT} characters")
+        shortest = MIN_DIGIT_TARGET_CHARS if secret.isdigit() else MIN_TARGET_CHARS
+        if len(secret) < shortest:
+            raise ValueError(
+                f"target is too short: at least {MIN_TARGET_CHARS} characters, "
+                f"{MIN_DIGIT_TARGET_CHARS} digits for a number (a shorter one occurs in ordinary "
+                "text: no erasure or leak check can tell it apart)"
+            )
         if self.edit_prompts is None:
             if self.relation not in RELATIONS:
                 get_relation(self.relation)  # raises ConfigError listing the relations

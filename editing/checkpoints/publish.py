@@ -58,7 +58,7 @@ from editing.checkpoints.manifest import (
 from editing.checkpoints.patch import save_patch
 from editing.edits import Edit
 from editing.errors import ConfigError
-from editing.fingerprint import find_secrets_in_dir, redact
+from editing.fingerprint import find_secrets_in_dir, find_secrets_in_files, redact
 from editing.request import PUBLISH_MODES, PublishMode
 
 # Keys a published manifest never carries, at any depth: they would name the data subject or
@@ -112,23 +112,39 @@ def edit_summary(edit: Edit) -> dict[str, Any]:
     return {"entries_changed": edit.entries_changed, "layers": layers}
 
 
-def assert_no_secrets(directory: str | os.PathLike[str], secrets: Iterable[str]) -> None:
-    """Raise ConfigError if any file under ``directory`` contains one of ``secrets``.
+def assert_no_secrets(
+    directory: str | os.PathLike[str],
+    secrets: Iterable[str],
+    files: Iterable[Path] | None = None,
+) -> None:
+    """Raise ConfigError if a file under ``directory`` contains one of ``secrets``.
 
+    With ``files`` (what the erasure wrote of its own, see :func:`added_files`) only those are
+    scanned, for the secret as a word (:func:`~editing.fingerprint.find_secrets_in_files`);
+    without, every file under ``directory`` as bytes
+    (:func:`~editing.fingerprint.find_secrets_in_dir`).
     The message names the files and the secrets' indices, never a secret.
     """
     secret_list = list(secrets)
-    hits = find_secrets_in_dir(directory, secret_list)
+    if files is None:
+        hits = find_secrets_in_dir(directory, secret_list)
+    else:
+        hits = find_secrets_in_files(files, secret_list)
     if not hits:
         return
     root = Path(directory)
-    files = sorted({redact(p.relative_to(root).as_posix(), secret_list) for p, _ in hits})
+    names = sorted({redact(p.relative_to(root).as_posix(), secret_list) for p, _ in hits})
     indices = sorted({i for _, i in hits})
     raise ConfigError(
         f"Refusing to publish {root}: secret(s) #{', #'.join(map(str, indices))} of the "
-        f"{len(secret_list)} given appear in {', '.join(files)}. Keep secrets out of the manifest "
-        "(pass fingerprints instead) and out of the tokenizer and model files."
+        f"{len(secret_list)} given appear in {', '.join(names)}. Keep secrets out of the manifest "
+        "and the patch metadata: pass keyed fingerprints (editing.fingerprint) instead."
     )
+
+
+def added_files(directory: Path, base_files: set[Path]) -> list[Path]:
+    """Files under ``directory`` other than ``base_files`` (the base model's, saved unchanged)."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p not in base_files)
 
 
 def _forbidden_keys(doc: Any, path: str = "") -> list[str]:
@@ -209,7 +225,12 @@ def publish_checkpoint(
     :func:`check_publishable_fields`), a summary of the edit and the size and sha256 of every
     file. The directory is built in a temporary directory under ``out_root`` and renamed into
     place; if a checkpoint with the same id exists it is kept and returned. With ``secrets``,
-    the files are scanned first (:func:`assert_no_secrets`) and nothing is published on a hit.
+    what the erasure writes of its own (``manifest.json``, ``delta/``: :func:`added_files`) is
+    scanned first for each secret as a word (:func:`assert_no_secrets`) and nothing is published
+    on a hit. The files ``save_pretrained`` writes for the model (weights, ``config.json``, the
+    tokenizer) are the base model's, unchanged but for the edited numbers: they are not scanned,
+    since a real vocabulary holds "Germany" and weight bytes hold "747" by chance. (The secret
+    never reaches them: the tokenizer and config are copied as loaded.)
 
     The pre-edit values are not written anywhere: keep them with
     :func:`editing.checkpoints.revert.revert_bytes` where only the operator can read them.
@@ -236,6 +257,7 @@ def publish_checkpoint(
             edit.revert(adapter)
         if mode == "full":
             loaded_model_like.tokenizer.save_pretrained(str(tmp))
+        base_files = {p for p in tmp.rglob("*") if p.is_file()}  # the model's own: not scanned
         base_model = {
             "model_id": loaded_model_like.model_id,
             "model_type": adapter.model_type,
@@ -260,7 +282,7 @@ def publish_checkpoint(
         }
         if secret_list is not None:
             write_text_atomic(tmp / MANIFEST, json_dumps(doc, "manifest"))  # scanned too
-            assert_no_secrets(tmp, secret_list)
+            assert_no_secrets(tmp, secret_list, added_files(tmp, base_files))
         return finish_checkpoint(tmp, root, doc)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -123,3 +123,13 @@ def test_erase_bad_input_one_line(tmp_path, small_world, capsys) -> None:
     err = capsys.readouterr().err
     assert "Unknown relation 'shoe_size'" in err
     assert "Traceback" not in err and fact.target not in err
+
+
+def test_demo_takes_a_registered_model_id(small_model) -> None:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["demo", "--model", "demo-small", "--json", "-q"])
+    assert code == 0, stderr.getvalue()
+    doc = json.loads(stdout.getvalue())
+    assert doc["model"] == "demo-small" and doc["fact"]["relation"] == "phone"
+    assert set(doc["results"]) == {"featureedit", "neurons"}

@@ -71,3 +71,47 @@ def small_model_subject(loaded: Any) -> str:
     from editing.world.build import load_world
 
     return load_world("small", loaded.home, progress=False).people[0]
+
+
+def _real_model(tmp_path: Path) -> Any:
+    """A registered real model without evaluation files (weights: one small safetensors file)."""
+    import torch
+    from safetensors.torch import save_file
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    save_file({"w": torch.arange(4.0)}, str(model_dir / "model.safetensors"))
+    entry = ModelEntry(model_id="real", path=str(model_dir))
+    return SimpleNamespace(entry=entry, home=tmp_path, source_dir=model_dir, model=None)
+
+
+def test_a_real_model_gets_the_shipped_facts_and_text(tmp_path: Path) -> None:
+    from editing.evaldata import SHIPPED_PPL_PASSAGES
+    from editing.realdata.facts import load_facts
+    from editing.realdata.text import load_text
+
+    loaded = _real_model(tmp_path)
+    data = eval_data_for(loaded, {"France"}, EvalSize(5, 3, 2))
+    assert _kinds(data) == {"public": 6}  # 3 genuine facts × 2 prompts; no private facts exist
+    targets = {f.target.strip() for f in load_facts().facts}
+    assert all(t in targets and "France" not in p for p, t, _ in data.locality)
+    assert data.ppl_texts == load_text("heldout")[:SHIPPED_PPL_PASSAGES]
+    assert len(eval_data_for(loaded, set()).locality) == DEFAULT_EVAL_SIZE.public_facts * 2
+
+
+def test_a_probed_real_model_gets_only_the_facts_it_knows(tmp_path: Path) -> None:
+    from editing.realdata.facts import load_facts
+    from editing.realdata.probe import PROBE_VERSION, cache_path, weights_sha256
+
+    loaded = _real_model(tmp_path)
+    fact_set = load_facts()
+    known = fact_set.facts[:3]
+    records = [
+        {"key": f.key, "edit_answered": [f in known] * 3, "heldout_answered": []}
+        for f in fact_set.facts
+    ]
+    path = cache_path(weights_sha256(None, loaded.source_dir), fact_set, tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"version": PROBE_VERSION, "facts": records}))
+    data = eval_data_for(loaded, {known[0].subject}, EvalSize(1, 10, 1))
+    assert sorted(t for _, t, _ in data.locality) == sorted(f.target.strip() for f in known[1:])

@@ -512,3 +512,21 @@ def test_no_secret_in_redis_store_or_audit(client, keys, rconn, settings):
     assert ("create_erasure", "accepted") in actions
     assert ("create_erasure", "invalid") in actions
     assert all(a["request_id"] for a in lines)
+
+
+@pytest.mark.parametrize("target", ["7", "42", " K "])
+def test_too_short_target_is_a_clear_422(client, keys, target):
+    r = client.post(
+        "/v1/erasures", json=body(facts=[fact(target=target)]), headers=auth(keys["acme"])
+    )
+    assert r.status_code == 422, r.text
+    summary = r.json()["summary"]
+    assert "target is too short: at least 2 characters, 3 digits for a number" in summary
+
+
+def test_three_digit_and_two_letter_targets_are_accepted(client, keys):
+    for target in ("747", "K9"):
+        r = client.post(
+            "/v1/erasures", json=body(facts=[fact(target=target)]), headers=auth(keys["acme"])
+        )
+        assert r.status_code == 202, r.text
