@@ -106,7 +106,7 @@ def submit(
     """Create an erasure the way the API does (record, encrypted blob, job); return its id."""
     from editing.fingerprint import fingerprint_key
     from editing.request import ErasureRequest
-    from service.api.routes.erasures import new_record
+    from service.api.intake import new_record
     from service.queueing import JobQueue
     from service.security import encrypt_request
 
