@@ -166,11 +166,12 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     models.set_defaults(func=cmd_models, model_ids=[])
 
     # The other commands live in their own modules (torch-free at import).
-    from editing import cli_analysis, cli_engine, cli_facts, cli_models, cli_world
+    from editing import cli_analysis, cli_engine, cli_facts, cli_models, cli_sae, cli_world
 
     cli_world.register(subparsers, common)  # world build, world info
     cli_models.register(models, common, cmd_models)  # models list (the default), models add
     cli_facts.register(subparsers, common)  # facts probe
+    cli_sae.register(subparsers, common)  # sae train
 
     cli_engine.register(subparsers, common)  # erase, demo, apply-delta, bench
     cli_analysis.register(subparsers, common)  # analyze
