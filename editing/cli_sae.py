@@ -76,16 +76,7 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, home=getattr(args, "home", None))
     layers = parse_layers(args.layers, loaded.adapter.n_layers)
     train, held, text_sha = st.split_text(args.text)
-    recipe = st.SAETrainRecipe(
-        width=args.width,
-        k=args.k,
-        tokens=args.tokens,
-        eval_tokens=args.eval_tokens,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        text_sha256=text_sha,
-    )
+    recipe = st.SAETrainRecipe(**{k: getattr(args, k) for k in DEFAULTS}, text_sha256=text_sha)
     quiet = bool(getattr(args, "quiet", False))
     acts_bar = tqdm(
         total=recipe.tokens, desc="activations", unit="tok", disable=quiet, file=sys.stderr
