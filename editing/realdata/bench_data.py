@@ -4,6 +4,9 @@
   use), spread over the relations, each with its own edit and held-out prompts.
 * Locality (unless the registry names a ``locality_file``): the other known facts, two edit prompts
   each, written once to ``$FEATUREEDIT_HOME/bench/`` as a registry-format JSONL file.
+
+Targets lose the fact set's leading space (``" Paris"`` -> ``"Paris"``): requests, locality files
+and :func:`editing.scoring.encode_pair` put the space back themselves.
 * ΔPPL (unless the registry names a ``ppl_file``): the shipped held-out Wikipedia text.
 """
 
@@ -41,7 +44,7 @@ def fact_request(fact: Fact) -> dict[str, Any]:
     return {
         "subject": fact.subject,
         "relation": fact.relation.name,
-        "target": fact.target,
+        "target": fact.target.strip(),  # requests and scoring add the space themselves
         "edit_prompts": fact.edit_prompts(),
         "heldout_prompts": fact.heldout_prompts(),
     }
@@ -54,7 +57,7 @@ def write_locality_file(facts: list[Fact], home: Path, seed: int = 0) -> Path:
     for f in facts:
         prompts = f.edit_prompts()
         for prompt in rng.sample(prompts, min(LOCALITY_PROMPTS_PER_FACT, len(prompts))):
-            rows.append({"prompt": prompt, "target": f.target, "kind": "public"})
+            rows.append({"prompt": prompt, "target": f.target.strip(), "kind": "public"})
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     path = home / "bench" / f"locality-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
     if not path.is_file():

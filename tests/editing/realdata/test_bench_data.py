@@ -33,6 +33,8 @@ def test_real_bench_facts(monkeypatch, tmp_path: Path, small_model) -> None:
     assert entry.ppl_file == str(text_file("heldout"))
     rows = [json.loads(line) for line in Path(entry.locality_file).read_text().splitlines()]
     assert len(rows) == 2 * (len(known) - 6)
+    assert all(not r["target"].startswith(" ") for r in rows)  # scoring adds the space
+    assert all(not p["target"].startswith(" ") for p in picked)
     picked_prompts = {q for p in picked for q in p["edit_prompts"]}
     assert not picked_prompts & {r["prompt"] for r in rows}  # no fact judged on itself
     again = bench_data.write_locality_file(
