@@ -50,6 +50,13 @@ def fact_request(fact: Fact) -> dict[str, Any]:
     }
 
 
+def requestable(fact: Fact) -> bool:
+    """Whether a request may name ``fact``: no prompt contains its target (``"German"`` is in
+    "The official language of Germany is", so that fact can only serve Locality)."""
+    target = fact.target.strip()
+    return not any(target in p for p in fact.edit_prompts() + fact.heldout_prompts())
+
+
 def write_locality_file(facts: list[Fact], home: Path, seed: int = 0) -> Path:
     """A locality JSONL of ``facts`` (kind ``public``), named by its content; reused if present."""
     rng = random.Random(seed)
@@ -75,7 +82,8 @@ def real_bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[d
     the fact it erases.
     """
     known = known_facts(loaded)
-    picked = round_robin(known, n_facts, random.Random(seed), lambda f: f.relation.name)
+    order = round_robin(known, len(known), random.Random(seed), lambda f: f.relation.name)
+    picked = [f for f in order if requestable(f)][:n_facts]
     entry = loaded.entry
     if not entry.locality_file:
         keys = {f.key for f in picked}

@@ -43,3 +43,9 @@ def test_real_bench_facts(monkeypatch, tmp_path: Path, small_model) -> None:
         seed=1,
     )
     assert str(again) == entry.locality_file  # content-named: reused
+
+
+def test_facts_whose_prompts_hold_the_target_are_not_requested() -> None:
+    facts = {f.key: f for f in load_facts().facts}
+    assert not bench_data.requestable(facts["language_of_country:Germany"])  # "German" in prompt
+    assert bench_data.requestable(facts["capital_of:France"])
