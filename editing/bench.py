@@ -34,23 +34,37 @@ METRICS = (
     "leak_rate_before",
     "leak_rate_after",
     "units",
+    "entries_changed",
 )
 TIMED_STAGES = ("locate", "edit", "evaluate")
+# Per fact (one fact per run): mean P(target | edit prompt) before and after the erasure.
+FACT_METRICS = ("prob_before", "prob_after")
 
 
 def _summary(values: list[float | None]) -> dict[str, float | int | None]:
     vals = [v for v in values if v is not None]
     if not vals:
-        return {"mean": None, "std": None, "n": 0}
+        return {"mean": None, "std": None, "median": None, "n": 0}
     return {
         "mean": round(statistics.fmean(vals), 4),
         "std": round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0,
+        "median": round(statistics.median(vals), 6),
         "n": len(vals),
     }
 
 
-def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[str, str]]:
-    """``n_facts`` private facts of the demo world, spread over the relations (deterministic)."""
+def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n_facts`` facts to erase, spread over the relations (deterministic).
+
+    On a demo world: its private facts. On another model: the shipped genuine-knowledge facts it
+    knows (:func:`editing.realdata.bench_data.real_bench_facts`, which also gives the model's
+    entry a Locality file of the other known facts and the held-out Wikipedia text for ΔPPL when
+    the registry names none).
+    """
+    if not loaded.entry.is_demo:
+        from editing.realdata.bench_data import real_bench_facts
+
+        return real_bench_facts(loaded, n_facts, seed)
     world = demo_world_of(loaded.entry, loaded.home, purpose="bench", progress=True)
     return request_facts(round_robin(world.private_facts(), n_facts, random.Random(seed)))
 
@@ -70,6 +84,15 @@ def _attack(
     case = AttackCase.from_fact(request.facts[0])
     (results,) = run_attacks(loaded, edit, [case], attacks, budgets, before_cache=before_cache)
     return results
+
+
+def _fact_probs(result: Any) -> dict[str, float | None]:
+    """P(target) before and after the erasure of the run's one fact (None if not measured)."""
+    metrics = result.facts[0].metrics if result.facts else None
+    return {
+        f"prob_{when}": number(getattr(getattr(metrics, when, None), "prob", None))
+        for when in ("before", "after")
+    }
 
 
 def _params(method: str, values: dict[str, Any]) -> MethodParams:
@@ -120,6 +143,7 @@ def run_bench(
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
                 row[name] = number(metric(result.metrics, name))
+            row.update(_fact_probs(result))
             for stage in TIMED_STAGES:
                 row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
             if attacks and result.edit is not None:
@@ -132,7 +156,9 @@ def run_bench(
                 progress(done, total)
     summary: dict[str, Any] = {}
     for method, method_rows in rows.items():
-        summary[method] = {name: _summary([r[name] for r in method_rows]) for name in METRICS}
+        summary[method] = {
+            name: _summary([r[name] for r in method_rows]) for name in METRICS + FACT_METRICS
+        }
         summary[method]["seconds"] = {
             stage: _summary([r[f"seconds_{stage}"] for r in method_rows]) for stage in TIMED_STAGES
         }

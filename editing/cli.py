@@ -174,12 +174,14 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
         cli_engine,
         cli_facts,
         cli_models,
+        cli_sae,
         cli_world,
     )
 
     cli_world.register(subparsers, common)  # world build, world info
     cli_models.register(models, common, cmd_models)  # models list (the default), models add
     cli_facts.register(subparsers, common)  # facts probe
+    cli_sae.register(subparsers, common)  # sae train
 
     cli_engine.register(subparsers, common)  # erase, demo, apply-delta
     cli_bench.register(subparsers, common)  # bench

@@ -60,7 +60,7 @@ def _metrics_rows(
     if paper:
         headers += [f"paper {n}" for n in names if n in PAPER_FIGURES]
     rows = []
-    for name in (*METRICS, "entries_changed"):
+    for name in METRICS:
         row = [name] + [_fmt(metric(results[n].metrics, name)) for n in names]
         if paper:
             row += [_fmt(PAPER_FIGURES[n].get(name)) for n in names if n in PAPER_FIGURES]

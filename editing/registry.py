@@ -344,3 +344,55 @@ def register_model(
     tmp.write_text(head + block)
     os.replace(tmp, file)  # atomic: readers see the old file or the new one
     return file, True
+
+
+def registry_file_of(model_id: str, home: str | os.PathLike[str] | None = None) -> Path:
+    """The registry file that defines ``model_id``; ConfigError for a demo or ad-hoc model."""
+    file = registry_file(home)
+    entry = load_registry(home).get(model_id)
+    if entry is None or entry.is_demo or file is None:
+        raise ConfigError(
+            f"Model {model_id!r} is not registered in a registry file; SAEs can only be "
+            "registered for a model added with `featureedit models add` (or use --no-register)."
+        )
+    return file
+
+
+def register_saes(
+    model_id: str,
+    site: str,
+    path_pattern: str,
+    layers: list[int],
+    home: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Set ``[models.<model_id>.saes.<site>]`` to local sae-lens directories ``path_pattern``.
+
+    ``path_pattern`` holds ``{layer}``. The model must be registered in the registry file in
+    force; an existing table for the site is replaced (its lines, up to the next table), the rest
+    of the file is kept as it is. Returns the file.
+    """
+    file = registry_file_of(model_id, home)
+    header = f"[models.{model_id}.saes.{site}]"
+    kept: list[str] = []
+    skipping = False
+    for line in file.read_text().splitlines():
+        if line.strip() == header:
+            skipping = True
+            continue
+        if skipping and line.lstrip().startswith("["):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    block = f"{header}\npath = {json.dumps(path_pattern)}\nlayers = {json.dumps(sorted(layers))}\n"
+    text = "\n".join(kept).rstrip("\n") + "\n\n" + block
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"Cannot register SAEs in {file}: the table {header} is defined in a form this "
+            f"command does not rewrite ({exc}); edit the file by hand."
+        ) from exc
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, file)
+    return file

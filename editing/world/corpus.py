@@ -10,9 +10,13 @@ part and a held-out part used for perplexity (ΔPPL).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 from editing.relations import PRIVATE_RELATIONS, PUBLIC_RELATIONS, RELATIONS
+
+T = TypeVar("T", bound=Any)
 
 FIRST_NAMES = [
     "Dana",
@@ -377,14 +381,19 @@ def generate_corpus(n_people: int, seed: int = 0, n_filler: int = 2000, n_ppl: i
     return Corpus(seed=seed, people=people, facts=facts, train_texts=train, ppl_texts=ppl)
 
 
-def round_robin(facts: list[Fact], n: int, rng: random.Random) -> list[Fact]:
-    """``n`` of ``facts`` spread evenly over their relations (shuffled per relation by ``rng``)."""
-    by_rel: dict[str, list[Fact]] = {}
+def round_robin(
+    facts: list[T], n: int, rng: random.Random, relation: Callable[[T], str] | None = None
+) -> list[T]:
+    """``n`` of ``facts`` spread evenly over their relations (shuffled per relation by ``rng``).
+
+    ``relation(fact)`` names a fact's relation (default: its ``relation`` attribute).
+    """
+    by_rel: dict[str, list[T]] = {}
     for f in facts:
-        by_rel.setdefault(f.relation, []).append(f)
+        by_rel.setdefault(relation(f) if relation else f.relation, []).append(f)
     for group in by_rel.values():
         rng.shuffle(group)
-    picked: list[Fact] = []
+    picked: list[T] = []
     while len(picked) < n and any(by_rel.values()):
         for rel in sorted(by_rel):
             if by_rel[rel] and len(picked) < n:

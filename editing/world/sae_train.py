@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,6 +65,111 @@ def fvu_and_l0(sae: TrainedSAE, acts: torch.Tensor, chunk: int = 8192) -> tuple[
     return sse / total, l0 / len(acts)
 
 
+class TopKTrainer:
+    """Step-by-step TopK SAE training on ``acts`` ([n_tokens, d_in], float32), checkpointable.
+
+    ``state_dict()`` / ``load_state_dict()`` capture everything a run depends on (weights, Adam
+    state, dead-latent counters, the sampling generator and the step), so a run stopped after a
+    checkpoint and resumed gives the same SAE as an uninterrupted one. ``d_sae`` defaults to
+    ``recipe.expansion * d_in``.
+    """
+
+    def __init__(
+        self, acts: torch.Tensor, recipe: SAERecipe, seed: int, d_sae: int | None = None
+    ) -> None:
+        self.acts = acts
+        self.recipe = recipe
+        self.gen = torch.Generator().manual_seed(seed)
+        d_in = acts.shape[1]
+        d_sae = d_sae or recipe.expansion * d_in
+        W_dec = torch.randn(d_sae, d_in, generator=self.gen)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = W_dec.to(acts.device).requires_grad_(True)
+        self.W_enc = self.W_dec.detach().T.clone().requires_grad_(True)
+        self.b_enc = torch.zeros(d_sae, device=acts.device, requires_grad=True)
+        self.b_dec = acts.median(dim=0).values.clone().requires_grad_(True)
+        self.opt = torch.optim.Adam(
+            [self.W_enc, self.b_enc, self.W_dec, self.b_dec], lr=recipe.lr, betas=(0.9, 0.999)
+        )
+        self.last_fired = torch.zeros(d_sae, dtype=torch.long, device=acts.device)
+        self.scale = (acts - acts.mean(0)).pow(2).sum(-1).mean()  # losses in FVU units
+        self.step = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether all ``recipe.steps`` steps have run."""
+        return self.step >= self.recipe.steps
+
+    def train_step(self) -> float:
+        """One Adam step on a random batch; returns the reconstruction loss (FVU units)."""
+        recipe, acts = self.recipe, self.acts
+        W_enc, b_enc, W_dec, b_dec = self.W_enc, self.b_enc, self.W_dec, self.b_dec
+        d_sae = W_dec.shape[0]
+        idx = torch.randint(0, len(acts), (recipe.batch_size,), generator=self.gen)
+        x = acts[idx.to(acts.device)]
+        pre = (x - b_dec) @ W_enc + b_enc
+        vals, top = pre.topk(recipe.k, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, top, vals.relu())
+        err = x - (f @ W_dec + b_dec)
+        loss = err.pow(2).sum(-1).mean() / self.scale
+        recon = float(loss.detach())
+        fired = torch.zeros(d_sae, dtype=torch.bool, device=acts.device)
+        fired[top[vals > 0]] = True
+        self.last_fired = torch.where(fired, torch.zeros_like(self.last_fired), self.last_fired + 1)
+        dead = self.last_fired > recipe.dead_after
+        if dead.any():  # auxiliary loss: dead latents learn to explain the residual error
+            aux_pre = pre.masked_fill(~dead, float("-inf"))
+            ak = min(recipe.aux_k, int(dead.sum()))
+            avals, atop = aux_pre.topk(ak, dim=-1)
+            fa = torch.zeros_like(pre).scatter(-1, atop, avals.relu())
+            aux = (err.detach() - fa @ W_dec).pow(2).sum(-1).mean() / self.scale
+            loss = loss + recipe.aux_coef * aux
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():  # keep decoder rows unit-norm: remove the radial gradient
+            W_dec.grad -= (W_dec.grad * W_dec).sum(1, keepdim=True) * W_dec
+        lr_scale = min(1.0, 10 * (recipe.steps - self.step) / recipe.steps)  # decay, last 10%
+        for g in self.opt.param_groups:
+            g["lr"] = recipe.lr * lr_scale
+        self.opt.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.step += 1
+        return recon
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (tensors on the CPU; ``torch.save``-able)."""
+        return {
+            "step": self.step,
+            "params": [p.detach().cpu() for p in (self.W_enc, self.b_enc, self.W_dec, self.b_dec)],
+            "opt": self.opt.state_dict(),
+            "last_fired": self.last_fired.cpu(),
+            "gen": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a trainer with the same acts, recipe and seed."""
+        with torch.no_grad():
+            for p, saved in zip(
+                (self.W_enc, self.b_enc, self.W_dec, self.b_dec), state["params"], strict=True
+            ):
+                p.copy_(saved)
+        self.opt.load_state_dict(state["opt"])
+        self.last_fired = state["last_fired"].to(self.acts.device)
+        self.gen.set_state(state["gen"])
+        self.step = int(state["step"])
+
+    def result(self) -> TrainedSAE:
+        """The SAE as trained so far."""
+        return TrainedSAE(
+            W_enc=self.W_enc.detach(),
+            b_enc=self.b_enc.detach(),
+            W_dec=self.W_dec.detach(),
+            b_dec=self.b_dec.detach(),
+            k=self.recipe.k,
+        )
+
+
 def train_topk_sae(
     acts: torch.Tensor,
     recipe: SAERecipe,
@@ -71,57 +177,13 @@ def train_topk_sae(
     progress: Callable[[int], None] | None = None,
 ) -> TrainedSAE:
     """Train a TopK SAE on ``acts`` ([n_tokens, d_in], float32) deterministically for ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    n, d_in = acts.shape
-    d_sae = recipe.expansion * d_in
-    W_dec = torch.randn(d_sae, d_in, generator=gen)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    W_dec = W_dec.to(acts.device).requires_grad_(True)
-    W_enc = W_dec.detach().T.clone().requires_grad_(True)
-    b_enc = torch.zeros(d_sae, device=acts.device, requires_grad=True)
-    b_dec = acts.median(dim=0).values.clone().requires_grad_(True)
-    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=recipe.lr, betas=(0.9, 0.999))
-    last_fired = torch.zeros(d_sae, dtype=torch.long, device=acts.device)
-    scale = (acts - acts.mean(0)).pow(2).sum(-1).mean()  # normalise losses to FVU units
-    for step in range(recipe.steps):
-        idx = torch.randint(0, n, (recipe.batch_size,), generator=gen).to(acts.device)
-        x = acts[idx]
-        pre = (x - b_dec) @ W_enc + b_enc
-        vals, top = pre.topk(recipe.k, dim=-1)
-        f = torch.zeros_like(pre).scatter(-1, top, vals.relu())
-        recon = f @ W_dec + b_dec
-        err = x - recon
-        loss = err.pow(2).sum(-1).mean() / scale
-        fired = torch.zeros(d_sae, dtype=torch.bool, device=acts.device)
-        fired[top[vals > 0]] = True
-        last_fired = torch.where(fired, torch.zeros_like(last_fired), last_fired + 1)
-        dead = last_fired > recipe.dead_after
-        if dead.any():  # auxiliary loss: dead latents learn to explain the residual error
-            aux_pre = pre.masked_fill(~dead, float("-inf"))
-            ak = min(recipe.aux_k, int(dead.sum()))
-            avals, atop = aux_pre.topk(ak, dim=-1)
-            fa = torch.zeros_like(pre).scatter(-1, atop, avals.relu())
-            aux = (err.detach() - fa @ W_dec).pow(2).sum(-1).mean() / scale
-            loss = loss + recipe.aux_coef * aux
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():  # keep decoder rows unit-norm: remove the radial gradient
-            W_dec.grad -= (W_dec.grad * W_dec).sum(1, keepdim=True) * W_dec
-        lr_scale = min(1.0, 10 * (recipe.steps - step) / recipe.steps)  # linear decay, last 10%
-        for g in opt.param_groups:
-            g["lr"] = recipe.lr * lr_scale
-        opt.step()
-        with torch.no_grad():
-            W_dec /= W_dec.norm(dim=1, keepdim=True)
+    trainer = TopKTrainer(acts, recipe, seed)
+    while not trainer.done:
+        step = trainer.step
+        trainer.train_step()
         if progress is not None:
             progress(step)
-    return TrainedSAE(
-        W_enc=W_enc.detach(),
-        b_enc=b_enc.detach(),
-        W_dec=W_dec.detach(),
-        b_dec=b_dec.detach(),
-        k=recipe.k,
-    )
+    return trainer.result()
 
 
 def save_sae_lens(sae: TrainedSAE, directory: Path, hook_name: str, model_name: str) -> None:

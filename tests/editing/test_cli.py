@@ -61,7 +61,9 @@ def test_help_does_not_import_torch() -> None:
     assert proc.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("argv", [["world", "build"], ["world", "info"], ["models"]])
+@pytest.mark.parametrize(
+    "argv", [["world", "build"], ["world", "info"], ["models"], ["sae", "train"]]
+)
 def test_command_help(capsys, argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main([*argv, "--help"])

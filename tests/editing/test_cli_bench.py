@@ -30,3 +30,5 @@ def test_bench_json_keys(capsys) -> None:
         assert key in fe and "mean" in fe[key] and "std" in fe[key]
     assert set(fe["seconds"]) == {"locate", "edit", "evaluate"}
     assert "locate_speedup_featureedit_vs_neurons" in doc["ratios"]
+    assert fe["prob_before"]["n"] == 2 and fe["prob_before"]["median"] > 0
+    assert all(r["prob_after"] is not None for r in doc["per_fact"]["featureedit"])

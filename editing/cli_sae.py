@@ -1,0 +1,177 @@
+"""``featureedit sae train``: train TopK SAEs on a registered model (:mod:`editing.sae_training`).
+
+Registered by ``editing.cli`` with ``cli_sae.register(subparsers, common)``; torch and the model
+are imported inside the command only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+DEFAULTS = {
+    "width": 4608,
+    "k": 64,
+    "tokens": 100_000,
+    "eval_tokens": 20_000,
+    "steps": 3000,
+    "batch_size": 1024,
+    "seed": 0,
+}  # = editing.sae_training.SAETrainRecipe's (torch-free here; a test checks they agree)
+
+
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """``"all"`` or comma-separated layer numbers (ranges ``a-b`` allowed) -> sorted layers."""
+    from editing.errors import ConfigError
+
+    if text.strip() == "all":
+        return list(range(n_layers))
+    layers: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            layers.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(
+            f"--layers {text!r}: expected 'all' or comma-separated layers such as 10,12,15-17."
+        ) from None
+    bad = sorted(x for x in layers if not 0 <= x < n_layers)
+    if bad or not layers:
+        raise ConfigError(f"--layers {text!r}: the model has layers 0..{n_layers - 1}.")
+    return sorted(layers)
+
+
+def _table(doc: dict[str, Any]) -> str:
+    from editing.cli import format_table
+
+    rows = [
+        (
+            r["layer"],
+            r["fvu"],
+            r["l0"],
+            r["d_sae"],
+            r["train_tokens"],
+            r["eval_tokens"],
+            "cached" if r["cached"] else f"{r['seconds']} s",
+        )
+        for r in doc["layers"]
+    ]
+    headers = ["layer", "FVU (held-out)", "L0", "d_sae", "train tokens", "eval tokens", "time"]
+    return format_table(headers, rows)
+
+
+def cmd_sae_train(args: argparse.Namespace) -> int:
+    """Train (or reuse cached) SAEs, register them for the model, report FVU and L0."""
+    from tqdm import tqdm
+
+    from editing import sae_training as st
+    from editing.cli import EXIT_OK, print_json
+    from editing.models import load_model
+    from editing.realdata.probe import weights_sha256
+    from editing.registry import register_saes, registry_file_of
+
+    if not args.no_register:
+        registry_file_of(args.model, getattr(args, "home", None))  # fail before training
+    loaded = load_model(args.model, home=getattr(args, "home", None))
+    layers = parse_layers(args.layers, loaded.adapter.n_layers)
+    train, held, text_sha = st.split_text(args.text)
+    recipe = st.SAETrainRecipe(**{k: getattr(args, k) for k in DEFAULTS}, text_sha256=text_sha)
+    quiet = bool(getattr(args, "quiet", False))
+    acts_bar = tqdm(
+        total=recipe.tokens, desc="activations", unit="tok", disable=quiet, file=sys.stderr
+    )
+    steps_bar = tqdm(
+        total=recipe.steps * len(layers),
+        desc=f"train SAEs ({args.site}, {len(layers)} layers)",
+        unit="step",
+        disable=quiet,
+        file=sys.stderr,
+        mininterval=1.0,
+    )
+
+    def on_step(n: int, loss: float) -> None:
+        steps_bar.update(n)
+        if loss == loss:  # not NaN (a resumed checkpoint reports NaN)
+            steps_bar.set_postfix(fvu_train=f"{loss:.3f}", refresh=False)
+
+    with acts_bar, steps_bar:
+        summary = st.train_saes(
+            loaded,
+            args.site,
+            layers,
+            recipe,
+            train,
+            held,
+            weights_sha256(loaded.model, loaded.source_dir),
+            checkpoint_every=args.checkpoint_every,
+            on_activations=acts_bar.update,
+            on_step=on_step,
+        )
+    if not args.no_register:
+        from pathlib import Path
+
+        directory = Path(summary.directory)
+        summary.registered_layers = st.cached_layers(directory)
+        summary.registry_file = str(
+            register_saes(
+                loaded.model_id,
+                args.site,
+                str(st.layer_dir(directory, 0)).removesuffix("0") + "{layer}",
+                summary.registered_layers,
+                loaded.home,
+            )
+        )
+    doc = summary.to_dict()
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    print(f"SAEs of {doc['model_id']!r} at {doc['site']} in {doc['directory']}:")
+    print(_table(doc))
+    if summary.registry_file:
+        print(
+            f"\nRegistered layers {summary.registered_layers} at {args.site} in "
+            f"{summary.registry_file}; erase/bench with featureedit use them."
+        )
+    return EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``sae`` with its sub-command ``train``."""
+    sae = subparsers.add_parser("sae", parents=[common], help="train SAEs on a registered model")
+    sub = sae.add_subparsers(dest="sae_command", metavar="{train}")
+    sae.set_defaults(func=lambda _a: sae.print_help() or 2)
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train TopK SAEs on a model's activations and register them",
+        description="Stream activations of MODEL at SITE from a text corpus (default: the shipped "
+        "Wikipedia text; special tokens and attention-sink positions are dropped), train one "
+        "TopK SAE per layer (checkpointed: an interrupted run resumes), report FVU and L0 on "
+        "held-out text, write sae-lens directories under $FEATUREEDIT_HOME/saes/ (cached by "
+        "weights, site, layer and recipe) and register them so erase and bench find them.",
+        epilog="Example: `featureedit sae train --model smollm2 --site resid_post --layers 9,12`.",
+    )
+    train.add_argument("--model", required=True, help="registered model id")
+    train.add_argument("--site", choices=("resid_post", "mlp_out"), default="resid_post")
+    train.add_argument("--layers", required=True, help="'all' or e.g. 9,12,15-17")
+    train.add_argument("--width", type=int, default=DEFAULTS["width"], help="SAE latents")
+    train.add_argument("--k", type=int, default=DEFAULTS["k"], help="TopK: active latents")
+    train.add_argument(
+        "--tokens", type=int, default=DEFAULTS["tokens"], help="training tokens per layer"
+    )
+    train.add_argument(
+        "--eval-tokens", type=int, default=DEFAULTS["eval_tokens"], help="held-out tokens"
+    )
+    train.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="Adam steps")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    train.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    train.add_argument(
+        "--text",
+        metavar="FILE",
+        help="one passage per line (every 10th held out); default: the shipped Wikipedia text",
+    )
+    train.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS")
+    train.add_argument("--no-register", action="store_true", help="do not touch the registry")
+    train.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    train.set_defaults(func=cmd_sae_train)
