@@ -65,10 +65,12 @@ def run_bench(
     params: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    leak_samples: int = 5,
 ) -> dict[str, Any]:
     """Run the benchmark (default: every registered method); per-method summaries, rows, ratios.
 
-    ``params`` maps a method name to its parameters (defaults for the others).
+    ``params`` maps a method name to its parameters (defaults for the others);
+    ``leak_samples`` is the number of sampled continuations per prompt behind the leak rates.
     """
     methods = tuple(method_names()) if methods is None else methods
     method_params = {m: _params(m, (params or {}).get(m, {})) for m in methods}
@@ -89,10 +91,13 @@ def run_bench(
                 facts=[fact],
                 params=method_params[method],
             )
-            result = run_erasure(request, loaded)
+            result = run_erasure(request, loaded, leak_samples=leak_samples)
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
                 row[name] = number(metric(result.metrics, name))
+            leaks = [f.metrics.after.leak_rate for f in result.facts if f.metrics.after]
+            row["leak_after_hits"] = sum(r.hits or 0 for r in leaks if r)  # with the secret
+            row["leak_after_samples"] = sum(r.count or 0 for r in leaks if r)
             for stage in TIMED_STAGES:
                 row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
             rows[method].append(row)
@@ -129,6 +134,7 @@ def run_bench(
         "summary": summary,
         "ratios": ratios,
         "paper": PAPER_FIGURES,
+        "leak_samples": leak_samples,
         "per_fact": rows,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

@@ -59,7 +59,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    result = run_bench(loaded, args.facts, methods=methods, progress=progress)
+    result = run_bench(
+        loaded, args.facts, methods=methods, progress=progress, leak_samples=args.leak_samples
+    )
     bar.close()
     if args.json:
         print_json(result)
@@ -69,7 +71,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bench_markdown(
                 result,
                 f"featureedit bench --model {args.model} --facts "
-                f"{args.facts} --methods {args.methods} --markdown",
+                f"{args.facts} --methods {args.methods} --leak-samples {args.leak_samples} "
+                "--markdown",
             )
         )
         return 0
@@ -138,6 +141,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     bench.add_argument("--methods", help="comma-separated (default: every registered method)")
     add_json_option(bench)
     bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
+    bench.add_argument(
+        "--leak-samples",
+        type=int,
+        default=5,
+        help="sampled continuations per prompt behind leak_rate (temperature 1; default 5)",
+    )
     bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
 
 

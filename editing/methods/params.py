@@ -49,6 +49,12 @@ class FeatureEditParams(SaeParams):
     tau2: float = Field(0.5, gt=0, le=1, description="`rows` variant: |d_j| threshold (× max).")
     gamma: float = Field(0.6, ge=0, description="Specificity filter: control/target ratio.")
     rho: float = Field(0.8, gt=0, le=1, description="`project-cols`: share of the write kept.")
+    strength: float = Field(
+        1.0,
+        gt=0,
+        le=4,
+        description="`project*` variants: multiple of the feature's write removed (1 = exactly).",
+    )
     max_features: int = Field(32, ge=1, le=256, description="Greedy cap on features per fact.")
     relocate_rounds: int = Field(
         3,
@@ -57,6 +63,16 @@ class FeatureEditParams(SaeParams):
         description="Greedy selectors: locate again on the edited model when candidates run out.",
     )
     min_prompts: int = Field(2, ge=1, description="A feature must be active in this many prompts.")
+    leak_bound: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description=(
+            "Greedy selectors: keep adding features until, on every edit prompt, the whole "
+            "secret's teacher-forced probability (its exact sampling probability at temperature "
+            "1) is at most this; 1.0 stops as soon as greedy decoding no longer reproduces it."
+        ),
+    )
 
 
 class NeuronParams(MethodParams):
