@@ -43,6 +43,11 @@ GRID: list[dict] = [  # every parameter not named here takes FeatureEditParams' 
     {"leak_bound": 0.002},
     {"leak_bound": 0.01, "max_features": 64, "relocate_rounds": 8},
     {"leak_bound": 0.002, "max_features": 64, "relocate_rounds": 8},
+    {"positions": "target"},  # 25: read features at every position predicting a target token
+    {"positions": "target", "leak_bound": 0.01},
+    {"positions": "target", "leak_bound": 0.01, "max_features": 64, "relocate_rounds": 8},
+    {"leak_bound": 0.01, "strength": 1.5},
+    {"positions": "target", "leak_bound": 0.01, "strength": 1.5},
 ]
 
 

@@ -123,6 +123,7 @@ class FeatureEdit:
                 layers,
                 case.control_prompts,
                 objective=p.objective,
+                every_token=p.positions == "target",
             )
             ranked = rank_features(ev, p.selector, p.tau1, p.gamma, p.min_prompts)
             ranked = [u for u in ranked if (u.layer, u.index) not in seen]

@@ -45,6 +45,13 @@ class FeatureEditParams(SaeParams):
         "target",
         description="Attribution objective: log P of the first target token, or of the target.",
     )
+    positions: Literal["last", "target"] = Field(
+        "last",
+        description=(
+            "Where features are read: the last prompt token, or every position that predicts a "
+            "target token (teacher forced; with objective `target`)."
+        ),
+    )
     tau1: float = Field(0.2, gt=0, le=1, description="Activation selector threshold (× max).")
     tau2: float = Field(0.5, gt=0, le=1, description="`rows` variant: |d_j| threshold (× max).")
     gamma: float = Field(0.6, ge=0, description="Specificity filter: control/target ratio.")
