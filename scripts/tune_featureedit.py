@@ -48,6 +48,9 @@ GRID: list[dict] = [  # every parameter not named here takes FeatureEditParams' 
     {"positions": "target", "leak_bound": 0.01, "max_features": 64, "relocate_rounds": 8},
     {"leak_bound": 0.01, "strength": 1.5},
     {"positions": "target", "leak_bound": 0.01, "strength": 1.5},
+    {"positions": "target", "gamma": 0.3},  # 30
+    {"positions": "target", "leak_bound": 0.01, "gamma": 0.3},
+    {"positions": "target", "leak_bound": 0.01, "rho": 0.6},
 ]
 
 

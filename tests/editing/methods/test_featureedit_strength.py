@@ -9,6 +9,7 @@ import torch
 from editing.erase import run_erasure
 from editing.methods.featureedit import edit_feature, leaking_prompts
 from editing.methods.params import FeatureEditParams
+from editing.relations import get_relation
 from editing.request import ErasureRequest
 from editing.scoring import TargetScore
 
@@ -81,3 +82,26 @@ def test_strength_scales_the_removed_write(small_model, erasable_fact, strength:
         torch.testing.assert_close(after[rest], before[rest])
     finally:
         adapter.set_down_proj_weight(layer, saved)
+
+
+def test_every_token_reads_the_target_positions(small_model, erasable_fact) -> None:
+    """``positions="target"`` reads every position that predicts a target token: a prompt's
+    activation is the largest over its positions (so never below the last token's), and with
+    the first-token objective (one position) it is the last-token evidence exactly."""
+    from editing.locate import feature_evidence
+
+    prompts = get_relation(erasable_fact.relation).edit_prompts(erasable_fact.subject)
+    layers = small_model.sae_layers("resid_post")
+
+    def evidence(objective: str, every_token: bool):
+        return feature_evidence(small_model, prompts, erasable_fact.target, "resid_post", layers,
+                                objective=objective, every_token=every_token)  # fmt: skip
+
+    last, every = evidence("target", False), evidence("target", True)
+    for layer in layers:
+        assert (every.acts[layer] >= last.acts[layer] - 1e-6).all()
+        assert not torch.equal(every.neuron_mean[layer], last.neuron_mean[layer])
+    one, one_every = evidence("first_token", False), evidence("first_token", True)
+    for layer in layers:
+        torch.testing.assert_close(one_every.attrib[layer], one.attrib[layer])
+        torch.testing.assert_close(one_every.acts[layer], one.acts[layer])
