@@ -51,6 +51,9 @@ GRID: list[dict] = [  # every parameter not named here takes FeatureEditParams' 
     {"positions": "target", "gamma": 0.3},  # 30
     {"positions": "target", "leak_bound": 0.01, "gamma": 0.3},
     {"positions": "target", "leak_bound": 0.01, "rho": 0.6},
+    {"positions": "target", "leak_bound": 0.05},  # 33
+    {"positions": "target", "strength": 1.25},
+    {"positions": "target", "leak_bound": 0.01, "strength": 1.25},
 ]
 
 
