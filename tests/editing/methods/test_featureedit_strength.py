@@ -55,7 +55,7 @@ def test_leak_bound_keeps_editing_until_sampling_is_unlikely(small_model, erasab
         assert ev_tight["edit_prompts_max_target_prob"] <= bound
     else:  # stopped by the cap or by running out of candidates, and says so
         assert ev_tight["edit_prompts_max_target_prob"] > bound
-    assert tight.metrics["delta_prob"] >= loose.metrics["delta_prob"] - 1e-6
+    assert tight.metrics.delta_prob >= loose.metrics.delta_prob - 1e-6
 
 
 @pytest.mark.parametrize("strength", [1.0, 2.0])
