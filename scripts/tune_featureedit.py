@@ -13,8 +13,9 @@ import argparse
 import json
 import sys
 
-_PROTOTYPE = {"objective": "first_token", "gamma": 0.3, "max_features": 12}  # METHOD.md values
-_TUNED = {"gamma": 0.6, "objective": "target", "max_features": 32}  # first-round defaults
+_GREEDY_ONLY = {"leak_bound": 1.0}  # rounds 1-2 predate the sampling-probability stopping rule
+_PROTOTYPE = {**_GREEDY_ONLY, "objective": "first_token", "gamma": 0.3, "max_features": 12}
+_TUNED = {**_GREEDY_ONLY, "gamma": 0.6, "objective": "target", "max_features": 32}
 GRID: list[dict] = [  # every parameter not named here takes FeatureEditParams' default
     {**_PROTOTYPE},
     {**_PROTOTYPE, "objective": "target"},
@@ -37,22 +38,22 @@ GRID: list[dict] = [  # every parameter not named here takes FeatureEditParams' 
     {**_TUNED, "relocate_rounds": 3, "gamma": 0.8},
     {**_TUNED, "relocate_rounds": 3, "max_features": 48},
     # third round (issue #13): stop only when sampling would not produce the secret either
-    {},  # 19: the current defaults
+    {**_GREEDY_ONLY},  # 19: the second round's defaults
     {"leak_bound": 0.05},
     {"leak_bound": 0.01},
     {"leak_bound": 0.002},
     {"leak_bound": 0.01, "max_features": 64, "relocate_rounds": 8},
     {"leak_bound": 0.002, "max_features": 64, "relocate_rounds": 8},
-    {"positions": "target"},  # 25: read features at every position predicting a target token
+    {**_GREEDY_ONLY, "positions": "target"},  # 25: read at every target-predicting position
     {"positions": "target", "leak_bound": 0.01},
     {"positions": "target", "leak_bound": 0.01, "max_features": 64, "relocate_rounds": 8},
     {"leak_bound": 0.01, "strength": 1.5},
     {"positions": "target", "leak_bound": 0.01, "strength": 1.5},
-    {"positions": "target", "gamma": 0.3},  # 30
+    {**_GREEDY_ONLY, "positions": "target", "gamma": 0.3},  # 30
     {"positions": "target", "leak_bound": 0.01, "gamma": 0.3},
     {"positions": "target", "leak_bound": 0.01, "rho": 0.6},
     {"positions": "target", "leak_bound": 0.05},  # 33
-    {"positions": "target", "strength": 1.25},
+    {**_GREEDY_ONLY, "positions": "target", "strength": 1.25},
     {"positions": "target", "leak_bound": 0.01, "strength": 1.25},
 ]
 

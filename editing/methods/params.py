@@ -37,6 +37,9 @@ class FeatureEditParams(SaeParams):
     rebuilt world, re-locating on the edited model when the candidates run out
     (``relocate_rounds``) lifted Reliability 0.958 -> 0.975 and Generalization 0.867 -> 0.933 at
     Locality 1.0 (15 facts); 1 and 3 rounds measured the same, 3 leaves room on harder facts.
+    Issue #13: stopping only when every edit prompt's teacher-forced P(whole secret) is at most
+    ``leak_bound`` = 0.01 cut the sampled leak 10.5 % -> 1.1 % at Reliability, Generalization
+    and Locality 1.0 (default world, 10 facts, 2,080 samples).
     """
 
     variant: Literal["project-cols", "project", "rows"] = "project-cols"
@@ -71,7 +74,7 @@ class FeatureEditParams(SaeParams):
     )
     min_prompts: int = Field(2, ge=1, description="A feature must be active in this many prompts.")
     leak_bound: float = Field(
-        1.0,
+        0.01,
         gt=0,
         le=1,
         description=(
