@@ -109,12 +109,14 @@ def run_bench(
     progress: Callable[[int, int], None] | None = None,
     attacks: Sequence[str] = (),
     attack_budgets: dict[str, dict[str, int | float]] | None = None,
+    leak_samples: int = 5,
 ) -> dict[str, Any]:
     """Run the benchmark (default: every registered method); per-method summaries, rows, ratios.
 
-    ``params`` maps a method name to its parameters (defaults for the others). ``attacks``
-    (registered attack names) are run on every edit, with ``attack_budgets`` overrides; the
-    unedited model's scores are measured once per fact and shared by the methods.
+    ``params`` maps a method name to its parameters (defaults for the others);
+    ``leak_samples`` is the number of sampled continuations per prompt behind the leak rates.
+    ``attacks`` (registered attack names) are run on every edit, with ``attack_budgets``
+    overrides; the unedited model's scores are measured once per fact and shared by the methods.
     """
     from editing.attacks.suite import BeforeCache, summarise
 
@@ -139,11 +141,14 @@ def run_bench(
                 facts=[fact],
                 params=method_params[method],
             )
-            result = run_erasure(request, loaded)
+            result = run_erasure(request, loaded, leak_samples=leak_samples)
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
                 row[name] = number(metric(result.metrics, name))
             row.update(_fact_probs(result))
+            leaks = [f.metrics.after.leak_rate for f in result.facts if f.metrics.after]
+            row["leak_after_hits"] = sum(r.hits or 0 for r in leaks if r)  # with the secret
+            row["leak_after_samples"] = sum(r.count or 0 for r in leaks if r)
             for stage in TIMED_STAGES:
                 row[f"seconds_{stage}"] = round(result.timings.get(stage, 0.0), 4)
             if attacks and result.edit is not None:
@@ -189,6 +194,7 @@ def run_bench(
         "summary": summary,
         "ratios": ratios,
         "paper": PAPER_FIGURES,
+        "leak_samples": leak_samples,
         "per_fact": rows,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

@@ -70,6 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=progress,
         attacks=attacks,
         attack_budgets=parse_budgets(args.budget),
+        leak_samples=args.leak_samples,
     )
     bar.close()
     if args.json:
@@ -80,7 +81,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bench_markdown(
                 result,
                 f"featureedit bench --model {args.model} --facts "
-                f"{args.facts} --methods {args.methods} --markdown",
+                f"{args.facts} --methods {args.methods} --leak-samples {args.leak_samples} "
+                "--markdown",
             )
         )
         return 0
@@ -164,6 +166,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     bench.add_argument(
         "--budget", action="append", metavar="ATTACK.KEY=VALUE", help="attack budget"
+    )
+    bench.add_argument(
+        "--leak-samples",
+        type=int,
+        default=5,
+        help="sampled continuations per prompt behind leak_rate (temperature 1; default 5)",
     )
     bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
 

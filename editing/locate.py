@@ -89,6 +89,28 @@ def _target_logprob(logits: torch.Tensor, last: torch.Tensor, targets: list[list
     return stacked.sum(), stacked
 
 
+def _read_positions(
+    last: torch.Tensor, targets: list[list[int]], every_token: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, cols, owner)`` of the positions to read: each prompt's last token, or with
+    ``every_token`` every position that predicts a target token (teacher forced: the last prompt
+    token and each target token but the final one). ``owner`` is the prompt of each position."""
+    dev = last.device
+    if not every_token:
+        rows = torch.arange(len(targets), device=dev)
+        return rows, last, rows
+    owner = torch.tensor([r for r, t in enumerate(targets) for _ in t], device=dev)
+    offset = torch.tensor([j for t in targets for j in range(len(t))], device=dev)
+    return owner, last[owner] + offset, owner
+
+
+def _per_prompt(values: torch.Tensor, owner: torch.Tensor, n: int, reduce: str) -> torch.Tensor:
+    """Combine per-position rows of ``values`` into one row per prompt (``sum`` or ``amax``)."""
+    out = torch.zeros((n, values.shape[1]), dtype=values.dtype, device=values.device)
+    index = owner[:, None].expand_as(values)
+    return out.scatter_reduce(0, index, values, reduce=reduce, include_self=False)
+
+
 def feature_evidence(
     loaded: LoadedModel,
     prompts: Sequence[str],
@@ -97,19 +119,29 @@ def feature_evidence(
     layers: Sequence[int],
     control_prompts: Sequence[str] = (),
     objective: str = "first_token",
+    every_token: bool = False,
 ) -> FeatureEvidence:
     """SAE activations and attributions at the last token of ``prompts`` for every layer.
 
     ``objective`` is ``first_token`` (METHOD.md: log P of the first target token) or ``target``
     (log P of the whole target sequence). Neuron mean activations (for ``project-cols``) and
     control-prompt mean activations (for the specificity filter) are recorded as well.
+
+    With ``every_token`` (and the ``target`` objective) the features are read at every position
+    that predicts a token of the target, teacher forced, not only at the last prompt token: a
+    prompt's attribution is the sum over its positions (the first-order effect of removing the
+    feature at all of them), its activation the largest; neuron means are over all positions.
+    Control prompts are then teacher-forced with the same target and read at the same positions,
+    so the specificity filter drops features that fire on the target whoever the subject is.
     """
     adapter, model = loaded.adapter, loaded.model
     layers = [adapter.validate_layer(layer) for layer in layers]
-    ids, mask, last, tgt = _batch(loaded, prompts, target, with_target=objective == "target")
+    with_target = objective == "target"
+    ids, mask, last, tgt = _batch(loaded, prompts, target, with_target=with_target)
     keys = [(site, layer) for layer in layers] + [("neurons", layer) for layer in layers]
     keys += [("mlp_out", layer) for layer in layers]
-    rows = torch.arange(len(prompts), device=ids.device)
+    rows, cols, owner = _read_positions(last, tgt, every_token)
+    n = len(prompts)
     with torch.enable_grad():
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
         with adapter.capture(keys, detach=False) as acts:
@@ -122,25 +154,31 @@ def feature_evidence(
     with torch.inference_mode():
         for layer in layers:
             sae = loaded.sae(site, layer)
-            x = acts[(site, layer)][rows, last].detach()
-            g = acts[(site, layer)].grad[rows, last].float()
+            x = acts[(site, layer)][rows, cols].detach()
+            g = acts[(site, layer)].grad[rows, cols].float()
             f = sae.encode(x.to(sae.W_dec.dtype)).float()
-            ev.acts[layer] = f
-            ev.attrib[layer] = f * (g.to(sae.W_dec.dtype) @ sae.W_dec.T).float()
-            ev.neuron_mean[layer] = acts[("neurons", layer)][rows, last].detach().float().mean(0)
+            ev.acts[layer] = _per_prompt(f, owner, n, "amax")
+            attrib = f * (g.to(sae.W_dec.dtype) @ sae.W_dec.T).float()
+            ev.attrib[layer] = _per_prompt(attrib, owner, n, "sum")
+            ev.neuron_mean[layer] = acts[("neurons", layer)][rows, cols].detach().float().mean(0)
             # first-order effect on the objective of removing the MLP's write along each feature
             d_hat = sae.W_dec.float() / sae.W_dec.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
-            m = acts[("mlp_out", layer)][rows, last].detach().float()
-            ev.write_attrib[layer] = (m @ d_hat.T) * (g @ d_hat.T)
+            m = acts[("mlp_out", layer)][rows, cols].detach().float()
+            ev.write_attrib[layer] = _per_prompt((m @ d_hat.T) * (g @ d_hat.T), owner, n, "sum")
         if control_prompts:
-            c_ids, c_mask, c_last, _ = _batch(loaded, control_prompts, target, with_target=False)
-            c_rows = torch.arange(len(control_prompts), device=ids.device)
+            c_ids, c_mask, c_last, c_tgt = _batch(
+                loaded, control_prompts, target, with_target=with_target and every_token
+            )
+            c_rows, c_cols, c_owner = _read_positions(c_last, c_tgt, every_token)
             with adapter.capture([(site, layer) for layer in layers]) as c_acts:
                 model(input_ids=c_ids, attention_mask=c_mask)
             for layer in layers:
                 sae = loaded.sae(site, layer)
-                x = c_acts[(site, layer)][c_rows, c_last]
-                ev.control_mean[layer] = sae.encode(x.to(sae.W_dec.dtype)).float().mean(0)
+                x = c_acts[(site, layer)][c_rows, c_cols]
+                f = sae.encode(x.to(sae.W_dec.dtype)).float()
+                ev.control_mean[layer] = _per_prompt(f, c_owner, len(control_prompts), "amax").mean(
+                    0
+                )
     return ev
 
 

@@ -9,12 +9,14 @@ Variants (METHOD.md "FeatureEdit"):
   total).
 
 With the ``attribution`` selector features are added greedily, best first, until no edit prompt
-reproduces the target (at most ``max_features``); with ``activation`` every selected feature is
+reproduces the target and, on every edit prompt, the whole target's teacher-forced probability is
+at most ``leak_bound`` (at most ``max_features``); with ``activation`` every selected feature is
 edited at once.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -24,7 +26,17 @@ from editing.locate import Unit, feature_evidence, rank_features
 from editing.methods.base import FactCase, FactOutcome
 from editing.methods.params import FeatureEditParams
 from editing.models import LoadedModel
-from editing.scoring import score_targets
+from editing.scoring import TargetScore, score_targets
+
+
+def leaking_prompts(scores: list[TargetScore], leak_bound: float) -> int:
+    """Edit prompts that still give the secret away: greedy decoding reproduces it, or sampling
+    at temperature 1 would produce it with probability above ``leak_bound``.
+
+    ``exp(logprob)`` of the whole target under teacher forcing is exactly the probability that
+    one sampled continuation (temperature 1, no top-k) begins with the target's tokens.
+    """
+    return sum(s.reproduced or math.exp(s.logprob) > leak_bound for s in scores)
 
 
 def edit_feature(
@@ -35,8 +47,13 @@ def edit_feature(
     tau2: float = 0.5,
     rho: float = 0.8,
     neuron_mean: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> int:
-    """Apply one feature's edit to ``layer`` in place; return the number of entries touched."""
+    """Apply one feature's edit to ``layer`` in place; return the number of entries touched.
+
+    For the projection variants ``strength`` scales what is removed: 1.0 removes the columns'
+    write along the feature exactly, above 1 it writes against the feature (negative scaling).
+    """
     weight = adapter.down_proj_weight(layer)
     with torch.no_grad():
         if variant == "rows":
@@ -63,7 +80,7 @@ def edit_feature(
             cols = order[: min(keep, pos.numel())]
         else:
             raise ValueError(f"unknown variant {variant!r}")
-        new = w[:, cols] - v[:, None] * writes[cols][None, :]
+        new = w[:, cols] - strength * v[:, None] * writes[cols][None, :]
         weight[:, cols] = new.to(weight.dtype)
         return int(cols.numel()) * w.shape[0]
 
@@ -78,7 +95,8 @@ class FeatureEdit:
         """Locate features for ``case`` and edit them into the down-projections.
 
         With a greedy selector, features are edited best first until no edit prompt reproduces
-        the target. When the candidates run out first, the features are located again on the
+        the target and its teacher-forced probability is at most ``leak_bound`` on every edit
+        prompt. When the candidates run out first, the features are located again on the
         edited model (at most ``relocate_rounds`` times): the first edits shift where the rest
         of the fact is carried, and features that were below the specificity filter's bar or
         inactive before can now carry it. Features already edited are not picked twice; the cap
@@ -91,6 +109,7 @@ class FeatureEdit:
         seen: set[tuple[int, int]] = set()
         entries = 0
         still_leaking = len(case.edit_prompts)
+        max_prob: float | None = None
         first_ranked: list[Unit] = []
         rounds_run = 0
         t_locate = t_edit = 0.0
@@ -104,6 +123,7 @@ class FeatureEdit:
                 layers,
                 case.control_prompts,
                 objective=p.objective,
+                every_token=p.positions == "target",
             )
             ranked = rank_features(ev, p.selector, p.tau1, p.gamma, p.min_prompts)
             ranked = [u for u in ranked if (u.layer, u.index) not in seen]
@@ -125,6 +145,7 @@ class FeatureEdit:
                     p.tau2,
                     p.rho,
                     ev.neuron_mean.get(unit.layer),
+                    p.strength,
                 )
                 chosen.append(unit)
                 seen.add((unit.layer, unit.index))
@@ -135,7 +156,8 @@ class FeatureEdit:
                         case.edit_prompts,
                         [case.secret] * len(case.edit_prompts),
                     )
-                    still_leaking = sum(s.reproduced for s in scores)
+                    still_leaking = leaking_prompts(scores, p.leak_bound)
+                    max_prob = max(math.exp(s.logprob) for s in scores)
                     if still_leaking == 0:
                         break
             t_edit += time.perf_counter() - t0
@@ -149,6 +171,7 @@ class FeatureEdit:
                 "candidates_top": [u.to_dict() for u in first_ranked[:20]],
                 "locate_rounds": rounds_run,
                 "edit_prompts_still_leaking": still_leaking,
+                "edit_prompts_max_target_prob": None if max_prob is None else round(max_prob, 6),
                 "entries_touched": entries,
             },
         )

@@ -37,6 +37,9 @@ class FeatureEditParams(SaeParams):
     rebuilt world, re-locating on the edited model when the candidates run out
     (``relocate_rounds``) lifted Reliability 0.958 -> 0.975 and Generalization 0.867 -> 0.933 at
     Locality 1.0 (15 facts); 1 and 3 rounds measured the same, 3 leaves room on harder facts.
+    Issue #13: stopping only when every edit prompt's teacher-forced P(whole secret) is at most
+    ``leak_bound`` = 0.01 cut the sampled leak 10.5 % -> 1.1 % at Reliability, Generalization
+    and Locality 1.0 (default world, 10 facts, 2,080 samples).
     """
 
     variant: Literal["project-cols", "project", "rows"] = "project-cols"
@@ -45,10 +48,23 @@ class FeatureEditParams(SaeParams):
         "target",
         description="Attribution objective: log P of the first target token, or of the target.",
     )
+    positions: Literal["last", "target"] = Field(
+        "last",
+        description=(
+            "Where features are read: the last prompt token, or every position that predicts a "
+            "target token (teacher forced; with objective `target`)."
+        ),
+    )
     tau1: float = Field(0.2, gt=0, le=1, description="Activation selector threshold (× max).")
     tau2: float = Field(0.5, gt=0, le=1, description="`rows` variant: |d_j| threshold (× max).")
     gamma: float = Field(0.6, ge=0, description="Specificity filter: control/target ratio.")
     rho: float = Field(0.8, gt=0, le=1, description="`project-cols`: share of the write kept.")
+    strength: float = Field(
+        1.0,
+        gt=0,
+        le=4,
+        description="`project*` variants: multiple of the feature's write removed (1 = exactly).",
+    )
     max_features: int = Field(32, ge=1, le=256, description="Greedy cap on features per fact.")
     relocate_rounds: int = Field(
         3,
@@ -57,6 +73,16 @@ class FeatureEditParams(SaeParams):
         description="Greedy selectors: locate again on the edited model when candidates run out.",
     )
     min_prompts: int = Field(2, ge=1, description="A feature must be active in this many prompts.")
+    leak_bound: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description=(
+            "Greedy selectors: keep adding features until, on every edit prompt, the whole "
+            "secret's teacher-forced probability (its exact sampling probability at temperature "
+            "1) is at most this; 1.0 stops as soon as greedy decoding no longer reproduces it."
+        ),
+    )
 
 
 class NeuronParams(MethodParams):

@@ -18,6 +18,8 @@ def test_bench_json_keys(capsys) -> None:
                 "2",
                 "--methods",
                 "featureedit,neurons",
+                "--leak-samples",
+                "3",
                 "--json",
                 "-q",
             ]
@@ -25,6 +27,10 @@ def test_bench_json_keys(capsys) -> None:
         == 0
     )
     doc = json.loads(capsys.readouterr().out)
+    assert doc["leak_samples"] == 3
+    for row in doc["per_fact"]["featureedit"]:  # every leak rate comes with its sample count
+        assert row["leak_after_samples"] % 3 == 0
+        assert 0 <= row["leak_after_hits"] <= row["leak_after_samples"]
     fe = doc["summary"]["featureedit"]
     for key in ("reliability", "generalization", "locality", "delta_ppl"):
         assert key in fe and "mean" in fe[key] and "std" in fe[key]
