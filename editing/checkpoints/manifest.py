@@ -75,6 +75,29 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (and ``path``'s parent directory), so what
+    was written there survives a crash before anything names it."""
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (its entries: renames and creations in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def file_entries(root: Path) -> list[dict[str, Any]]:
     """``{"name", "size", "sha256"}`` of every file under ``root`` but the manifest, by name."""
     entries = []

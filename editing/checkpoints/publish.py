@@ -52,6 +52,8 @@ from editing.checkpoints.manifest import (
     checkpoint_id,
     code_version,
     file_entries,
+    fsync_dir,
+    fsync_tree,
     json_dumps,
     write_text_atomic,
 )
@@ -183,11 +185,13 @@ def check_publishable_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def finish_checkpoint(tmp: Path, root: Path, doc: Mapping[str, Any]) -> Path:
     """Write ``doc`` (with ``checkpoint_id`` and ``files`` filled in) as ``tmp``'s manifest and
-    rename ``tmp`` to ``root/<checkpoint_id>``; an existing checkpoint of that id is kept."""
+    rename ``tmp`` to ``root/<checkpoint_id>`` (files fsync'ed before the rename, the directory
+    after); an existing checkpoint of that id is kept."""
     files = file_entries(tmp)
     cid = checkpoint_id(files)
     full = {"checkpoint_id": cid, **doc, "files": files}
     write_text_atomic(tmp / MANIFEST, json_dumps(full, "manifest"))
+    fsync_tree(tmp)  # every byte durable before the name that serves it exists
     final = root / cid
     try:
         os.rename(tmp, final)
@@ -195,6 +199,7 @@ def finish_checkpoint(tmp: Path, root: Path, doc: Mapping[str, Any]) -> Path:
         if not final.is_dir():
             raise
         shutil.rmtree(tmp)  # same content already published: keep the existing one
+    fsync_dir(root)  # and the rename itself
     return final
 
 

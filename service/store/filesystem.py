@@ -32,12 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editing.checkpoints.manifest import fsync_tree
 from service.records import ErasureRecord, utcnow
 from service.store.base import (
     check_private_name,
     check_tenant,
     file_lock,
-    fsync_tree,
     page_of_records,
     valid_id,
     valid_tenant,

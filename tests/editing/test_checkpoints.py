@@ -454,3 +454,33 @@ def test_publish_refuses_a_secret(tmp_path: Path, loaded: Loaded, edit: Edit) ->
 
     path = publish_checkpoint(loaded, edit, tmp_path, manifest_fields("x"), secrets=[SECRET])
     assert verify_checkpoint(path) == []
+
+
+def test_finish_checkpoint_fsyncs_every_file_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from editing.checkpoints import publish
+
+    tmp = tmp_path / ".publish-x"
+    (tmp / "delta").mkdir(parents=True)
+    (tmp / "model.safetensors").write_bytes(b"w" * 64)
+    (tmp / "delta" / "delta.json").write_text("{}")
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append("fsync:" + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src: Any, dst: Any) -> None:
+        events.append("rename")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    final = publish.finish_checkpoint(tmp, tmp_path, {"publish": "full"})
+    assert final.is_dir() and not tmp.exists()
+    before = events[: events.index("rename")]
+    for name in ("model.safetensors", "delta.json", "manifest.json", "delta"):
+        assert f"fsync:{name}" in before, (name, events)
+    assert events[-1] == f"fsync:{tmp_path.name}"  # the rename itself made durable
