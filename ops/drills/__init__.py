@@ -16,8 +16,10 @@ ORDER = (
     "hostile-limits",
     "schemathesis",
 )
+# Names ``--only`` also takes, each standing for a group of drills.
+GROUPS = {"hostile": ("hostile-requests", "hostile-limits", "schemathesis")}
 for _name in ORDER:  # re-insert in run order (run_drills follows DRILLS' order)
     DRILLS[_name] = DRILLS.pop(_name)
 
-__all__ = ["DRILLS", "ORDER", "DrillContext", "DrillResult", "run_drills"]
+__all__ = ["DRILLS", "GROUPS", "ORDER", "DrillContext", "DrillResult", "run_drills"]
 _MODULES = (hostile, hostile_limits, openapi, process_faults, storage_faults)

@@ -21,13 +21,14 @@ def _table(results: list) -> str:
 def cmd_drill(args: argparse.Namespace) -> int:
     """Start a private stack, run the drills, print the results; 1 if any drill failed."""
     from editing.cli import print_json
-    from ops.drills import DRILLS, DrillContext, run_drills
+    from ops.drills import DRILLS, GROUPS, DrillContext, run_drills
 
-    names = args.only or list(DRILLS)
+    names = [n for name in args.only or list(DRILLS) for n in GROUPS.get(name, (name,))]
     unknown = sorted(set(names) - set(DRILLS))
     if unknown:
         print(
-            f"featureedit: error: unknown drill(s) {unknown}; drills are {list(DRILLS)}",
+            f"featureedit: error: unknown drill(s) {unknown}; drills are {list(DRILLS)} "
+            f"(groups: {sorted(GROUPS)})",
             file=sys.stderr,
         )
         return 2
@@ -69,7 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "code 1 if any drill fails. See docs/drills.md.",
         json_help="print one JSON list of results",
     )
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these drills")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run only these drills (or groups: 'hostile' = every hostile-input drill)",
+    )
     p.add_argument(
         "--examples",
         type=int,

@@ -156,3 +156,12 @@ def test_the_text_table_shows_pass_promise_and_observed() -> None:
 
     text = _table([DrillResult("disk-full", "A promise.", "FAILED: x", False, 3.0)])
     assert "disk-full" in text and "NO" in text and "promise: A promise." in text
+
+
+def test_drill_groups_name_registered_drills() -> None:
+    from ops.drills import DRILLS, GROUPS
+
+    assert set(GROUPS["hostile"]) == {n for n in DRILLS if n.startswith("hostile")} | {
+        "schemathesis"
+    }
+    assert all(name in DRILLS for names in GROUPS.values() for name in names)
