@@ -8,8 +8,9 @@ compliance report (``service/report_content.py``) lists each criterion's :func:`
 Attack limits (:data:`ATTACK_CRITERIA`, issue #13) are optional thresholds: unset (None) they do
 not apply. Set, they are checked against the attack suite's summary after the edit
 (:func:`editing.attacks.suite.summarise`): :func:`editing.pipeline.erase_and_publish` decides
-again with the attacks once they have run, and a set limit whose attack did not run rejects (it
-could not be checked).
+again with the attacks once they have run. A set limit whose attack did not run rejects (it could
+not be checked); one whose figure the attack could not measure on these facts (e.g. exposure of a
+secret with too few digits) does not apply, as generalization without held-out prompts.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ATTACK_CRITERIA: tuple[tuple[str, str, str, str], ...] = (
     ("max_exposure_over_control", "exposure", "values", "exposure_minus_control"),
 )
 ATTACK_LIMITS = tuple(key for key, *_ in ATTACK_CRITERIA)
+NOT_RUN = "not run"  # the verdict of a set attack limit whose attack did not run (rejects)
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,8 @@ def assess_attacks(attacks: Mapping[str, Any], thresholds: Mapping[str, Any]) ->
         if bar is None:
             continue
         value = attack_figure(attacks, attack, part, figure)
-        name = f"{attack} {figure}"
-        checks.append(Check(name, key, "<=", value, value, bar, verdict(value, bar, "<=")))
+        found = verdict(value, bar, "<=") if attack in attacks else NOT_RUN
+        checks.append(Check(f"{attack} {figure}", key, "<=", value, value, bar, found))
     return checks
 
 
@@ -118,16 +120,17 @@ def decide(
     metrics: Any, thresholds: Mapping[str, Any], attacks: Mapping[str, Any] | None = None
 ) -> tuple[bool, list[str]]:
     """``(accepted, reasons)``: accepted when every criterion is measured and meets its bar, and
-    (when ``attacks``, the suite's summary, is given) every attack limit that is set too."""
+    (when ``attacks``, the suite's summary, is given) every attack limit that is set, where the
+    attack could measure its figure."""
     reasons = []
     checks = assess(metrics, thresholds)
     if attacks is not None:
         checks += assess_attacks(attacks, thresholds)
     for c in checks:
-        if c.measured is None:
-            if c.key in ATTACK_LIMITS:
-                reasons.append(f"{c.name} could not be measured (attack not run) for {c.key}")
-            elif c.name not in OPTIONAL:
+        if c.verdict == NOT_RUN:
+            reasons.append(f"{c.name} could not be measured (attack not run) for {c.key}")
+        elif c.measured is None:
+            if c.key not in ATTACK_LIMITS and c.name not in OPTIONAL:
                 reasons.append(f"{c.name} could not be measured (no evaluation data)")
         elif c.verdict == "FAIL":
             reasons.append(f"{c.name} {c.measured:.3f} {'<' if c.rule == '>=' else '>'} {c.bar}")
