@@ -116,3 +116,25 @@ def test_request_refuses_non_finite_limits() -> None:
         Thresholds(max_exposure_over_control=float("inf"))
     with pytest.raises(ValidationError):
         Thresholds(max_logit_lens_success_at_20=1.5)
+
+
+def test_cli_erase_attacks_and_rejects_on_a_limit(small_model, erasable_fact, tmp_path, capsys):
+    from editing.cli import main
+
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text(erasable_fact.target)
+    args = [
+        *("erase", "--model", "demo-small", "--subject", erasable_fact.subject),
+        *("--relation", erasable_fact.relation, "--target-file", str(secret_file)),
+        *("--out", str(tmp_path / "out"), "--attacks", "logit_lens", "-q"),
+    ]
+    limit = ["--threshold", "max_exposure_over_control=-1000"]
+    assert main([*args, *limit, "--json"]) == 1  # the limit runs exposure too, and rejects
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert set(doc["attacks"]) == {"logit_lens", "exposure"} and doc["checkpoint"] is None
+    assert main([*args, "--budget", "logit_lens.b_small=2"]) == 0
+    table = capsys.readouterr().out
+    assert "any@2" in table and "checkpoint: " in table
+    for text in (captured.out + captured.err, table):
+        assert erasable_fact.target not in text
