@@ -99,8 +99,9 @@ def attack_result(
 ) -> ErasureResult:
     """``result`` with the plan's attacks on its edit and the acceptance decided again.
 
-    The attacks run are the plan's and those a set limit needs. No edit (nothing to erase) or
-    no attack and no limit: ``result`` unchanged.
+    The attacks run are the plan's and those a set limit needs; ``progress(done, total)`` is
+    called as they start and after each one. No edit (nothing to erase) or no attack and no
+    limit: ``result`` unchanged (``progress`` not called).
     """
     from editing.attacks import AttackCase
     from editing.attacks.suite import run_attacks
@@ -108,10 +109,12 @@ def attack_result(
     thresholds = plan.thresholds(result.thresholds)
     limited = [attack for key, attack, *_ in ATTACK_CRITERIA if thresholds.get(key) is not None]
     names = list(dict.fromkeys([*plan.names, *limited]))
-    if result.edit is None or not names:
+    if result.edit is None or result.status == "nothing_to_erase" or not names:
         return result
     cases = [AttackCase.from_fact(f) for f in request.facts]
     budgets = {name: dict(b) for name, b in plan.budgets.items()}
+    if progress is not None:  # the stage starts (attacks take seconds)
+        progress(0, len(cases) * len(names))
     per_fact = run_attacks(loaded, result.edit, cases, names, budgets, progress)
     attacks = summaries(per_fact)
     as_json = {name: s.to_json() for name, s in attacks.items()}

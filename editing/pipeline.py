@@ -98,8 +98,6 @@ def _attacked(
 ) -> tuple[ErasureResult, float]:
     """``result`` attacked and decided again (:func:`attack_result`), and the seconds it took."""
     t0 = time.perf_counter()
-    if progress is not None:
-        progress("attacks", 0.0)
 
     def stage(done: int, total: int) -> None:
         if progress is not None:
