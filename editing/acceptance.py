@@ -4,6 +4,13 @@ One place for it: :func:`editing.erase.run_erasure` decides with :func:`decide`,
 compliance report (``service/report_content.py``) lists each criterion's :func:`assess` row
 (measured value, threshold, verdict). Metrics may be a mapping or a typed
 :class:`editing.report.Metrics`; a rate counts by its ``value``.
+
+Attack limits (:data:`ATTACK_CRITERIA`, issue #13) are optional thresholds: unset (None) they do
+not apply. Set, they are checked against the attack suite's summary after the edit
+(:func:`editing.attacks.suite.summarise`): :func:`editing.pipeline.erase_and_publish` decides
+again with the attacks once they have run. A set limit whose attack did not run rejects (it could
+not be checked); one whose figure the attack could not measure on these facts (e.g. exposure of a
+secret with too few digits) does not apply, as generalization without held-out prompts.
 """
 
 from __future__ import annotations
@@ -24,6 +31,18 @@ CRITERIA: tuple[tuple[str, str, Rule], ...] = (
 # criteria that may go unmeasured without rejecting (no held-out prompt the model knew: nothing
 # to generalize to)
 OPTIONAL = frozenset({"generalization"})
+
+# threshold key (in Thresholds), attack, part of its summary after the edit, key: all "<="
+# (a share of facts for success flags, a mean over facts for values)
+ATTACK_CRITERIA: tuple[tuple[str, str, str, str], ...] = (
+    ("max_sampled_leak", "sampled", "values", "leak_rate_t1"),
+    ("max_logit_lens_success_at_20", "logit_lens", "success", "any@20"),
+    ("max_logit_lens_success_at_1", "logit_lens", "success", "any@1"),
+    ("max_rephrase_success_at_20", "rephrase", "success", "leaked"),
+    ("max_exposure_over_control", "exposure", "values", "exposure_minus_control"),
+)
+ATTACK_LIMITS = tuple(key for key, *_ in ATTACK_CRITERIA)
+NOT_RUN = "not run"  # the verdict of a set attack limit whose attack did not run (rejects)
 
 
 @dataclass(frozen=True)
@@ -77,12 +96,41 @@ def assess(metrics: Any, thresholds: Mapping[str, Any]) -> list[Check]:
     return checks
 
 
-def decide(metrics: Any, thresholds: Mapping[str, Any]) -> tuple[bool, list[str]]:
-    """``(accepted, reasons)``: accepted when every criterion is measured and meets its bar."""
+def attack_figure(attacks: Mapping[str, Any], attack: str, part: str, key: str) -> float | None:
+    """The figure ``attacks[attack]["after"][part][key]`` of a summary (None if absent)."""
+    after = (attacks.get(attack) or {}).get("after") or {}
+    return number((after.get(part) or {}).get(key))
+
+
+def assess_attacks(attacks: Mapping[str, Any], thresholds: Mapping[str, Any]) -> list[Check]:
+    """Every attack limit that is set, applied to the summary ``attacks`` (attack -> its
+    summary as JSON); the check's name is ``"<attack> <key>"``."""
+    checks = []
+    for key, attack, part, figure in ATTACK_CRITERIA:
+        bar = number(thresholds.get(key))
+        if bar is None:
+            continue
+        value = attack_figure(attacks, attack, part, figure)
+        found = verdict(value, bar, "<=") if attack in attacks else NOT_RUN
+        checks.append(Check(f"{attack} {figure}", key, "<=", value, value, bar, found))
+    return checks
+
+
+def decide(
+    metrics: Any, thresholds: Mapping[str, Any], attacks: Mapping[str, Any] | None = None
+) -> tuple[bool, list[str]]:
+    """``(accepted, reasons)``: accepted when every criterion is measured and meets its bar, and
+    (when ``attacks``, the suite's summary, is given) every attack limit that is set, where the
+    attack could measure its figure."""
     reasons = []
-    for c in assess(metrics, thresholds):
-        if c.measured is None:
-            if c.name not in OPTIONAL:
+    checks = assess(metrics, thresholds)
+    if attacks is not None:
+        checks += assess_attacks(attacks, thresholds)
+    for c in checks:
+        if c.verdict == NOT_RUN:
+            reasons.append(f"{c.name} could not be measured (attack not run) for {c.key}")
+        elif c.measured is None:
+            if c.key not in ATTACK_LIMITS and c.name not in OPTIONAL:
                 reasons.append(f"{c.name} could not be measured (no evaluation data)")
         elif c.verdict == "FAIL":
             reasons.append(f"{c.name} {c.measured:.3f} {'<' if c.rule == '>=' else '>'} {c.bar}")

@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Any
 
-from editing.cli_input import add_json_option
+from editing.cli_input import add_attack_options, add_json_option
 
 BENCH_EXTENSION_GROUP = "featureedit.bench"
 _HEADLINE = ("reliability", "generalization", "locality", "delta_ppl", "delta_prob")
@@ -157,15 +157,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     bench.add_argument("--methods", help="comma-separated (default: every registered method)")
     add_json_option(bench)
     bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
-    bench.add_argument(
-        "--attacks",
-        nargs="?",
-        const="",
-        metavar="A,B",
-        help="also attack every edit (featureedit attack's suite; default all attacks)",
-    )
-    bench.add_argument(
-        "--budget", action="append", metavar="ATTACK.KEY=VALUE", help="attack budget"
+    add_attack_options(
+        bench, "also attack every edit (featureedit attack's suite; default all attacks)"
     )
     bench.add_argument(
         "--leak-samples",

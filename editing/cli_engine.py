@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from editing.cli_input import (
+    add_attack_options,
     add_fact_options,
     add_json_option,
     add_method_options,
@@ -23,6 +24,7 @@ from editing.cli_input import (
 from editing.errors import ConfigError
 
 if TYPE_CHECKING:
+    from editing.attack_gate import AttackPlan
     from editing.report import ErasureReport
 
 
@@ -88,6 +90,17 @@ def _progress(args: argparse.Namespace):
     return update
 
 
+def _attack_plan(args: argparse.Namespace) -> AttackPlan | None:
+    """The attacks ``--attacks``/``--budget`` ask for (None without ``--attacks``)."""
+    from editing.attack_gate import AttackPlan
+    from editing.attacks import parse_attacks
+    from editing.cli_attack import parse_budgets
+
+    if args.attacks is None:
+        return None
+    return AttackPlan(parse_attacks(args.attacks), parse_budgets(args.budget))
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
     """Erase facts from a model; print metrics; publish the checkpoint if accepted."""
     from editing.cli import format_table, print_json
@@ -117,6 +130,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         base_edit=base_edit,
         publish=not args.no_publish,
         progress=_progress(args),
+        attacks=_attack_plan(args),
     )
     result, checkpoint = erasure.result, erasure.checkpoint
     revert = kept[0] if kept else None
@@ -129,6 +143,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
     else:
         headers, rows = _metrics_rows({request.method: report}, paper=False)
         print(format_table(headers, rows))
+        if report.attacks:
+            from editing.cli_attack import summary_rows
+
+            summary = {name: a.to_json() for name, a in report.attacks.items()}
+            print(format_table(["attack", "success", "before", "after"], summary_rows(summary)))
         for reason in result.acceptance.reasons:
             print(f"not accepted: {reason}")
         print(f"checkpoint: {checkpoint or 'not published'}")
@@ -287,6 +306,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     add_fact_options(erase)
     erase.add_argument("--file", help="JSON ({'facts': [...]} or a list) or JSONL of facts")
     add_method_options(erase)
+    add_attack_options(
+        erase,
+        "attack the edit before the publish decision (default all attacks); limits are "
+        "thresholds, e.g. --threshold max_sampled_leak=0.01 (see docs/attacks.md)",
+    )
     erase.add_argument("--out", help="checkpoint root directory")
     erase.add_argument("--no-publish", action="store_true", help="evaluate only")
     erase.add_argument(

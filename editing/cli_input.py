@@ -68,6 +68,15 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-checkpoint", help="checkpoint id to edit further")
 
 
+def add_attack_options(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--attacks [A,B]`` (given alone: every attack; absent: None) and ``--budget``
+    (``ATTACK.KEY=VALUE``, repeatable; read with :func:`editing.cli_attack.parse_budgets`)."""
+    parser.add_argument("--attacks", nargs="?", const="", metavar="A,B", help=help_text)
+    parser.add_argument(
+        "--budget", action="append", metavar="ATTACK.KEY=VALUE", help="attack budget (repeatable)"
+    )
+
+
 def parse_pairs(pairs: list[str] | None, flag: str = "--param") -> dict[str, Any]:
     """``["k=v", ...]`` as a dict, each value JSON-decoded when it parses (else the string)."""
     out: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from editing.models import LoadedModel
 from editing.registry import EvalSize
 from editing.report import (
     Acceptance,
+    AttackSummary,
     EditFootprint,
     ErasureReport,
     FactMetrics,
@@ -70,6 +71,8 @@ class ErasureResult:
     edit: Edit | None
     produces_checkpoint: bool
     base_weights_sha256: str
+    # the attack suite's summary, when attacks ran (editing.pipeline.erase_and_publish)
+    attacks: dict[str, AttackSummary] | None = None
 
     def checkpoint_manifest(
         self, parent_checkpoint_id: str | None = None, **extra: Any
@@ -122,6 +125,8 @@ class ErasureResult:
             "produces_checkpoint": self.produces_checkpoint,
             "base_weights_sha256": self.base_weights_sha256,
         }
+        if self.attacks is not None:
+            fields["attacks"] = self.attacks
         return ErasureReport(**(fields | service_fields))
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,9 @@ publishes the checkpoint (:func:`editing.checkpoints.publish_checkpoint`: a forw
 pre-edit values) and hands its revert data to ``keep_revert`` — the caller's private record —
 before returning, so no checkpoint exists whose rollback data was not kept. The returned
 :class:`Erasure`'s :meth:`~Erasure.report` is the typed :class:`~editing.report.ErasureReport`.
+With ``attacks`` (an :class:`~editing.attack_gate.AttackPlan`) the suite attacks the edit after
+evaluation and before the publish decision (:func:`editing.attack_gate.attack_result`): its
+summary is the report's ``attacks`` section and its limits join the acceptance rule.
 The model is left unedited whatever happens. :func:`load_base_edit` turns a parent checkpoint
 (sequential erasures) into the edit ``run_erasure`` starts from. Callers add only what is theirs:
 the command line prints, the worker checks tenant ownership, records progress and registers the
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from editing.attack_gate import AttackPlan, attack_result
 from editing.edits import Edit
 from editing.erase import ErasureResult, Progress, run_erasure
 from editing.errors import CancelledError, ConfigError
@@ -85,6 +89,24 @@ def keep_revert_locally(home: str | Path) -> KeepRevert:
     return keep
 
 
+def _attacked(
+    result: ErasureResult,
+    request: ErasureRequest,
+    loaded: LoadedModel,
+    plan: AttackPlan,
+    progress: Progress | None,
+) -> tuple[ErasureResult, float]:
+    """``result`` attacked and decided again (:func:`attack_result`), and the seconds it took."""
+    t0 = time.perf_counter()
+
+    def stage(done: int, total: int) -> None:
+        if progress is not None:
+            progress("attacks", done / total)
+
+    result = attack_result(result, request, loaded, plan, stage)
+    return result, round(time.perf_counter() - t0, 4)
+
+
 def erase_and_publish(
     request: ErasureRequest,
     loaded: LoadedModel,
@@ -99,14 +121,17 @@ def erase_and_publish(
     eval_size: EvalSize | None = None,
     edit_metadata: Mapping[str, Any] | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
+    attacks: AttackPlan | None = None,
 ) -> Erasure:
     """Erase ``request``'s facts; if accepted (and ``publish``), publish under ``checkpoint_root``.
 
     ``request.publish`` overrides ``publish_mode``. ``edit_metadata`` goes into the patch's
     metadata (e.g. the erasure id, which makes the content-addressed id unique per erasure) and
     ``manifest_extra`` into the manifest. ``keep_revert(edit, checkpoint_id)`` receives the
-    revert data once the checkpoint exists. Cancellation is checked once more before publishing
-    (CancelledError: nothing published).
+    revert data once the checkpoint exists. ``attacks``: the attacks to run on the edit and the
+    default attack limits; a limit the request sets runs its attack even without them (progress
+    stage ``"attacks"``; timing ``"attacks"``). Cancellation is
+    checked once more before publishing (CancelledError: nothing published).
     """
     from editing.checkpoints import publish_checkpoint
     from editing.checkpoints.manifest import checkpoint_summary
@@ -119,7 +144,11 @@ def erase_and_publish(
         base_edit=base_edit,
         eval_size=eval_size,
     )
-    erasure = Erasure(result)
+    timings: dict[str, float] = {}
+    result, seconds = _attacked(result, request, loaded, attacks or AttackPlan(), progress)
+    if result.attacks is not None:
+        timings["attacks"] = seconds
+    erasure = Erasure(result, timings=timings)
     if not (publish and result.status == "succeeded" and result.produces_checkpoint):
         return erasure
     if result.edit is None:

@@ -102,6 +102,26 @@ class Acceptance(ReportModel):
     reasons: list[str] = Field(default_factory=list)
 
 
+class AttackState(ReportModel):
+    """An attack's figures on one state of the model, over facts: the mean of every value and,
+    per success flag, the share of facts on which the attacker recovered the whole secret."""
+
+    values: dict[str, float | None] = Field(default_factory=dict)
+    success: dict[str, float | None] = Field(default_factory=dict)
+
+
+class AttackSummary(ReportModel):
+    """One attack of the suite (:func:`editing.attacks.suite.summarise`): its budget, the figures
+    before the edit (the pristine model) and after it, and its control where it has one (e.g.
+    exposure's never-seen control secret). Numbers only: never a secret or a name."""
+
+    budget: dict[str, int | float | None] = Field(default_factory=dict)
+    facts: int | None = None
+    before: AttackState | None = None
+    after: AttackState | None = None
+    control: dict[str, float | None] = Field(default_factory=dict)
+
+
 class UnitReport(ReportModel):
     """A located unit (:class:`editing.locate.Unit`): an SAE feature or an MLP neuron."""
 
@@ -248,6 +268,7 @@ class ErasureReport(ReportModel):
     thresholds: dict[str, float | None] = Field(default_factory=dict)
     metrics: Metrics = Field(default_factory=Metrics)
     acceptance: Acceptance | None = None
+    attacks: dict[str, AttackSummary] | None = None  # attack name -> summary (issue #13)
     timings: dict[str, float] = Field(default_factory=dict)
     facts: list[FactReport] = Field(default_factory=list)
     edit: EditFootprint | None = None

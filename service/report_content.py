@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from editing.acceptance import assess, number
+from editing.acceptance import assess, assess_attacks, number
 from editing.report import (
     CheckpointSummary,
     ErasureReport,
@@ -177,7 +177,11 @@ def _acceptance(report: ErasureReport) -> Section:
     markers: dict[str, float] = {}
     dppl: float | None = None
     max_dppl: float | None = None
-    for check in assess(report.metrics, report.thresholds):
+    attacks = {name: a.to_json() for name, a in (report.attacks or {}).items()}
+    checks = assess(report.metrics, report.thresholds)
+    if report.attacks is not None:
+        checks += assess_attacks(attacks, report.thresholds)
+    for check in checks:
         rows.append((check.name, check.metric, f"{check.rule} {fmt(check.bar)}", check.verdict))
         if check.rule == ">=":
             bars.append((check.name, (check.measured,)))
@@ -244,6 +248,37 @@ def _metrics(report: ErasureReport) -> Section:
     if rows:
         blocks.append(_table(("metric", "value"), rows))
     return Section("Metrics before and after the edit", blocks)
+
+
+def _attacks(report: ErasureReport) -> Section:
+    """Each attack of the suite: its budget, every figure before and after the edit (means over
+    facts; success = share of facts whose whole secret the attacker recovered), its control."""
+    title = "Attacks on the edit"
+    if report.attacks is None:
+        return Section(title, [Text("No attack was run on this erasure.", "note")])
+    blocks: list[Block] = [
+        Text(
+            "Each attack ran on the model before the edit (the pristine model) and after it; "
+            "success is the share of facts on which the attacker recovered the whole secret "
+            "(see docs/attacks.md for each attack's budget and success definition)."
+        )
+    ]
+    for name, attack in report.attacks.items():
+        before = attack.before.model_dump() if attack.before is not None else {}
+        after = attack.after.model_dump() if attack.after is not None else {}
+        rows = []
+        for part, label in (("success", "success "), ("values", "")):
+            keys = dict.fromkeys([*before.get(part, {}), *after.get(part, {})])
+            rows += [
+                (label + key, before.get(part, {}).get(key), after.get(part, {}).get(key))
+                for key in keys
+            ]
+        budget = ", ".join(f"{k}={fmt(v)}" for k, v in attack.budget.items()) or "-"
+        blocks.append(Text(f"{name} (facts: {fmt(attack.facts)}; budget: {budget})"))
+        blocks.append(_table(("figure", "before", "after"), rows))
+        if attack.control:
+            blocks.append(_table(("control", "after"), sorted(attack.control.items())))
+    return Section(title, blocks)
 
 
 def _snapshot_fields(before: FactSnapshot, after: FactSnapshot) -> list[str]:
@@ -464,6 +499,7 @@ def build_report_document(
     accepted = report.accepted
     decision = None if accepted is None else ("accepted" if accepted else "rejected")
     sections = [_summary(report, erasure_id, status), _acceptance(report), _metrics(report)]
+    sections.append(_attacks(report))
     sections.append(
         Section(
             "Erased facts",

@@ -19,6 +19,13 @@ registry (``[models.<id>.evaluation]``, :class:`editing.registry.EvalSize`), ove
 model this worker serves by ``FEATUREEDIT_WORKER_LOCALITY_PRIVATE_FACTS``, ``..._PUBLIC_FACTS`` and
 ``..._PROMPTS_PER_FACT`` (each optional; unset keys keep the registry's value). Requests cannot
 set it.
+
+The attack suite run on every edit before the publish decision (issue #13) is an operator setting
+too: ``FEATUREEDIT_WORKER_ATTACKS`` (comma-separated attack names; empty: none; default the cheap
+``sampled,logit_lens``), ``FEATUREEDIT_WORKER_ATTACK_BUDGETS`` (``ATTACK.KEY=NUMBER`` pairs,
+comma-separated; default ``sampled.samples=20``) and ``FEATUREEDIT_WORKER_ATTACK_LIMITS`` (default
+limits, ``KEY=NUMBER`` pairs such as ``max_sampled_leak=0.01``; empty by default: today's erasure
+does not pass them). A request's own limit (its thresholds) wins over the default.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from editing.attack_gate import AttackPlan
     from editing.registry import EvalSize, ModelEntry
 
 CALLBACK_QUEUE_SUFFIX = "callbacks"
@@ -92,6 +100,21 @@ class WorkerSettings(BaseSettings):
         description="Override: prompts per Locality fact (default 2).",
     )
 
+    attacks: str = Field(
+        default="sampled,logit_lens",
+        description="Attacks run on every edit before the publish decision (comma-separated "
+        "names from `featureedit attack`; empty: none).",
+    )
+    attack_budgets: str = Field(
+        default="sampled.samples=20",
+        description="Their budgets, ATTACK.KEY=NUMBER pairs, comma-separated.",
+    )
+    attack_limits: str = Field(
+        default="",
+        description="Default attack limits (threshold KEY=NUMBER pairs, comma-separated, e.g. "
+        "max_sampled_leak=0.01); a request's own limit wins. Empty: off.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
         if self.heartbeat_interval * 2 >= self.heartbeat_ttl:
@@ -99,7 +122,14 @@ class WorkerSettings(BaseSettings):
                 f"heartbeat_interval ({self.heartbeat_interval} s) must be less than half of "
                 f"heartbeat_ttl ({self.heartbeat_ttl} s), or a busy worker's job looks abandoned"
             )
+        self.attack_plan()  # a bad attack setting fails at start, not on the first job
         return self
+
+    def attack_plan(self) -> AttackPlan:
+        """The attacks, budgets and default limits of this worker's jobs (see the docstring)."""
+        from editing.attack_gate import plan_from_text
+
+        return plan_from_text(self.attacks, self.attack_budgets, self.attack_limits)
 
     def eval_size(self, entry: ModelEntry) -> EvalSize | None:
         """The Locality set size for ``entry``'s jobs: the registry's, with this worker's overrides.

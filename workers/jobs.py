@@ -68,8 +68,9 @@ PROGRESS_SHARES: dict[str, tuple[float, float]] = {
     "loading model": (0.0, 0.05),
     "baseline": (0.05, 0.15),
     "locate+edit": (0.15, 0.75),
-    "evaluate": (0.75, 0.95),
-    "publish": (0.95, 1.0),
+    "evaluate": (0.75, 0.9),
+    "attacks": (0.9, 0.97),  # the operator's attack suite (WorkerSettings.attacks)
+    "publish": (0.97, 1.0),
 }
 PROGRESS_STEP = 0.1  # a history event at most every 10 % within a stage
 
@@ -249,6 +250,7 @@ class _ErasureRun:
             eval_size=self.ctx.tuning.eval_size(loaded.entry),
             edit_metadata={"erasure_id": self.id},
             manifest_extra={"erasure_id": self.id},
+            attacks=self.ctx.tuning.attack_plan(),
         )
         result = erasure.result
         self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
@@ -349,7 +351,7 @@ class _ErasureRun:
 
     def _observe_stages(self, cached: bool) -> None:
         """Record this run's stage durations (model_load only if the model had to be loaded)."""
-        stages = ("baseline", "locate", "edit", "evaluate", "publish", "total")
+        stages = ("baseline", "locate", "edit", "evaluate", "attacks", "publish", "total")
         seconds = {k: self.timings[k] for k in stages if k in self.timings}
         if not cached and "model_load" in self.timings:
             seconds["model_load"] = self.timings["model_load"]

@@ -54,6 +54,7 @@ def sample_report(erasure_id: str, relation: str = HOSTILE) -> rm.ErasureReport:
             "min_generalization": 0.7,
             "min_locality": 0.9,
             "max_delta_ppl": 0.05,
+            "max_sampled_leak": 0.1,
         },
         metrics=rm.Metrics(
             reliability=rm.ReportedRate(value=1.0, count=8, facts=1),
@@ -75,6 +76,21 @@ def sample_report(erasure_id: str, relation: str = HOSTILE) -> rm.ErasureReport:
             entries_changed=512,
         ),
         acceptance=rm.Acceptance(accepted=True, reasons=[]),
+        attacks={
+            "sampled": rm.AttackSummary(
+                budget={"samples": 20, "top_p": 0.9, "seed": 0},
+                facts=1,
+                before=rm.AttackState(values={"leak_rate_t1": 0.95}, success={"any": 1.0}),
+                after=rm.AttackState(values={"leak_rate_t1": 0.05}, success={"any": 1.0}),
+            ),
+            "exposure": rm.AttackSummary(
+                budget={"n_random": 2000, "margin_bits": 1.0},
+                facts=1,
+                before=rm.AttackState(values={"exposure": 24.5, "control_exposure": 2.25}),
+                after=rm.AttackState(values={"exposure": 3.5, "control_exposure": 2.25}),
+                control={"control_exposure": 2.25},
+            ),
+        },
         timings={"baseline": 1.0, "locate": 2.0, "edit": 0.1, "evaluate": 3.0},
         facts=[_fact(relation)],
         edit=rm.EditFootprint(

@@ -120,6 +120,12 @@ def test_html_report_is_self_contained_escaped_and_complete(client, keys, store)
         "4160 B",  # delta size
         "abc123",  # code version
         "&gt;= 0.9",  # threshold vs measured
+        "Attacks on the edit",  # each attack: budget, before and after, control
+        "samples=20",
+        "leak_rate_t1",
+        "control_exposure",
+        "sampled leak_rate_t1",  # the attack limit in the acceptance table
+        "&lt;= 0.1",
     ):
         assert needle in text, needle
     assert SECRET not in text
@@ -134,7 +140,10 @@ def test_pdf_report_parses_and_holds_the_key_fields(client, keys, store):
     assert r.content.startswith(b"%PDF-")
     text = pdf_text(r.content)
     flat = re.sub(r"\s+", "", text)
-    for needle in (erasure_id, "ACCEPTED", "0123456789abcdef", "hmac-sha256:" + SHA, "4160B"):
+    for needle in (
+        *(erasure_id, "ACCEPTED", "0123456789abcdef", "hmac-sha256:" + SHA, "4160B"),
+        *("Attacks on the edit", "samples=20", "leak_rate_t1", "control_exposure"),
+    ):
         assert re.sub(r"\s+", "", needle) in flat, needle
     assert "<script>" in text  # shown literally, as text
     assert SECRET not in text

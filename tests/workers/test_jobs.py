@@ -148,7 +148,15 @@ def test_erasure_succeeds_with_history_checkpoint_report_and_no_secret_anywhere(
     assert record.progress == 1.0 and record.error is None
     _assert_history(record)
     stages = [e.stage for e in record.history if e.status == "running"]
-    for stage in ("starting", "loading model", "baseline", "locate+edit", "evaluate", "publish"):
+    for stage in (
+        "starting",
+        "loading model",
+        "baseline",
+        "locate+edit",
+        "evaluate",
+        "attacks",
+        "publish",
+    ):
         assert stage in stages
     progress = [e.progress for e in record.history if e.progress is not None]
     assert progress == sorted(progress)
@@ -175,6 +183,9 @@ def test_erasure_succeeds_with_history_checkpoint_report_and_no_secret_anywhere(
     assert report is not None and report["status"] == "succeeded"
     assert report["erasure_id"] == erasure_id and report["checkpoint_id"] == record.checkpoint_id
     assert report["model_cache"]["cached"] is False
+    assert set(report["attacks"]) == {"sampled", "logit_lens"}  # the operator's default set
+    assert report["attacks"]["sampled"]["budget"]["samples"] == 20
+    assert record.timings["attacks"] > 0
 
     assert store.get_request_blob(erasure_id) is None
     assert Job.fetch(erasure_id, connection=rconn).get_status() == JobStatus.FINISHED
@@ -225,6 +236,48 @@ def test_the_job_evaluates_on_the_operator_sized_locality_set(
     assert record.status in ("succeeded", "rejected"), record.error
     assert record.metrics["locality"]["set_size"] == 10  # 6 + 4 facts × 1 prompt
     assert store.get_report(erasure_id)["metrics"]["locality"]["set_size"] == 10
+
+
+def test_attack_settings_are_the_operators(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = WorkerSettings().attack_plan()
+    assert list(plan.names) == ["sampled", "logit_lens"] and plan.limits == {}  # limits off
+    monkeypatch.setenv("FEATUREEDIT_WORKER_ATTACKS", "")
+    monkeypatch.setenv("FEATUREEDIT_WORKER_ATTACK_LIMITS", "max_sampled_leak=0.01")
+    plan = WorkerSettings().attack_plan()
+    assert list(plan.names) == [] and plan.limits == {"max_sampled_leak": 0.01}
+    monkeypatch.setenv("FEATUREEDIT_WORKER_ATTACK_LIMITS", "max_sampled_leak=Infinity")
+    with pytest.raises(ValueError, match="finite"):
+        WorkerSettings()
+
+
+def test_an_attack_limit_the_erasure_cannot_meet_rejects_and_publishes_nothing(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    context: JobContext,
+    run_worker: Callable[..., FeatureeditWorker],
+    erasable_fact: Fact,
+) -> None:
+    context.tuning = context.tuning.model_copy(
+        update={"attacks": "logit_lens", "attack_limits": "max_exposure_over_control=10"}
+    )
+    # teacher-forced on the secret's prefix, the lens still finds this fact's tokens at B = 20
+    thresholds = {"max_logit_lens_success_at_20": 0.0}
+    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()], thresholds=thresholds)
+    run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status == "rejected", record.error
+    assert record.checkpoint_id is None and _checkpoint_dirs(store) == []
+    (reason,) = record.acceptance["reasons"]
+    assert reason == "logit_lens any@20 1.000 > 0.0", store.get_report(erasure_id)["attacks"]
+    report = store.get_report(erasure_id)
+    # the operator's default limit applies (exposure runs for it: not applicable to an e-mail)
+    assert set(report["attacks"]) == {"logit_lens", "exposure"}
+    assert report["thresholds"]["max_exposure_over_control"] == 10
+    assert "control_exposure" in report["attacks"]["exposure"]["control"]
+    stored = json.dumps(report)
+    assert erasable_fact.target not in stored and erasable_fact.subject not in stored
 
 
 @pytest.mark.parametrize("request_mode", [None, "delta"])
