@@ -12,7 +12,7 @@ Keys (hashes; all counters, monotonic until Redis itself is reset):
 
 * ``<prefix>:metrics:stage_seconds:<stage>``: ``le:<bound>`` cumulative bucket counts, ``sum``,
   ``count``; ``stage`` is one of :data:`TIMING_STAGES` (queue wait, model load, baseline, locate,
-  edit, evaluate, publish, total);
+  edit, evaluate, attacks, publish, total);
 * ``<prefix>:metrics:finished``: erasures that ended, by terminal status;
 * ``<prefix>:metrics:failures``: failed erasures by reason, one of :data:`FAILURE_REASONS`;
 * ``<prefix>:metrics:accepted``: ``total`` erasures the API accepted (counted by the API).
@@ -41,6 +41,7 @@ TIMING_STAGES: tuple[str, ...] = (
     "locate",
     "edit",
     "evaluate",
+    "attacks",
     "publish",
     "total",
 )
