@@ -107,6 +107,26 @@ def erasable_fact(small_world, small_model):
 
 
 @pytest.fixture(scope="session")
+def erasable_digit_fact(small_world, small_model, erasable_fact):
+    """Like ``erasable_fact``, but its secret has at least 3 digits (exposure is defined for it)."""
+    from editing.erase import run_erasure
+    from editing.request import ErasureRequest
+
+    if sum(ch.isdigit() for ch in erasable_fact.target) >= 3:
+        return erasable_fact
+    for fact in small_world.private_facts()[:80]:
+        if sum(ch.isdigit() for ch in fact.target) < 3:
+            continue
+        req = ErasureRequest(
+            model="demo-small",
+            facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
+        )
+        if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
+            return fact
+    raise RuntimeError("no digit fact of the small world is erasable with default FeatureEdit")
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real S3-compatible server (``moto_server``, see tests/s3_server.py) on loopback.
 

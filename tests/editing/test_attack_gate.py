@@ -60,17 +60,17 @@ def test_attacks_are_reported_when_limits_are_off(small_model, erasable_fact, tm
 
 
 def test_an_attack_limit_the_erasure_cannot_meet_rejects(
-    small_model, erasable_fact, tmp_path
+    small_model, erasable_digit_fact, tmp_path
 ) -> None:
     # exposure over the control is at least -space_bits: a limit of -1000 bits no edit can meet
-    request = _request(erasable_fact, max_exposure_over_control=-1000.0)
+    request = _request(erasable_digit_fact, max_exposure_over_control=-1000.0)
     erasure, kept = _erase(small_model, request, tmp_path, plan=None)  # the limit runs exposure
     result = erasure.result
     assert result.status == "rejected" and not erasure.published and kept == []
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
     (reason,) = result.acceptance.reasons
     assert reason.startswith("exposure exposure_minus_control ") and "> -1000.0" in reason
-    assert erasable_fact.target not in reason
+    assert erasable_digit_fact.target not in reason
     assert set(erasure.report().attacks or {}) == {"exposure"}
 
 
@@ -118,14 +118,16 @@ def test_request_refuses_non_finite_limits() -> None:
         Thresholds(max_logit_lens_success_at_20=1.5)
 
 
-def test_cli_erase_attacks_and_rejects_on_a_limit(small_model, erasable_fact, tmp_path, capsys):
+def test_cli_erase_attacks_and_rejects_on_a_limit(
+    small_model, erasable_digit_fact, tmp_path, capsys
+):
     from editing.cli import main
 
     secret_file = tmp_path / "secret.txt"
-    secret_file.write_text(erasable_fact.target)
+    secret_file.write_text(erasable_digit_fact.target)
     args = [
-        *("erase", "--model", "demo-small", "--subject", erasable_fact.subject),
-        *("--relation", erasable_fact.relation, "--target-file", str(secret_file)),
+        *("erase", "--model", "demo-small", "--subject", erasable_digit_fact.subject),
+        *("--relation", erasable_digit_fact.relation, "--target-file", str(secret_file)),
         *("--out", str(tmp_path / "out"), "--attacks", "logit_lens", "-q"),
     ]
     limit = ["--threshold", "max_exposure_over_control=-1000"]
@@ -137,4 +139,4 @@ def test_cli_erase_attacks_and_rejects_on_a_limit(small_model, erasable_fact, tm
     table = capsys.readouterr().out
     assert "any@2" in table and "checkpoint: " in table
     for text in (captured.out + captured.err, table):
-        assert erasable_fact.target not in text
+        assert erasable_digit_fact.target not in text
