@@ -256,28 +256,30 @@ def test_an_attack_limit_the_erasure_cannot_meet_rejects_and_publishes_nothing(
     rconn: redis.Redis,
     context: JobContext,
     run_worker: Callable[..., FeatureeditWorker],
-    erasable_fact: Fact,
+    erasable_digit_fact: Any,
 ) -> None:
     context.tuning = context.tuning.model_copy(
         update={"attacks": "logit_lens", "attack_limits": "max_exposure_over_control=10"}
     )
-    # teacher-forced on the secret's prefix, the lens still finds this fact's tokens at B = 20
-    thresholds = {"max_logit_lens_success_at_20": 0.0}
-    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()], thresholds=thresholds)
+    # exposure over the control is at least -space_bits: -1000 bits is a limit no edit can meet;
+    # the request's own limit wins over the operator's default
+    thresholds = {"max_exposure_over_control": -1000.0}
+    fact = erasable_digit_fact
+    spec = {"subject": fact.subject, "relation": fact.relation, "target": fact.target}
+    erasure_id = submit(settings, store, rconn, [spec], thresholds=thresholds)
     run_worker()
 
     record = _record(store, erasure_id)
     assert record.status == "rejected", record.error
     assert record.checkpoint_id is None and _checkpoint_dirs(store) == []
     (reason,) = record.acceptance["reasons"]
-    assert reason == "logit_lens any@20 1.000 > 0.0", store.get_report(erasure_id)["attacks"]
+    assert reason.startswith("exposure exposure_minus_control ") and "> -1000.0" in reason
     report = store.get_report(erasure_id)
-    # the operator's default limit applies (exposure runs for it: not applicable to an e-mail)
     assert set(report["attacks"]) == {"logit_lens", "exposure"}
-    assert report["thresholds"]["max_exposure_over_control"] == 10
+    assert report["thresholds"]["max_exposure_over_control"] == -1000.0
     assert "control_exposure" in report["attacks"]["exposure"]["control"]
     stored = json.dumps(report)
-    assert erasable_fact.target not in stored and erasable_fact.subject not in stored
+    assert fact.target not in stored and fact.subject not in stored
 
 
 @pytest.mark.parametrize("request_mode", [None, "delta"])

@@ -156,7 +156,7 @@ def test_report_json_holds_footprint_lineage_hashes_and_code_version(run: Run) -
 # their order, level by level. A change here changes the API.
 REPORT_KEYS = [
     *("erasure_id", "checkpoint_id", "status", "model_id", "method", "params", "thresholds"),
-    *("metrics", "acceptance", "timings", "facts", "edit", "produces_checkpoint"),
+    *("metrics", "acceptance", "attacks", "timings", "facts", "edit", "produces_checkpoint"),
     *("base_weights_sha256", "code_version", "checkpoint", "model", "request"),
     *("fact_fingerprints", "parent_checkpoint_id", "created_at", "finished_at", "attempts"),
     *("worker", "model_cache"),
