@@ -86,6 +86,21 @@ def seed() -> int:
     return 0
 
 
+def _first_erased(small_model, facts, what: str):
+    """The first of ``facts`` that default FeatureEdit erases (RuntimeError naming ``what``)."""
+    from editing.erase import run_erasure
+    from editing.request import ErasureRequest
+
+    for fact in facts:
+        req = ErasureRequest(
+            model="demo-small",
+            facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
+        )
+        if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
+            return fact
+    raise RuntimeError(f"no {what} of the small world is erasable with default FeatureEdit")
+
+
 @pytest.fixture(scope="session")
 def erasable_fact(small_world, small_model):
     """A private fact of the small world that default FeatureEdit erases (found once per session).
@@ -93,37 +108,20 @@ def erasable_fact(small_world, small_model):
     The small world exists to keep tests fast; not every one of its facts is erasable under the
     default acceptance thresholds, so tests that need a successful erasure use this one.
     """
-    from editing.erase import run_erasure
-    from editing.request import ErasureRequest
-
-    for fact in small_world.private_facts()[:40]:
-        req = ErasureRequest(
-            model="demo-small",
-            facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
-        )
-        if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
-            return fact
-    raise RuntimeError("no fact of the small world is erasable with default FeatureEdit")
+    return _first_erased(small_model, small_world.private_facts()[:40], "fact")
 
 
 @pytest.fixture(scope="session")
 def erasable_digit_fact(small_world, small_model, erasable_fact):
     """Like ``erasable_fact``, but its secret has at least 3 digits (exposure is defined for it)."""
-    from editing.erase import run_erasure
-    from editing.request import ErasureRequest
 
-    if sum(ch.isdigit() for ch in erasable_fact.target) >= 3:
+    def digits(fact) -> int:
+        return sum(ch.isdigit() for ch in fact.target)
+
+    if digits(erasable_fact) >= 3:
         return erasable_fact
-    for fact in small_world.private_facts()[:80]:
-        if sum(ch.isdigit() for ch in fact.target) < 3:
-            continue
-        req = ErasureRequest(
-            model="demo-small",
-            facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
-        )
-        if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
-            return fact
-    raise RuntimeError("no digit fact of the small world is erasable with default FeatureEdit")
+    facts = [f for f in small_world.private_facts()[:80] if digits(f) >= 3]
+    return _first_erased(small_model, facts, "digit fact")
 
 
 @pytest.fixture(scope="session")
