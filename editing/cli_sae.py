@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from editing.cli_input import add_json_option
+
 DEFAULTS = {
     "width": 4608,
     "k": 64,
@@ -173,5 +175,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     train.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS")
     train.add_argument("--no-register", action="store_true", help="do not touch the registry")
-    train.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_json_option(train)
     train.set_defaults(func=cmd_sae_train)

@@ -359,7 +359,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "never stored). Each tenant's differs; see docs/security.md.",
     )
     shown.add_argument("--tenant", required=True, help="tenant name")
-    shown.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    cli_input.add_json_option(shown)
     shown.set_defaults(func=cmd_keys_callback_secret)
 
     submit = subparsers.add_parser(
