@@ -21,7 +21,7 @@ from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
 from editing.evaldata import EvalData, control_prompts, eval_data_for
 from editing.fingerprint import fingerprint, subject_fingerprint
-from editing.methods import FactCase, FactOutcome, SaeParams, get_method, method_spec
+from editing.methods import FactCase, FactOutcome, Method, SaeParams, get_method, method_spec
 from editing.models import LoadedModel
 from editing.registry import EvalSize
 from editing.report import (
@@ -39,7 +39,7 @@ from editing.report import (
     ReportedRate,
     UnitReport,
 )
-from editing.request import ErasureRequest
+from editing.request import ErasureRequest, FactSpec
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,25 @@ def _rate(rate: ev.Rate) -> ReportedRate:
     return ReportedRate(**rate.to_dict())
 
 
+def fact_case(loaded: LoadedModel, index: int, fact: FactSpec, controls: list[str]) -> FactCase:
+    """Fact ``index`` of a request as a method sees it: the prompts the model in its current
+    state answers with the secret (edit and held-out), and the edit prompts with each of
+    ``controls`` in place of the subject."""
+    model, tok = loaded.model, loaded.tokenizer
+    edit_p, held_p = fact.resolved_edit_prompts(), fact.resolved_heldout_prompts()
+    k_edit = ev.known(model, tok, edit_p, [fact.secret] * len(edit_p))
+    k_held = ev.known(model, tok, held_p, [fact.secret] * len(held_p))
+    return FactCase(
+        index=index,
+        subject=fact.subject,
+        relation=fact.relation,
+        secret=fact.secret,
+        edit_prompts=[q for q, k in zip(edit_p, k_edit) if k],
+        heldout_prompts=[q for q, k in zip(held_p, k_held) if k],
+        control_prompts=control_prompts(edit_p, fact.subject, controls),
+    )
+
+
 def run_erasure(
     request: ErasureRequest,
     loaded: LoadedModel,
@@ -163,6 +182,7 @@ def run_erasure(
     eval_data: EvalData | None = None,
     leak_samples: int = 5,
     eval_size: EvalSize | None = None,
+    editor: Method | None = None,
 ) -> ErasureResult:
     """Erase ``request``'s facts from ``loaded`` (restored afterwards); return the result.
 
@@ -170,7 +190,9 @@ def run_erasure(
     to the pristine base model and contains the parent's changes too (sequential erasures).
     Without ``eval_data``, the Locality set is built for the request with ``eval_size`` (default:
     the model's registry setting, see :func:`editing.evaldata.eval_data_for`); its size is
-    reported as ``metrics["locality"]["set_size"]``.
+    reported as ``metrics["locality"]["set_size"]``. ``editor`` replaces the request's method
+    for the locate + edit step (:class:`editing.chunks.MergedChunks`: edits made elsewhere, in
+    chunks); everything else (baseline, evaluation, acceptance) is the same.
     """
     if request.model != loaded.model_id:
         raise ConfigError(
@@ -188,7 +210,7 @@ def run_erasure(
             loaded.adapter.validate_layer(layer)
     report = progress or (lambda stage, frac: None)
     cancelled = should_cancel or (lambda: False)
-    method = get_method(request.method, p)
+    method = editor or get_method(request.method, p)
     model, tok = loaded.model, loaded.tokenizer
     timings = {"baseline": 0.0, "locate": 0.0, "edit": 0.0, "evaluate": 0.0}
     pristine = down_proj_sha256(loaded.adapter)
@@ -205,17 +227,7 @@ def run_erasure(
         for i, f in enumerate(request.facts):
             secret = f.secret
             edit_p, held_p = f.resolved_edit_prompts(), f.resolved_heldout_prompts()
-            k_edit = ev.known(model, tok, edit_p, [secret] * len(edit_p))
-            k_held = ev.known(model, tok, held_p, [secret] * len(held_p))
-            case = FactCase(
-                index=i,
-                subject=f.subject,
-                relation=f.relation,
-                secret=secret,
-                edit_prompts=[q for q, k in zip(edit_p, k_edit) if k],
-                heldout_prompts=[q for q, k in zip(held_p, k_held) if k],
-                control_prompts=control_prompts(edit_p, f.subject, data.control_subjects),
-            )
+            case = fact_case(loaded, i, f, data.control_subjects)
             rep = FactReport(
                 index=i,
                 subject_fingerprint=subject_fingerprint(f.subject),

@@ -27,6 +27,7 @@ from editing.attack_gate import AttackPlan, attack_result
 from editing.edits import Edit
 from editing.erase import ErasureResult, Progress, run_erasure
 from editing.errors import CancelledError, ConfigError
+from editing.methods import Method
 from editing.models import LoadedModel
 from editing.registry import EvalSize
 from editing.report import ErasureReport
@@ -122,6 +123,7 @@ def erase_and_publish(
     edit_metadata: Mapping[str, Any] | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
     attacks: AttackPlan | None = None,
+    editor: Method | None = None,
 ) -> Erasure:
     """Erase ``request``'s facts; if accepted (and ``publish``), publish under ``checkpoint_root``.
 
@@ -130,7 +132,8 @@ def erase_and_publish(
     ``manifest_extra`` into the manifest. ``keep_revert(edit, checkpoint_id)`` receives the
     revert data once the checkpoint exists. ``attacks``: the attacks to run on the edit and the
     default attack limits; a limit the request sets runs its attack even without them (progress
-    stage ``"attacks"``; timing ``"attacks"``). Cancellation is
+    stage ``"attacks"``; timing ``"attacks"``). ``editor`` replaces the method's locate + edit
+    step (:func:`editing.erase.run_erasure`; a chunked request's merge). Cancellation is
     checked once more before publishing (CancelledError: nothing published).
     """
     from editing.checkpoints import publish_checkpoint
@@ -143,6 +146,7 @@ def erase_and_publish(
         should_cancel=should_cancel,
         base_edit=base_edit,
         eval_size=eval_size,
+        editor=editor,
     )
     timings: dict[str, float] = {}
     result, seconds = _attacked(result, request, loaded, attacks or AttackPlan(), progress)

@@ -186,6 +186,13 @@ class Settings(BaseSettings):
         "erasure ends: such an erasure cannot be rolled back).",
     )
     job_timeout: int = Field(default=1800, ge=1, description="rq job_timeout, seconds.")
+    chunk_facts: int = Field(
+        default=100,
+        ge=0,
+        description="A request of more facts than this is split into chunks of at most this many "
+        "facts, located and edited by several workers in parallel and merged into one edit that "
+        "is evaluated and published once (0: never split).",
+    )
     job_retries: int = Field(default=2, ge=0, description="rq Retry(max=...).")
     job_retry_intervals: list[int] = Field(
         default_factory=lambda: [5, 30], description="rq Retry(interval=...), seconds."
