@@ -51,7 +51,7 @@ def shown_name(name: object, limit: int = 80) -> str:
 def argument_problem(func_name: str, args: Any, kwargs: Any) -> str | None:
     """What is wrong with ``args``/``kwargs`` for ``func_name``'s shape, or None."""
     shape = ARGUMENT_SHAPES[func_name]
-    wanted = " and ".join("an erasure id" if k == "id" else "a chunk index" for k in shape)
+    wanted = " and ".join("one erasure id" if k == "id" else "one chunk index" for k in shape)
     if kwargs or not isinstance(args, (list, tuple)) or len(args) != len(shape):
         return f"{func_name} takes exactly {wanted}"
     for kind, value in zip(shape, args):
