@@ -133,7 +133,12 @@ class Settings(BaseSettings):
 
     # request limits
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body cap (413).")
-    max_facts: int = Field(default=100, ge=1, le=100, description="Facts per request (422).")
+    max_facts: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Facts per request (422); above chunk_facts a request is split into chunks.",
+    )
     rate_limit_window: int = Field(default=10, ge=1, description="Rate-limit window, seconds.")
     rate_limit_write: int = Field(
         default=60, ge=1, description="POST/DELETE requests per tenant per window (429)."
