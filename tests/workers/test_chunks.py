@@ -318,3 +318,38 @@ def test_chunk_jobs_carry_ids_only(
     assert sorted(merge.dependency_ids) == sorted(j.id for j in chunks)
     assert refusal(merge, ERASURE_FUNCTIONS) is None
     assert store.get_erasure(erasure_id).chunks["total"] == 3
+
+
+def test_the_gpu_worker_path_in_bfloat16_on_cpu(
+    fe_home: Any, four_facts: list[dict[str, str]]
+) -> None:
+    """What a GPU worker does (``featureedit worker --device cuda:0 --dtype bfloat16``), on the
+    CPU: the worker's cache loads the model on the device and in the dtype it was given, each
+    chunk's patch keeps that dtype through the store's bytes, and the merge (float32 sums, cast
+    back) leaves the weights in it and restores them bit for bit."""
+    import torch
+
+    from editing.checkpoints import down_proj_sha256
+    from editing.chunks import ChunkEdit, MergedChunks, edit_chunk
+    from editing.erase import run_erasure
+    from editing.request import ErasureRequest
+    from workers.cache import ModelCache
+
+    gpu_like = ModelCache(1, home=fe_home, device="cpu", dtype="bfloat16")
+    loaded, _, _ = gpu_like.get(MODEL)
+    assert gpu_like.key_for(MODEL) == (MODEL, "cpu", "bfloat16")
+    weight = loaded.adapter.down_proj_weight(0)
+    assert weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+    pristine = down_proj_sha256(loaded.adapter)
+    request = ErasureRequest(model=MODEL, facts=four_facts, thresholds=ACCEPT_ALL)
+    chunks = [
+        ChunkEdit.from_bytes(edit_chunk(request, loaded, i, a, b).to_bytes())
+        for i, (a, b) in enumerate([(0, 2), (2, 4)])
+    ]
+    assert all(p.new.dtype == torch.bfloat16 for c in chunks for p in c.patch.layers)
+    assert any(c.patch.layers for c in chunks), "no chunk changed a weight"
+    result = run_erasure(request, loaded, editor=MergedChunks(chunks))
+    assert result.edit is not None and not result.edit.is_empty()
+    assert all(d.new.dtype == torch.bfloat16 for d in result.edit.deltas)
+    assert result.metrics.reliability.value is not None
+    assert down_proj_sha256(loaded.adapter) == pristine
