@@ -69,6 +69,14 @@ def merge_job_id(erasure_id: str) -> str:
     return f"{erasure_id}-merge"
 
 
+def erasure_of_job(job_id: str) -> str:
+    """The erasure id of an erasure, chunk or merge job id (an erasure job's id is its own)."""
+    stem, sep, index = job_id.rpartition("-chunk-")
+    if sep and index.isdigit():
+        return stem
+    return job_id.removesuffix("-merge")
+
+
 def split(ctx: JobContext, request: Any, record: ErasureRecord) -> bool:
     """Split ``request`` into chunk jobs and a merge job if it is large enough; whether it was.
 

@@ -353,3 +353,34 @@ def test_the_gpu_worker_path_in_bfloat16_on_cpu(
     assert all(d.new.dtype == torch.bfloat16 for d in result.edit.deltas)
     assert result.metrics.reliability.value is not None
     assert down_proj_sha256(loaded.adapter) == pristine
+
+
+def test_a_chunk_job_failed_outside_the_job_fails_the_erasure_and_forgets_the_chunks(
+    settings: Settings, store: FilesystemStore, rconn: redis.Redis, four_facts: Any
+) -> None:
+    """The workers' maintenance reconciles a chunk job rq failed on its own (e.g. its worker died
+    on the last attempt): the erasure fails, nothing is published, the patches are deleted; a
+    chunk job queued again leaves the record running."""
+    from rq.job import JobStatus
+
+    from editing.request import ErasureRequest
+    from service.private_records import keep_chunk, load_chunk
+    from workers.cache import ModelCache
+    from workers.chunks import split
+    from workers.context import JobContext
+    from workers.reconcile import reconcile_erasure
+
+    _chunked(settings)
+    erasure_id = submit(settings, store, rconn, four_facts, enqueue=False)
+    ctx = JobContext(settings=settings, store=store, cache=ModelCache(1), redis=rconn)
+    store.update_erasure(erasure_id, lambda r: setattr(r, "status", "running"))
+    assert split(ctx, ErasureRequest(model=MODEL, facts=four_facts), store.get_erasure(erasure_id))
+    keep_chunk(store, erasure_id, 0, b"a patch", settings)
+    chunk = Job.fetch(f"{erasure_id}-chunk-1", connection=rconn, serializer=JOB_SERIALIZER)
+    assert reconcile_erasure(ctx, chunk.id, rconn) is None  # queued: still running
+    assert store.get_erasure(erasure_id).status == "running"
+    chunk.set_status(JobStatus.FAILED)
+    assert reconcile_erasure(ctx, chunk.id, rconn) == "failed"
+    record = store.get_erasure(erasure_id)
+    assert record.status == "failed" and "nothing was published" in (record.error or "")
+    assert load_chunk(store, erasure_id, 0, settings) is None
