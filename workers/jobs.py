@@ -8,6 +8,8 @@ store: the record and the encrypted request (the only place the secret lives). A
    late retry is harmless; cancel requested: ``cancelled``);
 2. marks it ``running`` (``attempts`` + 1, worker name), decrypts the request and keeps its
    subject names in the operator's private record (sealed; see :mod:`service.private_records`);
+   a request of more than ``Settings.chunk_facts`` facts is split here into chunk jobs and a
+   merge job (:mod:`workers.chunks`), and this job ends, leaving the record running;
 3. takes the model from the worker's :class:`~workers.cache.ModelCache` (``timings.model_load``
    and ``timings.model_cached`` say whether it had to be loaded);
 4. runs :func:`editing.erase.run_erasure` with progress written to the record (a history event on
@@ -128,7 +130,8 @@ def finish_erasure(
 
 # ----------------------------------------------------------------------------- the erasure job
 def run_erasure_job(erasure_id: str) -> str:
-    """Run the erasure ``erasure_id`` (the only job the API enqueues); return its final status.
+    """Run the erasure ``erasure_id`` (the only job the API enqueues); return its final status
+    (``"running"`` when it split a large request into chunks: the merge job ends it).
 
     See the module docstring. Returns ``"missing"`` when there is no such record; raises
     :class:`RetryableJobError` (redacted) when an unexpected error leaves rq retries to use.
