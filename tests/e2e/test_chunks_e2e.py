@@ -17,6 +17,7 @@ import redis
 
 from ops.stack import LocalStack, partial_checkpoints
 from service.store import FilesystemStore
+from tests.conftest import reachable_redis
 from tests.workers.conftest import MODEL
 
 pytestmark = pytest.mark.slow
@@ -33,25 +34,9 @@ TIMEOUT = 1200.0  # seconds for one request (a shared 2-core machine is slow)
 
 
 @pytest.fixture(scope="module")
-def four_facts(small_world: Any) -> list[dict[str, str]]:
-    """The e-mail facts of four subjects of the small world."""
-    seen: list[dict[str, str]] = []
-    for f in small_world.private_facts():
-        if f.relation == "email" and all(s["subject"] != f.subject for s in seen):
-            seen.append({"subject": f.subject, "relation": f.relation, "target": f.target})
-        if len(seen) == 4:
-            break
-    return seen
-
-
-@pytest.fixture(scope="module")
 def stack(fe_home: Path, small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """The API and two workers that split requests of more than 2 facts."""
-    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        conn.ping()
-    except redis.exceptions.RedisError as exc:
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable ({exc}); start redis-server")
+    conn = redis.Redis.from_url(reachable_redis(REDIS_URL, "FEATUREEDIT_TEST_E2E_REDIS_URL"))
     conn.flushdb()
     env = {"FEATUREEDIT_CHUNK_FACTS": "2", "OMP_NUM_THREADS": "1"}
     svc = LocalStack(tmp_path_factory.mktemp("chunks"), home=fe_home, redis_url=REDIS_URL, env=env)

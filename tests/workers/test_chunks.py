@@ -33,18 +33,6 @@ TOLERANCE = 0.25  # chunked vs unchunked Reliability/Generalization on 4 facts (
 
 
 @pytest.fixture(scope="module")
-def four_facts(small_world: Any) -> list[dict[str, str]]:
-    """The e-mail facts of four subjects of the small world (e-mail facts erase best)."""
-    seen: list[dict[str, str]] = []
-    for f in small_world.private_facts():
-        if f.relation == "email" and all(s["subject"] != f.subject for s in seen):
-            seen.append({"subject": f.subject, "relation": f.relation, "target": f.target})
-        if len(seen) == 4:
-            return seen
-    pytest.fail("the small world has fewer than four subjects with an e-mail fact")
-
-
-@pytest.fixture(scope="module")
 def unchunked(small_model: Any, four_facts: list[dict[str, str]]) -> Any:
     """The four facts erased in one piece (the engine's own path): the reference."""
     from editing.erase import run_erasure
@@ -192,6 +180,38 @@ def test_a_small_request_is_not_split(
     assert not Job.exists(f"{erasure_id}-merge", connection=rconn)
 
 
+def _with_failing_chunk(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., FeatureeditWorker],  # noqa: F811
+    facts: list[dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    fails: Callable[[int, list[int]], bool],
+) -> tuple[Any, list[int]]:
+    """Run ``facts`` as 2 chunks (1 retry each) with ``edit_chunk`` raising an error quoting the
+    last secret when ``fails(index, calls so far)``; the record and the chunk calls."""
+    import editing.chunks
+
+    real = editing.chunks.edit_chunk
+    calls: list[int] = []
+
+    def patched(request: Any, loaded: Any, index: int, *args: Any, **kwargs: Any) -> Any:
+        calls.append(index)
+        if fails(index, calls):
+            raise RuntimeError(f"chunk exploded on {facts[-1]['target']!r}")
+        return real(request, loaded, index, *args, **kwargs)
+
+    monkeypatch.setattr(editing.chunks, "edit_chunk", patched)
+    _chunked(settings)
+    settings.job_retries, settings.job_retry_intervals = 1, [0]
+    erasure_id = submit(settings, store, rconn, facts, thresholds=ACCEPT_ALL)
+    run_worker()
+    record = store.get_erasure(erasure_id)
+    assert record is not None
+    return record, calls
+
+
 def test_a_failed_chunk_is_retried(
     settings: Settings,
     store: FilesystemStore,
@@ -200,24 +220,16 @@ def test_a_failed_chunk_is_retried(
     four_facts: list[dict[str, str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import editing.chunks
-
-    real = editing.chunks.edit_chunk
-    calls: list[int] = []
-
-    def flaky(request: Any, loaded: Any, index: int, *args: Any, **kwargs: Any) -> Any:
-        calls.append(index)
-        if index == 1 and calls.count(1) == 1:
-            raise RuntimeError(f"chunk exploded on {request.facts[2].target!r}")
-        return real(request, loaded, index, *args, **kwargs)
-
-    monkeypatch.setattr(editing.chunks, "edit_chunk", flaky)
-    _chunked(settings)
-    settings.job_retries, settings.job_retry_intervals = 1, [0]
-    erasure_id = submit(settings, store, rconn, four_facts, thresholds=ACCEPT_ALL)
-    run_worker()
-    record = store.get_erasure(erasure_id)
-    assert record is not None and record.status == "succeeded", record and record.error
+    record, calls = _with_failing_chunk(
+        settings,
+        store,
+        rconn,
+        run_worker,
+        four_facts,
+        monkeypatch,
+        lambda index, calls: index == 1 and calls.count(1) == 1,
+    )
+    assert record.status == "succeeded", record.error
     assert sorted(calls) == [0, 1, 1]
     assert record.chunks is not None and record.chunks["done"] == 2
     assert record.checkpoint_id is not None
@@ -232,31 +244,18 @@ def test_a_chunk_that_keeps_failing_fails_the_request_and_publishes_nothing(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import editing.chunks
-
     caplog.set_level(logging.INFO)
-    real = editing.chunks.edit_chunk
-    secret = four_facts[3]["target"]
-
-    def broken(request: Any, loaded: Any, index: int, *args: Any, **kwargs: Any) -> Any:
-        if index == 1:
-            raise RuntimeError(f"chunk exploded on {secret!r}")
-        return real(request, loaded, index, *args, **kwargs)
-
-    monkeypatch.setattr(editing.chunks, "edit_chunk", broken)
-    _chunked(settings)
-    settings.job_retries, settings.job_retry_intervals = 1, [0]
-    erasure_id = submit(settings, store, rconn, four_facts, thresholds=ACCEPT_ALL)
-    run_worker()
-    record = store.get_erasure(erasure_id)
-    assert record is not None and record.status == "failed"
+    record, calls = _with_failing_chunk(
+        settings, store, rconn, run_worker, four_facts, monkeypatch, lambda index, _: index == 1
+    )
+    assert record.status == "failed" and sorted(calls) == [0, 1, 1]
     assert record.error is not None and record.error.startswith("chunk 2: internal error")
     assert record.checkpoint_id is None
     assert not any((store.root / "checkpoints").glob("*"))
-    assert not list((store.root / "private" / erasure_id).glob("chunk-*"))
-    assert store.get_request_blob(erasure_id) is None
+    assert not list((store.root / "private" / record.id).glob("chunk-*"))
+    assert store.get_request_blob(record.id) is None
     dump = json.dumps(record.model_dump()) + caplog.text
-    assert secret not in dump and "[REDACTED]" in caplog.text
+    assert four_facts[-1]["target"] not in dump and "[REDACTED]" in caplog.text
 
 
 def test_cancelling_a_chunked_erasure(
