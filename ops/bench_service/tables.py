@@ -69,6 +69,11 @@ _FACT_GROWTH_COLUMNS = (
 )
 
 
+def fact_growth_markdown(growth: list[dict[str, Any]]) -> str:
+    """The fact-growth rows (:func:`ops.bench_service.job_times.fact_growth`) as Markdown."""
+    return "\n".join(_table(_FACT_GROWTH_COLUMNS, growth, markdown=True))
+
+
 def _job_label(row: dict[str, Any]) -> str:
     if row["scenario"] == "publish":
         return f"publish {row.get('publish_mode')}"
