@@ -4,6 +4,14 @@
 reproduces the target exactly when the argmax at every target position is the target's token, so
 this is greedy decoding's verdict for the target's canonical tokenisation, at one pass instead of
 one per token. ``greedy_generate`` really decodes, for audits that must not depend on tokenisation.
+
+Every pass works on padded batches of rows (any mix of facts and prompts) sorted by length, so a
+batch holds rows of similar length; :func:`default_batch_size` is the rows per batch: the operator's
+``FEATUREEDIT_BATCH_SIZE`` or a default from the model's vocabulary and device (issue #16).
+Scoring pads on the right (a row's tokens start at column 0: positions and causal attention are
+the unpadded row's), generation on the left with the attention mask (``generate`` derives the
+position ids from it), so a row's scores do not depend on what it is batched with, up to float
+rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +23,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editing import settings
+
+# Default batch: the float32 logits of a batch (rows x ROW_TOKENS x vocabulary, twice: logits and
+# log-softmax) within this many bytes, between MIN_BATCH and MAX_BATCH rows.
+BATCH_BYTES = {"cpu": 1 << 30, "cuda": 4 << 30}
+ROW_TOKENS = 32
+MIN_BATCH, MAX_BATCH = 8, 256
+
 
 @dataclass(frozen=True)
 class TargetScore:
@@ -25,13 +41,53 @@ class TargetScore:
     first_token_logprob: float
 
 
+def default_batch_size(model: PreTrainedModel) -> int:
+    """Rows per scoring batch: ``FEATUREEDIT_BATCH_SIZE`` if the operator set it, else what keeps
+    a batch's logits within :data:`BATCH_BYTES` for the model's device (vocabulary-sized rows of
+    :data:`ROW_TOKENS` tokens), clamped to ``[MIN_BATCH, MAX_BATCH]``."""
+    chosen = settings.batch_size()
+    if chosen is not None:
+        return chosen
+    device = next(model.parameters()).device
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    budget = BATCH_BYTES.get(device.type, BATCH_BYTES["cpu"])
+    rows = budget // (2 * 4 * ROW_TOKENS * max(vocab, 1))
+    return int(min(MAX_BATCH, max(MIN_BATCH, rows)))
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special: bool = True
+) -> list[list[int]]:
+    """Token ids of each text (one tokenizer call for the distinct texts)."""
+    distinct = list(dict.fromkeys(texts))
+    if not distinct:
+        return []
+    ids = tokenizer(distinct, add_special_tokens=special)["input_ids"]
+    by_text = dict(zip(distinct, ids))
+    return [list(by_text[t]) for t in texts]
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_pair` of every ``(prompts[i], targets[i])``, tokenising each distinct
+    prompt and target once."""
+    p_ids = encode_texts(tokenizer, prompts)
+    t_ids = encode_texts(tokenizer, [" " + t for t in targets], special=False)
+    return list(zip(p_ids, t_ids))
+
+
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, prompt: str, target: str
 ) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (with BOS) and of the target following it (``" " + t``)."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    target_ids = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
-    return prompt_ids, target_ids
+    return encode_pairs(tokenizer, [prompt], [target])[0]
+
+
+def by_length(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Indices of ``rows`` in batches of at most ``size``, longest rows first (less padding)."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    return [order[i : i + size] for i in range(0, len(order), max(size, 1))]
 
 
 def padded(
@@ -56,31 +112,29 @@ def score_targets(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     targets: Sequence[str],
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> list[TargetScore]:
-    """Score each ``targets[i]`` after ``prompts[i]`` (teacher forcing, batched)."""
+    """Score each ``targets[i]`` after ``prompts[i]`` (teacher forcing), in padded batches of
+    ``batch_size`` rows (default :func:`default_batch_size`) across all the pairs given."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    out: list[TargetScore] = []
-    for start in range(0, len(prompts), batch_size):
-        pairs = [
-            encode_pair(tokenizer, p, t)
-            for p, t in zip(
-                prompts[start : start + batch_size], targets[start : start + batch_size]
-            )
-        ]
-        ids, mask = padded([p + t for p, t in pairs], pad, device)
+    pairs = encode_pairs(tokenizer, prompts, targets)
+    rows = [p + t for p, t in pairs]
+    out: list[TargetScore | None] = [None] * len(rows)
+    for chunk in by_length(rows, batch_size or default_batch_size(model)):
+        ids, mask = padded([rows[i] for i in chunk], pad, device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logp = logits.log_softmax(-1)
-        for row, (p_ids, t_ids) in enumerate(pairs):
+        for row, i in enumerate(chunk):
+            p_ids, t_ids = pairs[i]
             pos = torch.arange(len(p_ids) - 1, len(p_ids) + len(t_ids) - 1, device=device)
             tgt = torch.tensor(t_ids, device=device)
             lp = logp[row, pos].gather(-1, tgt[:, None]).squeeze(-1)
             hit = bool((logits[row, pos].argmax(-1) == tgt).all())
-            out.append(TargetScore(hit, float(lp.sum()), float(lp[0])))
-    return out
+            out[i] = TargetScore(hit, float(lp.sum()), float(lp[0]))
+    return [s for s in out if s is not None]
 
 
 @torch.inference_mode()
@@ -88,25 +142,49 @@ def greedy_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    max_new_tokens: int,
-    batch_size: int = 32,
+    max_new_tokens: int | Sequence[int],
+    batch_size: int | None = None,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (decoded text of the new tokens only)."""
+    """Greedy continuations of ``prompts`` (decoded text of the new tokens only), in batches of
+    ``batch_size`` rows (default :func:`default_batch_size`). ``max_new_tokens`` is one number
+    or one per prompt (a batch decodes to its longest; each row keeps its own number of tokens,
+    which greedy decoding makes the same as decoding it alone)."""
+    return generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, do_sample=False)
+
+
+def generate_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int | Sequence[int],
+    batch_size: int | None = None,
+    **generate_kwargs: object,
+) -> list[str]:
+    """``model.generate`` continuations of ``prompts`` (left-padded batches of ``batch_size`` rows,
+    longest first), each cut to its own ``max_new_tokens`` and decoded; ``generate_kwargs`` go
+    to ``generate`` (sampling settings)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        rows = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
-        ids, mask = padded(rows, pad, device, left=True)
+    limits = (
+        [max_new_tokens] * len(prompts)
+        if isinstance(max_new_tokens, int)
+        else [int(n) for n in max_new_tokens]
+    )
+    rows = encode_texts(tokenizer, prompts)
+    texts: list[str] = [""] * len(rows)
+    for chunk in by_length(rows, batch_size or default_batch_size(model)):
+        ids, mask = padded([rows[i] for i in chunk], pad, device, left=True)
         width = ids.shape[1]
         gen = model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
+            max_new_tokens=max(limits[i] for i in chunk),
             pad_token_id=pad,
+            **generate_kwargs,
         )
-        texts += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+        new = [gen[row, width : width + limits[i]] for row, i in enumerate(chunk)]
+        for i, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            texts[i] = text
     return texts
 
 
