@@ -16,6 +16,7 @@ rounding.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,19 @@ def encode_pair(
     return encode_pairs(tokenizer, [prompt], [target])[0]
 
 
+def logits_at(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """Logits ``[rows, k, vocabulary]`` at ``positions`` (``[rows, k]`` column indices) of a
+    padded batch: the language-model head runs at those positions only when the model's forward
+    takes ``logits_to_keep`` (every current Hugging Face causal LM; the head and any final
+    soft-capping apply after the slice), else on every position, then gathered."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return torch.take_along_dim(logits, positions[..., None], dim=1)
+
+
 def by_length(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
     """Indices of ``rows`` in batches of at most ``size``, longest rows first (less padding)."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
@@ -125,14 +139,19 @@ def score_targets(
     out: list[TargetScore | None] = [None] * len(rows)
     for chunk in by_length(rows, batch_size or default_batch_size(model)):
         ids, mask = padded([rows[i] for i in chunk], pad, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        # teacher forcing reads the positions that predict target tokens: row i's j-th is
+        # len(prompt) - 1 + j (repeated past its target's end, to a rectangle)
+        width = max(len(pairs[i][1]) for i in chunk)
+        starts = torch.tensor([len(pairs[i][0]) - 1 for i in chunk])
+        stops = torch.tensor([len(pairs[i][0]) + len(pairs[i][1]) - 2 for i in chunk])
+        cols = torch.minimum(starts[:, None] + torch.arange(width), stops[:, None]).to(device)
+        logits = logits_at(model, ids, mask, cols).float()
         logp = logits.log_softmax(-1)
         for row, i in enumerate(chunk):
-            p_ids, t_ids = pairs[i]
-            pos = torch.arange(len(p_ids) - 1, len(p_ids) + len(t_ids) - 1, device=device)
+            t_ids = pairs[i][1]
             tgt = torch.tensor(t_ids, device=device)
-            lp = logp[row, pos].gather(-1, tgt[:, None]).squeeze(-1)
-            hit = bool((logits[row, pos].argmax(-1) == tgt).all())
+            lp = logp[row, : len(t_ids)].gather(-1, tgt[:, None]).squeeze(-1)
+            hit = bool((logits[row, : len(t_ids)].argmax(-1) == tgt).all())
             out[i] = TargetScore(hit, float(lp.sum()), float(lp[0]))
     return [s for s in out if s is not None]
 

@@ -44,6 +44,26 @@ def test_score_targets_batched_equals_one_row_at_a_time(small_model, groups) -> 
     assert any(s.reproduced for s in batched) and not all(s.reproduced for s in batched)
 
 
+def test_scores_match_a_full_forward_of_each_row(small_model, groups) -> None:
+    """The head runs at the target positions only (``logits_to_keep``): same numbers as the
+    full logits of the row alone."""
+    import torch
+
+    from editing.scoring import encode_pair
+
+    model, tok = small_model.model, small_model.tokenizer
+    prompts, targets = _flat(groups)
+    scores = score_targets(model, tok, prompts, targets)
+    for prompt, target, score in list(zip(prompts, targets, scores))[::7]:
+        p_ids, t_ids = encode_pair(tok, prompt, target)
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([p_ids + t_ids])).logits[0].float()
+        pos = torch.arange(len(p_ids) - 1, len(p_ids) + len(t_ids) - 1)
+        lp = logits.log_softmax(-1)[pos].gather(-1, torch.tensor(t_ids)[:, None]).squeeze(-1)
+        assert math.isclose(score.logprob, float(lp.sum()), abs_tol=TOL)
+        assert score.reproduced == bool((logits[pos].argmax(-1) == torch.tensor(t_ids)).all())
+
+
 def test_greedy_generation_batched_equals_alone_with_per_row_lengths(small_model, groups) -> None:
     prompts, _ = _flat(groups)
     model, tok = small_model.model, small_model.tokenizer
