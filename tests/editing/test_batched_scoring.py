@@ -118,3 +118,17 @@ def test_batch_size_setting(small_model) -> None:
     for bad in ("0", "-2", "many"):
         with environment({settings.BATCH_SIZE_ENV: bad}), pytest.raises(ConfigError):
             settings.batch_size()
+
+
+def test_integrated_gradients_in_chunks_equal_one_pass(small_model, groups) -> None:
+    from editing.locate import neuron_attributions
+
+    prompts, target = groups[0][0][:4], groups[0][1]
+    with environment({settings.BATCH_SIZE_ENV: "7"}):  # 4 prompts x 5 steps: 3 chunks
+        chunked, acts = neuron_attributions(small_model, prompts, target, [0, 1], steps=5)
+    with environment({settings.BATCH_SIZE_ENV: "1000"}):
+        whole, _ = neuron_attributions(small_model, prompts, target, [0, 1], steps=5)
+    for layer in (0, 1):
+        assert chunked[layer].shape == (4, acts[layer].shape[1])
+        assert chunked[layer].abs().max() > 0
+        assert (chunked[layer] - whole[layer]).abs().max() <= 1e-5 * whole[layer].abs().max()
