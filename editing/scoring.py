@@ -50,7 +50,8 @@ def default_batch_size(model: PreTrainedModel) -> int:
     if chosen is not None:
         return chosen
     device = next(model.parameters()).device
-    vocab = int(model.get_output_embeddings().weight.shape[0])
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    vocab = int(getattr(config or model.config, "vocab_size", 0) or 0)
     budget = BATCH_BYTES.get(device.type, BATCH_BYTES["cpu"])
     rows = budget // (2 * 4 * ROW_TOKENS * max(vocab, 1))
     return int(min(MAX_BATCH, max(MIN_BATCH, rows)))
