@@ -148,12 +148,19 @@ def score_targets(
         cols = torch.minimum(starts[:, None] + torch.arange(width), stops[:, None]).to(device)
         logits = logits_at(model, ids, mask, cols).float()
         logp = logits.log_softmax(-1)
-        for row, i in enumerate(chunk):
-            t_ids = pairs[i][1]
-            tgt = torch.tensor(t_ids, device=device)
-            lp = logp[row, : len(t_ids)].gather(-1, tgt[:, None]).squeeze(-1)
-            hit = bool((logits[row, : len(t_ids)].argmax(-1) == tgt).all())
-            out[i] = TargetScore(hit, float(lp.sum()), float(lp[0]))
+        tgt = torch.tensor(
+            [pairs[i][1] + [0] * (width - len(pairs[i][1])) for i in chunk], device=device
+        )
+        valid = (
+            torch.arange(width, device=device)[None, :]
+            < torch.tensor([len(pairs[i][1]) for i in chunk], device=device)[:, None]
+        )
+        lp = torch.where(valid, logp.gather(-1, tgt[..., None]).squeeze(-1), 0.0)
+        hits = ((logits.argmax(-1) == tgt) | ~valid).all(-1)
+        for i, hit, total, first in zip(
+            chunk, hits.tolist(), lp.sum(-1).tolist(), lp[:, 0].tolist()
+        ):
+            out[i] = TargetScore(bool(hit), float(total), float(first))
     return [s for s in out if s is not None]
 
 
