@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editing.models import LoadedModel
-from editing.scoring import default_batch_size, encode_pair, logits_at, padded
+from editing.scoring import default_batch_size, encode_pairs, logits_at, padded
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ def _batch(loaded: LoadedModel, prompts: Sequence[str], target: str, with_target
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     rows, last, tgt = [], [], []
-    for p in prompts:
-        p_ids, t_ids = encode_pair(tok, p, target)
+    for p_ids, t_ids in encode_pairs(tok, prompts, [target] * len(prompts)):
         t_used = t_ids if with_target else t_ids[:1]
         rows.append(p_ids + t_used)
         last.append(len(p_ids) - 1)

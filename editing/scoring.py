@@ -112,13 +112,13 @@ def padded(
     ``device``: on the right (scoring: row ``i``'s tokens start at column 0), or with ``left`` on
     the left (generation: every row continues at the same column)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        cols = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, cols] = torch.tensor(r, dtype=torch.long)
-        mask[i, cols] = 1
-    return ids.to(device), mask.to(device)
+    ids, mask = [], []
+    for r in rows:
+        fill = width - len(r)
+        ids.append([pad] * fill + list(r) if left else list(r) + [pad] * fill)
+        mask.append([0] * fill + [1] * len(r) if left else [1] * len(r) + [0] * fill)
+    as_tensor = {"dtype": torch.long, "device": device}
+    return torch.tensor(ids, **as_tensor), torch.tensor(mask, **as_tensor)
 
 
 @torch.inference_mode()
