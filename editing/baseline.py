@@ -123,14 +123,15 @@ class BaselineCache:
         msg = "\0".join((kind, *texts)).encode()
         return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
 
-    def _dir(self, model: str) -> Path:
+    def model_dir(self, model: str) -> Path:
+        """The directory of ``model``'s entries."""
         return self.root / model[:32]
 
     def lookup(self, model: str) -> dict[str, list[Any]]:
         """Every entry kept for ``model`` (files written since the last call are read too)."""
         index = self._index.setdefault(model, {})
         seen = self._read.setdefault(model, set())
-        folder = self._dir(model)
+        folder = self.model_dir(model)
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             if path.name in seen:
                 continue
@@ -149,7 +150,7 @@ class BaselineCache:
         if not entries:
             return None
         name = hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:32]
-        folder = self._dir(model)
+        folder = self.model_dir(model)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.json"
         doc = {"version": BASELINE_VERSION, "model_key": model, "entries": entries}
