@@ -471,11 +471,12 @@ def test_error_after_editing_is_retried_then_failed_redacted_and_the_model_is_pr
     erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
     edited_hashes: list[str] = []
 
-    def exploding_leaks(model: Any, tokenizer: Any, prompts: Any, target: str) -> Any:
+    def exploding_leaks(model: Any, tokenizer: Any, groups: Any, *args: Any) -> Any:
         edited_hashes.append(down_proj_sha256(ModelAdapter(model)))
-        raise RuntimeError(f"leak check exploded on {target!r}")
+        raise RuntimeError(f"leak check exploded on {groups[0][1]!r}")
 
-    monkeypatch.setattr(evaluate, "leaks", exploding_leaks)
+    # the evaluate stage's greedy leak check (every fact's prompts in one batched call)
+    monkeypatch.setattr(evaluate, "leaks_many", exploding_leaks)
     run_worker()
 
     record = _record(store, erasure_id)
