@@ -326,7 +326,7 @@ def run_erasure(
                 + [(c.heldout_prompts, c.secret) for c in active],
             )
             report("evaluate", 0.25)
-            afters = _snapshots(model, tok, active, leak_samples)
+            snapshots = _snapshots(model, tok, active, leak_samples)
             report("evaluate", 0.5)
             rel, gen = [], []
             for n, case in enumerate(active):
@@ -337,8 +337,8 @@ def run_erasure(
                 rel.append(r)
                 gen.append(g)
                 before = rep.metrics.before.prob if rep.metrics.before is not None else None
-                rep.metrics.after = afters[n]
-                prob_after = afters[n].prob
+                rep.metrics.after = snapshots[n]
+                prob_after = snapshots[n].prob
                 rep.metrics.reliability = _rate(r)
                 rep.metrics.generalization = _rate(g)
                 rep.metrics.delta_prob = (
