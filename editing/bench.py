@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from editing.acceptance import metric, number
+from editing.baseline import default_baseline_cache
 from editing.erase import PAPER_FIGURES, run_erasure
 from editing.methods import MethodParams, SaeParams, method_names, method_spec
 from editing.models import LoadedModel
@@ -130,6 +131,7 @@ def run_bench(
         if isinstance(p, SaeParams):
             for layer in p.layers if p.layers is not None else loaded.sae_layers(p.site):
                 loaded.sae(p.site, layer)
+    cache = default_baseline_cache(loaded)
     total = len(facts) * len(methods)
     done = 0
     started = time.perf_counter()
@@ -141,7 +143,7 @@ def run_bench(
                 facts=[fact],
                 params=method_params[method],
             )
-            result = run_erasure(request, loaded, leak_samples=leak_samples)
+            result = run_erasure(request, loaded, leak_samples=leak_samples, baseline_cache=cache)
             row = {"relation": fact["relation"], "status": result.status}
             for name in METRICS:
                 row[name] = number(metric(result.metrics, name))

@@ -170,7 +170,7 @@ def edit_chunk(
     ``should_cancel`` says so.
     """
     from editing.checkpoints.patch import Patch
-    from editing.erase import fact_case
+    from editing.erase import fact_cases
     from editing.evaldata import eval_data_for
 
     if not chunkable(request):
@@ -185,10 +185,7 @@ def edit_chunk(
         if base_edit is not None:
             base_edit.apply(loaded.adapter)
         # every fact's prompts as the unedited model answers them, as run_erasure takes them
-        cases = [
-            fact_case(loaded, i, request.facts[i], controls.control_subjects)
-            for i in range(start, stop)
-        ]
+        cases = fact_cases(loaded, request.facts[start:stop], controls.control_subjects, start)
         with WeightSession(loaded.adapter) as session:  # the chunk's change, on top of the parent
             for n, case in enumerate(cases):
                 if should_cancel is not None and should_cancel():

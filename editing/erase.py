@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, cast
 
 from editing import evaluate as ev
 from editing.acceptance import decide
+from editing.baseline import BaselineCache, baseline_scores
 from editing.checkpoints.publish import down_proj_sha256
 from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
@@ -154,23 +155,48 @@ def _rate(rate: ev.Rate) -> ReportedRate:
     return ReportedRate(**rate.to_dict())
 
 
-def fact_case(loaded: LoadedModel, index: int, fact: FactSpec, controls: list[str]) -> FactCase:
-    """Fact ``index`` of a request as a method sees it: the prompts the model in its current
-    state answers with the secret (edit and held-out), and the edit prompts with each of
-    ``controls`` in place of the subject."""
+def fact_cases(
+    loaded: LoadedModel, facts: Sequence[FactSpec], controls: list[str], first_index: int = 0
+) -> list[FactCase]:
+    """``facts`` as a method sees them (indices from ``first_index``): the prompts the model in
+    its current state answers with the secret (edit and held-out; every fact's known checks in
+    shared batches), and the edit prompts with each of ``controls`` in place of the subject."""
     model, tok = loaded.model, loaded.tokenizer
-    edit_p, held_p = fact.resolved_edit_prompts(), fact.resolved_heldout_prompts()
-    k_edit = ev.known(model, tok, edit_p, [fact.secret] * len(edit_p))
-    k_held = ev.known(model, tok, held_p, [fact.secret] * len(held_p))
-    return FactCase(
-        index=index,
-        subject=fact.subject,
-        relation=fact.relation,
-        secret=fact.secret,
-        edit_prompts=[q for q, k in zip(edit_p, k_edit) if k],
-        heldout_prompts=[q for q, k in zip(held_p, k_held) if k],
-        control_prompts=control_prompts(edit_p, fact.subject, controls),
+    edit_ps = [f.resolved_edit_prompts() for f in facts]
+    held_ps = [f.resolved_heldout_prompts() for f in facts]
+    secrets = [f.secret for f in facts]
+    knowns = ev.known_many(model, tok, list(zip(edit_ps + held_ps, secrets + secrets)))
+    return [
+        FactCase(
+            index=first_index + i,
+            subject=f.subject,
+            relation=f.relation,
+            secret=f.secret,
+            edit_prompts=[q for q, k in zip(edit_ps[i], knowns[i]) if k],
+            heldout_prompts=[q for q, k in zip(held_ps[i], knowns[len(facts) + i]) if k],
+            control_prompts=control_prompts(edit_ps[i], f.subject, controls),
+        )
+        for i, f in enumerate(facts)
+    ]
+
+
+def _snapshots(
+    model: Any, tok: Any, cases: list[FactCase], leak_samples: int
+) -> list[FactSnapshot]:
+    """Per case (each with edit prompts): mean P(secret) on its edit prompts, exposure on the
+    first one and the sampled leak rate on edit and held-out prompts, all cases in shared
+    batches."""
+    if not cases:
+        return []
+    probs = ev.target_probs_many(model, tok, [(c.edit_prompts, c.secret) for c in cases])
+    exposures = ev.exposures(model, tok, [(c.edit_prompts[0], c.secret) for c in cases])
+    rates = ev.leak_rates(
+        model, tok, [(c.edit_prompts + c.heldout_prompts, c.secret) for c in cases], leak_samples
     )
+    return [
+        FactSnapshot(prob=_mean(list(p)), exposure=x, leak_rate=_rate(r))
+        for p, x, r in zip(probs, exposures, rates)
+    ]
 
 
 def run_erasure(
@@ -182,6 +208,7 @@ def run_erasure(
     eval_data: EvalData | None = None,
     leak_samples: int = 5,
     eval_size: EvalSize | None = None,
+    baseline_cache: BaselineCache | None = None,
     editor: Method | None = None,
 ) -> ErasureResult:
     """Erase ``request``'s facts from ``loaded`` (restored afterwards); return the result.
@@ -190,9 +217,13 @@ def run_erasure(
     to the pristine base model and contains the parent's changes too (sequential erasures).
     Without ``eval_data``, the Locality set is built for the request with ``eval_size`` (default:
     the model's registry setting, see :func:`editing.evaldata.eval_data_for`); its size is
-    reported as ``metrics["locality"]["set_size"]``. ``editor`` replaces the request's method
-    for the locate + edit step (:class:`editing.chunks.MergedChunks`: edits made elsewhere, in
-    chunks); everything else (baseline, evaluation, acceptance) is the same.
+    reported as ``metrics["locality"]["set_size"]``. With ``baseline_cache`` the unedited
+    model's Locality answers and perplexity come from it when it holds them for this model
+    (:mod:`editing.baseline`). Every fact's prompts are scored in shared padded batches
+    (:mod:`editing.scoring`); the sampled leak rates come from one seeded stream per stage.
+    ``editor`` replaces the request's method for the locate + edit step
+    (:class:`editing.chunks.MergedChunks`: edits made elsewhere, in chunks); everything else
+    (baseline, evaluation, acceptance) is the same.
     """
     if request.model != loaded.model_id:
         raise ConfigError(
@@ -222,17 +253,15 @@ def run_erasure(
         report("baseline", 0.0)
         subjects = {f.subject for f in request.facts}
         data = eval_data or eval_data_for(loaded, subjects, eval_size)
-        cases: list[FactCase] = []
+        cases = fact_cases(loaded, request.facts, data.control_subjects)
         reports: list[FactReport] = []
-        for i, f in enumerate(request.facts):
-            secret = f.secret
+        for i, (f, case) in enumerate(zip(request.facts, cases)):
             edit_p, held_p = f.resolved_edit_prompts(), f.resolved_heldout_prompts()
-            case = fact_case(loaded, i, f, data.control_subjects)
             rep = FactReport(
                 index=i,
                 subject_fingerprint=subject_fingerprint(f.subject),
                 relation=f.relation,
-                fingerprint=fingerprint(secret),
+                fingerprint=fingerprint(f.secret),
                 prompts=FactPrompts(
                     edit=len(edit_p),
                     edit_known=len(case.edit_prompts),
@@ -246,27 +275,17 @@ def run_erasure(
                 timings={},
                 status="erased" if case.edit_prompts else "nothing_to_erase",
             )
-            if case.edit_prompts:
-                first = case.edit_prompts[0]
-                rep.metrics.before = FactSnapshot(
-                    prob=_mean(ev.target_prob(model, tok, case.edit_prompts, secret)),
-                    exposure=ev.exposure(model, tok, first, secret),
-                    leak_rate=_rate(
-                        ev.leak_rate(
-                            model,
-                            tok,
-                            case.edit_prompts + case.heldout_prompts,
-                            secret,
-                            leak_samples,
-                        )
-                    ),
-                )
-            cases.append(case)
             reports.append(rep)
+        erasable = [c for c in cases if c.edit_prompts]
+        for case, snapshot in zip(erasable, _snapshots(model, tok, erasable, leak_samples)):
+            reports[case.index].metrics.before = snapshot
+        # the unedited model's Locality answers and perplexity: cached per model and rows
+        current = pristine if base_edit is None else down_proj_sha256(loaded.adapter)
+        base = baseline_scores(loaded, data, current, baseline_cache)
         loc_prompts = [x[0] for x in data.locality]
         loc_targets = [x[1] for x in data.locality]
-        loc_known = ev.known(model, tok, loc_prompts, loc_targets)
-        ppl_before = ev.perplexity(model, tok, data.ppl_texts) if data.ppl_texts else None
+        loc_known = [s.reproduced for s in base.locality]
+        ppl_before = base.perplexity
         timings["baseline"] = time.perf_counter() - t0
 
         active = [c for c, r in zip(cases, reports) if r.status != "nothing_to_erase"]
@@ -312,31 +331,27 @@ def run_erasure(
             for out in outcomes.values():
                 if out.intervention is not None:
                     stack.enter_context(out.intervention())
+            n_active = len(active)
+            leaked = ev.leaks_many(
+                model,
+                tok,
+                [(c.edit_prompts, c.secret) for c in active]
+                + [(c.heldout_prompts, c.secret) for c in active],
+            )
+            report("evaluate", 0.25)
+            snapshots = _snapshots(model, tok, active, leak_samples)
+            report("evaluate", 0.5)
             rel, gen = [], []
             for n, case in enumerate(active):
-                report("evaluate", n / (len(active) + 1))
                 rep = reports[case.index]
-                leak_e = ev.leaks(model, tok, case.edit_prompts, case.secret)
-                leak_h = ev.leaks(model, tok, case.heldout_prompts, case.secret)
+                leak_e, leak_h = leaked[n], leaked[n_active + n]
                 r = ev.Rate(sum(not x for x in leak_e), len(leak_e))
                 g = ev.Rate(sum(not x for x in leak_h), len(leak_h))
                 rel.append(r)
                 gen.append(g)
-                prob_after = _mean(ev.target_prob(model, tok, case.edit_prompts, case.secret))
                 before = rep.metrics.before.prob if rep.metrics.before is not None else None
-                rep.metrics.after = FactSnapshot(
-                    prob=prob_after,
-                    exposure=ev.exposure(model, tok, case.edit_prompts[0], case.secret),
-                    leak_rate=_rate(
-                        ev.leak_rate(
-                            model,
-                            tok,
-                            case.edit_prompts + case.heldout_prompts,
-                            case.secret,
-                            leak_samples,
-                        )
-                    ),
-                )
+                rep.metrics.after = snapshots[n]
+                prob_after = snapshots[n].prob
                 rep.metrics.reliability = _rate(r)
                 rep.metrics.generalization = _rate(g)
                 rep.metrics.delta_prob = (

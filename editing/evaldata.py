@@ -139,7 +139,7 @@ def probed_known_keys(loaded: LoadedModel, fact_set: FactSet) -> set[str] | None
     """
     from editing.realdata.probe import PROBE_VERSION, cache_path, knows
 
-    weights = _weights_sha256(loaded)
+    weights = model_weights_sha256(loaded)
     path = cache_path(weights, fact_set, loaded.home)
     if not path.is_file():
         return None
@@ -149,7 +149,7 @@ def probed_known_keys(loaded: LoadedModel, fact_set: FactSet) -> set[str] | None
     return {f["key"] for f in doc["facts"] if knows(f["edit_answered"], "majority")}
 
 
-def _weights_sha256(loaded: LoadedModel) -> str:
+def model_weights_sha256(loaded: LoadedModel) -> str:
     """:func:`~editing.realdata.probe.weights_sha256` of ``loaded`` (cached per file state)."""
     from editing.realdata.probe import weights_sha256
 

@@ -1,4 +1,11 @@
-"""Evaluation metrics of an erasure (METHOD.md "Metrics")."""
+"""Evaluation metrics of an erasure (METHOD.md "Metrics").
+
+Each per-fact metric has a ``*_many`` form that takes every fact's ``(prompts, secret)`` at once
+and scores them in shared padded batches (:mod:`editing.scoring`); the one-fact functions are
+that form for one fact. Greedy and teacher-forced results do not depend on the batching (up to
+float rounding); sampled ones (:func:`leak_rates`) draw the same number of samples from the same
+distributions, from one seeded stream for the whole call.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +17,61 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editing.scoring import contains_target, encode_pair, greedy_generate, padded, score_targets
+from editing.scoring import (
+    by_length,
+    contains_target,
+    default_batch_size,
+    encode_pairs,
+    encode_texts,
+    generate_texts,
+    greedy_generate,
+    padded,
+    score_targets,
+)
+
+# (prompts, secret) of one fact, for the *_many functions
+Group = tuple[Sequence[str], str]
 
 
 @torch.inference_mode()
+def passage_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int | None = None,
+) -> list[tuple[float, int]]:
+    """Per text: its summed negative log-likelihood and the number of tokens scored (each text
+    scored on its own, in padded batches)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    rows = encode_texts(tokenizer, texts)
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    for chunk in by_length(rows, batch_size or default_batch_size(model)):
+        ids, mask = padded([rows[i] for i in chunk], pad, device)
+        logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        tok_lp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+        valid = mask[:, 1:].bool()
+        nll = -(tok_lp * valid).sum(1)
+        for row, i in enumerate(chunk):
+            out[i] = (float(nll[row]), int(valid[row].sum()))
+    return out
+
+
+def pooled_perplexity(parts: Sequence[tuple[float, int]]) -> float:
+    """Token-level perplexity from per-text ``(nll, tokens)`` (:func:`passage_nll`)."""
+    nll = sum(n for n, _ in parts)
+    count = sum(c for _, c in parts)
+    return math.exp(nll / max(count, 1))
+
+
 def perplexity(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> float:
     """Token-level perplexity of ``model`` on ``texts`` (each text scored on its own)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    nll = 0.0
-    count = 0
-    for start in range(0, len(texts), batch_size):
-        rows = [tokenizer(t)["input_ids"] for t in texts[start : start + batch_size]]
-        ids, mask = padded(rows, pad, device)
-        logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-        tok_lp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-        valid = mask[:, 1:].bool()
-        nll -= float(tok_lp[valid].sum())
-        count += int(valid.sum())
-    return math.exp(nll / max(count, 1))
+    return pooled_perplexity(passage_nll(model, tokenizer, texts, batch_size))
 
 
 @dataclass(frozen=True)
@@ -54,6 +92,37 @@ class Rate:
         return {"value": None if v is None else round(v, 4), "hits": self.hits, "count": self.count}
 
 
+def _flat(groups: Sequence[Group]) -> tuple[list[str], list[str], list[int]]:
+    """Every group's prompts, each with its group's secret, and the groups' sizes."""
+    prompts = [q for g, _ in groups for q in g]
+    secrets = [s for g, s in groups for _ in g]
+    return prompts, secrets, [len(g) for g, _ in groups]
+
+
+def _split(values: Sequence, sizes: Sequence[int]) -> list[list]:
+    """``values`` cut back into consecutive groups of ``sizes``."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(list(values[start : start + n]))
+        start += n
+    return out
+
+
+def _new_tokens(
+    tokenizer: PreTrainedTokenizerBase, groups: Sequence[Group], extra: int
+) -> list[int]:
+    """Per prompt of ``groups``: tokens to generate, the secret's token count after the group's
+    first prompt plus ``extra`` (the one-fact functions' rule, per group)."""
+    firsts = [(g[0], s) for g, s in groups if g]
+    pairs = encode_pairs(tokenizer, [p for p, _ in firsts], [s for _, s in firsts])
+    lengths = iter(len(t) + extra for _, t in pairs)
+    out: list[int] = []
+    for g, _ in groups:
+        if g:
+            out += [next(lengths)] * len(g)
+    return out
+
+
 def leaks(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -65,12 +134,24 @@ def leaks(
     Conservative: a prompt leaks if the teacher-forced greedy check says so *or* real greedy
     decoding (which may tokenise differently) starts with the secret.
     """
+    return leaks_many(model, tokenizer, [(prompts, secret)])[0]
+
+
+def leaks_many(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: Sequence[Group],
+    batch_size: int | None = None,
+) -> list[list[bool]]:
+    """:func:`leaks` of every ``(prompts, secret)`` group, in shared batches."""
+    prompts, secrets, sizes = _flat(groups)
     if not prompts:
-        return []
-    tf = score_targets(model, tokenizer, prompts, [secret] * len(prompts))
-    n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 2
-    texts = greedy_generate(model, tokenizer, prompts, n_new)
-    return [s.reproduced or contains_target(t, secret) for s, t in zip(tf, texts)]
+        return [[] for _ in groups]
+    tf = score_targets(model, tokenizer, prompts, secrets, batch_size)
+    n_new = _new_tokens(tokenizer, groups, 2)
+    texts = greedy_generate(model, tokenizer, prompts, n_new, batch_size)
+    flat = [s.reproduced or contains_target(t, x) for s, t, x in zip(tf, texts, secrets)]
+    return _split(flat, sizes)
 
 
 def known(
@@ -85,16 +166,39 @@ def known(
     return [s.reproduced for s in score_targets(model, tokenizer, prompts, targets)]
 
 
+def known_many(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: Sequence[Group],
+    batch_size: int | None = None,
+) -> list[list[bool]]:
+    """:func:`known` of every ``(prompts, target)`` group, in shared batches."""
+    prompts, targets, sizes = _flat(groups)
+    if not prompts:
+        return [[] for _ in groups]
+    scores = score_targets(model, tokenizer, prompts, targets, batch_size)
+    return _split([s.reproduced for s in scores], sizes)
+
+
 def target_prob(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], secret: str
 ) -> list[float]:
     """P(secret | prompt) for each prompt (teacher forced)."""
+    return target_probs_many(model, tokenizer, [(prompts, secret)])[0]
+
+
+def target_probs_many(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: Sequence[Group],
+    batch_size: int | None = None,
+) -> list[list[float]]:
+    """:func:`target_prob` of every ``(prompts, secret)`` group, in shared batches."""
+    prompts, secrets, sizes = _flat(groups)
     if not prompts:
-        return []
-    return [
-        math.exp(s.logprob)
-        for s in score_targets(model, tokenizer, prompts, [secret] * len(prompts))
-    ]
+        return [[] for _ in groups]
+    scores = score_targets(model, tokenizer, prompts, secrets, batch_size)
+    return _split([math.exp(s.logprob) for s in scores], sizes)
 
 
 def exposure(
@@ -112,9 +216,12 @@ def exposure(
     secrets with fewer than 4 digits. Resolution is limited by ``n_candidates``: when no candidate
     beats the secret the exposure is the maximum, ``log2 |space|``.
     """
+    return exposures(model, tokenizer, [(prompt, secret)], n_candidates, seed)[0]
+
+
+def _candidates(secret: str, n_candidates: int, seed: int) -> list[str]:
+    """The secret with every digit replaced at random, ``n_candidates`` times (seeded)."""
     digits = [i for i, ch in enumerate(secret) if ch.isdigit()]
-    if len(digits) < 4:
-        return None
     gen = random.Random(seed)
     cands = []
     for _ in range(n_candidates):
@@ -122,12 +229,36 @@ def exposure(
         for i in digits:
             chars[i] = str(gen.randrange(10))
         cands.append("".join(chars))
-    scores = score_targets(model, tokenizer, [prompt] * (n_candidates + 1), [secret, *cands])
-    mine = scores[0].logprob
-    better = sum(s.logprob >= mine for s in scores[1:])
-    space = len(digits) * math.log2(10)
-    rank = 1 + (2**space) * better / n_candidates
-    return space - math.log2(rank)
+    return cands
+
+
+def exposures(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[tuple[str, str]],
+    n_candidates: int = 200,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> list[float | None]:
+    """:func:`exposure` of every ``(prompt, secret)``: all candidate sets scored in shared
+    batches (each secret's candidates drawn with ``seed``, as alone)."""
+    wanted = [i for i, (_, s) in enumerate(items) if sum(ch.isdigit() for ch in s) >= 4]
+    prompts: list[str] = []
+    targets: list[str] = []
+    for i in wanted:
+        prompt, secret = items[i]
+        prompts += [prompt] * (n_candidates + 1)
+        targets += [secret, *_candidates(secret, n_candidates, seed)]
+    scores = score_targets(model, tokenizer, prompts, targets, batch_size) if prompts else []
+    out: list[float | None] = [None] * len(items)
+    for k, i in enumerate(wanted):
+        block = scores[k * (n_candidates + 1) : (k + 1) * (n_candidates + 1)]
+        mine = block[0].logprob
+        better = sum(s.logprob >= mine for s in block[1:])
+        space = sum(ch.isdigit() for ch in items[i][1]) * math.log2(10)
+        rank = 1 + (2**space) * better / n_candidates
+        out[i] = space - math.log2(rank)
+    return out
 
 
 @torch.inference_mode()
@@ -135,36 +266,35 @@ def sample_continuations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     samples: int,
     seed: int = 0,
     top_p: float = 1.0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> list[list[str]]:
     """``samples`` continuations per prompt at temperature 1, no top-k, nucleus ``top_p``.
 
-    Returns, per prompt, the decoded new text of its samples. Seeded (the global generator is
-    restored afterwards), batched ``batch_size`` rows at a time.
+    Returns, per prompt, the decoded new text of its samples. ``max_new_tokens``: one number, or
+    one per prompt. Seeded (the global generator is restored afterwards), batched ``batch_size``
+    rows at a time (default :func:`editing.scoring.default_batch_size`).
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    rows = [tokenizer(p)["input_ids"] for p in prompts for _ in range(samples)]
-    texts: list[str] = []
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
+    rows = [p for p in prompts for _ in range(samples)]
+    row_limits = [int(n) for n in limits for _ in range(samples)]
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
-        for start in range(0, len(rows), batch_size):
-            ids, mask = padded(rows[start : start + batch_size], pad, device, left=True)
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=top_p,
-                pad_token_id=pad,
-            )
-            texts += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        texts = generate_texts(
+            model,
+            tokenizer,
+            rows,
+            row_limits,
+            batch_size,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=top_p,
+        )
     return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
 
 
@@ -179,9 +309,26 @@ def leak_rate(
 ) -> Rate:
     """Share of sampled continuations (temperature 1, no top-k, nucleus ``top_p``; ``samples``
     per prompt) that contain the whole secret (:func:`editing.scoring.contains_target`)."""
+    return leak_rates(model, tokenizer, [(prompts, secret)], samples, seed, top_p)[0]
+
+
+def leak_rates(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    groups: Sequence[Group],
+    samples: int = 5,
+    seed: int = 0,
+    top_p: float = 1.0,
+    batch_size: int | None = None,
+) -> list[Rate]:
+    """:func:`leak_rate` of every ``(prompts, secret)`` group, sampled in shared batches (one
+    seeded stream for the call)."""
+    prompts, secrets, sizes = _flat(groups)
     if not prompts:
-        return Rate(0, 0)
-    n_new = len(encode_pair(tokenizer, prompts[0], secret)[1]) + 4
-    per_prompt = sample_continuations(model, tokenizer, prompts, n_new, samples, seed, top_p)
-    texts = [t for group in per_prompt for t in group]
-    return Rate(sum(contains_target(t, secret) for t in texts), len(texts))
+        return [Rate(0, 0) for _ in groups]
+    n_new = _new_tokens(tokenizer, groups, 4)
+    per_prompt = sample_continuations(
+        model, tokenizer, prompts, n_new, samples, seed, top_p, batch_size
+    )
+    hits = [sum(contains_target(t, x) for t in texts) for texts, x in zip(per_prompt, secrets)]
+    return [Rate(sum(h), len(h) * samples) for h in _split(hits, sizes)]

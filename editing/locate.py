@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editing.models import LoadedModel
-from editing.scoring import encode_pair, padded
+from editing.scoring import default_batch_size, encode_pairs, logits_at, padded
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ def _batch(loaded: LoadedModel, prompts: Sequence[str], target: str, with_target
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     rows, last, tgt = [], [], []
-    for p in prompts:
-        p_ids, t_ids = encode_pair(tok, p, target)
+    for p_ids, t_ids in encode_pairs(tok, prompts, [target] * len(prompts)):
         t_used = t_ids if with_target else t_ids[:1]
         rows.append(p_ids + t_used)
         last.append(len(p_ids) - 1)
@@ -241,8 +240,9 @@ def neuron_attributions(
     """Integrated gradients of P(first target token) w.r.t. each neuron at the last prompt token.
 
     Baseline 0, ``steps`` points ``alpha = k/steps``; attribution ``a * mean_alpha dP/da``.
-    Returns ``(attributions, activations)``, each ``layer -> [n_prompts, d_mlp]``. One batched
-    forward/backward per layer covers every prompt and every alpha.
+    Returns ``(attributions, activations)``, each ``layer -> [n_prompts, d_mlp]``. Per layer,
+    batched forward/backward passes cover every prompt and every alpha, in chunks of
+    :func:`editing.scoring.default_batch_size` rows (the logits only at the last prompt token).
     """
     adapter, model = loaded.adapter, loaded.model
     ids, mask, last, tgt = _batch(loaded, prompts, target, with_target=False)
@@ -255,24 +255,29 @@ def neuron_attributions(
     big_ids = ids.repeat_interleave(steps, 0)
     big_mask = mask.repeat_interleave(steps, 0)
     big_last = last.repeat_interleave(steps, 0)
-    big_rows = torch.arange(n * steps, device=ids.device)
     first = torch.tensor([t[0] for t in tgt], device=ids.device).repeat_interleave(steps, 0)
+    size = default_batch_size(model)
     attributions: dict[int, torch.Tensor] = {}
     for layer in layers:
         a = clean[layer].float()  # [n, d_mlp]
-        scaled = (alphas.repeat(n)[:, None] * a.repeat_interleave(steps, 0)).detach()
-        scaled.requires_grad_(True)
+        scaled_all = alphas.repeat(n)[:, None] * a.repeat_interleave(steps, 0)
+        grads = []
+        for start in range(0, n * steps, size):  # rows are independent: exact in chunks
+            part = slice(start, start + size)
+            scaled = scaled_all[part].detach().requires_grad_(True)
+            rows = torch.arange(scaled.shape[0], device=ids.device)
 
-        def put(x: torch.Tensor, scaled=scaled) -> torch.Tensor:
-            x = x.clone()
-            x[big_rows, big_last] = scaled.to(x.dtype)
-            return x
+            def put(x: torch.Tensor, scaled=scaled, rows=rows, at=big_last[part]) -> torch.Tensor:
+                x = x.clone()
+                x[rows, at] = scaled.to(x.dtype)
+                return x
 
-        with torch.enable_grad(), adapter.patch("neurons", layer, put):
-            logits = model(input_ids=big_ids, attention_mask=big_mask).logits
-            probs = logits[big_rows, big_last].float().softmax(-1)[big_rows, first]
-            (grad,) = torch.autograd.grad(probs.sum(), scaled)
-        mean_grad = grad.view(n, steps, -1).mean(1)
+            with torch.enable_grad(), adapter.patch("neurons", layer, put):
+                logits = logits_at(model, big_ids[part], big_mask[part], big_last[part, None])
+                probs = logits[:, 0].float().softmax(-1)[rows, first[part]]
+                (grad,) = torch.autograd.grad(probs.sum(), scaled)
+            grads.append(grad)
+        mean_grad = torch.cat(grads).view(n, steps, -1).mean(1)
         attributions[layer] = a * mean_grad
     return attributions, {layer: clean[layer].float() for layer in layers}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from editing.attack_gate import AttackPlan, attack_result
+from editing.baseline import BaselineCache, default_baseline_cache
 from editing.edits import Edit
 from editing.erase import ErasureResult, Progress, run_erasure
 from editing.errors import CancelledError, ConfigError
@@ -123,6 +124,7 @@ def erase_and_publish(
     edit_metadata: Mapping[str, Any] | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
     attacks: AttackPlan | None = None,
+    baseline_cache: BaselineCache | None = None,
     editor: Method | None = None,
 ) -> Erasure:
     """Erase ``request``'s facts; if accepted (and ``publish``), publish under ``checkpoint_root``.
@@ -135,6 +137,8 @@ def erase_and_publish(
     stage ``"attacks"``; timing ``"attacks"``). ``editor`` replaces the method's locate + edit
     step (:func:`editing.erase.run_erasure`; a chunked request's merge). Cancellation is
     checked once more before publishing (CancelledError: nothing published).
+    ``baseline_cache`` (default: the model's home's, unless ``FEATUREEDIT_BASELINE_CACHE=0``,
+    :func:`editing.baseline.default_baseline_cache`) keeps the unedited model's evaluation.
     """
     from editing.checkpoints import publish_checkpoint
     from editing.checkpoints.manifest import checkpoint_summary
@@ -146,6 +150,7 @@ def erase_and_publish(
         should_cancel=should_cancel,
         base_edit=base_edit,
         eval_size=eval_size,
+        baseline_cache=baseline_cache or default_baseline_cache(loaded),
         editor=editor,
     )
     timings: dict[str, float] = {}

@@ -8,6 +8,10 @@ the workers' settings are :mod:`service.config` and :mod:`workers.config`):
 - ``FEATUREEDIT_DTYPE``: ``float32`` (default), ``bfloat16`` or ``float16``.
 - ``FEATUREEDIT_REGISTRY``: extra model registry TOML file merged over the built-in entries.
 - ``FEATUREEDIT_FINGERPRINT_KEY``: key for the keyed fingerprint of secrets (hex or text).
+- ``FEATUREEDIT_BATCH_SIZE``: rows per scoring batch (default: chosen from the model's vocabulary
+  and device, :func:`editing.scoring.default_batch_size`).
+- ``FEATUREEDIT_BASELINE_CACHE``: ``1`` (default) keeps the unedited model's evaluation under
+  ``$FEATUREEDIT_HOME/baselines/`` and reuses it (:mod:`editing.baseline`); ``0`` turns it off.
 
 and sets the defaults of the Hugging Face libraries (:func:`hub_defaults`: never download).
 """
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 # API) use this module, editing.fingerprint and editing.registry without importing torch.
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 FINGERPRINT_KEY_ENV = "FEATUREEDIT_FINGERPRINT_KEY"
+BATCH_SIZE_ENV = "FEATUREEDIT_BATCH_SIZE"
+BASELINE_CACHE_ENV = "FEATUREEDIT_BASELINE_CACHE"
 REGISTRY_ENV = "FEATUREEDIT_REGISTRY"
 SECRET_KEY_ENV = "FEATUREEDIT_SECRET_KEY"
 # What featureedit wants from huggingface_hub, transformers and sae-lens (wandb) unless the
@@ -79,6 +85,26 @@ def fingerprint_key_text() -> str | None:
 def secret_key_text() -> str | None:
     """``FEATUREEDIT_SECRET_KEY`` (the service key's Fernet keys), or None when unset or empty."""
     return os.environ.get(SECRET_KEY_ENV) or None
+
+
+def batch_size() -> int | None:
+    """``FEATUREEDIT_BATCH_SIZE`` (rows per scoring batch), or None when unset or empty (the
+    default then depends on the model and device). ConfigError unless a positive integer."""
+    raw = (os.environ.get(BATCH_SIZE_ENV) or "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"Invalid {BATCH_SIZE_ENV}={raw!r}: expected a positive integer.")
+    return int(raw)
+
+
+def baseline_cache_enabled() -> bool:
+    """Whether to reuse the unedited model's cached evaluation (``FEATUREEDIT_BASELINE_CACHE``:
+    ``1``, the default, or ``0``). ConfigError for any other value."""
+    raw = (os.environ.get(BASELINE_CACHE_ENV) or "1").strip()
+    if raw not in ("0", "1"):
+        raise ConfigError(f"Invalid {BASELINE_CACHE_ENV}={raw!r}: expected 0 or 1.")
+    return raw == "1"
 
 
 def hub_defaults(quiet: bool = False) -> None:

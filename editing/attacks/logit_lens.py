@@ -14,7 +14,7 @@ import torch
 
 from editing.attacks.base import Attack, AttackCase, Score
 from editing.models import LoadedModel
-from editing.scoring import encode_pair, padded
+from editing.scoring import encode_pairs, padded
 
 
 @torch.inference_mode()
@@ -83,7 +83,7 @@ class LogitLens(Attack):
 
     def measure(self, loaded: LoadedModel, case: AttackCase) -> Score:
         """Candidate sets of both attacks at both budgets, per prompt."""
-        pairs = [encode_pair(loaded.tokenizer, p, case.secret) for p in case.prompts]
+        pairs = encode_pairs(loaded.tokenizer, case.prompts, [case.secret] * len(case.prompts))
         lens = lens_logits(loaded, [p + t[:-1] for p, t in pairs])
         budgets = {int(self.budget["b_large"]), int(self.budget["b_small"])}
         hits: dict[str, list[bool]] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -327,6 +328,52 @@ def test_second_job_on_a_warm_worker_skips_loading(
     assert store.get_report(second)["model_cache"] == {"cached": True, "load_seconds": 0.0}
 
 
+def test_jobs_share_the_baseline_cache_of_the_workers_home(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., FeatureeditWorker],
+    cache: ModelCache,
+    tuning: WorkerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first job keeps the unedited model's Locality and perplexity scores under the home;
+    a later job on the same model scores none of them again (it writes no cache file)."""
+    from editing.baseline import BaselineCache, model_key
+    from editing.checkpoints import down_proj_sha256
+    from editing.evaldata import eval_data_for
+
+    loaded, _, _ = cache.get(MODEL)
+    key = model_key(loaded, down_proj_sha256(loaded.adapter))
+    folder = BaselineCache.for_home(settings.home).model_dir(key)
+    shutil.rmtree(folder, ignore_errors=True)  # earlier runs' entries for this model (a cache)
+
+    def files() -> set[Path]:
+        return set(folder.glob("*.json"))
+
+    monkeypatch.setenv("FEATUREEDIT_BASELINE_CACHE", "0")
+    submit(settings, store, rconn, [NOT_PRODUCED])
+    run_worker()
+    assert files() == set()  # turned off: nothing written
+
+    monkeypatch.setenv("FEATUREEDIT_BASELINE_CACHE", "1")
+    submit(settings, store, rconn, [NOT_PRODUCED])
+    run_worker()
+    assert files()
+    kept = BaselineCache.for_home(settings.home).lookup(key)
+    data = eval_data_for(loaded, {NOT_PRODUCED["subject"]}, tuning.eval_size(loaded.entry))
+    keys = BaselineCache.for_home(settings.home)
+    assert data.locality and all(
+        keys.entry_key("locality", p, t) in kept for p, t, _ in data.locality
+    )
+    assert all(keys.entry_key("ppl", t) in kept for t in data.ppl_texts)
+    filled = files()
+    third = submit(settings, store, rconn, [{**NOT_PRODUCED, "target": "y" + UNKNOWN_TARGET}])
+    run_worker()
+    assert _record(store, third).status == "nothing_to_erase"
+    assert files() == filled
+
+
 def test_nothing_to_erase_publishes_nothing(
     settings: Settings,
     store: FilesystemStore,
@@ -424,11 +471,12 @@ def test_error_after_editing_is_retried_then_failed_redacted_and_the_model_is_pr
     erasure_id = submit(settings, store, rconn, [erasable_fact.spec()])
     edited_hashes: list[str] = []
 
-    def exploding_leaks(model: Any, tokenizer: Any, prompts: Any, target: str) -> Any:
+    def exploding_leaks(model: Any, tokenizer: Any, groups: Any, *args: Any) -> Any:
         edited_hashes.append(down_proj_sha256(ModelAdapter(model)))
-        raise RuntimeError(f"leak check exploded on {target!r}")
+        raise RuntimeError(f"leak check exploded on {groups[0][1]!r}")
 
-    monkeypatch.setattr(evaluate, "leaks", exploding_leaks)
+    # the evaluate stage's greedy leak check (every fact's prompts in one batched call)
+    monkeypatch.setattr(evaluate, "leaks_many", exploding_leaks)
     run_worker()
 
     record = _record(store, erasure_id)
