@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,7 +22,7 @@ from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
 from editing.evaldata import EvalData, control_prompts, eval_data_for
 from editing.fingerprint import fingerprint, subject_fingerprint
-from editing.methods import FactCase, FactOutcome, SaeParams, get_method, method_spec
+from editing.methods import FactCase, FactOutcome, Method, SaeParams, get_method, method_spec
 from editing.models import LoadedModel
 from editing.registry import EvalSize
 from editing.report import (
@@ -40,7 +40,7 @@ from editing.report import (
     ReportedRate,
     UnitReport,
 )
-from editing.request import ErasureRequest
+from editing.request import ErasureRequest, FactSpec
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,31 @@ def _rate(rate: ev.Rate) -> ReportedRate:
     return ReportedRate(**rate.to_dict())
 
 
+def fact_cases(
+    loaded: LoadedModel, facts: Sequence[FactSpec], controls: list[str], first_index: int = 0
+) -> list[FactCase]:
+    """``facts`` as a method sees them (indices from ``first_index``): the prompts the model in
+    its current state answers with the secret (edit and held-out; every fact's known checks in
+    shared batches), and the edit prompts with each of ``controls`` in place of the subject."""
+    model, tok = loaded.model, loaded.tokenizer
+    edit_ps = [f.resolved_edit_prompts() for f in facts]
+    held_ps = [f.resolved_heldout_prompts() for f in facts]
+    secrets = [f.secret for f in facts]
+    knowns = ev.known_many(model, tok, list(zip(edit_ps + held_ps, secrets + secrets)))
+    return [
+        FactCase(
+            index=first_index + i,
+            subject=f.subject,
+            relation=f.relation,
+            secret=f.secret,
+            edit_prompts=[q for q, k in zip(edit_ps[i], knowns[i]) if k],
+            heldout_prompts=[q for q, k in zip(held_ps[i], knowns[len(facts) + i]) if k],
+            control_prompts=control_prompts(edit_ps[i], f.subject, controls),
+        )
+        for i, f in enumerate(facts)
+    ]
+
+
 def _snapshots(
     model: Any, tok: Any, cases: list[FactCase], leak_samples: int
 ) -> list[FactSnapshot]:
@@ -184,6 +209,7 @@ def run_erasure(
     leak_samples: int = 5,
     eval_size: EvalSize | None = None,
     baseline_cache: BaselineCache | None = None,
+    editor: Method | None = None,
 ) -> ErasureResult:
     """Erase ``request``'s facts from ``loaded`` (restored afterwards); return the result.
 
@@ -195,6 +221,9 @@ def run_erasure(
     model's Locality answers and perplexity come from it when it holds them for this model
     (:mod:`editing.baseline`). Every fact's prompts are scored in shared padded batches
     (:mod:`editing.scoring`); the sampled leak rates come from one seeded stream per stage.
+    ``editor`` replaces the request's method for the locate + edit step
+    (:class:`editing.chunks.MergedChunks`: edits made elsewhere, in chunks); everything else
+    (baseline, evaluation, acceptance) is the same.
     """
     if request.model != loaded.model_id:
         raise ConfigError(
@@ -212,7 +241,7 @@ def run_erasure(
             loaded.adapter.validate_layer(layer)
     report = progress or (lambda stage, frac: None)
     cancelled = should_cancel or (lambda: False)
-    method = get_method(request.method, p)
+    method = editor or get_method(request.method, p)
     model, tok = loaded.model, loaded.tokenizer
     timings = {"baseline": 0.0, "locate": 0.0, "edit": 0.0, "evaluate": 0.0}
     pristine = down_proj_sha256(loaded.adapter)
@@ -224,25 +253,10 @@ def run_erasure(
         report("baseline", 0.0)
         subjects = {f.subject for f in request.facts}
         data = eval_data or eval_data_for(loaded, subjects, eval_size)
-        # every fact's known checks in shared batches (edit and held-out prompts)
-        edit_ps = [f.resolved_edit_prompts() for f in request.facts]
-        held_ps = [f.resolved_heldout_prompts() for f in request.facts]
-        secrets = [f.secret for f in request.facts]
-        knowns = ev.known_many(model, tok, list(zip(edit_ps + held_ps, secrets + secrets)))
-        cases: list[FactCase] = []
+        cases = fact_cases(loaded, request.facts, data.control_subjects)
         reports: list[FactReport] = []
-        for i, f in enumerate(request.facts):
-            edit_p, held_p = edit_ps[i], held_ps[i]
-            k_edit, k_held = knowns[i], knowns[len(request.facts) + i]
-            case = FactCase(
-                index=i,
-                subject=f.subject,
-                relation=f.relation,
-                secret=f.secret,
-                edit_prompts=[q for q, k in zip(edit_p, k_edit) if k],
-                heldout_prompts=[q for q, k in zip(held_p, k_held) if k],
-                control_prompts=control_prompts(edit_p, f.subject, data.control_subjects),
-            )
+        for i, (f, case) in enumerate(zip(request.facts, cases)):
+            edit_p, held_p = f.resolved_edit_prompts(), f.resolved_heldout_prompts()
             rep = FactReport(
                 index=i,
                 subject_fingerprint=subject_fingerprint(f.subject),
@@ -261,7 +275,6 @@ def run_erasure(
                 timings={},
                 status="erased" if case.edit_prompts else "nothing_to_erase",
             )
-            cases.append(case)
             reports.append(rep)
         erasable = [c for c in cases if c.edit_prompts]
         for case, snapshot in zip(erasable, _snapshots(model, tok, erasable, leak_samples)):

@@ -28,6 +28,7 @@ from editing.baseline import BaselineCache, default_baseline_cache
 from editing.edits import Edit
 from editing.erase import ErasureResult, Progress, run_erasure
 from editing.errors import CancelledError, ConfigError
+from editing.methods import Method
 from editing.models import LoadedModel
 from editing.registry import EvalSize
 from editing.report import ErasureReport
@@ -124,6 +125,7 @@ def erase_and_publish(
     manifest_extra: Mapping[str, Any] | None = None,
     attacks: AttackPlan | None = None,
     baseline_cache: BaselineCache | None = None,
+    editor: Method | None = None,
 ) -> Erasure:
     """Erase ``request``'s facts; if accepted (and ``publish``), publish under ``checkpoint_root``.
 
@@ -132,7 +134,8 @@ def erase_and_publish(
     ``manifest_extra`` into the manifest. ``keep_revert(edit, checkpoint_id)`` receives the
     revert data once the checkpoint exists. ``attacks``: the attacks to run on the edit and the
     default attack limits; a limit the request sets runs its attack even without them (progress
-    stage ``"attacks"``; timing ``"attacks"``). Cancellation is
+    stage ``"attacks"``; timing ``"attacks"``). ``editor`` replaces the method's locate + edit
+    step (:func:`editing.erase.run_erasure`; a chunked request's merge). Cancellation is
     checked once more before publishing (CancelledError: nothing published).
     ``baseline_cache`` (default: the model's home's, unless ``FEATUREEDIT_BASELINE_CACHE=0``,
     :func:`editing.baseline.default_baseline_cache`) keeps the unedited model's evaluation.
@@ -148,6 +151,7 @@ def erase_and_publish(
         base_edit=base_edit,
         eval_size=eval_size,
         baseline_cache=baseline_cache or default_baseline_cache(loaded),
+        editor=editor,
     )
     timings: dict[str, float] = {}
     result, seconds = _attacked(result, request, loaded, attacks or AttackPlan(), progress)

@@ -39,7 +39,7 @@ FLAT_PARAMS_V1 = frozenset(
     "site layers variant selector objective tau1 tau2 gamma rho max_features relocate_rounds "
     "min_prompts ig_steps ig_threshold neuron_cap neuronlens_tau".split()
 )
-MAX_FACTS = 100
+MAX_FACTS = 1000  # the service's own cap (Settings.max_facts, default 100) is at most this
 MAX_PROMPTS = 64
 MAX_TEXT = 1000
 # The shortest target an erasure takes: 2 characters, 3 for a number. A shorter "secret" is not

@@ -219,7 +219,25 @@ def register_bench(parser: argparse.ArgumentParser) -> Command:
         metavar="MODE,...",
         help="publish modes to compare with 1-fact FeatureEdit jobs (full,delta; none skips)",
     )
-    group.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    group.add_argument(
+        "--workers",
+        default="1",
+        metavar="N,N,...",
+        help="worker processes; the fact-count jobs run once per count given (1; e.g. 1,2)",
+    )
+    group.add_argument(
+        "--chunk-facts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the stack's FEATUREEDIT_CHUNK_FACTS: requests of more facts are split into chunks "
+        "run by the workers in parallel (default: the service's, 100; 0 never splits)",
+    )
+    group.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="write a log-log PNG of seconds vs facts (per method and worker count) to FILE",
+    )
     group.add_argument(
         "--throughput-jobs",
         type=int,
@@ -247,6 +265,10 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     finally:
         if remove:
             shutil.rmtree(root, ignore_errors=True)
+    if args.plot:
+        from ops.bench_service.plot import plot_growth
+
+        plot_growth(result, args.plot)
     if args.json:
         print_json(result)
     elif args.markdown:

@@ -133,7 +133,12 @@ class Settings(BaseSettings):
 
     # request limits
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body cap (413).")
-    max_facts: int = Field(default=100, ge=1, le=100, description="Facts per request (422).")
+    max_facts: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Facts per request (422); above chunk_facts a request is split into chunks.",
+    )
     rate_limit_window: int = Field(default=10, ge=1, description="Rate-limit window, seconds.")
     rate_limit_write: int = Field(
         default=60, ge=1, description="POST/DELETE requests per tenant per window (429)."
@@ -186,6 +191,13 @@ class Settings(BaseSettings):
         "erasure ends: such an erasure cannot be rolled back).",
     )
     job_timeout: int = Field(default=1800, ge=1, description="rq job_timeout, seconds.")
+    chunk_facts: int = Field(
+        default=100,
+        ge=0,
+        description="A request of more facts than this is split into chunks of at most this many "
+        "facts, located and edited by several workers in parallel and merged into one edit that "
+        "is evaluated and published once (0: never split).",
+    )
     job_retries: int = Field(default=2, ge=0, description="rq Retry(max=...).")
     job_retry_intervals: list[int] = Field(
         default_factory=lambda: [5, 30], description="rq Retry(interval=...), seconds."

@@ -9,7 +9,11 @@ Two sealed data per erasure, kept in the store beside (never inside) the public 
     the revert data of the published checkpoint: its pre-edit values
     (:mod:`editing.checkpoints.revert`). Only it can roll the erasure back.
 
-Both are sealed with the service's key (:mod:`editing.sealing`, the key that seals request
+While a chunked erasure runs (:mod:`workers.chunks`) each chunk's edit is kept here too, as
+``chunk-<n>`` (:func:`keep_chunk`): new weight values, never published, deleted by the merge
+whatever its outcome (:func:`forget_chunks`), whatever the retention.
+
+All are sealed with the service's key (:mod:`editing.sealing`, the key that seals request
 blobs), no route serves them, and ``Settings.private_retention`` decides how long they live:
 ``"record"`` (default) keeps them as long as the erasure record (until ``featureedit private
 delete``), ``"none"`` deletes them as soon as the erasure ends.
@@ -97,3 +101,27 @@ def apply_retention(store: Store, erasure_id: str, settings: Settings) -> None:
     """At the end of an erasure: forget its private data if retention is ``"none"``."""
     if settings.private_retention == "none":
         store.delete_private(erasure_id)
+
+
+def chunk_name(index: int) -> str:
+    """The private datum name of chunk ``index`` of a chunked erasure."""
+    return f"chunk-{index}"
+
+
+def keep_chunk(store: Store, erasure_id: str, index: int, data: bytes, settings: Settings) -> None:
+    """Seal and keep chunk ``index``'s edit (:meth:`editing.chunks.ChunkEdit.to_bytes`)."""
+    store.put_private(erasure_id, chunk_name(index), _seal(data, settings))
+
+
+def load_chunk(store: Store, erasure_id: str, index: int, settings: Settings) -> bytes | None:
+    """Chunk ``index``'s edit as :func:`keep_chunk` kept it, or None if it was not kept."""
+    token = store.get_private(erasure_id, chunk_name(index))
+    if token is None:
+        return None
+    return _unseal(token, settings, f"Chunk {index} of erasure {erasure_id}")
+
+
+def forget_chunks(store: Store, erasure_id: str, count: int) -> None:
+    """Delete the edits of chunks ``0 .. count - 1`` (idempotent)."""
+    for index in range(count):
+        store.delete_private(erasure_id, chunk_name(index))

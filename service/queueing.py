@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -62,19 +63,15 @@ class JobQueue:
         Raises :class:`QueueUnavailable` when Redis fails.
         """
         s = self.settings
-        retry = Retry(max=s.job_retries, interval=s.job_retry_intervals) if s.job_retries else None
         queue = self.queue(model_id)
         try:
             queue.enqueue(
                 JOB_FUNC,
                 erasure_id,
                 job_id=erasure_id,
-                job_timeout=s.job_timeout,
-                retry=retry,
                 description=f"erasure {erasure_id}",
-                result_ttl=s.result_ttl,
-                failure_ttl=s.failure_ttl,
                 unique=True,
+                **self.job_options(),
             )
         except DuplicateJobError:
             return False
@@ -87,6 +84,17 @@ class JobQueue:
             except RedisError as exc:  # the job is queued all the same, at the end
                 log.warning("could not place a job fairly", extra={"error": str(exc)})
         return True
+
+    def job_options(self) -> dict[str, Any]:
+        """The rq options of every erasure job (timeout, retries, result and failure TTLs)."""
+        s = self.settings
+        retry = Retry(max=s.job_retries, interval=s.job_retry_intervals) if s.job_retries else None
+        return {
+            "job_timeout": s.job_timeout,
+            "retry": retry,
+            "result_ttl": s.result_ttl,
+            "failure_ttl": s.failure_ttl,
+        }
 
     def job_exists(self, erasure_id: str) -> bool:
         """Whether rq still holds the erasure's job (QueueUnavailable when Redis fails)."""

@@ -66,3 +66,5 @@ class ErasureRecord(BaseModel):
     cancel_requested: bool = False
     worker: str | None = None
     request_id: str | None = None  # X-Request-ID of the submission (in the worker's log lines)
+    # a chunked erasure's chunks: {"total", "done", "facts" (chunk size), "split_at" (epoch s)}
+    chunks: dict[str, float] | None = None

@@ -8,6 +8,8 @@ store: the record and the encrypted request (the only place the secret lives). A
    late retry is harmless; cancel requested: ``cancelled``);
 2. marks it ``running`` (``attempts`` + 1, worker name), decrypts the request and keeps its
    subject names in the operator's private record (sealed; see :mod:`service.private_records`);
+   a request of more than ``Settings.chunk_facts`` facts is split here into chunk jobs and a
+   merge job (:mod:`workers.chunks`), and this job ends, leaving the record running;
 3. takes the model from the worker's :class:`~workers.cache.ModelCache` (``timings.model_load``
    and ``timings.model_cached`` say whether it had to be loaded);
 4. runs :func:`editing.erase.run_erasure` with progress written to the record (a history event on
@@ -66,6 +68,7 @@ ERASURE_FUNC = "workers.jobs.run_erasure_job"
 PROGRESS_SHARES: dict[str, tuple[float, float]] = {
     "starting": (0.0, 0.0),
     "loading model": (0.0, 0.05),
+    "chunks": (0.05, 0.75),  # a chunked request: its chunks located and edited (workers.chunks)
     "baseline": (0.05, 0.15),
     "locate+edit": (0.15, 0.75),
     "evaluate": (0.75, 0.9),
@@ -127,7 +130,8 @@ def finish_erasure(
 
 # ----------------------------------------------------------------------------- the erasure job
 def run_erasure_job(erasure_id: str) -> str:
-    """Run the erasure ``erasure_id`` (the only job the API enqueues); return its final status.
+    """Run the erasure ``erasure_id`` (the only job the API enqueues); return its final status
+    (``"running"`` when it split a large request into chunks: the merge job ends it).
 
     See the module docstring. Returns ``"missing"`` when there is no such record; raises
     :class:`RetryableJobError` (redacted) when an unexpected error leaves rq retries to use.
@@ -140,7 +144,15 @@ def run_erasure_job(erasure_id: str) -> str:
 
 
 class _ErasureRun:
-    """One attempt at one erasure (state shared by the steps of :func:`run_erasure_job`)."""
+    """One attempt at one erasure (state shared by the steps of :func:`run_erasure_job`).
+
+    :mod:`workers.chunks` subclasses it for a chunked request's chunk and merge jobs (the hooks
+    :meth:`_split`, :meth:`_editor` and the start stage and progress).
+    """
+
+    shares: dict[str, tuple[float, float]] = PROGRESS_SHARES
+    start_stage = "starting"
+    start_progress = 0.0
 
     def __init__(self, ctx: JobContext, erasure_id: str) -> None:
         self.ctx = ctx
@@ -149,8 +161,8 @@ class _ErasureRun:
         self.job: Job | None = get_current_job()
         self.secrets: list[str] = []
         self.timings: dict[str, float] = {}
-        self.stage = "starting"
-        self.written_progress = 0.0
+        self.stage = self.start_stage
+        self.written_progress = self.start_progress
         self.loaded: Any = None
         self.attempt = 0
         self._cancel_checked_at = -math.inf
@@ -205,8 +217,8 @@ class _ErasureRun:
         return self._fail(failure.reason or "", failure.kind)
 
     # -- the steps
-    def _run(self, record: ErasureRecord, t0: float) -> str:
-        from editing.pipeline import erase_and_publish
+    def _request(self, record: ErasureRecord) -> Any:
+        """The erasure's request, decrypted (its secrets noted for redaction)."""
         from service.security import decrypt_request
 
         blob = self.store.get_request_blob(self.id)
@@ -224,7 +236,30 @@ class _ErasureRun:
         self.secrets = request.secrets()
         if request.model != record.model:
             raise JobFailure("the stored request does not match the erasure record")
+        return request
+
+    def _split(self, request: Any, record: ErasureRecord) -> bool:
+        """Split a large request into chunks for several workers (:func:`workers.chunks.split`);
+        whether it was (this job's part then ends: the merge job ends the erasure)."""
+        from workers.chunks import split
+
+        return split(self.ctx, request, record)
+
+    def _editor(self, request: Any, record: ErasureRecord) -> Any:
+        """The locate + edit step in place of the request's method (None: the method's own)."""
+        return None
+
+    def _lineage(self) -> dict[str, Any]:
+        """What the manifest records of how the edit was made, besides the erasure id."""
+        return {}
+
+    def _run(self, record: ErasureRecord, t0: float) -> str:
+        from editing.pipeline import erase_and_publish
+
+        request = self._request(record)
         keep_subjects(self.store, self.id, subjects_of(request), self.ctx.settings)
+        if self._split(request, record):
+            return "running"
 
         self._progress("loading model", 0.0, force=True)
         loaded, load_seconds, cached = self.ctx.cache.get(request.model)
@@ -233,6 +268,7 @@ class _ErasureRun:
         self.timings["model_cached"] = 1.0 if cached else 0.0
         base_edit = self._base_edit(request.base_checkpoint, record, loaded)
         self._check_cancel(force=True)
+        editor = self._editor(request, record)
 
         # the erasure id in the patch's metadata makes the (content-addressed) checkpoint id
         # unique per erasure: two tenants never share one, a retry of this erasure does
@@ -249,8 +285,9 @@ class _ErasureRun:
             should_cancel=self.should_cancel,
             eval_size=self.ctx.tuning.eval_size(loaded.entry),
             edit_metadata={"erasure_id": self.id},
-            manifest_extra={"erasure_id": self.id},
+            manifest_extra={"erasure_id": self.id, **self._lineage()},
             attacks=self.ctx.tuning.attack_plan(),
+            editor=editor,
         )
         result = erasure.result
         self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
@@ -295,12 +332,12 @@ class _ErasureRun:
             r.attempts += 1
             r.worker = self.ctx.name()
             r.error = None
-            r.progress = 0.0
+            r.progress = self.start_progress
             record_event(
                 r,
                 "running",
-                stage="starting",
-                progress=0.0,
+                stage=self.start_stage,
+                progress=self.start_progress,
                 detail=f"attempt {r.attempts}",
             )
             started = True
@@ -362,7 +399,7 @@ class _ErasureRun:
         self._progress(stage, fraction)
 
     def _progress(self, stage: str, fraction: float, force: bool = False) -> None:
-        lo, hi = PROGRESS_SHARES.get(stage, (self.written_progress, self.written_progress))
+        lo, hi = self.shares.get(stage, (self.written_progress, self.written_progress))
         overall = round(min(1.0, max(0.0, lo + (hi - lo) * max(0.0, min(1.0, fraction)))), 4)
         stage_changed = stage != self.stage
         if not (force or stage_changed or overall - self.written_progress >= PROGRESS_STEP):

@@ -11,15 +11,17 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from service.private_records import forget_chunks
 from service.queueing import JOB_SERIALIZER
 from service.records import TERMINAL
 from service.store import transitions
 from workers.callbacks import CALLBACK_JOB_SUFFIX
+from workers.chunks import erasure_of_job
 from workers.context import JobContext
 from workers.jobs import finish_erasure
 
 
-def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> str | None:
+def reconcile_erasure(ctx: JobContext, job_id: str, connection: Redis) -> str | None:
     """Make the record of an erasure whose rq job ended outside the job function reflect it.
 
     Called by the workers' maintenance for jobs found abandoned (their worker died) and for jobs
@@ -27,9 +29,15 @@ def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> st
     becomes ``failed`` (blob deleted, callback queued). The job is queued or scheduled again
     (a retry) while the record says running: it shows ``queued`` (stage ``retrying``). Returns
     what was done (``"failed"``, ``"retrying"``) or None. Idempotent.
+
+    ``job_id`` is the erasure's job (its id is the erasure id) or a chunked erasure's chunk or
+    merge job (:mod:`workers.chunks`): a chunk or merge job that FAILED fails the erasure (and
+    deletes the chunks' patches); one queued again leaves the record as it is (still running).
     """
-    if erasure_id.endswith(CALLBACK_JOB_SUFFIX):
+    if job_id.endswith(CALLBACK_JOB_SUFFIX):
         return None
+    erasure_id = erasure_of_job(job_id)
+    part_of_chunked = erasure_id != job_id
     record = ctx.store.get_erasure(erasure_id)
     if record is None:
         return None
@@ -37,7 +45,7 @@ def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> st
         ctx.store.delete_request_blob(erasure_id)
         return None
     try:
-        job = Job.fetch(erasure_id, connection=connection, serializer=JOB_SERIALIZER)
+        job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
         status = job.get_status(refresh=True)
     except NoSuchJobError:
         return None
@@ -58,7 +66,11 @@ def reconcile_erasure(ctx: JobContext, erasure_id: str, connection: Redis) -> st
             detail=reason,
             failure_reason="worker_lost" if abandoned else "job_failed",
         )
+        if part_of_chunked and record.chunks is not None:
+            forget_chunks(ctx.store, erasure_id, int(record.chunks["total"]))
         return "failed" if moved else None
+    if part_of_chunked:  # a chunk or the merge queued again: the erasure is still running
+        return None
     if status in (JobStatus.SCHEDULED, JobStatus.QUEUED) and record.status == "running":
         moved = transitions.mark_retrying(
             ctx.store,

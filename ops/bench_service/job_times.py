@@ -15,6 +15,22 @@ if TYPE_CHECKING:
 
 JOB_STAGES = ("queue_wait", "model_load", "baseline", "locate", "edit", "evaluate", "publish")
 ENGINE_STAGES = ("baseline", "locate", "edit", "evaluate")
+# a chunked request (workers.chunks): the chunk jobs' wall time (split to merge) and the merge of
+# their patches; its locate and edit are the chunk jobs' (summed), outside the merge job's total
+CHUNK_STAGES = ("chunks", "merge")
+# the time split of the growth table (wall-clock stages of one request, as the service ran it)
+GROWTH_STAGES = (
+    "queue_wait",
+    "model_load",
+    "chunks",
+    "baseline",
+    "locate",
+    "edit",
+    "merge",
+    "evaluate",
+    "attacks",
+    "publish",
+)
 
 
 def job_row(record: dict[str, Any], public: dict[str, Any], e2e_client: float) -> dict[str, Any]:
@@ -31,12 +47,19 @@ def job_row(record: dict[str, Any], public: dict[str, Any], e2e_client: float) -
         "cold": not bool(t.get("model_cached", 1.0)),
         "queue_wait": round(epoch_of(running["at"]) - created, 4) if running else None,
     }
-    for stage in JOB_STAGES[1:]:
+    for stage in (*JOB_STAGES[1:], *CHUNK_STAGES, "attacks"):
         row[stage] = round(float(t.get(stage, 0.0)), 4)
+    row["chunked"] = "chunks" in t
     row["worker_total"] = round(float(t.get("total", 0.0)), 4)
     # inside the job but in no stage (e.g. the first job's imports), and after ``total``
-    # (report, terminal record write) until the terminal event
-    row["worker_other"] = round(row["worker_total"] - sum(row[s] for s in JOB_STAGES[1:]), 4)
+    # (report, terminal record write) until the terminal event; a chunked request's job is the
+    # merge job (its locate and edit ran in the chunk jobs)
+    inside = (
+        ("model_load", "baseline", "merge", "evaluate", "publish")
+        if row["chunked"]
+        else JOB_STAGES[1:]
+    )
+    row["worker_other"] = round(row["worker_total"] - sum(row[s] for s in inside), 4)
     row["engine"] = round(sum(row[s] for s in ENGINE_STAGES), 4)
     row["e2e_server"] = round(epoch_of(end["at"]) - created, 4) if end else None
     row["e2e_client"] = round(e2e_client, 4)
@@ -105,6 +128,7 @@ def summarize(rows: list[dict[str, Any]], plan: ServiceBenchPlan) -> dict[str, A
         else {}
     )
     out["eval_growth"] = growth
+    out["fact_growth"] = fact_growth(rows)
     out["eval_featureedit_vs_neurons"] = _method_ratios(
         growth, ("e2e_server", "engine", "evaluate")
     )
@@ -163,3 +187,50 @@ def _method_ratios(
                 for k in keys
             }
     return ratios
+
+
+def fact_growth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method, worker count and fact count (``scaling`` jobs): end-to-end seconds, seconds
+    per fact, the ratio to the same method's 1-fact job on as many workers, the ratio to one
+    worker at the same fact count, and the time split by stage (:data:`GROWTH_STAGES`)."""
+    scaling = [r for r in rows if r["scenario"] == "scaling" and r["e2e_server"] is not None]
+    out: list[dict[str, Any]] = []
+    for r in scaling:
+        workers = r.get("workers", 1)
+        one_fact = next(
+            (
+                x
+                for x in scaling
+                if x["method"] == r["method"] and x.get("workers", 1) == workers and x["facts"] == 1
+            ),
+            None,
+        )
+        one_worker = next(
+            (
+                x
+                for x in scaling
+                if x["method"] == r["method"]
+                and x.get("workers", 1) == 1
+                and x["facts"] == r["facts"]
+            ),
+            None,
+        )
+        out.append(
+            {
+                "method": r["method"],
+                "workers": workers,
+                "facts": r["facts"],
+                "status": r["status"],
+                "chunked": r.get("chunked", False),
+                "seconds": r["e2e_server"],
+                "per_fact": round(r["e2e_server"] / r["facts"], 4) if r["facts"] else None,
+                "vs_one_fact": _ratio(r["e2e_server"], one_fact and one_fact["e2e_server"]),
+                "vs_one_worker": _ratio(r["e2e_server"], one_worker and one_worker["e2e_server"]),
+                **{k: r.get(k, 0.0) for k in GROWTH_STAGES},
+                "worker_other": r.get("worker_other"),
+                "reliability": r.get("reliability"),
+                "generalization": r.get("generalization"),
+                "locality": r.get("locality"),
+            }
+        )
+    return sorted(out, key=lambda g: (g["method"], g["workers"], g["facts"]))

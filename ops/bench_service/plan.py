@@ -28,10 +28,35 @@ class ServiceBenchPlan:
     fact_counts: tuple[int, ...] = (1, 10, 100)
     eval_sizes: tuple[int, ...] = (50, 200, 400)  # Locality prompts; () skips the sweep
     publish_modes: tuple[str, ...] = ("full", "delta")  # () skips the publish comparison
-    workers: int = 1
+    workers: tuple[int, ...] = (1,)  # the fact-count jobs run once per worker count
+    chunk_facts: int | None = None  # the stack's FEATUREEDIT_CHUNK_FACTS (None: the default)
     throughput_jobs: int = 4
     job_timeout: float = 1800.0  # seconds a single job may take before the bench gives up
     seed: int = 0
+
+    def env(self) -> dict[str, str]:
+        """The stack's environment for this plan: requests of the largest fact count accepted
+        (per request and per tenant in flight), and the chunk size when the plan sets one."""
+        most = str(max((*self.fact_counts, 100)))
+        env = {
+            "FEATUREEDIT_MAX_FACTS": most,
+            "FEATUREEDIT_TENANT_MAX_FACTS": str(max(500, int(most))),
+        }
+        if self.chunk_facts is not None:
+            env["FEATUREEDIT_CHUNK_FACTS"] = str(self.chunk_facts)
+        return env
+
+    def capped(self, available: int) -> tuple[tuple[int, ...], list[str]]:
+        """The fact counts a world of ``available`` private facts allows, and a note per count
+        above it (it is measured at ``available`` facts instead: facts are never invented)."""
+        counts = tuple(dict.fromkeys(min(n, available) for n in self.fact_counts))
+        notes = [
+            f"{n} facts asked for, but the {self.model} world has only {available} private facts: "
+            f"measured at {available}"
+            for n in self.fact_counts
+            if n > available
+        ]
+        return counts, notes
 
     def check(self) -> None:
         """ValueError naming the bad option."""
@@ -54,8 +79,10 @@ class ServiceBenchPlan:
             raise ValueError(
                 "--fact-counts, --eval-sizes and --publish-modes are all none: nothing to measure"
             )
-        if not 1 <= self.workers <= 8:
-            raise ValueError(f"--workers must be between 1 and 8, got {self.workers}")
+        if not self.workers or any(not 1 <= w <= 8 for w in self.workers):
+            raise ValueError(f"--workers: each count must be between 1 and 8, got {self.workers}")
+        if self.chunk_facts is not None and self.chunk_facts < 0:
+            raise ValueError("--chunk-facts must be 0 (never split) or more")
         if not 0 <= self.throughput_jobs <= 100:
             raise ValueError("--throughput-jobs must be between 0 and 100")
 
@@ -84,7 +111,8 @@ class ServiceBenchPlan:
             fact_counts=counts(args.fact_counts, "--fact-counts"),
             eval_sizes=counts(args.eval_sizes, "--eval-sizes"),
             publish_modes=names(getattr(args, "publish_modes", None), "full,delta"),
-            workers=args.workers,
+            workers=counts(str(args.workers), "--workers"),
+            chunk_facts=getattr(args, "chunk_facts", None),
             throughput_jobs=args.throughput_jobs,
         )
         plan.check()
@@ -115,5 +143,6 @@ def command_line(plan: ServiceBenchPlan) -> str:
         f"featureedit bench --service --model {plan.model} --methods {','.join(plan.methods)} "
         f"--fact-counts {_csv(plan.fact_counts)} --eval-sizes {_csv(plan.eval_sizes)} "
         f"--publish-modes {_csv(plan.publish_modes)} "
-        f"--workers {plan.workers} --throughput-jobs {plan.throughput_jobs}"
+        f"--workers {_csv(plan.workers)} --throughput-jobs {plan.throughput_jobs}"
+        + ("" if plan.chunk_facts is None else f" --chunk-facts {plan.chunk_facts}")
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from editing.request import MAX_FACTS
 from ops.bench_service.job_times import job_row, summarize
 from ops.bench_service.plan import (
     PUBLISH_REPEATS,
@@ -120,19 +121,22 @@ class _Runner:
         )
         return row
 
-    def burst(self, facts: Sequence[dict[str, str]]) -> dict[str, Any]:
+    def burst(
+        self, facts: Sequence[dict[str, str]], workers: int, scenario: str = "throughput"
+    ) -> dict[str, Any]:
         n = len(facts)
-        self.say(f"throughput: {n} 1-fact jobs at once on {self.plan.workers} worker(s)")
+        self.say(f"{scenario}: {n} 1-fact jobs at once on {workers} worker(s)")
         submitted = [self.submit(self.body("featureedit", [f])) for f in facts]
         first = submitted[0][1]
         rows = [self.wait(i, s) for i, s in submitted]
         wall = time.monotonic() - first
         for r in rows:
-            r["scenario"] = "throughput"
+            r["scenario"] = scenario
+            r["workers"] = workers
         waits = [r["queue_wait"] for r in rows if r["queue_wait"] is not None]
         return {
             "jobs": n,
-            "workers": self.plan.workers,
+            "workers": workers,
             "wall_seconds": round(wall, 3),
             "jobs_per_minute": round(60 * n / wall, 2) if wall > 0 else None,
             "mean_queue_wait": round(statistics.fmean(waits), 3) if waits else None,
@@ -171,37 +175,41 @@ def run_bench_service(
     say = progress or (lambda message: None)
     plan.check()
     wall = time.monotonic()
-    most = max((*plan.fact_counts, 1))
-    facts = pick_facts(
-        plan.model, source_home, max(most, 5 * (plan.throughput_jobs + 1)), plan.seed
-    )
-    # the throughput burst: other subjects' e-mail facts (one per subject)
-    burst = [f for f in facts if f["relation"] == "email"][1 : plan.throughput_jobs + 1]
-    if len(facts) < most:
-        raise ValueError(
-            f"the {plan.model} world has only {len(facts)} private facts; lower --fact-counts"
-        )
+    facts = pick_facts(plan.model, source_home, MAX_FACTS, plan.seed)  # every private fact
+    fact_counts, notes = plan.capped(len(facts))
+    for note in notes:
+        say(note)
+    # the throughput burst (and each worker set's warm-up): other subjects' e-mail facts
+    emails = [f for f in facts if f["relation"] == "email"]
+    burst = emails[1 : plan.throughput_jobs + 1]
     rows: list[dict[str, Any]] = []
     throughput = None
-    with LocalStack(root, model=plan.model, env=BENCH_ENV) as stack:
+    with LocalStack(root, model=plan.model, env=BENCH_ENV | plan.env()) as stack:
         link_worlds(stack.home, source_home)
         say(f"private stack under {root}: starting the API")
         stack.start_api()
         runner = _Runner(stack, stack.create_key("bench"), plan, say)
         try:
             if plan.fact_counts or plan.throughput_jobs or plan.publish_modes:
-                say(f"starting {plan.workers} worker(s) with the default evaluation set")
-                workers = [stack.start_worker() for _ in range(plan.workers)]
-                rows.append(runner.one("cold", plan.methods[0], facts[:1]))
-                for n in plan.fact_counts:
-                    for method in plan.methods:
-                        rows.append(runner.one("scaling", method, facts[:n]))
-                throughput = runner.burst(burst) if plan.throughput_jobs else None
-                for mode in plan.publish_modes:
-                    for _ in range(PUBLISH_REPEATS):
-                        rows.append(runner.one("publish", "featureedit", facts[:1], publish=mode))
-                for worker in workers:
-                    stack.stop(worker)
+                for k, count in enumerate(plan.workers):
+                    say(f"starting {count} worker(s) with the default evaluation set")
+                    workers = [stack.start_worker() for _ in range(count)]
+                    if k == 0:
+                        rows.append(runner.one("cold", plan.methods[0], facts[:1], workers=count))
+                    else:  # every worker of the set loads the model before it is measured
+                        rows += runner.burst(emails[-count:], count, "warm-up")["rows"]
+                    for n in fact_counts:
+                        for method in plan.methods:
+                            rows.append(runner.one("scaling", method, facts[:n], workers=count))
+                    if k == 0:
+                        throughput = runner.burst(burst, count) if plan.throughput_jobs else None
+                        for mode in plan.publish_modes:
+                            for _ in range(PUBLISH_REPEATS):
+                                rows.append(
+                                    runner.one("publish", "featureedit", facts[:1], publish=mode)
+                                )
+                    for worker in workers:
+                        stack.stop(worker)
             for prompts in plan.eval_sizes:
                 rows += _eval_size_jobs(stack, runner, prompts, facts[:1])
         finally:
@@ -213,6 +221,7 @@ def run_bench_service(
         "rows": rows,
         "summary": summarize(rows, plan),
         "throughput": throughput,
+        "notes": notes,
         "wall_seconds": round(time.monotonic() - wall, 1),
     }
 

@@ -43,6 +43,37 @@ _GROWTH_COLUMNS = (
 )
 
 
+# Growth with the fact count: one row per method, worker count and fact count (the summary's
+# fact_growth); seconds end to end and split by stage.
+_FACT_GROWTH_COLUMNS = (
+    ("method", "method"),
+    ("workers", "workers"),
+    ("facts", "facts"),
+    ("chunked", "chunked"),
+    ("seconds", "end to end"),
+    ("per_fact", "s/fact"),
+    ("vs_one_fact", "×1 fact"),
+    ("vs_one_worker", "×1 worker"),
+    ("queue_wait", "queue"),
+    ("model_load", "load"),
+    ("chunks", "chunks"),
+    ("baseline", "baseline"),
+    ("locate", "locate"),
+    ("edit", "edit"),
+    ("merge", "merge"),
+    ("evaluate", "evaluate"),
+    ("publish", "publish"),
+    ("worker_other", "other"),
+    ("reliability", "R"),
+    ("locality", "L"),
+)
+
+
+def fact_growth_markdown(growth: list[dict[str, Any]]) -> str:
+    """The fact-growth rows (:func:`ops.bench_service.job_times.fact_growth`) as Markdown."""
+    return "\n".join(_table(_FACT_GROWTH_COLUMNS, growth, markdown=True))
+
+
 def _job_label(row: dict[str, Any]) -> str:
     if row["scenario"] == "publish":
         return f"publish {row.get('publish_mode')}"
@@ -93,6 +124,10 @@ def _job_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def bench_service_table(result: dict[str, Any]) -> str:
     """Plain-text tables of a result (seconds)."""
     lines = [*_table(_COLUMNS, _job_rows(result), markdown=False), ""]
+    facts = result["summary"].get("fact_growth") or []
+    if facts:
+        lines += ["growth with the fact count (end to end, seconds):"]
+        lines += [*_table(_FACT_GROWTH_COLUMNS, facts, markdown=False), ""]
     growth = growth_rows(result)
     if growth:
         lines += ["growth with the evaluation-set size (1 fact, warm):"]
@@ -139,6 +174,7 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
             f"{t['wall_seconds']} s = {t['jobs_per_minute']} jobs/min (mean queue wait "
             f"{t['mean_queue_wait']} s, max {t['max_queue_wait']} s)"
         )
+    lines += list(result.get("notes") or [])
     lines.append(f"wall: {result['wall_seconds']} s")
     return lines
 
@@ -156,6 +192,19 @@ def bench_service_markdown(result: dict[str, Any]) -> str:
         "",
         *_table(_COLUMNS, rows, markdown=True),
     ]
+    facts = result["summary"].get("fact_growth") or []
+    if facts:
+        out += [
+            "",
+            "Growth with the fact count (one request of N facts on a warm stack of 1 or more "
+            "workers; *end to end*: submitted → terminal; *×1 fact*: over the same method's "
+            "1-fact request on as many workers; *×1 worker*: over the same request on 1 worker; "
+            "*chunks*: a chunked request's chunk jobs, split → merge, wall; its *locate* and "
+            "*edit* are the chunk jobs' summed over workers; *merge*: adding the chunk patches; "
+            "*other*: the job's time in no stage above, mostly the operator's attack suite):",
+            "",
+            *_table(_FACT_GROWTH_COLUMNS, facts, markdown=True),
+        ]
     growth = growth_rows(result)
     if growth:
         out += [

@@ -190,6 +190,11 @@ class ErasurePublic(BaseModel):
     checkpoint_id: str | None = None
     error: str | None = None
     attempts: int = 0
+    chunks: dict[str, int] | None = Field(
+        default=None,
+        description="A chunked erasure's chunks: total and done (located and edited); null when "
+        "the request was not split.",
+    )
     timings: dict[str, float] = Field(
         default_factory=dict,
         description="Seconds per stage (model_load, locate, edit, evaluate, publish, total); "
@@ -233,6 +238,11 @@ class ErasurePublic(BaseModel):
             checkpoint_id=record.checkpoint_id,
             error=record.error,
             attempts=record.attempts,
+            chunks=(
+                None
+                if record.chunks is None
+                else {k: int(record.chunks.get(k, 0)) for k in ("total", "done")}
+            ),
             timings=record.timings,
             links=links,
         )

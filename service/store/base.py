@@ -101,8 +101,8 @@ class Store(Protocol):
         """Sealed private data of an erasure, or None."""
         ...
 
-    def delete_private(self, erasure_id: str) -> None:
-        """Forget every private datum of an erasure (idempotent)."""
+    def delete_private(self, erasure_id: str, name: str | None = None) -> None:
+        """Forget one private datum of an erasure (``name``), or every one (idempotent)."""
         ...
 
     def list_checkpoints(self) -> list[str]:
@@ -129,12 +129,16 @@ class Store(Protocol):
 # ----------------------------------------------------------------------------- shared helpers
 _SAFE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 PRIVATE_NAMES = frozenset({"revert", "subjects"})
+# a chunk's edit while a chunked erasure runs (service.private_records.keep_chunk)
+CHUNK_NAME_RE = re.compile(r"chunk-[0-9]{1,5}")
 
 
 def check_private_name(name: str) -> None:
-    """ValueError unless ``name`` is one of :data:`PRIVATE_NAMES`."""
-    if name not in PRIVATE_NAMES:
-        raise ValueError(f"private data name {name!r} is not one of {sorted(PRIVATE_NAMES)}")
+    """ValueError unless ``name`` is one of :data:`PRIVATE_NAMES` or a chunk's (``chunk-<n>``)."""
+    if name not in PRIVATE_NAMES and not CHUNK_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"private data name {name!r} is not one of {sorted(PRIVATE_NAMES)} nor chunk-<n>"
+        )
 
 
 TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

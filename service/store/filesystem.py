@@ -292,9 +292,11 @@ class FilesystemStore:
         except (FileNotFoundError, ValueError):
             return None
 
-    def delete_private(self, erasure_id: str) -> None:
-        """Remove ``private/<id>/`` (idempotent)."""
-        if self._valid_id(erasure_id):
+    def delete_private(self, erasure_id: str, name: str | None = None) -> None:
+        """Remove ``private/<id>/<name>.sealed``, or all of ``private/<id>/`` (idempotent)."""
+        if name is not None:
+            self._private_path(erasure_id, name).unlink(missing_ok=True)
+        elif self._valid_id(erasure_id):
             shutil.rmtree(self.root / "private" / erasure_id, ignore_errors=True)
 
     # -- health and statistics

@@ -367,9 +367,11 @@ class S3Store:
             return None
         return None if got is None else got[0]
 
-    def delete_private(self, erasure_id: str) -> None:
-        """Delete every private datum of an erasure (idempotent)."""
-        if valid_id(erasure_id):
+    def delete_private(self, erasure_id: str, name: str | None = None) -> None:
+        """Delete one private datum of an erasure (``name``), or every one (idempotent)."""
+        if name is not None:
+            self.objects.delete(self._private_key(erasure_id, name))
+        elif valid_id(erasure_id):
             for key in list(self.objects.keys(self.objects.key("private", erasure_id) + "/")):
                 self.objects.delete(key)
 

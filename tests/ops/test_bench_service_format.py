@@ -136,3 +136,41 @@ def test_publish_modes_are_compared_full_vs_delta() -> None:
     assert "publish full: 0.08 s, checkpoint 860.0 kB" in text
     assert "publish delta/full: time 0.25, bytes 0.05" in text
     assert "publish delta " in text  # the job rows are labelled with their mode
+
+
+def test_fact_growth_per_worker_count_with_ratios_and_the_plot(tmp_path: Any) -> None:
+    """The growth table: seconds per fact, ratio to one fact (same workers), ratio to one worker
+    (same facts), the chunks stage; the log-log PNG written from it."""
+    plan = ServiceBenchPlan(fact_counts=(1, 10), eval_sizes=(), workers=(1, 2))
+    rows = []
+    for workers, seconds in ((1, (2.0, 10.0)), (2, (2.0, 6.0))):
+        for facts, e2e in zip((1, 10), seconds, strict=True):
+            row = _row("scaling", "featureedit", 1.0, facts=facts, workers=workers)
+            row.update(e2e_server=e2e, chunks=4.0 if workers == 2 and facts == 10 else 0.0)
+            row["chunked"] = row["chunks"] > 0
+            rows.append(row)
+    growth = summarize(rows, plan)["fact_growth"]
+    by = {(g["workers"], g["facts"]): g for g in growth}
+    assert by[(1, 10)]["per_fact"] == 1.0 and by[(1, 10)]["vs_one_fact"] == 5.0
+    assert by[(2, 10)]["vs_one_worker"] == 0.6 and by[(2, 10)]["vs_one_fact"] == 3.0
+    assert by[(2, 10)]["chunks"] == 4.0 and by[(2, 10)]["chunked"]
+    assert by[(2, 1)]["vs_one_worker"] == 1.0
+    result = {
+        "model": "demo-small",
+        "command": command_line(plan),
+        "rows": rows,
+        "summary": summarize(rows, plan),
+        "throughput": None,
+        "notes": ["1000 facts asked for, but ..."],
+        "wall_seconds": 1.0,
+    }
+    text = bench_service_table(result)
+    assert "growth with the fact count" in text and "1000 facts asked for" in text
+    assert "| featureedit | 2 | 10 | True | 6 | 0.6 | 3 | 0.6 |" in bench_service_markdown(result)
+
+    from ops.bench_service.plot import plot_growth
+
+    png = plot_growth(result, tmp_path / "growth.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no fact-count jobs"):
+        plot_growth({**result, "summary": {"fact_growth": []}}, tmp_path / "none.png")

@@ -70,3 +70,25 @@ def test_eval_sizes_keep_the_default_mix_and_reach_the_worker_as_its_setting(
         monkeypatch.setenv(key, value)
     entry = get_entry("demo-small")
     assert WorkerSettings().eval_size(entry) == EvalSize(15, 10, 2)
+
+
+def test_worker_counts_chunks_and_counts_above_the_world() -> None:
+    plan = ServiceBenchPlan.from_args(
+        _args(workers="1,2", fact_counts="1,10,100,1000", chunk_facts=50)
+    )
+    assert plan.workers == (1, 2) and plan.chunk_facts == 50
+    assert "--workers 1,2" in command_line(plan) and "--chunk-facts 50" in command_line(plan)
+    env = plan.env()
+    assert env["FEATUREEDIT_CHUNK_FACTS"] == "50" and env["FEATUREEDIT_MAX_FACTS"] == "1000"
+    counts, notes = plan.capped(200)
+    assert counts == (1, 10, 100, 200)
+    assert notes == [
+        "1000 facts asked for, but the demo-small world has only 200 private facts: measured at "
+        "200"
+    ]
+    assert plan.capped(5000) == ((1, 10, 100, 1000), [])
+    assert ServiceBenchPlan.from_args(_args(workers=2)).workers == (2,)
+    with pytest.raises(ValueError, match="--workers"):
+        ServiceBenchPlan.from_args(_args(workers="1,9"))
+    with pytest.raises(ValueError, match="--fact-counts"):
+        ServiceBenchPlan.from_args(_args(fact_counts="1001"))

@@ -190,6 +190,14 @@ def test_private_data_is_kept_apart_and_forgotten(store: Store):
     with pytest.raises(ValueError, match="invalid erasure id"):
         store.put_private("../x", "revert", b"x")
     assert store.get_private("../x", "revert") is None
+    # a chunked erasure's chunk patches: chunk-<n>, deleted one by one
+    store.put_private(record.id, "chunk-0", b"gAAAAA-sealed-patch")
+    with pytest.raises(ValueError, match="private data name"):
+        store.put_private(record.id, "chunk-x", b"x")
+    store.delete_private(record.id, "chunk-0")
+    store.delete_private(record.id, "chunk-0")  # idempotent
+    assert store.get_private(record.id, "chunk-0") is None
+    assert store.get_private(record.id, "revert") == b"gAAAAA-sealed-revert"
     store.delete_private(record.id)
     store.delete_private(record.id)  # idempotent
     assert store.get_private(record.id, "revert") is None

@@ -92,6 +92,19 @@ def erasable_fact(small_world: Any, small_model: Any) -> Fact:
     pytest.fail("no fact of the small demo world is erased with the default thresholds")
 
 
+@pytest.fixture(scope="session")
+def four_facts(small_world: Any) -> list[dict[str, str]]:
+    """The e-mail facts of four subjects of the small world (e-mail facts erase best): a request
+    the chunk tests split into two chunks of two."""
+    seen: list[dict[str, str]] = []
+    for f in small_world.private_facts():
+        if f.relation == "email" and all(s["subject"] != f.subject for s in seen):
+            seen.append({"subject": f.subject, "relation": f.relation, "target": f.target})
+        if len(seen) == 4:
+            return seen
+    pytest.fail("the small world has fewer than four subjects with an e-mail fact")
+
+
 def submit(
     settings: Settings,
     store: FilesystemStore,

@@ -136,3 +136,31 @@ def test_queued_jobs_hold_json_not_pickle(settings: Settings, rconn: redis.Redis
         pickle.loads(raw)
     job = Job.fetch("er_000000000000abcdef123456", connection=rconn, serializer=JOB_SERIALIZER)
     assert job.func_name == JOB_FUNC and list(job.args) == ["er_000000000000abcdef123456"]
+
+
+@pytest.mark.parametrize(
+    ("func", "args", "problem"),
+    [
+        ("workers.jobs.run_erasure_job", ["er_1"], None),
+        ("workers.chunks.run_chunk_job", ["er_1", 0], None),
+        ("workers.chunks.run_chunk_job", ["er_1", 9999], None),
+        ("workers.chunks.merge_chunks_job", ["er_1"], None),
+        ("workers.chunks.run_chunk_job", ["er_1"], "takes exactly one erasure id and one chunk"),
+        ("workers.chunks.run_chunk_job", ["er_1", "0"], "not a chunk index"),
+        ("workers.chunks.run_chunk_job", ["er_1", True], "not a chunk index"),
+        ("workers.chunks.run_chunk_job", ["er_1", 1.0], "not a chunk index"),
+        ("workers.chunks.run_chunk_job", ["er_1", -1], "not a chunk index"),
+        ("workers.chunks.run_chunk_job", ["er_1", 10_000], "not a chunk index"),
+        ("workers.chunks.run_chunk_job", ["../x", 0], "not an erasure id"),
+        ("workers.chunks.merge_chunks_job", ["er_1", 0], "takes exactly one erasure id"),
+    ],
+)
+def test_chunk_and_merge_jobs_have_their_argument_shapes(
+    func: str, args: list, problem: str | None
+) -> None:
+    from workers.job_policy import ERASURE_FUNCTIONS, argument_problem
+
+    assert func in ERASURE_FUNCTIONS
+    found = argument_problem(func, args, {})
+    assert found == problem if problem is None else problem in (found or "")
+    assert argument_problem(func, args[:1], {"extra": 1}) is not None

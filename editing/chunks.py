@@ -1,0 +1,277 @@
+"""Chunked erasures: locate + edit a slice of a request's facts, then merge the slices' edits.
+
+A large request is split into chunks of consecutive facts (:func:`chunk_ranges`). Each chunk is
+located and edited on its own, on the base model (plus the parent checkpoint's edit, for a
+sequential erasure), by :func:`edit_chunk`: the result, a :class:`ChunkEdit`, is the chunk's
+*patch* (indices and new values of the down-projection entries it changed, relative to the
+weights it started from, with the sha256 of those) and, per fact, what the method located. It is
+never published: the service keeps it sealed in the erasure's private record until the merge.
+
+:class:`MergedChunks` is the merge: the method :func:`editing.erase.run_erasure` uses instead of
+the request's one (``editor=``). Its first call adds every chunk's change (new − old) to the
+weights — an entry only one chunk changed gets that chunk's new value bit for bit; an entry
+several chunks changed gets the sum of their changes, in float32 — and every call returns the
+fact's outcome as its chunk found it. ``run_erasure`` then evaluates the merged edit as a whole
+(baseline, Reliability, Generalization, Locality, ΔPPL on every fact of the request) and decides
+acceptance exactly as for an unchunked request, so the published checkpoint is one edit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from editing.edits import Edit, LayerDelta, WeightSession, region
+from editing.errors import CancelledError, ConfigError, CorruptCacheError
+from editing.methods import FactCase, FactOutcome, get_method, method_spec
+
+if TYPE_CHECKING:
+    from editing.checkpoints.patch import Patch
+    from editing.models import LoadedModel
+    from editing.registry import EvalSize
+    from editing.request import ErasureRequest
+
+CHUNK_FORMAT = "featureedit-chunk"
+CHUNK_FORMAT_VERSION = 1
+
+
+def chunk_ranges(n_facts: int, chunk_facts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each chunk of ``n_facts`` facts, at most ``chunk_facts`` each.
+
+    One range (the whole request) when ``chunk_facts`` is 0 (chunking off) or not below
+    ``n_facts``; otherwise ``ceil(n_facts / chunk_facts)`` ranges of near-equal size.
+    """
+    if n_facts < 1:
+        raise ValueError("a request has at least one fact")
+    if chunk_facts <= 0 or n_facts <= chunk_facts:
+        return [(0, n_facts)]
+    count = -(-n_facts // chunk_facts)
+    bounds = [round(i * n_facts / count) for i in range(count + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def chunkable(request: ErasureRequest) -> bool:
+    """Whether ``request``'s method edits weights (an inference-time method cannot be merged)."""
+    return method_spec(request.method).produces_checkpoint
+
+
+@dataclass
+class ChunkEdit:
+    """One chunk's edit (a patch on the weights it started from) and its facts' outcomes."""
+
+    index: int
+    start: int
+    stop: int
+    patch: Patch
+    outcomes: dict[int, dict[str, Any]]  # request fact index -> units, timings, evidence
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """The chunk as one safetensors blob (tensors, and the rest as JSON metadata)."""
+        tensors: dict[str, torch.Tensor] = {}
+        layers = []
+        for p in self.patch.layers:
+            tensors[f"layers.{p.layer}.indices"] = p.indices.contiguous()
+            tensors[f"layers.{p.layer}.new"] = p.new.contiguous()
+            layers.append(
+                {
+                    "layer": p.layer,
+                    "param": p.param,
+                    "axis": p.axis,
+                    "base_sha256": p.base_sha256,
+                    "entries_changed": p.entries_changed,
+                }
+            )
+        doc = {
+            "format": CHUNK_FORMAT,
+            "version": CHUNK_FORMAT_VERSION,
+            "index": self.index,
+            "start": self.start,
+            "stop": self.stop,
+            "layers": layers,
+            "metadata": self.patch.metadata,
+            "outcomes": {str(k): v for k, v in self.outcomes.items()},
+            "timings": self.timings,
+        }
+        return save_tensors(tensors, metadata={"chunk": json.dumps(doc)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChunkEdit:
+        """Read :meth:`to_bytes`'s blob (CorruptCacheError if it is not one)."""
+        from editing.checkpoints.patch import LayerPatch, Patch
+
+        try:
+            tensors = load_tensors(data)
+            # the safetensors header: 8 bytes little-endian length, then JSON with __metadata__
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            doc = json.loads(header["__metadata__"]["chunk"])
+            if doc.get("format") != CHUNK_FORMAT or doc.get("version") != CHUNK_FORMAT_VERSION:
+                raise ValueError(f"format {doc.get('format')!r} version {doc.get('version')!r}")
+            layers = [
+                LayerPatch(
+                    layer=int(entry["layer"]),
+                    param=entry["param"],
+                    axis=entry["axis"],
+                    indices=tensors[f"layers.{entry['layer']}.indices"],
+                    new=tensors[f"layers.{entry['layer']}.new"],
+                    base_sha256=entry["base_sha256"],
+                    entries_changed=int(entry["entries_changed"]),
+                )
+                for entry in doc["layers"]
+            ]
+            return cls(
+                index=int(doc["index"]),
+                start=int(doc["start"]),
+                stop=int(doc["stop"]),
+                patch=Patch(layers, dict(doc.get("metadata") or {})),
+                outcomes={int(k): v for k, v in doc["outcomes"].items()},
+                timings=dict(doc.get("timings") or {}),
+            )
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise CorruptCacheError(f"a chunk's stored edit is unreadable: {exc}") from None
+
+    def lineage(self) -> dict[str, Any]:
+        """What a checkpoint's manifest records of this chunk (no secret, no subject)."""
+        return {
+            "index": self.index,
+            "facts": [self.start, self.stop],
+            "layers": self.patch.layer_ids,
+            "entries_changed": sum(p.entries_changed for p in self.patch.layers),
+            "seconds": round(self.timings.get("total", 0.0), 4),
+        }
+
+
+def edit_chunk(
+    request: ErasureRequest,
+    loaded: LoadedModel,
+    index: int,
+    start: int,
+    stop: int,
+    *,
+    base_edit: Edit | None = None,
+    eval_size: EvalSize | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> ChunkEdit:
+    """Locate and edit facts ``[start, stop)`` of ``request`` on ``loaded`` (restored after).
+
+    The edit starts from the base model with ``base_edit`` applied; the returned patch is
+    relative to those weights. As in :func:`editing.erase.run_erasure`, which prompts of a fact
+    the model answers is decided before any fact is edited. Facts the model does not produce are
+    skipped (the merge's evaluation reports them as nothing to erase). CancelledError when
+    ``should_cancel`` says so.
+    """
+    from editing.checkpoints.patch import Patch
+    from editing.erase import fact_cases
+    from editing.evaldata import eval_data_for
+
+    if not chunkable(request):
+        raise ConfigError(f"method {request.method!r} does not edit weights; it cannot be chunked")
+    if not 0 <= start < stop <= len(request.facts):
+        raise ConfigError(f"chunk {index}: facts [{start}, {stop}) are not in the request")
+    t0 = time.perf_counter()
+    method = get_method(request.method, request.params)
+    controls = eval_data_for(loaded, {f.subject for f in request.facts}, eval_size)
+    outcomes: dict[int, dict[str, Any]] = {}
+    with WeightSession(loaded.adapter):
+        if base_edit is not None:
+            base_edit.apply(loaded.adapter)
+        # every fact's prompts as the unedited model answers them, as run_erasure takes them
+        cases = fact_cases(loaded, request.facts[start:stop], controls.control_subjects, start)
+        with WeightSession(loaded.adapter) as session:  # the chunk's change, on top of the parent
+            for n, case in enumerate(cases):
+                if should_cancel is not None and should_cancel():
+                    raise CancelledError("Erasure cancelled; the model was restored.")
+                if progress is not None:
+                    progress(n / len(cases))
+                if not case.edit_prompts:
+                    continue
+                i = case.index
+                out = method.erase_fact(loaded, case)
+                outcomes[i] = {
+                    "units": [u.to_dict() for u in out.units],
+                    "timings": {k: round(v, 4) for k, v in out.timings.items()},
+                    "evidence": out.evidence,
+                }
+            edit = session.edit({"method": request.method, "chunk": index})
+    seconds = time.perf_counter() - t0
+    timings = {
+        "locate": sum(o["timings"].get("locate", 0.0) for o in outcomes.values()),
+        "edit": sum(o["timings"].get("edit", 0.0) for o in outcomes.values()),
+        "total": seconds,
+    }
+    return ChunkEdit(index, start, stop, Patch.from_edit(edit), outcomes, timings)
+
+
+def merge_patches(loaded: LoadedModel, patches: Sequence[Patch]) -> int:
+    """Add every patch's change to ``loaded``'s weights (which all patches were made from).
+
+    Every patch is bound to the current weights before any is written (ConfigError if one was
+    made from other weights); an entry one patch changes gets its new value exactly, an entry
+    several change gets the sum of their changes (computed in float32, stored in the weight's
+    dtype, on the weight's device). Returns the number of entries more than one patch changed.
+    """
+    adapter = loaded.adapter
+    layers = sorted({layer for p in patches for layer in p.layer_ids})
+    canonical = {layer: adapter.down_proj_weight(layer).detach() for layer in layers}
+    edits = [p.bind(canonical, f"chunk {n}") for n, p in enumerate(patches)]
+    overlaps = 0
+    for edit in edits:
+        for d in edit.deltas:
+            weight = adapter.down_proj_weight(d.layer)
+            current = region(weight, d.axis, d.indices).detach()
+            old = d.old.to(current.device)
+            new = d.new.to(current.device)
+            untouched = current == old
+            summed = (current.float() + (new.float() - old.float())).to(current.dtype)
+            merged = torch.where(untouched, new, summed)
+            overlaps += int((~untouched & (old != new)).sum())
+            Edit([LayerDelta(d.layer, d.param, d.axis, d.indices, current.cpu(), merged)]).apply(
+                adapter, check=False
+            )
+    return overlaps
+
+
+class MergedChunks:
+    """The merge step as a method for :func:`editing.erase.run_erasure` (``editor=``).
+
+    The first :meth:`erase_fact` call merges every chunk's patch into the weights
+    (:func:`merge_patches`); each call returns the fact's outcome as its chunk recorded it.
+    """
+
+    def __init__(self, chunks: Sequence[ChunkEdit]) -> None:
+        self.chunks = sorted(chunks, key=lambda c: c.index)
+        self.outcomes = {i: o for c in self.chunks for i, o in c.outcomes.items()}
+        self.merged = False
+        self.overlapping_entries = 0
+        self.seconds = 0.0
+
+    def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:
+        """Merge on the first call; the fact's outcome from its chunk."""
+        from editing.locate import Unit
+
+        if not self.merged:
+            t0 = time.perf_counter()
+            self.overlapping_entries = merge_patches(loaded, [c.patch for c in self.chunks])
+            self.merged = True
+            self.seconds = time.perf_counter() - t0
+        found = self.outcomes.get(case.index)
+        if found is None:  # its chunk found nothing to erase; the merged edit may still erase it
+            return FactOutcome(units=[], timings={"locate": 0.0, "edit": 0.0}, evidence={})
+        return FactOutcome(
+            units=[Unit(**u) for u in found["units"]],
+            timings=dict(found["timings"]),
+            evidence=dict(found["evidence"]),
+        )
+
+    def lineage(self) -> dict[str, Any]:
+        """The manifest's ``chunks`` entry: every chunk's facts, layers and size."""
+        return {"count": len(self.chunks), "chunks": [c.lineage() for c in self.chunks]}

@@ -1,0 +1,296 @@
+"""Chunked erasures across workers: split, one job per chunk, one merge job (rq dependencies).
+
+A request of more than ``Settings.chunk_facts`` facts (``FEATUREEDIT_CHUNK_FACTS``, 0: never) whose
+method edits weights is not run by the erasure job itself. :func:`split` (called by
+:func:`workers.jobs.run_erasure_job` once the request is decrypted) records the plan on the
+erasure record (``chunks``: total, done, chunk size, when) and enqueues, on the model's queue:
+
+* one :func:`run_chunk_job` ``(erasure_id, index)`` per chunk (job id ``<id>-chunk-<index>``,
+  the erasure jobs' timeout and rq ``Retry``): it locates and edits the chunk's facts on the base
+  model (:func:`editing.chunks.edit_chunk`) and keeps the resulting patch sealed in the erasure's
+  private record (``chunk-<index>``; never published), then counts itself done on the record;
+* one :func:`merge_chunks_job` ``(erasure_id)`` (job id ``<id>-merge``) that *depends on* every
+  chunk job, with ``allow_failure``: rq enqueues it once every chunk job has ended, successfully
+  or with its retries used up. It runs the erasure as the erasure job would, with the merged
+  chunk patches as the locate + edit step (:class:`editing.chunks.MergedChunks`): baseline,
+  evaluation of the merged edit as a whole, attacks, acceptance, one checkpoint whose manifest
+  lists the chunks (``chunks``), report, terminal status, callback. A chunk that did not finish
+  fails the erasure ("nothing was published"); the chunk patches are deleted when the merge ends.
+
+Jobs carry ids only (the request stays encrypted in the store), are JSON-encoded and on the
+erasure workers' allow-list (:mod:`workers.job_policy`, with their argument shapes). Cancelling a
+running chunked erasure sets ``cancel_requested``: chunk jobs stop (or do not start) and the merge
+job ends the erasure ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Dependency, Job
+
+from service.private_records import forget_chunks, keep_chunk, load_chunk
+from service.queueing import JobQueue
+from service.records import TERMINAL, ErasureRecord
+from service.store import record_event
+from workers.context import JobContext, get_context
+from workers.failures import JobFailure, RetryableJobError, classify
+from workers.jobs import PROGRESS_SHARES, _ErasureRun
+from workers.redaction import redact
+
+log = logging.getLogger(__name__)
+
+CHUNK_FUNC = "workers.chunks.run_chunk_job"
+MERGE_FUNC = "workers.chunks.merge_chunks_job"
+MAX_CHUNKS = 10_000  # chunk indices are 0 .. MAX_CHUNKS - 1 (MAX_FACTS facts of one each)
+CHUNKS_START, CHUNKS_END = PROGRESS_SHARES["chunks"]
+# the merge job's stages share what is left after the chunks
+MERGE_SHARES: dict[str, tuple[float, float]] = {
+    "merge": (CHUNKS_END, CHUNKS_END),
+    "loading model": (CHUNKS_END, 0.76),
+    "baseline": (0.76, 0.8),
+    "locate+edit": (0.8, 0.82),
+    "evaluate": (0.82, 0.9),
+    "attacks": PROGRESS_SHARES["attacks"],
+    "publish": PROGRESS_SHARES["publish"],
+}
+
+
+def chunk_job_id(erasure_id: str, index: int) -> str:
+    """The rq job id of chunk ``index`` of ``erasure_id``."""
+    return f"{erasure_id}-chunk-{index}"
+
+
+def merge_job_id(erasure_id: str) -> str:
+    """The rq job id of ``erasure_id``'s merge job."""
+    return f"{erasure_id}-merge"
+
+
+def erasure_of_job(job_id: str) -> str:
+    """The erasure id of an erasure, chunk or merge job id (an erasure job's id is its own)."""
+    stem, sep, index = job_id.rpartition("-chunk-")
+    if sep and index.isdigit():
+        return stem
+    return job_id.removesuffix("-merge")
+
+
+def split(ctx: JobContext, request: Any, record: ErasureRecord) -> bool:
+    """Split ``request`` into chunk jobs and a merge job if it is large enough; whether it was.
+
+    Idempotent: a retried erasure job whose record already holds the plan enqueues nothing more
+    (jobs that already exist are left alone).
+    """
+    from editing.chunks import chunk_ranges, chunkable
+
+    ranges = chunk_ranges(len(request.facts), ctx.settings.chunk_facts)
+    if len(ranges) < 2 or not chunkable(request):
+        return False
+    count = len(ranges)
+    size = max(stop - start for start, stop in ranges)
+
+    def plan(r: ErasureRecord) -> None:
+        if r.chunks is None:
+            r.chunks = {"total": count, "done": 0, "facts": ctx.settings.chunk_facts}
+            r.chunks["split_at"] = time.time()
+            record_event(
+                r,
+                "running",
+                stage="chunks",
+                progress=CHUNKS_START,
+                detail=f"split into {count} chunks of at most {size} facts",
+            )
+
+    ctx.store.update_erasure(record.id, plan)
+    jobs = JobQueue(ctx.connection(), ctx.settings)
+    queue, options = jobs.queue(record.model), jobs.job_options()
+    ids = [chunk_job_id(record.id, i) for i in range(count)]
+    for index, job_id in enumerate(ids):
+        if not Job.exists(job_id, connection=queue.connection):
+            queue.enqueue(
+                CHUNK_FUNC,
+                record.id,
+                index,
+                job_id=job_id,
+                description=f"erasure {record.id} chunk {index + 1} of {count}",
+                **options,
+            )
+    if not Job.exists(merge_job_id(record.id), connection=queue.connection):
+        queue.enqueue(
+            MERGE_FUNC,
+            record.id,
+            job_id=merge_job_id(record.id),
+            description=f"erasure {record.id} merge of {count} chunks",
+            depends_on=Dependency(jobs=ids, allow_failure=True),
+            **options,
+        )
+    log.info("erasure %s: split into %d chunks", record.id, count, extra={"chunks": count})
+    return True
+
+
+# ----------------------------------------------------------------------------- chunk job
+def run_chunk_job(erasure_id: str, index: int) -> str:
+    """Locate and edit chunk ``index`` of the erasure; keep its patch. Returns what happened.
+
+    ``"done"``; ``"skipped"`` (no chunk plan, the erasure ended or cancellation was requested:
+    the merge job ends it); ``"failed"`` (a failure that retrying cannot fix: the erasure is
+    failed at once). Raises :class:`RetryableJobError` (redacted) while rq has retries left.
+    """
+    from service.logs import log_context
+
+    job = get_current_job()
+    with log_context(erasure_id=erasure_id, job_id=job.id if job is not None else None):
+        return _ChunkRun(get_context(), erasure_id, index).run()
+
+
+class _ChunkRun(_ErasureRun):
+    """One attempt at one chunk of a chunked erasure."""
+
+    def __init__(self, ctx: JobContext, erasure_id: str, index: int) -> None:
+        super().__init__(ctx, erasure_id)
+        self.index = index
+        self.stage = "chunks"
+
+    def _run_record(self, record: ErasureRecord, t0: float) -> str:
+        if record.status in TERMINAL or record.chunks is None or record.cancel_requested:
+            return "skipped"
+        if not 0 <= self.index < int(record.chunks["total"]):
+            raise JobFailure(f"the erasure has no chunk {self.index}")
+        self.attempt = record.attempts
+        try:
+            return self._chunk(record)
+        except Exception as exc:
+            return self._chunk_error(exc)
+        finally:
+            if self.loaded is not None:
+                self.ctx.cache.verify(self.loaded)
+
+    def _chunk(self, record: ErasureRecord) -> str:
+        from editing.chunks import chunk_ranges, edit_chunk
+        from editing.errors import CancelledError
+
+        assert record.chunks is not None
+        request = self._request(record)
+        ranges = chunk_ranges(len(request.facts), int(record.chunks["facts"]))
+        start, stop = ranges[self.index]
+        loaded, _, _ = self.ctx.cache.get(request.model)
+        self.loaded = loaded
+        base_edit = self._base_edit(request.base_checkpoint, record, loaded)
+        try:
+            chunk = edit_chunk(
+                request,
+                loaded,
+                self.index,
+                start,
+                stop,
+                base_edit=base_edit,
+                eval_size=self.ctx.tuning.eval_size(loaded.entry),
+                should_cancel=self.should_cancel,
+            )
+        except CancelledError:
+            return "skipped"
+        keep_chunk(self.store, self.id, self.index, chunk.to_bytes(), self.ctx.settings)
+        self._count_done(chunk.timings)
+        return "done"
+
+    def _count_done(self, timings: dict[str, float]) -> None:
+        """Count this chunk done on the record (progress: the share of chunks done)."""
+
+        def mutate(r: ErasureRecord) -> None:
+            if r.status != "running" or r.chunks is None:
+                return
+            r.chunks["done"] = int(r.chunks.get("done", 0)) + 1
+            total = int(r.chunks["total"])
+            share = min(1.0, r.chunks["done"] / total)
+            record_event(
+                r,
+                "running",
+                stage="chunks",
+                progress=round(CHUNKS_START + (CHUNKS_END - CHUNKS_START) * share, 4),
+                detail=f"chunk {self.index + 1} of {total} located and edited by "
+                f"{self.ctx.name()} ({timings.get('total', 0.0):.1f} s); "
+                f"{int(r.chunks['done'])} of {total} done",
+            )
+
+        self.store.update_erasure(self.id, mutate)
+
+    def _chunk_error(self, exc: Exception) -> str:
+        """Retry an unexpected error while rq can; otherwise fail the erasure (redacted)."""
+        failure = classify(
+            exc, erasure_id=self.id, secrets=self.secrets, settings=self.ctx.settings
+        )
+        if failure.kind == "cancelled":
+            return "skipped"
+        summary = redact(f"{type(exc).__name__}: {exc}", self.secrets)
+        log.error("erasure %s: chunk %d failed: %s", self.id, self.index, summary)
+        if failure.unexpected and self._retries_left() > 0:
+            raise RetryableJobError(f"erasure {self.id} chunk {self.index}: {summary}") from None
+        self._fail(f"chunk {self.index + 1}: {failure.reason}", failure.kind)
+        return "failed"
+
+
+# ----------------------------------------------------------------------------- merge job
+def merge_chunks_job(erasure_id: str) -> str:
+    """Merge the chunks of the erasure, evaluate, publish, end it; return its final status."""
+    from service.logs import log_context
+
+    job = get_current_job()
+    with log_context(erasure_id=erasure_id, job_id=job.id if job is not None else None):
+        return _MergeRun(get_context(), erasure_id).run()
+
+
+class _MergeRun(_ErasureRun):
+    """The merge of a chunked erasure: the erasure job with the chunks' merged edit."""
+
+    shares = MERGE_SHARES
+    start_stage = "merge"
+    start_progress = CHUNKS_END
+
+    def __init__(self, ctx: JobContext, erasure_id: str) -> None:
+        super().__init__(ctx, erasure_id)
+        self.merged: Any = None
+
+    def run(self) -> str:
+        status = super().run()  # a retry (RetryableJobError) keeps the chunks for the next try
+        record = self.store.get_erasure(self.id)
+        if record is not None and record.chunks is not None:
+            forget_chunks(self.store, self.id, int(record.chunks["total"]))
+        return status
+
+    def _split(self, request: Any, record: ErasureRecord) -> bool:
+        return False
+
+    def _editor(self, request: Any, record: ErasureRecord) -> Any:
+        from editing.chunks import ChunkEdit, MergedChunks
+
+        if record.chunks is None:
+            raise JobFailure("the erasure was not split into chunks; nothing to merge")
+        total = int(record.chunks["total"])
+        chunks = []
+        for index in range(total):
+            data = load_chunk(self.store, self.id, index, self.ctx.settings)
+            if data is None:
+                raise JobFailure(
+                    f"chunk {index + 1} of {total} did not finish (its attempts are used up); "
+                    "nothing was published"
+                )
+            chunks.append(ChunkEdit.from_bytes(data))
+        self.timings["chunks"] = round(time.time() - float(record.chunks["split_at"]), 4)
+        self.merged = MergedChunks(chunks)
+        return self.merged
+
+    def _lineage(self) -> dict[str, Any]:
+        return {} if self.merged is None else {"chunks": self.merged.lineage()}
+
+    def _observe_stages(self, cached: bool) -> None:
+        if self.merged is not None:
+            self.timings["merge"] = round(self.merged.seconds, 4)
+            log.info(
+                "erasure %s: merged %d chunks (%d entries changed by more than one)",
+                self.id,
+                len(self.merged.chunks),
+                self.merged.overlapping_entries,
+            )
+        super()._observe_stages(cached)
