@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import time
 
 import torch
@@ -38,8 +37,7 @@ def main() -> None:
     from editing.request import ErasureRequest
     from editing.world.build import load_world
 
-    home = os.environ.get("FEATUREEDIT_HOME")
-    loaded = load_model(args.model, home=home)
+    loaded = load_model(args.model)  # the home comes from the settings (FEATUREEDIT_HOME)
     world = load_world(loaded.entry.demo_size or "default", loaded.home, progress=False)
     facts = world.private_facts()[args.offset :]
     kwargs = {}
