@@ -148,8 +148,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common],
         help="train TopK SAEs on a model's activations and register them",
         description="Stream activations of MODEL at SITE from a text corpus (default: the shipped "
-        "Wikipedia text; special tokens and attention-sink positions are dropped), train one "
-        "TopK SAE per layer (checkpointed: an interrupted run resumes), report FVU and L0 on "
+        "Wikipedia and book text; special tokens and attention-sink positions are dropped), train "
+        "one TopK SAE per layer (checkpointed: an interrupted run resumes), report FVU and L0 on "
         "held-out text, write sae-lens directories under $FEATUREEDIT_HOME/saes/ (cached by "
         "weights, site, layer and recipe) and register them so erase and bench find them.",
         epilog="Example: `featureedit sae train --model smollm2 --site resid_post --layers 9,12`.",
@@ -171,7 +171,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     train.add_argument(
         "--text",
         metavar="FILE",
-        help="one passage per line (every 10th held out); default: the shipped Wikipedia text",
+        help="one passage per line (every 10th held out); default: the shipped Wikipedia and "
+        "book text",
     )
     train.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS")
     train.add_argument("--no-register", action="store_true", help="do not touch the registry")

@@ -1,10 +1,10 @@
 """Train TopK SAEs on a registered model's activations (``featureedit sae train``).
 
 Activations are streamed from a text corpus (one passage per line; default: the shipped Wikipedia
-text, :mod:`editing.realdata.text`): each passage is tokenized as the model's tokenizer does it
-(with its BOS if it adds one), cut into windows of ``context`` tokens and run in padded batches;
-the forward pass stops after the deepest layer asked for. Positions that are not text are dropped
-before training and evaluation:
+and book text, :mod:`editing.realdata.text`): each passage is tokenized as the model's tokenizer
+does it (with its BOS if it adds one), cut into windows of ``context`` tokens and run in padded
+batches; the forward pass stops after the deepest layer asked for. Positions that are not text are
+dropped before training and evaluation:
 
 * special tokens (BOS, EOS, padding), wherever they are: nothing assumes BOS is at position 0 or
   that the tokenizer adds one;
@@ -127,15 +127,15 @@ def read_passages(path: Path) -> list[str]:
 def split_text(text_file: str | os.PathLike[str] | None) -> tuple[list[str], list[str], str]:
     """``(train passages, held-out passages, sha256)`` of the text to train on.
 
-    Default: the shipped Wikipedia text (train / held-out files from disjoint articles). A custom
-    file holds out every :data:`HELDOUT_EVERY`-th passage.
+    Default: the shipped text (Wikipedia and public-domain books, interleaved; train / held-out
+    files from disjoint articles and book ends). A custom file holds out every
+    :data:`HELDOUT_EVERY`-th passage.
     """
-    from editing.realdata.text import load_text
-    from editing.realdata.text import text_file as shipped
+    from editing.realdata.text import training_files, training_text
 
     if text_file is None:
-        train, held = load_text("train"), load_text("heldout")
-        files = [shipped("train"), shipped("heldout")]
+        train, held = training_text("train"), training_text("heldout")
+        files = training_files()
     else:
         passages = read_passages(Path(text_file).expanduser())
         train = [p for i, p in enumerate(passages) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
