@@ -24,6 +24,7 @@ import torch
 from editing.adapters import ModelAdapter
 from editing.locate import Unit, feature_evidence, rank_features
 from editing.methods.base import FactCase, FactOutcome
+from editing.methods.flatten import FlattenConfig, flatten, reference, snapshot
 from editing.methods.params import FeatureEditParams
 from editing.models import LoadedModel
 from editing.scoring import TargetScore, score_targets
@@ -113,6 +114,10 @@ class FeatureEdit:
         first_ranked: list[Unit] = []
         rounds_run = 0
         t_locate = t_edit = 0.0
+        refine = p.refine == "flatten" and p.variant != "rows"
+        if refine:
+            base = snapshot(loaded, list(range(loaded.adapter.n_layers)))
+            control_ref = reference(loaded, case.control_prompts)
         for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
             t0 = time.perf_counter()
             ev = feature_evidence(
@@ -163,6 +168,40 @@ class FeatureEdit:
             t_edit += time.perf_counter() - t0
             if not greedy or still_leaking == 0 or len(chosen) >= p.max_features:
                 break
+        refined: dict[str, float | int | bool] = {}
+        if refine and chosen:
+            t0 = time.perf_counter()
+            result = flatten(
+                loaded,
+                case.edit_prompts,
+                case.secret,
+                base,
+                case.control_prompts,
+                control_ref,
+                FlattenConfig(
+                    steps=p.refine_steps,
+                    lr=p.refine_lr,
+                    rank=p.refine_rank,
+                    locality=p.refine_locality,
+                    entropy=p.refine_entropy,
+                    leak_bound=p.leak_bound,
+                ),
+            )
+            t_edit += time.perf_counter() - t0
+            scores = score_targets(
+                loaded.model,
+                loaded.tokenizer,
+                case.edit_prompts,
+                [case.secret] * len(case.edit_prompts),
+            )
+            still_leaking = leaking_prompts(scores, p.leak_bound)
+            max_prob = max(math.exp(s.logprob) for s in scores)
+            refined = {
+                "refine_steps": result.steps,
+                "refine_columns": result.columns,
+                "refine_converged": result.converged,
+                "refine_rank_loss": round(result.rank_loss, 6),
+            }
         return FactOutcome(
             units=chosen,
             timings={"locate": t_locate, "edit": t_edit},
@@ -173,5 +212,6 @@ class FeatureEdit:
                 "edit_prompts_still_leaking": still_leaking,
                 "edit_prompts_max_target_prob": None if max_prob is None else round(max_prob, 6),
                 "entries_touched": entries,
+                **refined,
             },
         )
