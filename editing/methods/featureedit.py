@@ -117,7 +117,7 @@ class FeatureEdit:
         refine = p.refine == "flatten" and p.variant != "rows"
         if refine:
             base = snapshot(loaded, list(range(loaded.adapter.n_layers)))
-            control_ref = reference(loaded, case.control_prompts)
+            control_ref = reference(loaded, case.control_prompts, case.secret)
         for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
             t0 = time.perf_counter()
             ev = feature_evidence(
@@ -182,8 +182,10 @@ class FeatureEdit:
                     steps=p.refine_steps,
                     lr=p.refine_lr,
                     rank=p.refine_rank,
+                    tokens=p.refine_tokens,
                     locality=p.refine_locality,
                     entropy=p.refine_entropy,
+                    extra_columns=p.refine_extra_columns,
                     leak_bound=p.leak_bound,
                 ),
             )

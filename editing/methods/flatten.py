@@ -27,6 +27,7 @@ weights). Devices and dtypes follow the model's. Stops as soon as both hinge ter
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,9 +45,12 @@ class FlattenConfig:
     steps: int = 40
     lr: float = 2e-3
     rank: int = 20
+    tokens: int = 1
     margin: float = 1.0
     locality: float = 1.0
     entropy: float = 0.0
+    extra_columns: int = 0
+    delta_weight: float = 100.0
     leak_bound: float = 0.01
 
 
@@ -63,9 +67,7 @@ class FlattenResult:
 
 def snapshot(loaded: LoadedModel, layers: list[int]) -> dict[int, torch.Tensor]:
     """Canonical ``[d_model, d_mlp]`` copies of the down-projections of ``layers``."""
-    return {
-        layer: loaded.adapter.down_proj_weight(layer).detach().clone() for layer in layers
-    }
+    return {layer: loaded.adapter.down_proj_weight(layer).detach().clone() for layer in layers}
 
 
 def _targets(
@@ -84,22 +86,22 @@ def _targets(
 class _Forward:
     """Forward passes of the model with trainable down-projection columns swapped in."""
 
-    def __init__(self, loaded: LoadedModel, base: dict[int, torch.Tensor]) -> None:
+    def __init__(self, loaded: LoadedModel, cols: dict[int, torch.Tensor]) -> None:
         adapter = loaded.adapter
         self.loaded = loaded
-        self.cols: dict[int, torch.Tensor] = {}
+        self.cols = {layer: c for layer, c in cols.items() if c.numel()}
         self.deltas: dict[int, torch.Tensor] = {}
         self.current: dict[int, torch.Tensor] = {}
-        for layer, before in base.items():
+        for layer, c in self.cols.items():
             now = adapter.down_proj_weight(layer).detach()
-            cols = (now != before).any(0).nonzero().squeeze(1)
-            if cols.numel():
-                self.cols[layer] = cols
-                self.current[layer] = now.clone()
-                self.deltas[layer] = torch.zeros(
-                    now.shape[0], cols.numel(), device=now.device, dtype=torch.float32,
-                    requires_grad=True,
-                )
+            self.current[layer] = now.clone()
+            self.deltas[layer] = torch.zeros(
+                now.shape[0],
+                c.numel(),
+                device=now.device,
+                dtype=torch.float32,
+                requires_grad=True,
+            )
 
     @property
     def columns(self) -> int:
@@ -120,15 +122,18 @@ class _Forward:
         return out
 
     def lens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logit-lens logits ``[layers, batch, seq, vocab]`` of every layer output (the last is
-        the model's own output), with the current deltas."""
+        """Logit-lens logits ``[layers + 1, batch, seq, vocab]`` with the current deltas: the
+        embedding stream, then every layer output (the last is the model's own output)."""
         adapter = self.loaded.adapter
         sites = [("resid_post", layer) for layer in range(adapter.n_layers)]
         with adapter.capture(sites, detach=False) as store:
-            functional_call(
-                self.loaded.model, self.weights(), (), {"input_ids": ids, "attention_mask": mask}
+            out = functional_call(
+                self.loaded.model,
+                self.weights(),
+                (),
+                {"input_ids": ids, "attention_mask": mask, "output_hidden_states": True},
             )
-        return stream_lens(self.loaded, [store[s] for s in sites])
+        return stream_lens(self.loaded, [out.hidden_states[0], *(store[s] for s in sites)])
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The model's output logits with the current deltas."""
@@ -147,21 +152,62 @@ class _Forward:
                 w[:, cols] = new
 
 
-def reference(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor | None:
-    """Log-probabilities ``[batch, seq, vocab]`` of the model as it is now on ``prompts`` (the
-    locality term's reference, taken before the fact's edit); None without prompts."""
+def changed_columns(loaded: LoadedModel, base: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Per layer, the down-projection columns that differ from ``base`` (the projection's)."""
+    return {
+        layer: (loaded.adapter.down_proj_weight(layer).detach() != before).any(0).nonzero()[:, 0]
+        for layer, before in base.items()
+    }
+
+
+def reference(loaded: LoadedModel, prompts: list[str], secret: str) -> torch.Tensor | None:
+    """Log-probabilities ``[batch, seq, vocab]`` of the model as it is now on ``prompts``
+    teacher-forced on ``secret`` (the locality term's reference, taken before the fact's edit:
+    other subjects' next-token distributions, also inside the relation's format); None without
+    prompts."""
     if not prompts:
         return None
-    ids, mask = _padded_prompts(loaded, prompts)
+    ids, mask = _teacher_forced(loaded, prompts, secret)
     with torch.inference_mode():
         out = loaded.model(input_ids=ids, attention_mask=mask)
     return out.logits.float().log_softmax(-1).clone()
 
 
-def _padded_prompts(loaded: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_forced(
+    loaded: LoadedModel, prompts: list[str], secret: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows ``prompt + secret[:-1]`` (ids, mask) on the model's device."""
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    rows = [loaded.tokenizer(p)["input_ids"] for p in prompts]
-    return padded(rows, pad, loaded.adapter.device)
+    pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
+    return padded([p + t[:-1] for p, t in pairs], pad, loaded.adapter.device)
+
+
+def _rank_loss(
+    z: torch.Tensor, row: torch.Tensor, tok: torch.Tensor, n_rows: int, cfg: FlattenConfig
+) -> torch.Tensor:
+    """Lens rank hinge: per secret token, ``relu(z_secret - z_(rank) + margin)`` summed over the
+    layers; per prompt the sum of the ``tokens`` smallest (the attack needs every token of the
+    secret, so hiding the easiest ones defeats it without pushing down the tokens every secret
+    of the relation shares, e.g. a date's separators); mean over prompts."""
+    index = tok[None, :, None].expand(z.shape[0], -1, 1)
+    layers, index_l = z[1:], index[1:]
+    z_t = layers.gather(-1, index_l).squeeze(-1)  # [layers, tokens]
+    kth = layers.scatter(-1, index_l, -math.inf).topk(cfg.rank, dim=-1).values[..., -1]
+    per_token = torch.relu(z_t - kth + cfg.margin).sum(0)  # [tokens]
+    if cfg.delta_weight > 0:  # Probability Delta: neither a top nor a bottom change
+        probs = z.softmax(-1)
+        delta = probs[1:] - probs[:-1]  # [changes, tokens, vocab]
+        d_t = delta.gather(-1, index_l).squeeze(-1)
+        k = max(1, cfg.rank // 2)
+        top = delta.scatter(-1, index_l, -math.inf).topk(k, dim=-1).values[..., -1]
+        bottom = (-delta).scatter(-1, index_l, -math.inf).topk(k, dim=-1).values[..., -1]
+        over = torch.relu(d_t - top) + torch.relu(-d_t - bottom)
+        per_token = per_token + cfg.delta_weight * over.sum(0)
+    losses = []
+    for r in range(n_rows):
+        v = per_token[row == r]
+        losses.append(v.topk(min(cfg.tokens, v.numel()), largest=False).values.sum())
+    return torch.stack(losses).mean()
 
 
 def flatten(
@@ -174,46 +220,45 @@ def flatten(
     cfg: FlattenConfig,
 ) -> FlattenResult:
     """Refine the columns changed since ``base`` (see the module docstring); edits in place."""
-    fwd = _Forward(loaded, base)
-    if not fwd.cols or not prompts:
+    cols = changed_columns(loaded, base)
+    if not any(c.numel() for c in cols.values()) or not prompts:
         return FlattenResult(0, 0, 0.0, 0.0, False)
     device = loaded.adapter.device
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
-    ids, mask = padded([p + t[:-1] for p, t in pairs], pad, device)
+    ids, mask = _teacher_forced(loaded, prompts, secret)
     row, pos, tok = _targets(pairs, device)
-    n_rows = len(pairs)
+
+    def objective(fwd: _Forward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(leak + rank loss, leak, rank, lens logits at the secret's positions)."""
+        z = fwd.lens(ids, mask)[:, row, pos]  # [streams, tokens, vocab]
+        logp = z[-1].log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
+        secret_lp = torch.zeros(len(pairs), device=device).index_add(0, row, logp)
+        leak = torch.relu(secret_lp - math.log(cfg.leak_bound)).mean()
+        rank = _rank_loss(z, row, tok, len(pairs), cfg) if cfg.rank > 0 else leak * 0
+        return leak + rank, leak, rank, z
+
+    if cfg.extra_columns > 0:
+        with torch.enable_grad():
+            cols = _add_gradient_columns(loaded, cols, objective, cfg.extra_columns)
+    fwd = _Forward(loaded, cols)
     if control_ref is not None:
-        c_ids, c_mask = _padded_prompts(loaded, control_prompts)
+        c_ids, c_mask = _teacher_forced(loaded, control_prompts, secret)
         c_keep = c_mask.bool()
     opt = torch.optim.Adam(list(fwd.deltas.values()), lr=cfg.lr)
-    log_bound = math.log(cfg.leak_bound)
     leak_l = rank_l = float("nan")
     steps = 0
     converged = False
     with torch.enable_grad():
         for step in range(cfg.steps + 1):
-            lens = fwd.lens(ids, mask)  # [layers, batch, seq, vocab]
-            z = lens[:, row, pos]  # [layers, tokens, vocab]
-            logp = z[-1].log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
-            secret_lp = torch.zeros(n_rows, device=device).index_add(0, row, logp)
-            leak = torch.relu(secret_lp - log_bound).mean()
-            loss = leak
-            rank = torch.zeros((), device=device)
-            if cfg.rank > 0:
-                z_t = z.gather(-1, tok[None, :, None].expand(z.shape[0], -1, 1)).squeeze(-1)
-                others = z.scatter(-1, tok[None, :, None].expand(z.shape[0], -1, 1), -math.inf)
-                kth = others.topk(min(cfg.rank, others.shape[-1] - 1), dim=-1).values[..., -1]
-                rank = torch.relu(z_t - kth + cfg.margin).mean()
-                loss = loss + rank
-            leak_l, rank_l = float(leak), float(rank)
+            loss, leak, rank, z = objective(fwd)
+            leak_l, rank_l = leak.item(), rank.item()
             if leak_l == 0.0 and rank_l == 0.0:
                 converged = True
                 break
             if step == cfg.steps:
                 break
             if cfg.entropy > 0:
-                p = z.log_softmax(-1)
+                p = z[1:].log_softmax(-1)
                 neg_h = math.log(z.shape[-1]) + (p.exp() * p).sum(-1)
                 loss = loss + cfg.entropy * neg_h.mean()
             if control_ref is not None and cfg.locality > 0:
@@ -228,3 +273,33 @@ def flatten(
         d.requires_grad_(False)
     fwd.commit()
     return FlattenResult(steps, fwd.columns, leak_l, rank_l, converged)
+
+
+def _add_gradient_columns(
+    loaded: LoadedModel,
+    cols: dict[int, torch.Tensor],
+    objective: Callable[[_Forward], tuple[torch.Tensor, ...]],
+    extra: int,
+) -> dict[int, torch.Tensor]:
+    """``cols`` plus, in every layer, the ``extra`` other columns whose gradient of the
+    objective is largest (REVS's choice of the down-projection columns that carry the target's
+    rank, read off the loss itself): where the located features do not reach, e.g. the layers
+    before them whose logit lens still shows the secret."""
+    adapter = loaded.adapter
+    every = {
+        layer: torch.arange(adapter.d_mlp, device=adapter.device)
+        for layer in range(adapter.n_layers)
+    }
+    probe = _Forward(loaded, every)
+    loss = objective(probe)[0]
+    if not loss.requires_grad:
+        return cols
+    grads = torch.autograd.grad(loss, list(probe.deltas.values()))
+    out: dict[int, torch.Tensor] = {}
+    for (layer, _), g in zip(probe.deltas.items(), grads):
+        score = g.norm(dim=0)
+        have = cols.get(layer, torch.empty(0, dtype=torch.long, device=score.device))
+        score[have] = -1.0
+        add = score.topk(min(extra, int((score > 0).sum()))).indices
+        out[layer] = torch.cat([have, add]).unique()
+    return out

@@ -93,13 +93,31 @@ class FeatureEditParams(SaeParams):
             "(editing/methods/flatten.py)."
         ),
     )
-    refine_steps: int = Field(40, ge=1, le=500, description="`flatten`: at most this many steps.")
-    refine_lr: float = Field(2e-3, gt=0, le=1, description="`flatten`: Adam learning rate.")
+    refine_steps: int = Field(100, ge=1, le=500, description="`flatten`: at most this many steps.")
+    refine_lr: float = Field(5e-3, gt=0, le=1, description="`flatten`: Adam learning rate.")
     refine_rank: int = Field(
         20,
         ge=0,
         le=1000,
         description="`flatten`: secret tokens must fall below this lens rank (0: no lens term).",
+    )
+    refine_tokens: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "`flatten`: per prompt, this many secret tokens (the easiest to hide) must leave "
+            "the lens's top `refine_rank`; the lens attack needs every token."
+        ),
+    )
+    refine_extra_columns: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description=(
+            "`flatten`: also train, in every layer, this many more down-projection columns, "
+            "those with the largest gradient of the objective (REVS-style column choice)."
+        ),
     )
     refine_locality: float = Field(
         1.0, ge=0, description="`flatten`: weight of the KL to the unedited model on controls."
