@@ -12,6 +12,12 @@ With the ``attribution`` selector features are added greedily, best first, until
 reproduces the target and, on every edit prompt, the whole target's teacher-forced probability is
 at most ``leak_bound`` (at most ``max_features``); with ``activation`` every selected feature is
 edited at once.
+
+With ``refine="flatten"`` (projection variants) the greedy loop is followed by a constrained
+refinement of the down-projection columns (:mod:`editing.methods.flatten`): trained until the
+whole secret's sampling probability is at most ``leak_bound`` on every edit prompt and no layer's
+logit lens (Head Projection, Probability Delta) ranks a secret token high, with a KL locality
+term on control prompts.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ def leaking_prompts(scores: list[TargetScore], leak_bound: float) -> int:
     one sampled continuation (temperature 1, no top-k) begins with the target's tokens.
     """
     return sum(s.reproduced or math.exp(s.logprob) > leak_bound for s in scores)
+
+
+def leak_state(loaded: LoadedModel, case: FactCase, leak_bound: float) -> tuple[int, float]:
+    """``(leaking edit prompts, largest teacher-forced P(secret))`` of the model as it is now."""
+    scores = score_targets(
+        loaded.model, loaded.tokenizer, case.edit_prompts, [case.secret] * len(case.edit_prompts)
+    )
+    return leaking_prompts(scores, leak_bound), max(math.exp(s.logprob) for s in scores)
 
 
 def edit_feature(
@@ -155,14 +169,7 @@ class FeatureEdit:
                 chosen.append(unit)
                 seen.add((unit.layer, unit.index))
                 if greedy:
-                    scores = score_targets(
-                        loaded.model,
-                        loaded.tokenizer,
-                        case.edit_prompts,
-                        [case.secret] * len(case.edit_prompts),
-                    )
-                    still_leaking = leaking_prompts(scores, p.leak_bound)
-                    max_prob = max(math.exp(s.logprob) for s in scores)
+                    still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
                     if still_leaking == 0:
                         break
             t_edit += time.perf_counter() - t0
@@ -190,14 +197,7 @@ class FeatureEdit:
                 ),
             )
             t_edit += time.perf_counter() - t0
-            scores = score_targets(
-                loaded.model,
-                loaded.tokenizer,
-                case.edit_prompts,
-                [case.secret] * len(case.edit_prompts),
-            )
-            still_leaking = leaking_prompts(scores, p.leak_bound)
-            max_prob = max(math.exp(s.logprob) for s in scores)
+            still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
             refined = {
                 "refine_steps": result.steps,
                 "refine_columns": result.columns,
