@@ -176,7 +176,7 @@ class FeatureEdit:
             if not greedy or still_leaking == 0 or len(chosen) >= p.max_features:
                 break
         refined: dict[str, float | int | bool] = {}
-        if refine and chosen:
+        if refine and (chosen or p.refine_extra_columns):
             t0 = time.perf_counter()
             result = flatten(
                 loaded,

@@ -221,7 +221,7 @@ def flatten(
 ) -> FlattenResult:
     """Refine the columns changed since ``base`` (see the module docstring); edits in place."""
     cols = changed_columns(loaded, base)
-    if not any(c.numel() for c in cols.values()) or not prompts:
+    if not prompts or not (cfg.extra_columns or any(c.numel() for c in cols.values())):
         return FlattenResult(0, 0, 0.0, 0.0, False)
     device = loaded.adapter.device
     pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
@@ -241,6 +241,8 @@ def flatten(
         with torch.enable_grad():
             cols = _add_gradient_columns(loaded, cols, objective, cfg.extra_columns)
     fwd = _Forward(loaded, cols)
+    if not fwd.cols:
+        return FlattenResult(0, 0, 0.0, 0.0, False)
     if control_ref is not None:
         c_ids, c_mask = _teacher_forced(loaded, control_prompts, secret)
         c_keep = c_mask.bool()
