@@ -67,6 +67,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         loaded,
         args.facts,
         methods=methods,
+        params=method_params(args.param),
         progress=progress,
         attacks=attacks,
         attack_budgets=parse_budgets(args.budget),
@@ -161,12 +162,33 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         bench, "also attack every edit (featureedit attack's suite; default all attacks)"
     )
     bench.add_argument(
+        "--param",
+        action="append",
+        metavar="METHOD.KEY=VALUE",
+        help="a method's parameter, e.g. featureedit.refine=none (repeatable; JSON values)",
+    )
+    bench.add_argument(
         "--leak-samples",
         type=int,
         default=5,
         help="sampled continuations per prompt behind leak_rate (temperature 1; default 5)",
     )
     bench.set_defaults(func=cmd_bench, bench_extensions=_bench_extensions(bench))
+
+
+def method_params(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["featureedit.refine=none", ...]`` as ``{"featureedit": {"refine": "none"}}``;
+    ConfigError when a key names no method."""
+    from editing.cli_input import parse_pairs
+    from editing.errors import ConfigError
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_pairs(pairs).items():
+        method, sep, name = key.partition(".")
+        if not sep or not method or not name:
+            raise ConfigError(f"--param expects METHOD.KEY=VALUE, got key {key!r}")
+        out.setdefault(method, {})[name] = value
+    return out
 
 
 def _bench_extensions(bench: argparse.ArgumentParser) -> dict[str, Any]:

@@ -55,6 +55,11 @@ GRID: list[dict] = [  # every parameter not named here takes FeatureEditParams' 
     {"positions": "target", "leak_bound": 0.05},  # 33
     {**_GREEDY_ONLY, "positions": "target", "strength": 1.25},
     {"positions": "target", "leak_bound": 0.01, "strength": 1.25},
+    # fourth round (issue #13): the flattening refinement (editing/methods/flatten.py)
+    {"refine": "flatten"},  # 36
+    {"refine": "flatten", "refine_extra_columns": 0},
+    {"refine": "flatten", "refine_locality": 4.0},
+    {"refine": "flatten", "refine_tokens": 2},
 ]
 
 

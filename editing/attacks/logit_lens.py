@@ -30,9 +30,16 @@ def lens_logits(loaded: LoadedModel, rows: list[list[int]]) -> torch.Tensor:
     sites = [("resid_post", layer) for layer in range(adapter.n_layers)]
     with adapter.capture(sites) as store:
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    streams = [out.hidden_states[0], *(store[s] for s in sites)]
+    return stream_lens(loaded, [out.hidden_states[0], *(store[s] for s in sites)])
+
+
+def stream_lens(loaded: LoadedModel, streams: list[torch.Tensor]) -> torch.Tensor:
+    """Residual streams ``[batch, seq, d_model]`` read through the final norm and unembedding:
+    float logits ``[streams, batch, seq, vocab]`` (with Gemma-2's final soft-capping where the
+    config has it). Differentiable: FeatureEdit's flattening refinement trains against it."""
+    adapter = loaded.adapter
     logits = adapter.unembed(adapter.final_norm(torch.stack(streams))).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits

@@ -12,6 +12,12 @@ With the ``attribution`` selector features are added greedily, best first, until
 reproduces the target and, on every edit prompt, the whole target's teacher-forced probability is
 at most ``leak_bound`` (at most ``max_features``); with ``activation`` every selected feature is
 edited at once.
+
+With ``refine="flatten"`` (projection variants) the greedy loop is followed by a constrained
+refinement of the down-projection columns (:mod:`editing.methods.flatten`): trained until the
+whole secret's sampling probability is at most ``leak_bound`` on every edit prompt and no layer's
+logit lens (Head Projection, Probability Delta) ranks a secret token high, with a KL locality
+term on control prompts.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from editing.adapters import ModelAdapter
 from editing.locate import Unit, feature_evidence, rank_features
 from editing.methods.base import FactCase, FactOutcome
+from editing.methods.flatten import FlattenConfig, flatten, reference, snapshot
 from editing.methods.params import FeatureEditParams
 from editing.models import LoadedModel
 from editing.scoring import TargetScore, score_targets
@@ -37,6 +44,14 @@ def leaking_prompts(scores: list[TargetScore], leak_bound: float) -> int:
     one sampled continuation (temperature 1, no top-k) begins with the target's tokens.
     """
     return sum(s.reproduced or math.exp(s.logprob) > leak_bound for s in scores)
+
+
+def leak_state(loaded: LoadedModel, case: FactCase, leak_bound: float) -> tuple[int, float]:
+    """``(leaking edit prompts, largest teacher-forced P(secret))`` of the model as it is now."""
+    scores = score_targets(
+        loaded.model, loaded.tokenizer, case.edit_prompts, [case.secret] * len(case.edit_prompts)
+    )
+    return leaking_prompts(scores, leak_bound), max(math.exp(s.logprob) for s in scores)
 
 
 def edit_feature(
@@ -113,6 +128,10 @@ class FeatureEdit:
         first_ranked: list[Unit] = []
         rounds_run = 0
         t_locate = t_edit = 0.0
+        refine = p.refine == "flatten" and p.variant != "rows"
+        if refine:
+            base = snapshot(loaded, list(range(loaded.adapter.n_layers)))
+            control_ref = reference(loaded, case.control_prompts, case.secret)
         for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
             t0 = time.perf_counter()
             ev = feature_evidence(
@@ -150,19 +169,41 @@ class FeatureEdit:
                 chosen.append(unit)
                 seen.add((unit.layer, unit.index))
                 if greedy:
-                    scores = score_targets(
-                        loaded.model,
-                        loaded.tokenizer,
-                        case.edit_prompts,
-                        [case.secret] * len(case.edit_prompts),
-                    )
-                    still_leaking = leaking_prompts(scores, p.leak_bound)
-                    max_prob = max(math.exp(s.logprob) for s in scores)
+                    still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
                     if still_leaking == 0:
                         break
             t_edit += time.perf_counter() - t0
             if not greedy or still_leaking == 0 or len(chosen) >= p.max_features:
                 break
+        refined: dict[str, float | int | bool] = {}
+        if refine and (chosen or p.refine_extra_columns):
+            t0 = time.perf_counter()
+            result = flatten(
+                loaded,
+                case.edit_prompts,
+                case.secret,
+                base,
+                case.control_prompts,
+                control_ref,
+                FlattenConfig(
+                    steps=p.refine_steps,
+                    lr=p.refine_lr,
+                    rank=p.refine_rank,
+                    tokens=p.refine_tokens,
+                    locality=p.refine_locality,
+                    entropy=p.refine_entropy,
+                    extra_columns=p.refine_extra_columns,
+                    leak_bound=p.leak_bound,
+                ),
+            )
+            t_edit += time.perf_counter() - t0
+            still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
+            refined = {
+                "refine_steps": result.steps,
+                "refine_columns": result.columns,
+                "refine_converged": result.converged,
+                "refine_rank_loss": round(result.rank_loss, 6),
+            }
         return FactOutcome(
             units=chosen,
             timings={"locate": t_locate, "edit": t_edit},
@@ -173,5 +214,6 @@ class FeatureEdit:
                 "edit_prompts_still_leaking": still_leaking,
                 "edit_prompts_max_target_prob": None if max_prob is None else round(max_prob, 6),
                 "entries_touched": entries,
+                **refined,
             },
         )

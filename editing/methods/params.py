@@ -84,6 +84,48 @@ class FeatureEditParams(SaeParams):
         ),
     )
 
+    refine: Literal["none", "flatten"] = Field(
+        "none",
+        description=(
+            "After the projection: `flatten` trains the down-projection columns the projection "
+            "changed until the secret's sampling probability is at most `leak_bound` and no "
+            "layer's logit lens ranks a secret token in its top `refine_rank` "
+            "(editing/methods/flatten.py)."
+        ),
+    )
+    refine_steps: int = Field(100, ge=1, le=500, description="`flatten`: at most this many steps.")
+    refine_lr: float = Field(5e-3, gt=0, le=1, description="`flatten`: Adam learning rate.")
+    refine_rank: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="`flatten`: secret tokens must fall below this lens rank (0: no lens term).",
+    )
+    refine_tokens: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "`flatten`: per prompt, this many secret tokens (the easiest to hide) must leave "
+            "the lens's top `refine_rank`; the lens attack needs every token."
+        ),
+    )
+    refine_extra_columns: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description=(
+            "`flatten`: also train, in every layer, this many more down-projection columns, "
+            "those with the largest gradient of the objective (REVS-style column choice)."
+        ),
+    )
+    refine_locality: float = Field(
+        1.0, ge=0, description="`flatten`: weight of the KL to the unedited model on controls."
+    )
+    refine_entropy: float = Field(
+        0.0, ge=0, description="`flatten`: weight of the lens distributions' max-entropy term."
+    )
+
 
 class NeuronParams(MethodParams):
     """The neuron baseline's parameters: integrated gradients, then a capped neuron set."""

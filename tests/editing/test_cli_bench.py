@@ -38,3 +38,22 @@ def test_bench_json_keys(capsys) -> None:
     assert "locate_speedup_featureedit_vs_neurons" in doc["ratios"]
     assert fe["prob_before"]["n"] == 2 and fe["prob_before"]["median"] > 0
     assert all(r["prob_after"] is not None for r in doc["per_fact"]["featureedit"])
+
+
+def test_bench_param_names_a_method_and_a_key() -> None:
+    import pytest
+
+    from editing.cli_bench import method_params
+    from editing.errors import ConfigError
+
+    got = method_params(
+        ["featureedit.refine=none", "featureedit.refine_steps=5", "neurons.neuron_cap=3"]
+    )
+    assert got == {
+        "featureedit": {"refine": "none", "refine_steps": 5},
+        "neurons": {"neuron_cap": 3},
+    }
+    assert method_params(None) == {}
+    for bad in ("refine=none", ".refine=none", "featureedit.=1"):
+        with pytest.raises(ConfigError):
+            method_params([bad])

@@ -1,0 +1,307 @@
+"""FeatureEdit's flattening refinement (issue #13): after the feature projection, train the
+down-projection columns the projection touched so that the secret is not recoverable.
+
+The projection removes the located features' writes; what it leaves is a secret that greedy
+decoding no longer produces but that sampling and the logit lens (Patil, Hase, Bansal, ICLR 2024)
+can still find. The refinement changes only the down-projection columns the projection already
+changed (so the edit stays within the located features' columns of the MLP down-projections) and
+minimises, on the edit prompts teacher-forced on the secret's prefix:
+
+- **leak**: ``relu(log P(whole secret) - log leak_bound)`` per edit prompt, the exact probability
+  that one sample at temperature 1 begins with the secret (the stopping rule's quantity);
+- **lens rank** (REVS-style rank editing, arXiv 2406.09325, applied to every layer's logit lens):
+  for every token of the secret and every layer output read through the final norm and the
+  unembedding, ``relu(z_secret - z_(rank) + margin)``: the secret token's logit must fall below
+  the ``rank``-th largest other logit, so that neither Head Projection (top-k of a layer) nor
+  Probability Delta (a large fall between layers shows as a bottom-k change) finds it;
+- **flatten** (optional, Patil et al.'s max-entropy defence): ``log V - H(p)`` of those lens
+  distributions, weighted by ``entropy``;
+- **locality**: ``KL(p_before || p_after)`` of the next-token distributions at every position of
+  the control prompts (the edit prompts with other subjects), weighted by ``locality``, against
+  the model as it was before this fact's edit.
+
+Adam on float32 copies of the trainable columns; no randomness (deterministic for given
+weights). Devices and dtypes follow the model's. Stops as soon as both hinge terms are zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+from editing.attacks.logit_lens import stream_lens
+from editing.models import LoadedModel
+from editing.scoring import encode_pair, padded
+
+
+@dataclass(frozen=True)
+class FlattenConfig:
+    """The refinement's knobs (FeatureEditParams ``refine_*``)."""
+
+    steps: int = 40
+    lr: float = 2e-3
+    rank: int = 20
+    tokens: int = 1
+    margin: float = 1.0
+    locality: float = 1.0
+    entropy: float = 0.0
+    extra_columns: int = 0
+    delta_weight: float = 100.0
+    leak_bound: float = 0.01
+
+
+@dataclass(frozen=True)
+class FlattenResult:
+    """What the refinement did: steps run, columns trained, the hinge losses at the end."""
+
+    steps: int
+    columns: int
+    leak_loss: float
+    rank_loss: float
+    converged: bool
+
+
+def snapshot(loaded: LoadedModel, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Canonical ``[d_model, d_mlp]`` copies of the down-projections of ``layers``."""
+    return {layer: loaded.adapter.down_proj_weight(layer).detach().clone() for layer in layers}
+
+
+def _targets(
+    pairs: list[tuple[list[int], list[int]]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat index tensors ``(row, position, token)`` of every secret token of every row."""
+    rows, pos, tok = [], [], []
+    for r, (p_ids, t_ids) in enumerate(pairs):
+        for j, t in enumerate(t_ids):
+            rows.append(r)
+            pos.append(len(p_ids) - 1 + j)
+            tok.append(t)
+    return tuple(torch.tensor(x, dtype=torch.long, device=device) for x in (rows, pos, tok))
+
+
+class _Forward:
+    """Forward passes of the model with trainable down-projection columns swapped in."""
+
+    def __init__(self, loaded: LoadedModel, cols: dict[int, torch.Tensor]) -> None:
+        adapter = loaded.adapter
+        self.loaded = loaded
+        self.cols = {layer: c for layer, c in cols.items() if c.numel()}
+        self.deltas: dict[int, torch.Tensor] = {}
+        self.current: dict[int, torch.Tensor] = {}
+        for layer, c in self.cols.items():
+            now = adapter.down_proj_weight(layer).detach()
+            self.current[layer] = now.clone()
+            self.deltas[layer] = torch.zeros(
+                now.shape[0],
+                c.numel(),
+                device=now.device,
+                dtype=torch.float32,
+                requires_grad=True,
+            )
+
+    @property
+    def columns(self) -> int:
+        """Trainable columns over all layers."""
+        return sum(int(c.numel()) for c in self.cols.values())
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> the down-projection weight with the deltas added (differentiable)."""
+        adapter = self.loaded.adapter
+        out: dict[str, torch.Tensor] = {}
+        for layer, cols in self.cols.items():
+            w = self.current[layer]
+            new_cols = (w[:, cols].float() + self.deltas[layer]).to(w.dtype)
+            new = w.index_copy(1, cols, new_cols)
+            out[adapter.down_proj_param_name(layer)] = adapter.from_canonical(
+                adapter.model_type, new
+            )
+        return out
+
+    def lens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logit-lens logits ``[layers + 1, batch, seq, vocab]`` with the current deltas: the
+        embedding stream, then every layer output (the last is the model's own output)."""
+        adapter = self.loaded.adapter
+        sites = [("resid_post", layer) for layer in range(adapter.n_layers)]
+        with adapter.capture(sites, detach=False) as store:
+            out = functional_call(
+                self.loaded.model,
+                self.weights(),
+                (),
+                {"input_ids": ids, "attention_mask": mask, "output_hidden_states": True},
+            )
+        return stream_lens(self.loaded, [out.hidden_states[0], *(store[s] for s in sites)])
+
+    def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The model's output logits with the current deltas."""
+        out = functional_call(
+            self.loaded.model, self.weights(), (), {"input_ids": ids, "attention_mask": mask}
+        )
+        return out.logits.float()
+
+    def commit(self) -> None:
+        """Write the trained columns into the model's down-projections (in place)."""
+        adapter = self.loaded.adapter
+        with torch.no_grad():
+            for layer, cols in self.cols.items():
+                w = adapter.down_proj_weight(layer)
+                new = (self.current[layer][:, cols].float() + self.deltas[layer]).to(w.dtype)
+                w[:, cols] = new
+
+
+def changed_columns(loaded: LoadedModel, base: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Per layer, the down-projection columns that differ from ``base`` (the projection's)."""
+    return {
+        layer: (loaded.adapter.down_proj_weight(layer).detach() != before).any(0).nonzero()[:, 0]
+        for layer, before in base.items()
+    }
+
+
+def reference(loaded: LoadedModel, prompts: list[str], secret: str) -> torch.Tensor | None:
+    """Log-probabilities ``[batch, seq, vocab]`` of the model as it is now on ``prompts``
+    teacher-forced on ``secret`` (the locality term's reference, taken before the fact's edit:
+    other subjects' next-token distributions, also inside the relation's format); None without
+    prompts."""
+    if not prompts:
+        return None
+    ids, mask = _teacher_forced(loaded, prompts, secret)
+    with torch.inference_mode():
+        out = loaded.model(input_ids=ids, attention_mask=mask)
+    return out.logits.float().log_softmax(-1).clone()
+
+
+def _teacher_forced(
+    loaded: LoadedModel, prompts: list[str], secret: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows ``prompt + secret[:-1]`` (ids, mask) on the model's device."""
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
+    return padded([p + t[:-1] for p, t in pairs], pad, loaded.adapter.device)
+
+
+def _rank_loss(
+    z: torch.Tensor, row: torch.Tensor, tok: torch.Tensor, n_rows: int, cfg: FlattenConfig
+) -> torch.Tensor:
+    """Lens rank hinge: per secret token, ``relu(z_secret - z_(rank) + margin)`` summed over the
+    layers; per prompt the sum of the ``tokens`` smallest (the attack needs every token of the
+    secret, so hiding the easiest ones defeats it without pushing down the tokens every secret
+    of the relation shares, e.g. a date's separators); mean over prompts."""
+    index = tok[None, :, None].expand(z.shape[0], -1, 1)
+    layers, index_l = z[1:], index[1:]
+    z_t = layers.gather(-1, index_l).squeeze(-1)  # [layers, tokens]
+    kth = layers.scatter(-1, index_l, -math.inf).topk(cfg.rank, dim=-1).values[..., -1]
+    per_token = torch.relu(z_t - kth + cfg.margin).sum(0)  # [tokens]
+    if cfg.delta_weight > 0:  # Probability Delta: neither a top nor a bottom change
+        probs = z.softmax(-1)
+        delta = probs[1:] - probs[:-1]  # [changes, tokens, vocab]
+        d_t = delta.gather(-1, index_l).squeeze(-1)
+        k = max(1, cfg.rank // 2)
+        top = delta.scatter(-1, index_l, -math.inf).topk(k, dim=-1).values[..., -1]
+        bottom = (-delta).scatter(-1, index_l, -math.inf).topk(k, dim=-1).values[..., -1]
+        over = torch.relu(d_t - top) + torch.relu(-d_t - bottom)
+        per_token = per_token + cfg.delta_weight * over.sum(0)
+    losses = []
+    for r in range(n_rows):
+        v = per_token[row == r]
+        losses.append(v.topk(min(cfg.tokens, v.numel()), largest=False).values.sum())
+    return torch.stack(losses).mean()
+
+
+def flatten(
+    loaded: LoadedModel,
+    prompts: list[str],
+    secret: str,
+    base: dict[int, torch.Tensor],
+    control_prompts: list[str],
+    control_ref: torch.Tensor | None,
+    cfg: FlattenConfig,
+) -> FlattenResult:
+    """Refine the columns changed since ``base`` (see the module docstring); edits in place."""
+    cols = changed_columns(loaded, base)
+    if not prompts or not (cfg.extra_columns or any(c.numel() for c in cols.values())):
+        return FlattenResult(0, 0, 0.0, 0.0, False)
+    device = loaded.adapter.device
+    pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
+    ids, mask = _teacher_forced(loaded, prompts, secret)
+    row, pos, tok = _targets(pairs, device)
+
+    def objective(fwd: _Forward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(leak + rank loss, leak, rank, lens logits at the secret's positions)."""
+        z = fwd.lens(ids, mask)[:, row, pos]  # [streams, tokens, vocab]
+        logp = z[-1].log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
+        secret_lp = torch.zeros(len(pairs), device=device).index_add(0, row, logp)
+        leak = torch.relu(secret_lp - math.log(cfg.leak_bound)).mean()
+        rank = _rank_loss(z, row, tok, len(pairs), cfg) if cfg.rank > 0 else leak * 0
+        return leak + rank, leak, rank, z
+
+    if cfg.extra_columns > 0:
+        with torch.enable_grad():
+            cols = _add_gradient_columns(loaded, cols, objective, cfg.extra_columns)
+    fwd = _Forward(loaded, cols)
+    if not fwd.cols:
+        return FlattenResult(0, 0, 0.0, 0.0, False)
+    if control_ref is not None:
+        c_ids, c_mask = _teacher_forced(loaded, control_prompts, secret)
+        c_keep = c_mask.bool()
+    opt = torch.optim.Adam(list(fwd.deltas.values()), lr=cfg.lr)
+    leak_l = rank_l = float("nan")
+    steps = 0
+    converged = False
+    with torch.enable_grad():
+        for step in range(cfg.steps + 1):
+            loss, leak, rank, z = objective(fwd)
+            leak_l, rank_l = leak.item(), rank.item()
+            if leak_l == 0.0 and rank_l == 0.0:
+                converged = True
+                break
+            if step == cfg.steps:
+                break
+            if cfg.entropy > 0:
+                p = z[1:].log_softmax(-1)
+                neg_h = math.log(z.shape[-1]) + (p.exp() * p).sum(-1)
+                loss = loss + cfg.entropy * neg_h.mean()
+            if control_ref is not None and cfg.locality > 0:
+                c_lp = fwd.logits(c_ids, c_mask).log_softmax(-1)
+                kl = (control_ref.exp() * (control_ref - c_lp)).sum(-1)[c_keep].mean()
+                loss = loss + cfg.locality * kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+    for d in fwd.deltas.values():
+        d.requires_grad_(False)
+    fwd.commit()
+    return FlattenResult(steps, fwd.columns, leak_l, rank_l, converged)
+
+
+def _add_gradient_columns(
+    loaded: LoadedModel,
+    cols: dict[int, torch.Tensor],
+    objective: Callable[[_Forward], tuple[torch.Tensor, ...]],
+    extra: int,
+) -> dict[int, torch.Tensor]:
+    """``cols`` plus, in every layer, the ``extra`` other columns whose gradient of the
+    objective is largest (REVS's choice of the down-projection columns that carry the target's
+    rank, read off the loss itself): where the located features do not reach, e.g. the layers
+    before them whose logit lens still shows the secret."""
+    adapter = loaded.adapter
+    every = {
+        layer: torch.arange(adapter.d_mlp, device=adapter.device)
+        for layer in range(adapter.n_layers)
+    }
+    probe = _Forward(loaded, every)
+    loss = objective(probe)[0]
+    if not loss.requires_grad:
+        return cols
+    grads = torch.autograd.grad(loss, list(probe.deltas.values()))
+    out: dict[int, torch.Tensor] = {}
+    for (layer, _), g in zip(probe.deltas.items(), grads):
+        score = g.norm(dim=0)
+        have = cols.get(layer, torch.empty(0, dtype=torch.long, device=score.device))
+        score[have] = -1.0
+        add = score.topk(min(extra, int((score > 0).sum()))).indices
+        out[layer] = torch.cat([have, add]).unique()
+    return out
