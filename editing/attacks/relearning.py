@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -94,6 +95,22 @@ class Relearning(Attack):
             int(self.budget["samples"]),
             int(self.budget["seed"]),
         )
+
+    def run_many(
+        self,
+        states: ModelStates,
+        cases: Sequence[AttackCase],
+        before: Sequence[Score | None] | None = None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[AttackResult]:
+        """:meth:`run` case by case (each case fine-tunes its own copy: nothing to batch)."""
+        known = list(before) if before is not None else [None] * len(cases)
+        out: list[AttackResult] = []
+        for i, (case, prior) in enumerate(zip(cases, known, strict=True)):
+            out.append(self.run(states, case, prior))
+            if on_done:
+                on_done(i)
+        return out
 
     def run(
         self, states: ModelStates, case: AttackCase, before: Score | None = None
