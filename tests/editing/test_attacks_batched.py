@@ -128,3 +128,12 @@ def test_run_attacks_batches_with_cache_and_progress(small_model, cases, edit, m
     again = run_attacks(small_model, edit, cases, ["sampled"], budgets, before_cache=cache)
     assert calls == [len(cases)]  # the cached "before" scores are not measured again
     assert [r["sampled"].before for r in again] == [r["sampled"].before for r in per_fact]
+
+
+def test_generation_batches_group_rows_by_tokens_to_generate() -> None:
+    from editing.scoring import by_length
+
+    rows = [[1] * n for n in (3, 5, 4, 2, 6, 1)]
+    limits = [2, 9, 2, 9, 2, 9]  # facts with short and long secrets, mixed
+    assert by_length(rows, 3, limits) == [[1, 3, 5], [4, 2, 0]]  # long limits share a batch
+    assert by_length(rows, 3) == [[4, 1, 2], [0, 3, 5]]  # without limits: longest prompt first
