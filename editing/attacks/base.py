@@ -134,6 +134,7 @@ class Attack(ABC):
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, int | float]] = {}
+    batched: ClassVar[bool] = True  # False: run_many goes case by case through run
 
     def __init__(self, **budget: int | float) -> None:
         unknown = set(budget) - set(self.defaults)
@@ -169,10 +170,24 @@ class Attack(ABC):
     ) -> list[AttackResult]:
         """Per case, the attack before the edit and after it: the cases without a ``before``
         score (measured earlier) in one :meth:`measure_many` on the pristine model, then all
-        cases in one on the edited model (the edit applied once). ``on_done(i)`` after case i."""
+        cases in one on the edited model (the edit applied once); case by case through
+        :meth:`run` if :attr:`batched` is False. ``on_done(i)`` after case i."""
         known = list(before) if before is not None else [None] * len(cases)
         if len(known) != len(cases):
             raise ValueError("before must hold one score (or None) per case")
+        if self.batched:
+            out = self._run_batched(states, cases, known)
+        else:
+            out = [self.run(states, case, prior) for case, prior in zip(cases, known)]
+        for i in range(len(out)):
+            if on_done:
+                on_done(i)
+        return out
+
+    def _run_batched(
+        self, states: ModelStates, cases: Sequence[AttackCase], known: list[Score | None]
+    ) -> list[AttackResult]:
+        """:meth:`run_many`'s batched path (``known``: the before scores, None to measure)."""
         todo = [i for i, score in enumerate(known) if score is None]
         if todo:
             with states.before() as loaded:
@@ -181,16 +196,13 @@ class Attack(ABC):
                 known[i] = score
         with states.after() as loaded:
             after = self.measure_many(loaded, cases)
-        out: list[AttackResult] = []
-        for i, (prior, score) in enumerate(zip(known, after, strict=True)):
-            result = AttackResult(attack=self.name, budget=self.budget, before=prior, after=score)
-            out.append(result)
-            if on_done:
-                on_done(i)
-        return out
+        return [
+            AttackResult(attack=self.name, budget=self.budget, before=prior, after=score)
+            for prior, score in zip(known, after, strict=True)
+        ]
 
     def run(
         self, states: ModelStates, case: AttackCase, before: Score | None = None
     ) -> AttackResult:
         """The attack before the edit (or ``before``, measured earlier) and after it."""
-        return self.run_many(states, [case], [before])[0]
+        return self._run_batched(states, [case], [before])[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -85,6 +84,7 @@ class Relearning(Attack):
         "samples": 20,
         "seed": 0,
     }
+    batched: ClassVar[bool] = False  # each case fine-tunes its own copy: run case by case
 
     def measure(self, loaded: LoadedModel, case: AttackCase) -> Score:
         """The leak checks on ``loaded`` as it is (no fine-tuning)."""
@@ -95,22 +95,6 @@ class Relearning(Attack):
             int(self.budget["samples"]),
             int(self.budget["seed"]),
         )
-
-    def run_many(
-        self,
-        states: ModelStates,
-        cases: Sequence[AttackCase],
-        before: Sequence[Score | None] | None = None,
-        on_done: Callable[[int], None] | None = None,
-    ) -> list[AttackResult]:
-        """:meth:`run` case by case (each case fine-tunes its own copy: nothing to batch)."""
-        known = list(before) if before is not None else [None] * len(cases)
-        out: list[AttackResult] = []
-        for i, (case, prior) in enumerate(zip(cases, known, strict=True)):
-            out.append(self.run(states, case, prior))
-            if on_done:
-                on_done(i)
-        return out
 
     def run(
         self, states: ModelStates, case: AttackCase, before: Score | None = None
