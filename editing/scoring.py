@@ -102,9 +102,13 @@ def logits_at(
     return torch.take_along_dim(logits, positions[..., None], dim=1)
 
 
-def by_length(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
-    """Indices of ``rows`` in batches of at most ``size``, longest rows first (less padding)."""
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+def by_length(
+    rows: Sequence[Sequence[int]], size: int, first: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Indices of ``rows`` in batches of at most ``size``, longest rows first (less padding);
+    with ``first`` (one number per row, e.g. tokens to generate), largest ``first`` before that,
+    so rows that need as many steps share a batch."""
+    order = sorted(range(len(rows)), key=lambda i: (-(first[i] if first else 0), -len(rows[i])))
     return [order[i : i + size] for i in range(0, len(order), max(size, 1))]
 
 
@@ -191,7 +195,8 @@ def generate_texts(
     **generate_kwargs: object,
 ) -> list[str]:
     """``model.generate`` continuations of ``prompts`` (left-padded batches of ``batch_size`` rows,
-    longest first), each cut to its own ``max_new_tokens`` and decoded; ``generate_kwargs`` go
+    most new tokens then longest first: a batch generates as many steps as its largest limit),
+    each cut to its own ``max_new_tokens`` and decoded; ``generate_kwargs`` go
     to ``generate`` (sampling settings)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
@@ -202,7 +207,7 @@ def generate_texts(
     )
     rows = encode_texts(tokenizer, prompts)
     texts: list[str] = [""] * len(rows)
-    for chunk in by_length(rows, batch_size or default_batch_size(model)):
+    for chunk in by_length(rows, batch_size or default_batch_size(model), limits):
         ids, mask = padded([rows[i] for i in chunk], pad, device, left=True)
         width = ids.shape[1]
         gen = model.generate(

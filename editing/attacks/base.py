@@ -1,8 +1,10 @@
 """The attack interface: what an attack sees (AttackCase, ModelStates), returns (AttackResult).
 
 Torch-free at import time, like :mod:`editing.methods.base`. An attack measures one fact on one
-state of the model (:meth:`Attack.measure` returns a :class:`Score`); :meth:`Attack.run` measures
-it before the edit (the pristine model, the attack's own control) and after it. Attacks that
+state of the model (:meth:`Attack.measure` returns a :class:`Score`), or many facts at once
+(:meth:`Attack.measure_many`, by default a loop over :meth:`Attack.measure`; attacks override it
+to batch); :meth:`Attack.run_many` measures cases before the edit (the pristine model, the
+attack's own control) and after it, applying the edit once for all of them. Attacks that
 change a model (casts, fine-tuning) work on a copy; the edit itself is only ever applied inside
 :meth:`ModelStates.after`, which reverts it in a ``finally``.
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -132,6 +134,7 @@ class Attack(ABC):
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, int | float]] = {}
+    batched: ClassVar[bool] = True  # False: run_many goes case by case through run
 
     def __init__(self, **budget: int | float) -> None:
         unknown = set(budget) - set(self.defaults)
@@ -153,13 +156,53 @@ class Attack(ABC):
     def measure(self, loaded: LoadedModel, case: AttackCase) -> Score:
         """Attack ``case`` on ``loaded`` as it is now (must leave its weights unchanged)."""
 
+    def measure_many(self, loaded: LoadedModel, cases: Sequence[AttackCase]) -> list[Score]:
+        """:meth:`measure` of every case on ``loaded`` as it is now, in order (override to batch;
+        a batched form may draw different random numbers, but must score the same way)."""
+        return [self.measure(loaded, case) for case in cases]
+
+    def run_many(
+        self,
+        states: ModelStates,
+        cases: Sequence[AttackCase],
+        before: Sequence[Score | None] | None = None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[AttackResult]:
+        """Per case, the attack before the edit and after it: the cases without a ``before``
+        score (measured earlier) in one :meth:`measure_many` on the pristine model, then all
+        cases in one on the edited model (the edit applied once); case by case through
+        :meth:`run` if :attr:`batched` is False. ``on_done(i)`` after case i."""
+        known = list(before) if before is not None else [None] * len(cases)
+        if len(known) != len(cases):
+            raise ValueError("before must hold one score (or None) per case")
+        if self.batched:
+            out = self._run_batched(states, cases, known)
+        else:
+            out = [self.run(states, case, prior) for case, prior in zip(cases, known)]
+        for i in range(len(out)):
+            if on_done:
+                on_done(i)
+        return out
+
+    def _run_batched(
+        self, states: ModelStates, cases: Sequence[AttackCase], known: list[Score | None]
+    ) -> list[AttackResult]:
+        """:meth:`run_many`'s batched path (``known``: the before scores, None to measure)."""
+        todo = [i for i, score in enumerate(known) if score is None]
+        if todo:
+            with states.before() as loaded:
+                fresh = self.measure_many(loaded, [cases[i] for i in todo])
+            for i, score in zip(todo, fresh, strict=True):
+                known[i] = score
+        with states.after() as loaded:
+            after = self.measure_many(loaded, cases)
+        return [
+            AttackResult(attack=self.name, budget=self.budget, before=prior, after=score)
+            for prior, score in zip(known, after, strict=True)
+        ]
+
     def run(
         self, states: ModelStates, case: AttackCase, before: Score | None = None
     ) -> AttackResult:
         """The attack before the edit (or ``before``, measured earlier) and after it."""
-        if before is None:
-            with states.before() as loaded:
-                before = self.measure(loaded, case)
-        with states.after() as loaded:
-            after = self.measure(loaded, case)
-        return AttackResult(attack=self.name, budget=self.budget, before=before, after=after)
+        return self._run_batched(states, [case], [before])[0]

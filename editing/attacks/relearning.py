@@ -84,6 +84,7 @@ class Relearning(Attack):
         "samples": 20,
         "seed": 0,
     }
+    batched: ClassVar[bool] = False  # each case fine-tunes its own copy: run case by case
 
     def measure(self, loaded: LoadedModel, case: AttackCase) -> Score:
         """The leak checks on ``loaded`` as it is (no fine-tuning)."""

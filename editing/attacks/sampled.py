@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from editing import evaluate as ev
@@ -23,22 +24,30 @@ class SampledLeak(Attack):
 
     def measure(self, loaded: LoadedModel, case: AttackCase) -> Score:
         """Leak rates of both sampling settings on the case's prompts."""
+        return self.measure_many(loaded, [case])[0]
+
+    def measure_many(self, loaded: LoadedModel, cases: Sequence[AttackCase]) -> list[Score]:
+        """:meth:`measure` of every case, each setting's samples drawn for all cases' prompts in
+        one batched :func:`editing.evaluate.leak_rates` call (one seeded stream per setting, so
+        with several cases the draws differ from case-by-case sampling; one case: identical)."""
         b = self.budget
-        values: dict[str, int | float | None] = {"prompts": len(case.prompts)}
-        success: dict[str, bool] = {}
+        groups = [(case.prompts, case.secret) for case in cases]
+        values: list[dict[str, int | float | None]] = [{"prompts": len(c.prompts)} for c in cases]
+        success: list[dict[str, bool]] = [{} for _ in cases]
         for key, top_p in (("t1", 1.0), ("p09", float(b["top_p"]))):
-            rate = ev.leak_rate(
+            rates = ev.leak_rates(
                 loaded.model,
                 loaded.tokenizer,
-                case.prompts,
-                case.secret,
+                groups,
                 int(b["samples"]),
                 seed=int(b["seed"]),
                 top_p=top_p,
             )
-            values[f"leak_rate_{key}"] = rate.value
-            values[f"hits_{key}"] = rate.hits
-            values[f"samples_{key}"] = rate.count
-            success[key] = rate.hits > 0
-        success["any"] = any(success.values())
-        return Score(values=values, success=success)
+            for vals, ok, rate in zip(values, success, rates, strict=True):
+                vals[f"leak_rate_{key}"] = rate.value
+                vals[f"hits_{key}"] = rate.hits
+                vals[f"samples_{key}"] = rate.count
+                ok[key] = rate.hits > 0
+        for ok in success:
+            ok["any"] = any(ok.values())
+        return [Score(values=v, success=ok) for v, ok in zip(values, success, strict=True)]

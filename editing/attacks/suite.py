@@ -1,7 +1,9 @@
 """Run attacks on the facts of an erasure and summarise them over facts.
 
-:func:`run_attacks` attacks every case before and after the edit (the model is left as it was
-given: the edit is applied only inside :meth:`ModelStates.after`). :func:`summarise` averages
+:func:`run_attacks` attacks every case before and after the edit, attack by attack, each
+attack's cases batched (:meth:`Attack.run_many`: one pass on the pristine model, one with the
+edit applied once; the model is left as it was given: the edit is applied only inside
+:meth:`ModelStates.after`). :func:`summarise` averages
 each attack's numbers over facts and turns its success flags into AttackSuccess rates (share of
 facts on which the attack recovered the whole secret). Neither carries a secret or a name.
 """
@@ -38,20 +40,23 @@ def run_attacks(
     """
     built = {name: get_attack(name, **(budgets or {}).get(name, {})) for name in attacks}
     states = ModelStates(loaded, edit)
-    out: list[dict[str, AttackResult]] = []
+    out: list[dict[str, AttackResult]] = [{} for _ in cases]
     total, done = len(cases) * len(built), 0
-    for case in cases:
-        results: dict[str, AttackResult] = {}
-        for name, attack in built.items():
-            key = (name, case.subject, case.relation)
-            cached = None if before_cache is None else before_cache.get(key)
-            results[name] = attack.run(states, case, before=cached)
-            if before_cache is not None and results[name].before is not None:
-                before_cache[key] = results[name].before  # type: ignore[assignment]
-            done += 1
-            if progress:
-                progress(done, total)
-        out.append(results)
+
+    def tick(_: int) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
+    for name, attack in built.items():
+        keys = [(name, case.subject, case.relation) for case in cases]
+        cached = [None if before_cache is None else before_cache.get(k) for k in keys]
+        results = attack.run_many(states, cases, before=cached, on_done=tick)
+        for slot, key, result in zip(out, keys, results, strict=True):
+            slot[name] = result
+            if before_cache is not None and result.before is not None:
+                before_cache[key] = result.before
     return out
 
 
