@@ -148,7 +148,7 @@ def test_perf_commands_are_one_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert build_parser().parse_args(["load", "--polls", "5"]).func is cmd_load
     assert main(["bench", "--service", "--fact-counts", "1,x", "-q"]) == 2
     assert "--fact-counts" in capsys.readouterr().err
-    assert main(["bench", "--service", "--fact-counts", "101", "-q"]) == 2
-    assert "between 1 and 100" in capsys.readouterr().err
+    assert main(["bench", "--service", "--fact-counts", "1001", "-q"]) == 2
+    assert "between 1 and 1000" in capsys.readouterr().err
     assert main(["load", "--concurrency", "0", "-q"]) == 2
     assert "--concurrency" in capsys.readouterr().err
