@@ -7,22 +7,11 @@ import pytest
 import torch
 
 from editing.attacks.exposure import format_space
-from editing.erase import run_erasure
 from editing.methods.flatten import FlattenConfig, exposure_candidates
 from editing.methods.params import FeatureEditParams
 from editing.relations import get_relation
-from editing.request import ErasureRequest
 from editing.scoring import score_targets
-
-
-def _erase(small_model, fact, params: dict):
-    req = ErasureRequest(
-        model="demo-small",
-        method="featureedit",
-        facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
-        params=params,
-    )
-    return run_erasure(req, small_model, leak_samples=1)
+from tests.editing.methods.test_featureedit_flatten import _erase
 
 
 def _over_quantile(small_model, fact, edit, quantile: float) -> torch.Tensor:
