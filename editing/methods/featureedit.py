@@ -194,6 +194,9 @@ class FeatureEdit:
                     entropy=p.refine_entropy,
                     extra_columns=p.refine_extra_columns,
                     leak_bound=p.leak_bound,
+                    exposure=p.refine_exposure,
+                    exposure_candidates=p.refine_exposure_candidates,
+                    exposure_quantile=p.refine_exposure_quantile,
                 ),
             )
             t_edit += time.perf_counter() - t0
@@ -204,6 +207,8 @@ class FeatureEdit:
                 "refine_converged": result.converged,
                 "refine_rank_loss": round(result.rank_loss, 6),
             }
+            if p.refine_exposure > 0:
+                refined["refine_exposure_loss"] = round(result.exposure_loss, 6)
         return FactOutcome(
             units=chosen,
             timings={"locate": t_locate, "edit": t_edit},

@@ -18,10 +18,16 @@ minimises, on the edit prompts teacher-forced on the secret's prefix:
   distributions, weighted by ``entropy``;
 - **locality**: ``KL(p_before || p_after)`` of the next-token distributions at every position of
   the control prompts (the edit prompts with other subjects), weighted by ``locality``, against
-  the model as it was before this fact's edit.
+  the model as it was before this fact's edit;
+- **exposure** (optional, weighted by ``exposure``; secrets with at least 3 digits): per edit
+  prompt, ``relu(log P(secret) - q)`` where ``q`` is the ``exposure_quantile`` quantile of the
+  log-probabilities of ``exposure_candidates`` random strings of the secret's format (drawn by
+  the exposure attack's own generator, seeded, never the secret), recomputed without gradient
+  under the current weights every step: the secret's rank among its format space should be
+  typical, as a never-seen control's is (Carlini et al.'s exposure).
 
 Adam on float32 copies of the trainable columns; no randomness (deterministic for given
-weights). Devices and dtypes follow the model's. Stops as soon as both hinge terms are zero.
+weights). Devices and dtypes follow the model's. Stops as soon as every hinge term is zero.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from editing.attacks.exposure import candidates, format_space
 from editing.attacks.logit_lens import stream_lens
 from editing.models import LoadedModel
 from editing.scoring import encode_pair, padded
@@ -52,6 +59,11 @@ class FlattenConfig:
     extra_columns: int = 0
     delta_weight: float = 100.0
     leak_bound: float = 0.01
+    exposure: float = 0.0
+    exposure_candidates: int = 32
+    exposure_quantile: float = 0.5
+    exposure_seed: int = 0
+    exposure_min_digits: int = 3
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class FlattenResult:
     leak_loss: float
     rank_loss: float
     converged: bool
+    exposure_loss: float = 0.0
 
 
 def snapshot(loaded: LoadedModel, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -210,6 +223,39 @@ def _rank_loss(
     return torch.stack(losses).mean()
 
 
+def exposure_candidates(secret: str, cfg: FlattenConfig) -> list[str]:
+    """The exposure term's candidates: ``cfg.exposure_candidates`` random strings of the
+    secret's format from the exposure attack's generator (seed ``cfg.exposure_seed``), the secret
+    itself left out; empty when the term is off or the secret has too few digits."""
+    positions, _ = format_space(secret)
+    if cfg.exposure <= 0 or len(positions) < cfg.exposure_min_digits:
+        return []
+    pool, _ = candidates(secret, 0, cfg.exposure_candidates, cfg.exposure_seed)
+    return [c for c in pool if c != secret]
+
+
+class _Candidates:
+    """Teacher-forced rows of every (edit prompt, candidate) pair, scored in one batch."""
+
+    def __init__(self, loaded: LoadedModel, prompts: list[str], cands: list[str]) -> None:
+        device = loaded.adapter.device
+        pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+        pairs = [encode_pair(loaded.tokenizer, p, c) for c in cands for p in prompts]
+        self.ids, self.mask = padded([p + t[:-1] for p, t in pairs], pad, device)
+        self.row, self.pos, self.tok = _targets(pairs, device)
+        self.shape = (len(cands), len(prompts))
+
+    def quantile(self, fwd: _Forward, q: float) -> torch.Tensor:
+        """Per prompt, the ``q`` quantile of the candidates' log-probabilities under the current
+        weights (no gradient)."""
+        with torch.no_grad():
+            logits = fwd.logits(self.ids, self.mask)[self.row, self.pos]
+            logp = logits.log_softmax(-1).gather(-1, self.tok[:, None]).squeeze(-1)
+            n = self.shape[0] * self.shape[1]
+            per_row = torch.zeros(n, device=logp.device).index_add(0, self.row, logp)
+            return per_row.view(self.shape).quantile(q, dim=0)
+
+
 def flatten(
     loaded: LoadedModel,
     prompts: list[str],
@@ -231,11 +277,15 @@ def flatten(
     def objective(fwd: _Forward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(leak + rank loss, leak, rank, lens logits at the secret's positions)."""
         z = fwd.lens(ids, mask)[:, row, pos]  # [streams, tokens, vocab]
-        logp = z[-1].log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
-        secret_lp = torch.zeros(len(pairs), device=device).index_add(0, row, logp)
+        secret_lp = secret_logprob(z)
         leak = torch.relu(secret_lp - math.log(cfg.leak_bound)).mean()
         rank = _rank_loss(z, row, tok, len(pairs), cfg) if cfg.rank > 0 else leak * 0
         return leak + rank, leak, rank, z
+
+    def secret_logprob(z: torch.Tensor) -> torch.Tensor:
+        """Per edit prompt, the secret's log-probability from the output logits in ``z``."""
+        logp = z[-1].log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
+        return torch.zeros(len(pairs), device=device).index_add(0, row, logp)
 
     if cfg.extra_columns > 0:
         with torch.enable_grad():
@@ -246,15 +296,23 @@ def flatten(
     if control_ref is not None:
         c_ids, c_mask = _teacher_forced(loaded, control_prompts, secret)
         c_keep = c_mask.bool()
+    cands = exposure_candidates(secret, cfg)
+    scored = _Candidates(loaded, prompts, cands) if cands else None
     opt = torch.optim.Adam(list(fwd.deltas.values()), lr=cfg.lr)
     leak_l = rank_l = float("nan")
+    exposure_l = 0.0
     steps = 0
     converged = False
     with torch.enable_grad():
         for step in range(cfg.steps + 1):
             loss, leak, rank, z = objective(fwd)
             leak_l, rank_l = leak.item(), rank.item()
-            if leak_l == 0.0 and rank_l == 0.0:
+            if scored is not None:
+                typical = scored.quantile(fwd, cfg.exposure_quantile)
+                exposure = torch.relu(secret_logprob(z) - typical).mean()
+                exposure_l = exposure.item()
+                loss = loss + cfg.exposure * exposure
+            if leak_l == 0.0 and rank_l == 0.0 and exposure_l == 0.0:
                 converged = True
                 break
             if step == cfg.steps:
@@ -274,7 +332,7 @@ def flatten(
     for d in fwd.deltas.values():
         d.requires_grad_(False)
     fwd.commit()
-    return FlattenResult(steps, fwd.columns, leak_l, rank_l, converged)
+    return FlattenResult(steps, fwd.columns, leak_l, rank_l, converged, exposure_l)
 
 
 def _add_gradient_columns(

@@ -125,6 +125,25 @@ class FeatureEditParams(SaeParams):
     refine_entropy: float = Field(
         0.0, ge=0, description="`flatten`: weight of the lens distributions' max-entropy term."
     )
+    refine_exposure: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "`flatten`: weight of the exposure hinge (0: off): per edit prompt the secret's "
+            "log-probability must not exceed the `refine_exposure_quantile` quantile of "
+            "`refine_exposure_candidates` random strings of its format (secrets with at least "
+            "3 digits); the refinement converges only once it is zero."
+        ),
+    )
+    refine_exposure_candidates: int = Field(
+        32, ge=2, le=1024, description="`flatten`: random same-format candidates (exposure term)."
+    )
+    refine_exposure_quantile: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="`flatten`: the candidates' quantile the secret must not exceed (exposure).",
+    )
 
 
 class NeuronParams(MethodParams):
