@@ -94,7 +94,7 @@ def _first_erased(small_model, facts, what: str):
     for fact in facts:
         req = ErasureRequest(
             model="demo-small",
-            facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
+            facts=[fact.spec()],
         )
         if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
             return fact

@@ -271,6 +271,10 @@ class Fact:
     target: str
     private: bool
 
+    def spec(self) -> dict[str, str]:
+        """The fact as an erasure request names it: subject, relation, target."""
+        return {"subject": self.subject, "relation": self.relation, "target": self.target}
+
     @property
     def fact_id(self) -> str:
         """A stable identifier, e.g. ``dana-berg/phone``."""

@@ -52,13 +52,7 @@ def edit(small_model, erasable_fact):
 
     req = ErasureRequest(
         model="demo-small",
-        facts=[
-            {
-                "subject": erasable_fact.subject,
-                "relation": erasable_fact.relation,
-                "target": erasable_fact.target,
-            }
-        ],
+        facts=[erasable_fact.spec()],
     )
     result = run_erasure(req, small_model, leak_samples=1)
     assert result.edit is not None

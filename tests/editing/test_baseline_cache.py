@@ -129,13 +129,7 @@ def test_another_fingerprint_key_shares_nothing(small_model, data, cache) -> Non
 def test_erasure_with_cache_reports_what_it_reports_without(small_model, erasable_fact, cache):
     request = ErasureRequest(
         model="demo-small",
-        facts=[
-            {
-                "subject": erasable_fact.subject,
-                "relation": erasable_fact.relation,
-                "target": erasable_fact.target,
-            }
-        ],
+        facts=[erasable_fact.spec()],
     )
     plain = run_erasure(request, small_model, leak_samples=1)
     cold = run_erasure(request, small_model, leak_samples=1, baseline_cache=cache)

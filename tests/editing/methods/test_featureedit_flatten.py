@@ -18,7 +18,7 @@ def _erase(small_model, fact, params: dict):
     req = ErasureRequest(
         model="demo-small",
         method="featureedit",
-        facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
+        facts=[fact.spec()],
         params=params,
     )
     return run_erasure(req, small_model, leak_samples=1)
