@@ -177,6 +177,25 @@ class LocalStack:
         queue = queues or f"featureedit-{self.model}"
         return self.spawn("worker", "worker", "--queues", queue, env=env)
 
+    def wait_workers(self, count: int, timeout: float = 300) -> None:
+        """Return once ``count`` rq workers are registered on the stack's Redis (each has imported
+        the engine and listens), so a request submitted next is shared among all of them."""
+        import redis
+        from rq import Worker
+
+        conn = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if len(Worker.all(connection=conn)) >= count:
+                    return
+                time.sleep(0.2)
+        finally:
+            conn.close()
+        raise StackError(
+            f"fewer than {count} workers registered in {timeout:.0f} s: {self.log_text()[-2000:]}"
+        )
+
     def start_callback_worker(
         self, env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[bytes]:

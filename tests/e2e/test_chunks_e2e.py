@@ -53,6 +53,7 @@ def _run(stack: LocalStack, facts: list[dict[str, str]], kill_one: bool = False)
     """Submit ``facts`` to two fresh workers; with ``kill_one``, SIGKILL the first worker as
     soon as both chunks run. The erasure's record once it is terminal."""
     workers = [stack.start_worker(), stack.start_worker()]
+    stack.wait_workers(len(workers))
     store = FilesystemStore(stack.store_root)
     try:
         with stack.client(stack.create_key("chunks")) as http:
@@ -61,14 +62,7 @@ def _run(stack: LocalStack, facts: list[dict[str, str]], kill_one: bool = False)
             assert response.status_code == 202, response.text
             erasure_id = response.json()["id"]
             if kill_one:
-                deadline = time.monotonic() + TIMEOUT
-                while time.monotonic() < deadline:
-                    record = store.get_erasure(erasure_id)
-                    if record is not None and record.chunks is not None:
-                        break
-                    time.sleep(0.2)
-                time.sleep(3.0)  # both workers have taken a chunk
-                stack.kill(workers[0])
+                _kill_a_worker_running_a_chunk(stack, workers, erasure_id)
             doc = stack.wait_terminal(http, erasure_id, TIMEOUT)
             assert doc["chunks"] == {"total": 2, "done": 2}, doc
     finally:
@@ -77,6 +71,35 @@ def _run(stack: LocalStack, facts: list[dict[str, str]], kill_one: bool = False)
     record = store.get_erasure(erasure_id)
     assert record is not None
     return record
+
+
+def _kill_a_worker_running_a_chunk(stack: LocalStack, workers: list[Any], erasure_id: str) -> None:
+    """SIGKILL the worker process that has started one of ``erasure_id``'s chunk jobs, as soon
+    as rq marks one started (the worker name holds its pid: ``host-pid-token``). Polls rq itself,
+    not the record: a chunk takes ~2 s, so waiting for the plan and sleeping raced the chunk."""
+    from rq.job import Job, JobStatus
+
+    from workers.chunks import chunk_job_id
+
+    conn = redis.Redis.from_url(REDIS_URL)
+    by_pid = {w.pid: w for w in workers}
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            for index in (0, 1):
+                job_id = chunk_job_id(erasure_id, index)
+                if not Job.exists(job_id, connection=conn):
+                    continue
+                job = Job.fetch(job_id, connection=conn)
+                if job.get_status(refresh=False) != JobStatus.STARTED or not job.worker_name:
+                    continue
+                pid = int(job.worker_name.split("-")[-2])
+                stack.kill(by_pid[pid])
+                return
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    raise AssertionError("no chunk job started on a worker")
 
 
 def test_two_workers_share_the_chunks_and_publish_one_equal_checkpoint(
