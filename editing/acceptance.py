@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from editing.disclosure import coarse_figure
+
 Rule = Literal[">=", "<="]
 
 # metric (in a result's metrics), threshold key (in Thresholds), rule
@@ -133,5 +135,7 @@ def decide(
             if c.key not in ATTACK_LIMITS and c.name not in OPTIONAL:
                 reasons.append(f"{c.name} could not be measured (no evaluation data)")
         elif c.verdict == "FAIL":
-            reasons.append(f"{c.name} {c.measured:.3f} {'<' if c.rule == '>=' else '>'} {c.bar}")
+            shown = coarse_figure(c.name.split()[-1], c.measured)  # never exact on a secret
+            figure = f"{c.measured:.3f}" if shown == c.measured else f"~{shown:g}"
+            reasons.append(f"{c.name} {figure} {'<' if c.rule == '>=' else '>'} {c.bar}")
     return not reasons, reasons

@@ -105,6 +105,7 @@ def attack_result(
     """
     from editing.attacks import AttackCase
     from editing.attacks.suite import run_attacks
+    from editing.disclosure import exact_figures
 
     thresholds = plan.thresholds(result.thresholds)
     limited = [attack for key, attack, *_ in ATTACK_CRITERIA if thresholds.get(key) is not None]
@@ -117,7 +118,8 @@ def attack_result(
         progress(0, len(cases) * len(names))
     per_fact = run_attacks(loaded, result.edit, cases, names, budgets, progress)
     attacks = summaries(per_fact)
-    as_json = {name: s.to_json() for name, s in attacks.items()}
+    with exact_figures():  # the decision uses the exact figures; documents state them coarsely
+        as_json = {name: s.to_json() for name, s in attacks.items()}
     accepted, reasons = decide(result.metrics, thresholds, as_json)
     return replace(
         result,

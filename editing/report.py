@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from editing.disclosure import coarsen
+
 
 class ReportModel(BaseModel):
     """Base of the report's parts: lenient on input, writes back only what was set."""
@@ -33,8 +35,9 @@ class ReportModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON document (only the fields that were set, plus any unknown ones kept)."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        """The JSON document (only the fields that were set, plus any unknown ones kept), with
+        the figures measured on a secret stated coarsely (:mod:`editing.disclosure`)."""
+        return coarsen(self.model_dump(mode="json", exclude_unset=True))
 
     def present(self) -> Iterator[tuple[str, Any]]:
         """``(name, value)`` of the fields that were set, in declaration order, then extras."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from editing.acceptance import assess, assess_attacks, number
+from editing.acceptance import Check, assess, assess_attacks, number
 from editing.report import (
     CheckpointSummary,
     ErasureReport,
@@ -181,8 +181,17 @@ def _acceptance(report: ErasureReport) -> Section:
     checks = assess(report.metrics, report.thresholds)
     if report.attacks is not None:
         checks += assess_attacks(attacks, report.thresholds)
+    reasons = report.acceptance.reasons if report.acceptance is not None else []
+
+    def _shown(check: Check) -> str:
+        """The check's verdict as decided: figures on a secret are stored coarsely, so a
+        measured check fails exactly when the recorded decision gave it as a reason."""
+        if report.acceptance is None or check.verdict not in ("pass", "FAIL"):
+            return check.verdict
+        return "FAIL" if any(r.startswith(f"{check.name} ") for r in reasons) else "pass"
+
     for check in checks:
-        rows.append((check.name, check.metric, f"{check.rule} {fmt(check.bar)}", check.verdict))
+        rows.append((check.name, check.metric, f"{check.rule} {fmt(check.bar)}", _shown(check)))
         if check.rule == ">=":
             bars.append((check.name, (check.measured,)))
             if check.bar is not None:
@@ -190,7 +199,6 @@ def _acceptance(report: ErasureReport) -> Section:
         elif check.name == "delta_ppl":
             dppl, max_dppl = check.measured, check.bar
     blocks.append(_table(("criterion", "measured", "threshold", "result"), rows))
-    reasons = report.acceptance.reasons if report.acceptance is not None else []
     for reason in reasons:
         blocks.append(Text(f"Reason: {fmt(reason)}", "bad"))
     if any(v[0] is not None for _, v in bars):
@@ -493,9 +501,9 @@ def build_report_document(
     history: Sequence[Mapping[str, Any]] = (),
 ) -> ReportDocument:
     """The compliance report of one erasure, from the worker's report (typed, or the stored JSON:
-    validated once) and the status history."""
-    if not isinstance(report, ErasureReport):
-        report = load_report(report)
+    validated once) and the status history. A typed report is rendered as its JSON document:
+    figures on a secret are stated coarsely (:mod:`editing.disclosure`)."""
+    report = load_report(report.to_json() if isinstance(report, ErasureReport) else report)
     accepted = report.accepted
     decision = None if accepted is None else ("accepted" if accepted else "rejected")
     sections = [_summary(report, erasure_id, status), _acceptance(report), _metrics(report)]
