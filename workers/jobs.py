@@ -295,6 +295,9 @@ class _ErasureRun:
         checkpoint_id = None
         if erasure.checkpoint is not None:
             checkpoint_id = erasure.checkpoint.name
+            if self._check_cancel_quietly():  # ended while publishing: take the checkpoint back
+                self.store.delete_checkpoint(checkpoint_id)
+                raise Cancelled()
             self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
             log.info("erasure %s: published checkpoint %s", self.id, checkpoint_id)
         self.timings["total"] = round(time.perf_counter() - t0, 4)
@@ -431,7 +434,8 @@ class _ErasureRun:
             return False
         self._cancel_checked_at = now
         record = self.store.get_erasure(self.id)
-        self._cancelled = record is None or record.cancel_requested
+        # ended meanwhile (reconcile failed it: a chunk's job failed): stop, publish nothing
+        self._cancelled = record is None or record.cancel_requested or record.status in TERMINAL
         return self._cancelled
 
     def _check_cancel(self, force: bool = False) -> None:

@@ -449,6 +449,34 @@ def test_cancel_mid_run_restores_the_model_and_publishes_nothing(
     assert entry is not None and down_proj_sha256(entry.loaded.adapter) == entry.pristine_sha256
 
 
+def test_an_erasure_ended_elsewhere_while_publishing_publishes_nothing(
+    settings: Settings,
+    store: FilesystemStore,
+    rconn: redis.Redis,
+    run_worker: Callable[..., FeatureeditWorker],
+    erasable_fact: Fact,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reconcile can fail an erasure while a job of it still runs (a chunk's job failed): the
+    job must not publish, and a checkpoint written as the record ended is taken back."""
+    import editing.checkpoints as checkpoints  # erase_and_publish imports it from there
+
+    accept_all = {"min_reliability": 0.0, "min_generalization": 0.0, "min_locality": 0.0}
+    erasure_id = submit(settings, store, rconn, [erasable_fact.spec()], thresholds=accept_all)
+    real = checkpoints.publish_checkpoint
+
+    def ended_while_publishing(*args: Any, **kw: Any) -> Any:
+        store.update_erasure(erasure_id, lambda r: setattr(r, "status", "failed"))  # reconcile
+        return real(*args, **kw)
+
+    monkeypatch.setattr(checkpoints, "publish_checkpoint", ended_while_publishing)
+    run_worker()
+
+    record = _record(store, erasure_id)
+    assert record.status == "failed" and record.checkpoint_id is None
+    assert _checkpoint_dirs(store) == [], "a checkpoint of an ended erasure stayed published"
+
+
 def test_error_after_editing_is_retried_then_failed_redacted_and_the_model_is_pristine(
     settings: Settings,
     store: FilesystemStore,
