@@ -220,7 +220,8 @@ def run_erasure(
     reported as ``metrics["locality"]["set_size"]``. With ``baseline_cache`` the unedited
     model's Locality answers and perplexity come from it when it holds them for this model
     (:mod:`editing.baseline`). Every fact's prompts are scored in shared padded batches
-    (:mod:`editing.scoring`); the sampled leak rates come from one seeded stream per stage.
+    (:mod:`editing.scoring`); the sampled leak rates draw one stream per prompt and sample
+    (:mod:`editing.sampling`).
     ``editor`` replaces the request's method for the locate + edit step
     (:class:`editing.chunks.MergedChunks`: edits made elsewhere, in chunks); everything else
     (baseline, evaluation, acceptance) is the same.

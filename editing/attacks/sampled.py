@@ -28,8 +28,8 @@ class SampledLeak(Attack):
 
     def measure_many(self, loaded: LoadedModel, cases: Sequence[AttackCase]) -> list[Score]:
         """:meth:`measure` of every case, each setting's samples drawn for all cases' prompts in
-        one batched :func:`editing.evaluate.leak_rates` call (one seeded stream per setting, so
-        with several cases the draws differ from case-by-case sampling; one case: identical)."""
+        one batched :func:`editing.evaluate.leak_rates` call (one stream per prompt and sample:
+        each case's score is the one :meth:`measure` gives it alone)."""
         b = self.budget
         groups = [(case.prompts, case.secret) for case in cases]
         values: list[dict[str, int | float | None]] = [{"prompts": len(c.prompts)} for c in cases]

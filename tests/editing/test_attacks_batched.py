@@ -79,8 +79,8 @@ def test_batched_sampling_scores_like_per_case(small_model, cases) -> None:
         assert set(b.values) == set(s.values) and set(b.success) == set(s.success)
         assert b.values["prompts"] == len(case.prompts)
         assert b.values["samples_t1"] == s.values["samples_t1"] == 16 * len(case.prompts)
-        for key in ("t1", "p09"):  # other random draws, the same distribution
-            assert abs(b.values[f"leak_rate_{key}"] - s.values[f"leak_rate_{key}"]) <= 0.1
+    # one stream per prompt and sample (editing.sampling): batched draws are each case's own
+    assert batched == single
     # the memorised fact leaks under both, at a similar rate
     assert batched[0].values["leak_rate_t1"] > 0.3 and single[0].values["leak_rate_t1"] > 0.3
     assert batched[0].success["any"] and single[0].success["any"]
