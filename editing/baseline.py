@@ -231,26 +231,42 @@ def default_baseline_cache(loaded: LoadedModel) -> BaselineCache | None:
     return BaselineCache.for_home(loaded.home) if settings.baseline_cache_enabled() else None
 
 
-class AttackBefore:
-    """The attack suite's scores of one model (:func:`attack_before_cache`) in a
-    :class:`BaselineCache`, as :data:`editing.attacks.suite.BeforeCache`: keys are
-    :func:`editing.attacks.suite.before_key` tuples, stored as their HMAC."""
+class KeptRows:
+    """Values (lists of numbers and flags) kept per key tuple for one model key in a
+    :class:`BaselineCache`, under ``kind``; the keys are stored as their HMAC."""
 
-    KIND = "attack_before"
-
-    def __init__(self, cache: BaselineCache, model: str) -> None:
+    def __init__(self, cache: BaselineCache, model: str, kind: str) -> None:
         self.cache = cache
         self.model = model
+        self.kind = kind
 
     def _entry(self, key: tuple[str, ...]) -> str:
-        return self.cache.entry_key(self.KIND, *key)
+        return self.cache.entry_key(self.kind, *key)
+
+    def value(self, key: tuple[str, ...]) -> list[Any] | None:
+        """The value kept for ``key``, or None."""
+        found = self.cache.lookup(self.model).get(self._entry(key))
+        return found if isinstance(found, list) else None
+
+    def keep(self, values: Mapping[tuple[str, ...], list[Any]]) -> None:
+        """Keep every value of ``values`` (one new cache file)."""
+        self.cache.store(self.model, {self._entry(k): v for k, v in values.items()})
+
+
+class AttackBefore(KeptRows):
+    """The attack suite's scores of one model (:func:`attack_before_cache`), as
+    :data:`editing.attacks.suite.BeforeCache`: keys are
+    :func:`editing.attacks.suite.before_key` tuples."""
+
+    def __init__(self, cache: BaselineCache, model: str) -> None:
+        super().__init__(cache, model, "attack_before")
 
     def get(self, key: tuple[str, ...]) -> Score | None:
         """The score kept for ``key``, or None (also for an entry that does not parse)."""
         from editing.attacks.base import Score
 
-        value = self.cache.lookup(self.model).get(self._entry(key))
-        if not isinstance(value, list) or len(value) != 2:
+        value = self.value(key)
+        if value is None or len(value) != 2:
             return None
         try:
             return Score(values=value[0], success=value[1])
@@ -259,8 +275,7 @@ class AttackBefore:
 
     def update(self, scores: Mapping[tuple[str, ...], Score]) -> None:
         """Keep every score of ``scores`` (one new cache file)."""
-        entries = {self._entry(k): [dict(v.values), dict(v.success)] for k, v in scores.items()}
-        self.cache.store(self.model, entries)
+        self.keep({k: [dict(v.values), dict(v.success)] for k, v in scores.items()})
 
 
 def attack_before_cache(loaded: LoadedModel, cache: BaselineCache | None) -> AttackBefore | None:
