@@ -272,8 +272,10 @@ def sample_continuations(
     seed: int = 0,
     top_p: float = 1.0,
     batch_size: int | None = None,
+    first: int = 0,
 ) -> list[list[str]]:
-    """``samples`` continuations per prompt at temperature 1, no top-k, nucleus ``top_p``.
+    """``samples`` continuations per prompt at temperature 1, no top-k, nucleus ``top_p``
+    (samples ``first`` to ``first + samples - 1`` of each prompt's streams).
 
     Returns, per prompt, the decoded new text of its samples. ``max_new_tokens``: one number, or
     one per prompt. Sample ``k`` of a prompt comes from its own stream, seeded from ``seed``, the
@@ -284,7 +286,7 @@ def sample_continuations(
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
     rows = [p for p in prompts for _ in range(samples)]
     row_limits = [int(n) for n in limits for _ in range(samples)]
-    seeds = [row_seed(seed, p, k) for p in prompts for k in range(samples)]
+    seeds = [row_seed(seed, p, k) for p in prompts for k in range(first, first + samples)]
 
     def sampler(chunk: list[int]) -> RowSampler:
         return RowSampler([seeds[i] for i in chunk], temperature=1.0, top_p=top_p)
@@ -317,15 +319,17 @@ def leak_rates(
     seed: int = 0,
     top_p: float = 1.0,
     batch_size: int | None = None,
+    first: int = 0,
 ) -> list[Rate]:
     """:func:`leak_rate` of every ``(prompts, secret)`` group, sampled in shared batches (each
-    group's rate the same as alone: one stream per prompt and sample)."""
+    group's rate the same as alone: one stream per prompt and sample); ``first``: the index of
+    each prompt's first sample (a later round of the same streams)."""
     prompts, secrets, sizes = _flat(groups)
     if not prompts:
         return [Rate(0, 0) for _ in groups]
     n_new = _new_tokens(tokenizer, groups, 4)
     per_prompt = sample_continuations(
-        model, tokenizer, prompts, n_new, samples, seed, top_p, batch_size
+        model, tokenizer, prompts, n_new, samples, seed, top_p, batch_size, first
     )
     hits = [sum(contains_target(t, x) for t in texts) for texts, x in zip(per_prompt, secrets)]
     return [Rate(sum(h), len(h) * samples) for h in _split(hits, sizes)]

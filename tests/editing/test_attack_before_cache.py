@@ -60,14 +60,15 @@ def test_cached_before_scores_are_the_recomputed_ones(small_model, cases, edit, 
         before_cache=attack_before_cache(small_model, cache),
     )
     assert _befores(cold) == _befores(plain)
-    measured: list[int] = []
-    original = SampledLeak.measure_many
+    measured: list[str] = []
+    for method in ("measure_many", "measure_before_many"):
+        original = getattr(SampledLeak, method)
 
-    def counting(self, loaded, batch):
-        measured.append(len(batch))
-        return original(self, loaded, batch)
+        def counting(self, loaded, batch, original=original, method=method):
+            measured.append(method)
+            return original(self, loaded, batch)
 
-    monkeypatch.setattr(SampledLeak, "measure_many", counting)
+        monkeypatch.setattr(SampledLeak, method, counting)
     fresh = BaselineCache(cache.root, b"k" * 32)  # another worker on the same home
     warm = run_attacks(
         small_model,
@@ -77,7 +78,7 @@ def test_cached_before_scores_are_the_recomputed_ones(small_model, cases, edit, 
         BUDGETS,
         before_cache=attack_before_cache(small_model, fresh),
     )
-    assert measured == [len(cases)]  # the after side only
+    assert measured == ["measure_many"]  # the after side only
     assert _befores(warm) == _befores(plain)
     assert [r["sampled"].after for r in warm] == [r["sampled"].after for r in plain]
 
