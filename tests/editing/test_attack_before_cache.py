@@ -49,16 +49,15 @@ def _befores(per_fact):
     return [{n: r[n].before for n in ATTACKS} for r in per_fact]
 
 
+def _attacked(model, cases, edit, cache: BaselineCache):
+    """The suite on ``cases`` with ``cache``'s attack scores of ``model``."""
+    store = attack_before_cache(model, cache)
+    return run_attacks(model, edit, cases, ATTACKS, BUDGETS, before_cache=store)
+
+
 def test_cached_before_scores_are_the_recomputed_ones(small_model, cases, edit, cache, monkeypatch):
     plain = run_attacks(small_model, edit, cases, ATTACKS, BUDGETS)
-    cold = run_attacks(
-        small_model,
-        edit,
-        cases,
-        ATTACKS,
-        BUDGETS,
-        before_cache=attack_before_cache(small_model, cache),
-    )
+    cold = _attacked(small_model, cases, edit, cache)
     assert _befores(cold) == _befores(plain)
     measured: list[str] = []
     for method in ("measure_many", "measure_before_many"):
@@ -70,28 +69,14 @@ def test_cached_before_scores_are_the_recomputed_ones(small_model, cases, edit, 
 
         monkeypatch.setattr(SampledLeak, method, counting)
     fresh = BaselineCache(cache.root, b"k" * 32)  # another worker on the same home
-    warm = run_attacks(
-        small_model,
-        edit,
-        cases,
-        ATTACKS,
-        BUDGETS,
-        before_cache=attack_before_cache(small_model, fresh),
-    )
+    warm = _attacked(small_model, cases, edit, fresh)
     assert measured == ["measure_many"]  # the after side only
     assert _befores(warm) == _befores(plain)
     assert [r["sampled"].after for r in warm] == [r["sampled"].after for r in plain]
 
 
 def test_files_hold_numbers_only(small_model, cases, edit, cache) -> None:
-    run_attacks(
-        small_model,
-        edit,
-        cases,
-        ATTACKS,
-        BUDGETS,
-        before_cache=attack_before_cache(small_model, cache),
-    )
+    _attacked(small_model, cases, edit, cache)
     text = "".join(p.read_text() for p in cache.root.rglob("*.json"))
     assert text
     for case in cases:
