@@ -21,6 +21,7 @@ from editing.errors import ConfigError
 from editing.report import Acceptance, AttackSummary
 
 if TYPE_CHECKING:
+    from editing.attacks.suite import BeforeCache
     from editing.erase import ErasureResult
     from editing.models import LoadedModel
     from editing.request import ErasureRequest
@@ -96,12 +97,14 @@ def attack_result(
     loaded: LoadedModel,
     plan: AttackPlan,
     progress: AttackProgress | None = None,
+    before_cache: BeforeCache | None = None,
 ) -> ErasureResult:
     """``result`` with the plan's attacks on its edit and the acceptance decided again.
 
     The attacks run are the plan's and those a set limit needs; ``progress(done, total)`` is
     called as they start and after each one. No edit (nothing to erase) or no attack and no
-    limit: ``result`` unchanged (``progress`` not called).
+    limit: ``result`` unchanged (``progress`` not called). ``before_cache``: the unedited
+    model's attack scores kept from earlier requests (:func:`editing.baseline.attack_before_cache`).
     """
     from editing.attacks import AttackCase
     from editing.attacks.suite import run_attacks
@@ -116,7 +119,7 @@ def attack_result(
     budgets = {name: dict(b) for name, b in plan.budgets.items()}
     if progress is not None:  # the stage starts (attacks take seconds)
         progress(0, len(cases) * len(names))
-    per_fact = run_attacks(loaded, result.edit, cases, names, budgets, progress)
+    per_fact = run_attacks(loaded, result.edit, cases, names, budgets, progress, before_cache)
     attacks = summaries(per_fact)
     with exact_figures():  # the decision uses the exact figures; documents state them coarsely
         as_json = {name: s.to_json() for name, s in attacks.items()}

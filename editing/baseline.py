@@ -23,9 +23,17 @@ The cache is content-addressed twice:
   never write the same file differently; a file that does not parse or names another model key
   is ignored (and its rows recomputed).
 
-Only the evaluation data of the model is cached, never anything about a request's facts (their
-prompts carry the secrets; they are scored again, batched, by every erasure). Workers share the
-cache through their home directory (``$FEATUREEDIT_HOME``), not through the store.
+The attack suite's scores of the unedited model (its *before* side, the attacks' own control,
+:func:`attack_before_cache`) are kept the same way: a score is a function of the model, the
+attack, its budget (seeds included) and the fact (subject, relation, secret, prompts; sampling
+draws one stream per prompt and sample, :mod:`editing.sampling`), so it is computed once per
+(model key, attack, budget, fact) and reused by every later request on that model (a retried,
+resubmitted or chunked request; a benchmark's methods). Its entry is keyed by the HMAC of all
+of those and holds numbers and success flags only (:class:`editing.attacks.base.Score`): no
+secret, subject, prompt or answer is on disk, only keyed digests as in a checkpoint's manifest.
+Deleting a request's private record (``featureedit private delete``) leaves these numbers:
+``FEATUREEDIT_BASELINE_CACHE=0`` keeps nothing. Workers share the cache through their home
+directory (``$FEATUREEDIT_HOME``), not through the store.
 """
 
 from __future__ import annotations
@@ -34,16 +42,19 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editing import settings
 from editing.checkpoints.manifest import write_text_atomic
 from editing.evaldata import EvalData
 from editing.models import LoadedModel
 from editing.scoring import TargetScore
+
+if TYPE_CHECKING:
+    from editing.attacks.base import Score
 
 log = logging.getLogger(__name__)
 
@@ -218,3 +229,60 @@ def _columns(rows: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
 def default_baseline_cache(loaded: LoadedModel) -> BaselineCache | None:
     """The cache of ``loaded``'s home, or None when ``FEATUREEDIT_BASELINE_CACHE=0``."""
     return BaselineCache.for_home(loaded.home) if settings.baseline_cache_enabled() else None
+
+
+class KeptRows:
+    """Values (lists of numbers and flags) kept per key tuple for one model key in a
+    :class:`BaselineCache`, under ``kind``; the keys are stored as their HMAC."""
+
+    def __init__(self, cache: BaselineCache, model: str, kind: str) -> None:
+        self.cache = cache
+        self.model = model
+        self.kind = kind
+
+    def _entry(self, key: tuple[str, ...]) -> str:
+        return self.cache.entry_key(self.kind, *key)
+
+    def value(self, key: tuple[str, ...]) -> list[Any] | None:
+        """The value kept for ``key``, or None."""
+        found = self.cache.lookup(self.model).get(self._entry(key))
+        return found if isinstance(found, list) else None
+
+    def keep(self, values: Mapping[tuple[str, ...], list[Any]]) -> None:
+        """Keep every value of ``values`` (one new cache file)."""
+        self.cache.store(self.model, {self._entry(k): v for k, v in values.items()})
+
+
+class AttackBefore(KeptRows):
+    """The attack suite's scores of one model (:func:`attack_before_cache`), as
+    :data:`editing.attacks.suite.BeforeCache`: keys are
+    :func:`editing.attacks.suite.before_key` tuples."""
+
+    def __init__(self, cache: BaselineCache, model: str) -> None:
+        super().__init__(cache, model, "attack_before")
+
+    def get(self, key: tuple[str, ...]) -> Score | None:
+        """The score kept for ``key``, or None (also for an entry that does not parse)."""
+        from editing.attacks.base import Score
+
+        value = self.value(key)
+        if value is None or len(value) != 2:
+            return None
+        try:
+            return Score(values=value[0], success=value[1])
+        except (ValueError, TypeError):  # corrupt: measured again
+            return None
+
+    def update(self, scores: Mapping[tuple[str, ...], Score]) -> None:
+        """Keep every score of ``scores`` (one new cache file)."""
+        self.keep({k: [dict(v.values), dict(v.success)] for k, v in scores.items()})
+
+
+def attack_before_cache(loaded: LoadedModel, cache: BaselineCache | None) -> AttackBefore | None:
+    """The attack scores of ``loaded`` as it is now (its :func:`model_key`) in ``cache``, or None
+    without a cache."""
+    if cache is None:
+        return None
+    from editing.checkpoints.publish import down_proj_sha256
+
+    return AttackBefore(cache, model_key(loaded, down_proj_sha256(loaded.adapter)))

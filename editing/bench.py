@@ -119,11 +119,11 @@ def run_bench(
     ``attacks`` (registered attack names) are run on every edit, with ``attack_budgets``
     overrides; the unedited model's scores are measured once per fact and shared by the methods.
     """
-    from editing.attacks.suite import BeforeCache, summarise
+    from editing.attacks.suite import BeforeKey, summarise
 
     methods = tuple(method_names()) if methods is None else methods
     attacked: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    before_cache: BeforeCache = {}
+    before_cache: dict[BeforeKey, Any] = {}
     method_params = {m: _params(m, (params or {}).get(m, {})) for m in methods}
     facts = bench_facts(loaded, n_facts, seed)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}

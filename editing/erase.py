@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from editing import evaluate as ev
 from editing.acceptance import decide
-from editing.baseline import BaselineCache, baseline_scores
+from editing.baseline import BaselineCache, KeptRows, baseline_scores, model_key
 from editing.checkpoints.publish import down_proj_sha256
 from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
@@ -199,6 +199,38 @@ def _snapshots(
     ]
 
 
+def _snapshot_key(case: FactCase, leak_samples: int) -> tuple[str, ...]:
+    """What a before snapshot of ``case`` is a function of (with the model)."""
+    head = (case.subject, case.relation, case.secret, str(leak_samples))
+    return (*head, str(len(case.edit_prompts)), *case.edit_prompts, *case.heldout_prompts)
+
+
+def _before_snapshots(
+    loaded: LoadedModel, cases: list[FactCase], leak_samples: int, kept: KeptRows | None
+) -> list[FactSnapshot]:
+    """:func:`_snapshots` of ``cases`` on the model before the edit: from ``kept`` (the baseline
+    cache's rows of this model) where it holds them, the rest measured (shared batches) and kept.
+    A snapshot is a function of the model, the case's known prompts, its secret and
+    ``leak_samples`` (sampling draws one stream per prompt and sample), which key it."""
+    model, tok = loaded.model, loaded.tokenizer
+    if kept is None:
+        return _snapshots(model, tok, cases, leak_samples)
+    keys = [_snapshot_key(c, leak_samples) for c in cases]
+    found: list[FactSnapshot | None] = []
+    for key in keys:
+        row = kept.value(key)
+        try:
+            found.append(FactSnapshot.model_validate(row[0]) if row else None)
+        except ValueError:  # a corrupt entry: measured again
+            found.append(None)
+    todo = [i for i, snap in enumerate(found) if snap is None]
+    fresh = _snapshots(model, tok, [cases[i] for i in todo], leak_samples) if todo else []
+    for i, snap in zip(todo, fresh):
+        found[i] = snap
+    kept.keep({keys[i]: [found[i].model_dump(mode="json")] for i in todo})  # type: ignore[union-attr]
+    return [snap for snap in found if snap is not None]
+
+
 def run_erasure(
     request: ErasureRequest,
     loaded: LoadedModel,
@@ -218,9 +250,11 @@ def run_erasure(
     Without ``eval_data``, the Locality set is built for the request with ``eval_size`` (default:
     the model's registry setting, see :func:`editing.evaldata.eval_data_for`); its size is
     reported as ``metrics["locality"]["set_size"]``. With ``baseline_cache`` the unedited
-    model's Locality answers and perplexity come from it when it holds them for this model
+    model's Locality answers and perplexity, and each fact's figures before the edit (P(secret),
+    exposure, sampled leak rate), come from it when it holds them for this model
     (:mod:`editing.baseline`). Every fact's prompts are scored in shared padded batches
-    (:mod:`editing.scoring`); the sampled leak rates come from one seeded stream per stage.
+    (:mod:`editing.scoring`); the sampled leak rates draw one stream per prompt and sample
+    (:mod:`editing.sampling`).
     ``editor`` replaces the request's method for the locate + edit step
     (:class:`editing.chunks.MergedChunks`: edits made elsewhere, in chunks); everything else
     (baseline, evaluation, acceptance) is the same.
@@ -276,11 +310,17 @@ def run_erasure(
                 status="erased" if case.edit_prompts else "nothing_to_erase",
             )
             reports.append(rep)
-        erasable = [c for c in cases if c.edit_prompts]
-        for case, snapshot in zip(erasable, _snapshots(model, tok, erasable, leak_samples)):
-            reports[case.index].metrics.before = snapshot
-        # the unedited model's Locality answers and perplexity: cached per model and rows
+        # the unedited model's per-fact figures, Locality answers and perplexity: cached per
+        # model (its key: the weights as they are now) and rows
         current = pristine if base_edit is None else down_proj_sha256(loaded.adapter)
+        kept = None
+        if baseline_cache is not None:
+            kept = KeptRows(baseline_cache, model_key(loaded, current), "fact_before")
+        erasable = [c for c in cases if c.edit_prompts]
+        for case, snapshot in zip(
+            erasable, _before_snapshots(loaded, erasable, leak_samples, kept)
+        ):
+            reports[case.index].metrics.before = snapshot
         base = baseline_scores(loaded, data, current, baseline_cache)
         loc_prompts = [x[0] for x in data.locality]
         loc_targets = [x[1] for x in data.locality]

@@ -3,8 +3,8 @@
 Each per-fact metric has a ``*_many`` form that takes every fact's ``(prompts, secret)`` at once
 and scores them in shared padded batches (:mod:`editing.scoring`); the one-fact functions are
 that form for one fact. Greedy and teacher-forced results do not depend on the batching (up to
-float rounding); sampled ones (:func:`leak_rates`) draw the same number of samples from the same
-distributions, from one seeded stream for the whole call.
+float rounding); sampled ones (:func:`leak_rates`) draw each prompt's samples from streams of
+their own (:mod:`editing.sampling`), so they do not depend on the batching either.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editing.sampling import RowSampler, row_seed
 from editing.scoring import (
     by_length,
     contains_target,
@@ -271,30 +272,28 @@ def sample_continuations(
     seed: int = 0,
     top_p: float = 1.0,
     batch_size: int | None = None,
+    first: int = 0,
 ) -> list[list[str]]:
-    """``samples`` continuations per prompt at temperature 1, no top-k, nucleus ``top_p``.
+    """``samples`` continuations per prompt at temperature 1, no top-k, nucleus ``top_p``
+    (samples ``first`` to ``first + samples - 1`` of each prompt's streams).
 
     Returns, per prompt, the decoded new text of its samples. ``max_new_tokens``: one number, or
-    one per prompt. Seeded (the global generator is restored afterwards), batched ``batch_size``
-    rows at a time (default :func:`editing.scoring.default_batch_size`).
+    one per prompt. Sample ``k`` of a prompt comes from its own stream, seeded from ``seed``, the
+    prompt and ``k`` (:class:`editing.sampling.RowSampler`: Gumbel-max, exact), so it does not
+    depend on the other prompts or on the batching (``batch_size`` rows at a time, default
+    :func:`editing.scoring.default_batch_size`); the global generator is not used.
     """
-    device = next(model.parameters()).device
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
     rows = [p for p in prompts for _ in range(samples)]
     row_limits = [int(n) for n in limits for _ in range(samples)]
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-        torch.manual_seed(seed)
-        texts = generate_texts(
-            model,
-            tokenizer,
-            rows,
-            row_limits,
-            batch_size,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=top_p,
-        )
+    seeds = [row_seed(seed, p, k) for p in prompts for k in range(first, first + samples)]
+
+    def sampler(chunk: list[int]) -> RowSampler:
+        return RowSampler([seeds[i] for i in chunk], temperature=1.0, top_p=top_p)
+
+    texts = generate_texts(
+        model, tokenizer, rows, row_limits, batch_size, row_processor=sampler, do_sample=False
+    )
     return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
 
 
@@ -320,15 +319,17 @@ def leak_rates(
     seed: int = 0,
     top_p: float = 1.0,
     batch_size: int | None = None,
+    first: int = 0,
 ) -> list[Rate]:
-    """:func:`leak_rate` of every ``(prompts, secret)`` group, sampled in shared batches (one
-    seeded stream for the call)."""
+    """:func:`leak_rate` of every ``(prompts, secret)`` group, sampled in shared batches (each
+    group's rate the same as alone: one stream per prompt and sample); ``first``: the index of
+    each prompt's first sample (a later round of the same streams)."""
     prompts, secrets, sizes = _flat(groups)
     if not prompts:
         return [Rate(0, 0) for _ in groups]
     n_new = _new_tokens(tokenizer, groups, 4)
     per_prompt = sample_continuations(
-        model, tokenizer, prompts, n_new, samples, seed, top_p, batch_size
+        model, tokenizer, prompts, n_new, samples, seed, top_p, batch_size, first
     )
     hits = [sum(contains_target(t, x) for t in texts) for texts, x in zip(per_prompt, secrets)]
     return [Rate(sum(h), len(h) * samples) for h in _split(hits, sizes)]

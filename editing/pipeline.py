@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from editing.attack_gate import AttackPlan, attack_result
-from editing.baseline import BaselineCache, default_baseline_cache
+from editing.baseline import BaselineCache, attack_before_cache, default_baseline_cache
 from editing.edits import Edit
 from editing.erase import ErasureResult, Progress, run_erasure
 from editing.errors import CancelledError, ConfigError
@@ -97,15 +97,18 @@ def _attacked(
     loaded: LoadedModel,
     plan: AttackPlan,
     progress: Progress | None,
+    cache: BaselineCache | None = None,
 ) -> tuple[ErasureResult, float]:
-    """``result`` attacked and decided again (:func:`attack_result`), and the seconds it took."""
+    """``result`` attacked and decided again (:func:`attack_result`), and the seconds it took;
+    the unedited model's attack scores kept in ``cache`` (:func:`attack_before_cache`)."""
     t0 = time.perf_counter()
 
     def stage(done: int, total: int) -> None:
         if progress is not None:
             progress("attacks", done / total)
 
-    result = attack_result(result, request, loaded, plan, stage)
+    before = attack_before_cache(loaded, cache) if result.edit is not None else None
+    result = attack_result(result, request, loaded, plan, stage, before)
     return result, round(time.perf_counter() - t0, 4)
 
 
@@ -143,6 +146,7 @@ def erase_and_publish(
     from editing.checkpoints import publish_checkpoint
     from editing.checkpoints.manifest import checkpoint_summary
 
+    cache = baseline_cache or default_baseline_cache(loaded)
     result = run_erasure(
         request,
         loaded,
@@ -150,11 +154,11 @@ def erase_and_publish(
         should_cancel=should_cancel,
         base_edit=base_edit,
         eval_size=eval_size,
-        baseline_cache=baseline_cache or default_baseline_cache(loaded),
+        baseline_cache=cache,
         editor=editor,
     )
     timings: dict[str, float] = {}
-    result, seconds = _attacked(result, request, loaded, attacks or AttackPlan(), progress)
+    result, seconds = _attacked(result, request, loaded, attacks or AttackPlan(), progress, cache)
     if result.attacks is not None:
         timings["attacks"] = seconds
     erasure = Erasure(result, timings=timings)

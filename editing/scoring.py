@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from editing import settings
 
@@ -192,12 +197,15 @@ def generate_texts(
     prompts: Sequence[str],
     max_new_tokens: int | Sequence[int],
     batch_size: int | None = None,
+    row_processor: Callable[[list[int]], LogitsProcessor] | None = None,
     **generate_kwargs: object,
 ) -> list[str]:
     """``model.generate`` continuations of ``prompts`` (left-padded batches of ``batch_size`` rows,
     most new tokens then longest first: a batch generates as many steps as its largest limit),
     each cut to its own ``max_new_tokens`` and decoded; ``generate_kwargs`` go
-    to ``generate`` (sampling settings)."""
+    to ``generate`` (sampling settings). ``row_processor(rows)`` (optional) makes a logits
+    processor for a batch of those prompt indices, in the batch's order
+    (:class:`editing.sampling.RowSampler`)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     limits = (
@@ -210,12 +218,15 @@ def generate_texts(
     for chunk in by_length(rows, batch_size or default_batch_size(model), limits):
         ids, mask = padded([rows[i] for i in chunk], pad, device, left=True)
         width = ids.shape[1]
+        extra = dict(generate_kwargs)
+        if row_processor is not None:
+            extra["logits_processor"] = LogitsProcessorList([row_processor(chunk)])
         gen = model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max(limits[i] for i in chunk),
             pad_token_id=pad,
-            **generate_kwargs,
+            **extra,
         )
         new = [gen[row, width : width + limits[i]] for row, i in enumerate(chunk)]
         for i, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):

@@ -161,6 +161,12 @@ class Attack(ABC):
         a batched form may draw different random numbers, but must score the same way)."""
         return [self.measure(loaded, case) for case in cases]
 
+    def measure_before_many(self, loaded: LoadedModel, cases: Sequence[AttackCase]) -> list[Score]:
+        """The cases on the model before the edit (the attack's control): :meth:`measure_many`,
+        unless the attack states a cheaper policy for its control (with the same success
+        flags)."""
+        return self.measure_many(loaded, cases)
+
     def run_many(
         self,
         states: ModelStates,
@@ -191,7 +197,7 @@ class Attack(ABC):
         todo = [i for i, score in enumerate(known) if score is None]
         if todo:
             with states.before() as loaded:
-                fresh = self.measure_many(loaded, [cases[i] for i in todo])
+                fresh = self.measure_before_many(loaded, [cases[i] for i in todo])
             for i, score in zip(todo, fresh, strict=True):
                 known[i] = score
         with states.after() as loaded:

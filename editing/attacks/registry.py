@@ -69,7 +69,8 @@ def get_attack(name: str, **budget: int | float) -> Attack:
 register_attack(
     "sampled",
     "editing.attacks.sampled:SampledLeak",
-    "100 samples per edit and held-out prompt at temperature 1 (no top-k) and at top-p 0.9.",
+    "100 samples per edit and held-out prompt at temperature 1 (no top-k) and at top-p 0.9 "
+    "(the unedited control stops at 20 hits).",
 )
 register_attack(
     "logit_lens",

@@ -10,9 +10,10 @@ facts on which the attack recovered the whole secret). Neither carries a secret 
 
 from __future__ import annotations
 
+import json
 import statistics
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from editing.attacks.base import AttackCase, AttackResult, ModelStates, Score
 from editing.attacks.registry import get_attack
@@ -21,7 +22,25 @@ if TYPE_CHECKING:
     from editing.edits import Edit
     from editing.models import LoadedModel
 
-BeforeCache = dict[tuple[str, str, str], Score]
+BeforeKey = tuple[str, ...]
+
+
+class BeforeCache(Protocol):
+    """The unedited model's score per :func:`before_key`: a dict (in memory) or a persistent
+    store (:class:`editing.baseline.AttackBefore`, whose ``update`` writes once per attack)."""
+
+    def get(self, key: BeforeKey, /) -> Score | None:
+        """The score kept for ``key``, or None."""
+
+    def update(self, scores: Mapping[BeforeKey, Score], /) -> None:
+        """Keep ``scores``."""
+
+
+def before_key(name: str, budget: dict[str, int | float], case: AttackCase) -> BeforeKey:
+    """What an attack's score on the unedited model is a function of (with the model): the
+    attack, its budget (seeds included), and the case's subject, relation, secret and prompts."""
+    budget_text = json.dumps(budget, sort_keys=True)
+    return (name, budget_text, case.subject, case.relation, case.secret, *case.prompts)
 
 
 def run_attacks(
@@ -35,8 +54,10 @@ def run_attacks(
 ) -> list[dict[str, AttackResult]]:
     """Per case, attack name -> result, before and after ``edit`` (None: the model as it is).
 
-    ``before_cache`` (optional, filled here) reuses the unedited model's scores across calls,
-    e.g. across the methods of a benchmark.
+    ``before_cache`` (optional, filled here) reuses the unedited model's scores across calls
+    (keyed by :func:`before_key`), e.g. across the methods of a benchmark, or across requests
+    on one model (:func:`editing.baseline.attack_before_cache`). It must belong to the model as
+    :meth:`ModelStates.before` yields it.
     """
     built = {name: get_attack(name, **(budgets or {}).get(name, {})) for name in attacks}
     states = ModelStates(loaded, edit)
@@ -50,13 +71,16 @@ def run_attacks(
             progress(done, total)
 
     for name, attack in built.items():
-        keys = [(name, case.subject, case.relation) for case in cases]
+        keys = [before_key(name, attack.budget, case) for case in cases]
         cached = [None if before_cache is None else before_cache.get(k) for k in keys]
         results = attack.run_many(states, cases, before=cached, on_done=tick)
-        for slot, key, result in zip(out, keys, results, strict=True):
+        new: dict[BeforeKey, Score] = {}
+        for slot, key, prior, result in zip(out, keys, cached, results, strict=True):
             slot[name] = result
-            if before_cache is not None and result.before is not None:
-                before_cache[key] = result.before
+            if prior is None and result.before is not None:
+                new[key] = result.before
+        if before_cache is not None and new:
+            before_cache.update(new)
     return out
 
 

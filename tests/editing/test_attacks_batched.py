@@ -79,8 +79,8 @@ def test_batched_sampling_scores_like_per_case(small_model, cases) -> None:
         assert set(b.values) == set(s.values) and set(b.success) == set(s.success)
         assert b.values["prompts"] == len(case.prompts)
         assert b.values["samples_t1"] == s.values["samples_t1"] == 16 * len(case.prompts)
-        for key in ("t1", "p09"):  # other random draws, the same distribution
-            assert abs(b.values[f"leak_rate_{key}"] - s.values[f"leak_rate_{key}"]) <= 0.1
+    # one stream per prompt and sample (editing.sampling): batched draws are each case's own
+    assert batched == single
     # the memorised fact leaks under both, at a similar rate
     assert batched[0].values["leak_rate_t1"] > 0.3 and single[0].values["leak_rate_t1"] > 0.3
     assert batched[0].success["any"] and single[0].success["any"]
@@ -107,13 +107,14 @@ def test_run_many_applies_the_edit_once_and_reuses_before(small_model, cases, ed
 def test_run_attacks_batches_with_cache_and_progress(small_model, cases, edit, monkeypatch) -> None:
     pristine = down_proj_sha256(small_model.adapter)
     calls: list[int] = []
-    original = SampledLeak.measure_many
+    for method in ("measure_many", "measure_before_many"):
+        original = getattr(SampledLeak, method)
 
-    def counting(self, loaded, batch):  # type: ignore[no-untyped-def]
-        calls.append(len(batch))
-        return original(self, loaded, batch)
+        def counting(self, loaded, batch, original=original):  # type: ignore[no-untyped-def]
+            calls.append(len(batch))
+            return original(self, loaded, batch)
 
-    monkeypatch.setattr(SampledLeak, "measure_many", counting)
+        monkeypatch.setattr(SampledLeak, method, counting)
     budgets = {"sampled": {"samples": 2}}
     ticks: list[tuple[int, int]] = []
     cache: dict = {}
@@ -137,3 +138,30 @@ def test_generation_batches_group_rows_by_tokens_to_generate() -> None:
     limits = [2, 9, 2, 9, 2, 9]  # facts with short and long secrets, mixed
     assert by_length(rows, 3, limits) == [[1, 3, 5], [4, 2, 0]]  # long limits share a batch
     assert by_length(rows, 3) == [[4, 1, 2], [0, 3, 5]]  # without limits: longest prompt first
+
+
+def test_the_control_stops_early_with_the_whole_budgets_success(small_model, cases) -> None:
+    """Before the edit the sampled attack draws its budget in rounds of the same streams and a
+    fact stops at ``before_stop_hits``: the same success flags as the whole budget, its rate over
+    the samples drawn (a prefix of the whole budget's); after the edit nothing changes."""
+    whole = SampledLeak(samples=16, before_stop_hits=0).measure_many(small_model, cases)
+    assert SampledLeak(samples=16, before_stop_hits=0).measure_before_many(small_model, cases) == (
+        whole
+    )
+    unreachable = SampledLeak(samples=16, before_stop_hits=10**6)
+    assert unreachable.measure_before_many(small_model, cases) == whole
+    control = SampledLeak(samples=16, before_stop_hits=5).measure_before_many(small_model, cases)
+    stopped = 0
+    for c, w, case in zip(control, whole, cases, strict=True):
+        assert c.success == w.success
+        for key in ("t1", "p09"):
+            drawn, budget = c.values[f"samples_{key}"], w.values[f"samples_{key}"]
+            assert drawn % (4 * len(case.prompts)) == 0 and 0 < drawn <= budget
+            assert c.values[f"hits_{key}"] <= w.values[f"hits_{key}"]
+            if drawn < budget:
+                stopped += 1
+                assert c.values[f"hits_{key}"] >= 5
+            else:
+                assert c.values[f"hits_{key}"] == w.values[f"hits_{key}"]
+    assert stopped  # the memorised fact leaks at once
+    assert SampledLeak(samples=16).measure_many(small_model, cases) == whole  # after: whole budget

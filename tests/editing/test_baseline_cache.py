@@ -141,3 +141,35 @@ def test_erasure_with_cache_reports_what_it_reports_without(small_model, erasabl
             assert getattr(result.metrics, name).value == getattr(plain.metrics, name).value
         assert math.isclose(result.metrics.ppl_before, plain.metrics.ppl_before, rel_tol=1e-5)
         assert math.isclose(result.metrics.delta_ppl, plain.metrics.delta_ppl, abs_tol=1e-4)
+
+
+def test_fact_before_figures_come_from_the_cache(small_model, erasable_fact, cache, monkeypatch):
+    """A fact's figures before the edit (P(secret), exposure, sampled leak) are measured once
+    per model: the second erasure reads them, equal to measuring them again; edited weights
+    (another model) measure them anew."""
+    from editing import erase
+
+    request = ErasureRequest(model="demo-small", facts=[erasable_fact.spec()])
+    plain = run_erasure(request, small_model, leak_samples=3)
+    run_erasure(request, small_model, leak_samples=3, baseline_cache=cache)
+    measured: list[int] = []
+    original = erase._snapshots
+
+    def counting(model, tok, cases, leak_samples):
+        measured.append(len(cases))
+        return original(model, tok, cases, leak_samples)
+
+    monkeypatch.setattr(erase, "_snapshots", counting)
+    fresh = BaselineCache(cache.root, b"k" * 32)
+    warm = run_erasure(request, small_model, leak_samples=3, baseline_cache=fresh)
+    assert measured == [1]  # the edited model's figures only
+    before = plain.facts[0].metrics.before
+    assert before is not None and before.leak_rate is not None and before.leak_rate.count > 0
+    assert warm.facts[0].metrics.before == before
+    assert warm.facts[0].metrics.after == plain.facts[0].metrics.after
+    assert run_erasure(request, small_model, leak_samples=2, baseline_cache=fresh)
+    assert measured[1:] == [1, 1]  # another leak budget: measured again
+    with WeightSession(small_model.adapter):
+        small_model.adapter.down_proj_weight(0).data[:, :8] *= 0.5
+        run_erasure(request, small_model, leak_samples=3, baseline_cache=fresh)
+    assert measured[3:] == [1, 1]
