@@ -200,7 +200,7 @@ class ControlReference:
 
 
 def reference(
-    loaded: LoadedModel, prompts: list[str], secret: str, own: bool = True
+    loaded: LoadedModel, prompts: list[str], secret: str, own: bool = False
 ) -> ControlReference | None:
     """The locality term's reference, taken on the model as it is now (before the fact's edit):
     ``prompts`` (other subjects) teacher-forced on ``secret``, and with ``own`` also on the

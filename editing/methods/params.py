@@ -123,7 +123,7 @@ class FeatureEditParams(SaeParams):
         1.0, ge=0, description="`flatten`: weight of the KL to the unedited model on controls."
     )
     refine_locality_own: bool = Field(
-        True,
+        False,
         description=(
             "`flatten`: the locality term also reads the control prompts teacher-forced on the "
             "unedited model's own greedy continuation (other subjects' answers), not only on "
