@@ -131,7 +131,9 @@ class FeatureEdit:
         refine = p.refine == "flatten" and p.variant != "rows"
         if refine:
             base = snapshot(loaded, list(range(loaded.adapter.n_layers)))
-            control_ref = reference(loaded, case.control_prompts, case.secret)
+            control_ref = reference(
+                loaded, case.control_prompts, case.secret, own=p.refine_locality_own
+            )
         for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
             t0 = time.perf_counter()
             ev = feature_evidence(
@@ -183,7 +185,6 @@ class FeatureEdit:
                 case.edit_prompts,
                 case.secret,
                 base,
-                case.control_prompts,
                 control_ref,
                 FlattenConfig(
                     steps=p.refine_steps,
@@ -197,6 +198,7 @@ class FeatureEdit:
                     exposure=p.refine_exposure,
                     exposure_candidates=p.refine_exposure_candidates,
                     exposure_quantile=p.refine_exposure_quantile,
+                    exposure_anchor=p.refine_exposure_anchor,
                 ),
             )
             t_edit += time.perf_counter() - t0

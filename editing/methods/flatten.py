@@ -17,14 +17,19 @@ minimises, on the edit prompts teacher-forced on the secret's prefix:
 - **flatten** (optional, Patil et al.'s max-entropy defence): ``log V - H(p)`` of those lens
   distributions, weighted by ``entropy``;
 - **locality**: ``KL(p_before || p_after)`` of the next-token distributions at every position of
-  the control prompts (the edit prompts with other subjects), weighted by ``locality``, against
-  the model as it was before this fact's edit;
+  the control prompts (the edit prompts with other subjects) teacher-forced on the secret and,
+  optionally, on the model's own greedy continuation of each (what it says about that other
+  subject: the answers Locality checks), weighted by ``locality``, against the model as it was
+  before this fact's edit;
 - **exposure** (optional, weighted by ``exposure``; secrets with at least 3 digits): per edit
   prompt, ``relu(log P(secret) - q)`` where ``q`` is the ``exposure_quantile`` quantile of the
   log-probabilities of ``exposure_candidates`` random strings of the secret's format (drawn by
-  the exposure attack's own generator, seeded, never the secret), recomputed without gradient
-  under the current weights every step: the secret's rank among its format space should be
-  typical, as a never-seen control's is (Carlini et al.'s exposure).
+  the exposure attack's generator with the refinement's own seed, never the secret), scored once
+  under the model as it was before this fact's edit: the secret's rank among its format space
+  should be typical, as a never-seen control's is (Carlini et al.'s exposure). The target is
+  fixed, so the term cannot be met by lowering the whole format space; ``exposure_anchor`` ×
+  the mean squared change of the candidates' log-probabilities (against the same pre-edit
+  scores) keeps the format space where it was while the secret goes down into it.
 
 Adam on float32 copies of the trainable columns; no randomness (deterministic for given
 weights). Devices and dtypes follow the model's. Stops as soon as every hinge term is zero.
@@ -42,7 +47,7 @@ from torch.func import functional_call
 from editing.attacks.exposure import candidates, format_space
 from editing.attacks.logit_lens import stream_lens
 from editing.models import LoadedModel
-from editing.scoring import encode_pair, padded
+from editing.scoring import encode_pair, greedy_generate, padded
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ class FlattenConfig:
     exposure: float = 0.0
     exposure_candidates: int = 32
     exposure_quantile: float = 0.5
-    exposure_seed: int = 0
+    exposure_anchor: float = 1.0
+    exposure_seed: int = 13
     exposure_min_digits: int = 3
 
 
@@ -99,14 +105,21 @@ def _targets(
 class _Forward:
     """Forward passes of the model with trainable down-projection columns swapped in."""
 
-    def __init__(self, loaded: LoadedModel, cols: dict[int, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cols: dict[int, torch.Tensor],
+        start: dict[int, torch.Tensor] | None = None,
+    ) -> None:
+        """Trainable ``cols`` (per layer) on top of the model's down-projections, or on top of
+        ``start`` (canonical weights per layer, e.g. a :func:`snapshot`) where it has a layer."""
         adapter = loaded.adapter
         self.loaded = loaded
         self.cols = {layer: c for layer, c in cols.items() if c.numel()}
         self.deltas: dict[int, torch.Tensor] = {}
-        self.current: dict[int, torch.Tensor] = {}
+        self.current: dict[int, torch.Tensor] = dict(start or {})
         for layer, c in self.cols.items():
-            now = adapter.down_proj_weight(layer).detach()
+            now = self.current.get(layer, adapter.down_proj_weight(layer).detach())
             self.current[layer] = now.clone()
             self.deltas[layer] = torch.zeros(
                 now.shape[0],
@@ -125,10 +138,12 @@ class _Forward:
         """Parameter name -> the down-projection weight with the deltas added (differentiable)."""
         adapter = self.loaded.adapter
         out: dict[str, torch.Tensor] = {}
-        for layer, cols in self.cols.items():
-            w = self.current[layer]
-            new_cols = (w[:, cols].float() + self.deltas[layer]).to(w.dtype)
-            new = w.index_copy(1, cols, new_cols)
+        for layer, w in self.current.items():
+            new = w
+            if layer in self.cols:
+                cols = self.cols[layer]
+                new_cols = (w[:, cols].float() + self.deltas[layer]).to(w.dtype)
+                new = w.index_copy(1, cols, new_cols)
             out[adapter.down_proj_param_name(layer)] = adapter.from_canonical(
                 adapter.model_type, new
             )
@@ -173,25 +188,44 @@ def changed_columns(loaded: LoadedModel, base: dict[int, torch.Tensor]) -> dict[
     }
 
 
-def reference(loaded: LoadedModel, prompts: list[str], secret: str) -> torch.Tensor | None:
-    """Log-probabilities ``[batch, seq, vocab]`` of the model as it is now on ``prompts``
-    teacher-forced on ``secret`` (the locality term's reference, taken before the fact's edit:
-    other subjects' next-token distributions, also inside the relation's format); None without
-    prompts."""
+@dataclass(frozen=True)
+class ControlReference:
+    """The locality term's rows (control prompts, teacher-forced; right-padded ``ids`` and
+    ``mask``) and the model's log-probabilities ``[rows, seq, vocab]`` on them before the
+    fact's edit."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+
+
+def reference(
+    loaded: LoadedModel, prompts: list[str], secret: str, own: bool = False
+) -> ControlReference | None:
+    """The locality term's reference, taken on the model as it is now (before the fact's edit):
+    ``prompts`` (other subjects) teacher-forced on ``secret``, and with ``own`` also on the
+    model's own greedy continuation of each (as many tokens as the secret: what it says about
+    that subject, e.g. that person's own number, which Locality checks); None without prompts."""
     if not prompts:
         return None
-    ids, mask = _teacher_forced(loaded, prompts, secret)
+    tok = loaded.tokenizer
+    rows = [(p, secret) for p in prompts]
+    if own:
+        n_new = len(encode_pair(tok, prompts[0], secret)[1])
+        said = greedy_generate(loaded.model, tok, prompts, n_new)
+        rows += [(p, text.strip()) for p, text in zip(prompts, said) if text.strip()]
+    ids, mask = _teacher_forced(loaded, rows)
     with torch.inference_mode():
         out = loaded.model(input_ids=ids, attention_mask=mask)
-    return out.logits.float().log_softmax(-1).clone()
+    return ControlReference(ids, mask, out.logits.float().log_softmax(-1).clone())
 
 
 def _teacher_forced(
-    loaded: LoadedModel, prompts: list[str], secret: str
+    loaded: LoadedModel, rows: list[tuple[str, str]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded rows ``prompt + secret[:-1]`` (ids, mask) on the model's device."""
+    """Right-padded rows ``prompt + continuation[:-1]`` (ids, mask) on the model's device."""
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
+    pairs = [encode_pair(loaded.tokenizer, p, t) for p, t in rows]
     return padded([p + t[:-1] for p, t in pairs], pad, loaded.adapter.device)
 
 
@@ -245,15 +279,14 @@ class _Candidates:
         self.row, self.pos, self.tok = _targets(pairs, device)
         self.shape = (len(cands), len(prompts))
 
-    def quantile(self, fwd: _Forward, q: float) -> torch.Tensor:
-        """Per prompt, the ``q`` quantile of the candidates' log-probabilities under the current
-        weights (no gradient)."""
-        with torch.no_grad():
-            logits = fwd.logits(self.ids, self.mask)[self.row, self.pos]
-            logp = logits.log_softmax(-1).gather(-1, self.tok[:, None]).squeeze(-1)
-            n = self.shape[0] * self.shape[1]
-            per_row = torch.zeros(n, device=logp.device).index_add(0, self.row, logp)
-            return per_row.view(self.shape).quantile(q, dim=0)
+    def logprobs(self, fwd: _Forward) -> torch.Tensor:
+        """``[candidates, prompts]`` log-probabilities of the candidates under ``fwd``'s weights
+        (differentiable when gradients are enabled)."""
+        logits = fwd.logits(self.ids, self.mask)[self.row, self.pos]
+        logp = logits.log_softmax(-1).gather(-1, self.tok[:, None]).squeeze(-1)
+        n = self.shape[0] * self.shape[1]
+        per_row = torch.zeros(n, device=logp.device).index_add(0, self.row, logp)
+        return per_row.view(self.shape)
 
 
 def flatten(
@@ -261,8 +294,7 @@ def flatten(
     prompts: list[str],
     secret: str,
     base: dict[int, torch.Tensor],
-    control_prompts: list[str],
-    control_ref: torch.Tensor | None,
+    control_ref: ControlReference | None,
     cfg: FlattenConfig,
 ) -> FlattenResult:
     """Refine the columns changed since ``base`` (see the module docstring); edits in place."""
@@ -271,7 +303,7 @@ def flatten(
         return FlattenResult(0, 0, 0.0, 0.0, False)
     device = loaded.adapter.device
     pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
-    ids, mask = _teacher_forced(loaded, prompts, secret)
+    ids, mask = _teacher_forced(loaded, [(p, secret) for p in prompts])
     row, pos, tok = _targets(pairs, device)
 
     def objective(fwd: _Forward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -293,11 +325,12 @@ def flatten(
     fwd = _Forward(loaded, cols)
     if not fwd.cols:
         return FlattenResult(0, 0, 0.0, 0.0, False)
-    if control_ref is not None:
-        c_ids, c_mask = _teacher_forced(loaded, control_prompts, secret)
-        c_keep = c_mask.bool()
     cands = exposure_candidates(secret, cfg)
     scored = _Candidates(loaded, prompts, cands) if cands else None
+    if scored is not None:  # the format space as it was before this fact's edit
+        with torch.no_grad():
+            before = scored.logprobs(_Forward(loaded, {}, base))
+        typical = before.quantile(cfg.exposure_quantile, dim=0)
     opt = torch.optim.Adam(list(fwd.deltas.values()), lr=cfg.lr)
     leak_l = rank_l = float("nan")
     exposure_l = 0.0
@@ -308,7 +341,6 @@ def flatten(
             loss, leak, rank, z = objective(fwd)
             leak_l, rank_l = leak.item(), rank.item()
             if scored is not None:
-                typical = scored.quantile(fwd, cfg.exposure_quantile)
                 exposure = torch.relu(secret_logprob(z) - typical).mean()
                 exposure_l = exposure.item()
                 loss = loss + cfg.exposure * exposure
@@ -322,9 +354,13 @@ def flatten(
                 neg_h = math.log(z.shape[-1]) + (p.exp() * p).sum(-1)
                 loss = loss + cfg.entropy * neg_h.mean()
             if control_ref is not None and cfg.locality > 0:
-                c_lp = fwd.logits(c_ids, c_mask).log_softmax(-1)
-                kl = (control_ref.exp() * (control_ref - c_lp)).sum(-1)[c_keep].mean()
+                ref = control_ref.logprobs
+                c_lp = fwd.logits(control_ref.ids, control_ref.mask).log_softmax(-1)
+                kl = (ref.exp() * (ref - c_lp)).sum(-1)[control_ref.mask.bool()].mean()
                 loss = loss + cfg.locality * kl
+            if scored is not None and cfg.exposure_anchor > 0:
+                drift = (scored.logprobs(fwd) - before).square().mean()
+                loss = loss + cfg.exposure * cfg.exposure_anchor * drift
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -122,6 +122,14 @@ class FeatureEditParams(SaeParams):
     refine_locality: float = Field(
         1.0, ge=0, description="`flatten`: weight of the KL to the unedited model on controls."
     )
+    refine_locality_own: bool = Field(
+        False,
+        description=(
+            "`flatten`: the locality term also reads the control prompts teacher-forced on the "
+            "unedited model's own greedy continuation (other subjects' answers), not only on "
+            "the secret."
+        ),
+    )
     refine_entropy: float = Field(
         0.0, ge=0, description="`flatten`: weight of the lens distributions' max-entropy term."
     )
@@ -131,8 +139,9 @@ class FeatureEditParams(SaeParams):
         description=(
             "`flatten`: weight of the exposure hinge (0: off): per edit prompt the secret's "
             "log-probability must not exceed the `refine_exposure_quantile` quantile of "
-            "`refine_exposure_candidates` random strings of its format (secrets with at least "
-            "3 digits); the refinement converges only once it is zero."
+            "`refine_exposure_candidates` random strings of its format, scored once before the "
+            "fact's edit (secrets with at least 3 digits); the refinement converges only once "
+            "it is zero."
         ),
     )
     refine_exposure_candidates: int = Field(
@@ -143,6 +152,15 @@ class FeatureEditParams(SaeParams):
         ge=0,
         le=1,
         description="`flatten`: the candidates' quantile the secret must not exceed (exposure).",
+    )
+    refine_exposure_anchor: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "`flatten`: with the exposure term, weight (× `refine_exposure`) of the mean squared "
+            "change of the candidates' log-probabilities from before the fact's edit: the "
+            "format space stays where it was while the secret goes down into it."
+        ),
     )
 
 

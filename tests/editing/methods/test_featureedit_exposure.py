@@ -3,10 +3,12 @@ behaviour on the small world, not benchmark figures."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
-from editing.attacks.exposure import format_space
+from editing.attacks.exposure import Exposure, candidates, format_space
 from editing.methods.flatten import FlattenConfig, exposure_candidates
 from editing.methods.params import FeatureEditParams
 from editing.relations import get_relation
@@ -14,21 +16,36 @@ from editing.scoring import score_targets
 from tests.editing.methods.test_featureedit_flatten import _erase
 
 
-def _over_quantile(small_model, fact, edit, quantile: float) -> torch.Tensor:
-    """Per edit prompt, the secret's log-probability minus the ``quantile`` quantile of its
-    exposure candidates' (teacher-forced, scored independently with ``edit`` applied)."""
+def _candidate_logprobs(small_model, fact, edit=None) -> torch.Tensor:
+    """``[edit prompts, 1 + candidates]`` log-probabilities of the secret (column 0) and of its
+    exposure candidates, teacher-forced, scored independently (with ``edit`` applied if given)."""
     cands = exposure_candidates(fact.target, FlattenConfig(exposure=1.0))
     assert cands
     targets = [fact.target, *cands]
     out = []
-    with edit.applied(small_model.adapter):
+    with edit.applied(small_model.adapter) if edit is not None else contextlib.nullcontext():
         for prompt in get_relation(fact.relation).edit_prompts(fact.subject):
             scores = score_targets(
                 small_model.model, small_model.tokenizer, [prompt] * len(targets), targets
             )
-            lps = torch.tensor([s.logprob for s in scores])
-            out.append(lps[0] - lps[1:].quantile(quantile))
+            out.append(torch.tensor([s.logprob for s in scores]))
     return torch.stack(out)
+
+
+def _over_quantile(small_model, fact, edit, quantile: float) -> torch.Tensor:
+    """Per edit prompt, the secret's log-probability with ``edit`` applied minus the
+    ``quantile`` quantile of its exposure candidates' log-probabilities under the unedited
+    model (the term's fixed target)."""
+    before = _candidate_logprobs(small_model, fact)
+    after = _candidate_logprobs(small_model, fact, edit)
+    return after[:, 0] - before[:, 1:].quantile(quantile, dim=1)
+
+
+def _candidates_drift(small_model, fact, edit) -> float:
+    """Mean absolute change of the candidates' log-probabilities under ``edit``."""
+    before = _candidate_logprobs(small_model, fact)
+    after = _candidate_logprobs(small_model, fact, edit)
+    return float((after[:, 1:] - before[:, 1:]).abs().mean())
 
 
 def test_exposure_params_default_off_and_are_validated() -> None:
@@ -38,6 +55,7 @@ def test_exposure_params_default_off_and_are_validated() -> None:
         {"refine_exposure": -1},
         {"refine_exposure_candidates": 1},
         {"refine_exposure_quantile": 1.5},
+        {"refine_exposure_anchor": -1},
     ):
         with pytest.raises(ValueError):
             FeatureEditParams(**bad)
@@ -54,6 +72,8 @@ def test_exposure_candidates_share_the_format_and_never_equal_the_secret() -> No
         assert len(c) == len(secret) and c[4] == "-" and c[7] == "-"
         assert all(c[i].isdigit() for i in positions)
     assert cands == exposure_candidates(secret, cfg)  # seeded
+    attack_pool, _ = candidates(secret, 0, 200, Exposure.defaults["seed"])
+    assert len(set(cands) & set(attack_pool)) < 10  # not the exposure attack's own draws
     assert exposure_candidates(secret, FlattenConfig()) == []  # term off
     assert exposure_candidates("ab-7", cfg) == []  # too few digits: no format space
 
@@ -62,8 +82,8 @@ def test_exposure_term_brings_the_secret_down_to_the_candidates_quantile(
     small_model, erasable_digit_fact
 ) -> None:
     """With the term on, after the edit the secret's log-probability on every edit prompt is at
-    most the chosen quantile of its random same-format candidates' (scored independently with
-    the edit applied), and the refinement reports convergence with a zero exposure loss."""
+    most the chosen quantile of its random same-format candidates' under the unedited model
+    (a fixed target), and the refinement reports convergence with a zero exposure loss."""
     fact = erasable_digit_fact
     quantile = 0.5
     params = {
@@ -77,6 +97,19 @@ def test_exposure_term_brings_the_secret_down_to_the_candidates_quantile(
     assert ev["refine_converged"] is True
     assert ev["refine_exposure_loss"] == 0.0
     assert (_over_quantile(small_model, fact, out.edit, quantile) <= 1e-3).all()
+
+
+def test_exposure_anchor_keeps_the_format_space_in_place(small_model, erasable_digit_fact) -> None:
+    """The anchor holds the candidates' log-probabilities near their pre-edit values: they move
+    less with it than without it, while the secret still goes down into them."""
+    fact = erasable_digit_fact
+    params = {"refine": "flatten", "refine_exposure": 1.0, "refine_steps": 300}
+    anchored = _erase(small_model, fact, {**params, "refine_exposure_anchor": 1.0})
+    loose = _erase(small_model, fact, {**params, "refine_exposure_anchor": 0.0})
+    assert anchored.facts[0].evidence["refine_exposure_loss"] == 0.0
+    assert _candidates_drift(small_model, fact, anchored.edit) < _candidates_drift(
+        small_model, fact, loose.edit
+    )
 
 
 def test_exposure_term_off_changes_nothing(small_model, erasable_digit_fact) -> None:

@@ -9,6 +9,7 @@ import torch
 from editing.attacks.base import AttackCase, ModelStates
 from editing.attacks.logit_lens import LogitLens
 from editing.erase import run_erasure
+from editing.methods.flatten import reference
 from editing.methods.params import FeatureEditParams
 from editing.relations import get_relation
 from editing.request import ErasureRequest
@@ -92,3 +93,23 @@ def test_flatten_trains_only_down_projection_columns_it_may(small_model, erasabl
     assert [d.layer for d in again.deltas] == [d.layer for d in first.deltas]
     for a, b in zip(again.deltas, first.deltas):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.new, b.new)
+
+
+def test_locality_reference_reads_the_controls_own_answers(
+    small_world, small_model, erasable_fact
+) -> None:
+    """With ``own`` the locality term's reference adds, per control prompt, a row teacher-forced
+    on the unedited model's own greedy answer: along it the reference's argmax is the next
+    token of that row (what the model says about the other subject)."""
+    others = [f.subject for f in small_world.private_facts() if f.subject != erasable_fact.subject]
+    rel = get_relation(erasable_fact.relation)
+    prompts = [p for s in dict.fromkeys(others[:2]) for p in rel.edit_prompts(s)[:2]]
+    plain = reference(small_model, prompts, erasable_fact.target)
+    own = reference(small_model, prompts, erasable_fact.target, own=True)
+    assert plain is not None and own is not None
+    assert own.ids.shape[0] > plain.ids.shape[0] == len(prompts)
+    for row in range(len(prompts), own.ids.shape[0]):
+        n_prompt = len(small_model.tokenizer(prompts[row - len(prompts)])["input_ids"])
+        length = int(own.mask[row].sum())
+        predicted = own.logprobs[row, n_prompt - 1 : length - 1].argmax(-1)
+        assert torch.equal(predicted, own.ids[row, n_prompt:length])
