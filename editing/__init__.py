@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
+
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first access (PEP 562)."""
     module = _EXPORTS.get(name)

@@ -125,8 +125,7 @@ def register_architecture(model_type: str, spec: ArchSpec) -> None:
         )
     if not isinstance(spec, ArchSpec):
         raise ConfigError(
-            f"spec of model_type {model_type!r} must be an ArchSpec; received "
-            f"{type(spec).__name__}"
+            f"spec of model_type {model_type!r} must be an ArchSpec; received {type(spec).__name__}"
         )
     _ARCHITECTURES[model_type] = spec
 

@@ -83,8 +83,7 @@ def test_worker_counts_chunks_and_counts_above_the_world() -> None:
     counts, notes = plan.capped(200)
     assert counts == (1, 10, 100, 200)
     assert notes == [
-        "1000 facts asked for, but the demo-small world has only 200 private facts: measured at "
-        "200"
+        "1000 facts asked for, but the demo-small world has only 200 private facts: measured at 200"
     ]
     assert plan.capped(5000) == ((1, 10, 100, 1000), [])
     assert ServiceBenchPlan.from_args(_args(workers=2)).workers == (2,)
