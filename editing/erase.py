@@ -40,7 +40,7 @@ from editing.report import (
     ReportedRate,
     UnitReport,
 )
-from editing.request import ErasureRequest, FactSpec
+from editing.request import ErasureRequest, FactSpec, with_model_params
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,10 @@ def run_erasure(
 ) -> ErasureResult:
     """Erase ``request``'s facts from ``loaded`` (restored afterwards); return the result.
 
+    The method's parameters the request leaves unset take the model's own defaults (its
+    registry ``params`` table, :func:`editing.request.with_model_params`); the result reports
+    the parameters used.
+
     ``base_edit`` (a parent checkpoint's edit) is applied first, so the returned edit is relative
     to the pristine base model and contains the parent's changes too (sequential erasures).
     Without ``eval_data``, the Locality set is built for the request with ``eval_size`` (default:
@@ -229,6 +233,7 @@ def run_erasure(
         raise ConfigError(
             f"Request is for model {request.model!r} but {loaded.model_id!r} is loaded."
         )
+    request = with_model_params(request, loaded.entry.method_defaults(request.method))
     p = request.params
     spec = method_spec(request.method)
     if spec.needs_sae:  # registration guarantees SaeParams
