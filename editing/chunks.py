@@ -187,7 +187,7 @@ def edit_chunk(
         if base_edit is not None:
             base_edit.apply(loaded.adapter)
         # every fact's prompts as the unedited model answers them, as run_erasure takes them
-        cases = fact_cases(loaded, request.facts[start:stop], controls.control_subjects, start)
+        cases = fact_cases(loaded, request.facts[start:stop], controls, start)
         with WeightSession(loaded.adapter) as session:  # the chunk's change, on top of the parent
             for n, case in enumerate(cases):
                 if should_cancel is not None and should_cancel():
