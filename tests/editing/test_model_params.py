@@ -136,3 +136,20 @@ def test_engine_and_bench_use_the_model_defaults(small_model, erasable_fact, mon
     doc = run_bench(small_model, 1, methods=("featureedit",), leak_samples=0)
     assert doc["params"]["featureedit"]["max_features"] == 1
     assert doc["summary"]["featureedit"]["units"]["mean"] <= 1
+
+
+def test_api_checks_the_sae_layers_of_the_model_defaults() -> None:
+    """A request that leaves ``layers`` to the model is refused at the API if the model's own
+    default layers have no SAE (not later, in the worker)."""
+    from editing.registry import ModelEntry, SAESource
+    from service.catalog import method_problem
+
+    entry = ModelEntry(
+        model_id="demo-small",
+        path="/m",
+        saes={"resid_post": SAESource("resid_post", (0, 1))},
+        method_params={"featureedit": {"layers": [5]}},
+    )
+    loc, message = method_problem(entry, _request({}))
+    assert loc == ["body", "params", "layers"] and "[5]" in message
+    assert method_problem(entry, _request({"layers": [1]})) is None
