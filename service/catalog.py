@@ -19,6 +19,7 @@ from service.config import Settings
 
 log = logging.getLogger(__name__)
 
+
 class RegistryUnavailable(RuntimeError):
     """The registry file is malformed or missing (an operator problem, not the client's)."""
 
