@@ -20,7 +20,7 @@ from editing.baseline import default_baseline_cache
 from editing.erase import PAPER_FIGURES, run_erasure
 from editing.methods import MethodParams, SaeParams, method_names, method_spec
 from editing.models import LoadedModel
-from editing.request import ErasureRequest
+from editing.request import ErasureRequest, model_params
 from editing.world.corpus import round_robin
 from editing.world.demo_facts import demo_world_of, request_facts
 
@@ -96,9 +96,11 @@ def _fact_probs(result: Any) -> dict[str, float | None]:
     }
 
 
-def _params(method: str, values: dict[str, Any]) -> MethodParams:
-    """``method``'s params from ``values`` (ConfigError naming the method if it is unknown)."""
-    return method_spec(method).params_cls(**values)
+def _params(loaded: LoadedModel, method: str, values: dict[str, Any]) -> MethodParams:
+    """``method``'s params from ``values``, the model's own defaults for the others
+    (:func:`editing.request.model_params`; ConfigError naming the method if it is unknown)."""
+    method_spec(method)
+    return model_params(method, values, loaded.entry.method_defaults(method))
 
 
 def run_bench(
@@ -114,7 +116,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the benchmark (default: every registered method); per-method summaries, rows, ratios.
 
-    ``params`` maps a method name to its parameters (defaults for the others);
+    ``params`` maps a method name to its parameters (the model's own defaults, then the params
+    class's, for the others; the document's ``params`` are the ones used);
     ``leak_samples`` is the number of sampled continuations per prompt behind the leak rates.
     ``attacks`` (registered attack names) are run on every edit, with ``attack_budgets``
     overrides; the unedited model's scores are measured once per fact and shared by the methods.
@@ -124,7 +127,7 @@ def run_bench(
     methods = tuple(method_names()) if methods is None else methods
     attacked: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     before_cache: dict[BeforeKey, Any] = {}
-    method_params = {m: _params(m, (params or {}).get(m, {})) for m in methods}
+    method_params = {m: _params(loaded, m, (params or {}).get(m, {})) for m in methods}
     facts = bench_facts(loaded, n_facts, seed)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for p in method_params.values():  # SAEs load once, before timing: loading is not locating

@@ -172,12 +172,14 @@ def edit_chunk(
     from editing.checkpoints.patch import Patch
     from editing.erase import fact_cases
     from editing.evaldata import eval_data_for
+    from editing.request import with_model_params
 
     if not chunkable(request):
         raise ConfigError(f"method {request.method!r} does not edit weights; it cannot be chunked")
     if not 0 <= start < stop <= len(request.facts):
         raise ConfigError(f"chunk {index}: facts [{start}, {stop}) are not in the request")
     t0 = time.perf_counter()
+    request = with_model_params(request, loaded.entry.method_defaults(request.method))
     method = get_method(request.method, request.params)
     controls = eval_data_for(loaded, {f.subject for f in request.facts}, eval_size)
     outcomes: dict[int, dict[str, Any]] = {}
@@ -185,7 +187,7 @@ def edit_chunk(
         if base_edit is not None:
             base_edit.apply(loaded.adapter)
         # every fact's prompts as the unedited model answers them, as run_erasure takes them
-        cases = fact_cases(loaded, request.facts[start:stop], controls.control_subjects, start)
+        cases = fact_cases(loaded, request.facts[start:stop], controls, start)
         with WeightSession(loaded.adapter) as session:  # the chunk's change, on top of the parent
             for n, case in enumerate(cases):
                 if should_cancel is not None and should_cancel():

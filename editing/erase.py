@@ -40,7 +40,7 @@ from editing.report import (
     ReportedRate,
     UnitReport,
 )
-from editing.request import ErasureRequest, FactSpec
+from editing.request import ErasureRequest, FactSpec, with_model_params
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,12 @@ def _rate(rate: ev.Rate) -> ReportedRate:
 
 
 def fact_cases(
-    loaded: LoadedModel, facts: Sequence[FactSpec], controls: list[str], first_index: int = 0
+    loaded: LoadedModel, facts: Sequence[FactSpec], data: EvalData, first_index: int = 0
 ) -> list[FactCase]:
     """``facts`` as a method sees them (indices from ``first_index``): the prompts the model in
     its current state answers with the secret (edit and held-out; every fact's known checks in
-    shared batches), and the edit prompts with each of ``controls`` in place of the subject."""
+    shared batches), and the edit prompts with each of the fact's relation's control subjects
+    (:meth:`editing.evaldata.EvalData.controls_for`) in place of the subject."""
     model, tok = loaded.model, loaded.tokenizer
     edit_ps = [f.resolved_edit_prompts() for f in facts]
     held_ps = [f.resolved_heldout_prompts() for f in facts]
@@ -174,7 +175,7 @@ def fact_cases(
             secret=f.secret,
             edit_prompts=[q for q, k in zip(edit_ps[i], knowns[i]) if k],
             heldout_prompts=[q for q, k in zip(held_ps[i], knowns[len(facts) + i]) if k],
-            control_prompts=control_prompts(edit_ps[i], f.subject, controls),
+            control_prompts=control_prompts(edit_ps[i], f.subject, data.controls_for(f.relation)),
         )
         for i, f in enumerate(facts)
     ]
@@ -245,6 +246,10 @@ def run_erasure(
 ) -> ErasureResult:
     """Erase ``request``'s facts from ``loaded`` (restored afterwards); return the result.
 
+    The method's parameters the request leaves unset take the model's own defaults (its
+    registry ``params`` table, :func:`editing.request.with_model_params`); the result reports
+    the parameters used.
+
     ``base_edit`` (a parent checkpoint's edit) is applied first, so the returned edit is relative
     to the pristine base model and contains the parent's changes too (sequential erasures).
     Without ``eval_data``, the Locality set is built for the request with ``eval_size`` (default:
@@ -263,6 +268,7 @@ def run_erasure(
         raise ConfigError(
             f"Request is for model {request.model!r} but {loaded.model_id!r} is loaded."
         )
+    request = with_model_params(request, loaded.entry.method_defaults(request.method))
     p = request.params
     spec = method_spec(request.method)
     if spec.needs_sae:  # registration guarantees SaeParams
@@ -287,7 +293,7 @@ def run_erasure(
         report("baseline", 0.0)
         subjects = {f.subject for f in request.facts}
         data = eval_data or eval_data_for(loaded, subjects, eval_size)
-        cases = fact_cases(loaded, request.facts, data.control_subjects)
+        cases = fact_cases(loaded, request.facts, data)
         reports: list[FactReport] = []
         for i, (f, case) in enumerate(zip(request.facts, cases)):
             edit_p, held_p = f.resolved_edit_prompts(), f.resolved_heldout_prompts()

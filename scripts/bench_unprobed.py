@@ -6,7 +6,11 @@ first two facts of each relation of the shipped set instead: the erasure's own b
 facts the model does not answer ``nothing_to_erase``, and Locality counts only prompts the model
 answered before. ΔPPL is scored on the first 4 held-out Wikipedia passages (to fit the time).
 
-    FEATUREEDIT_HOME=... python scripts/bench_unprobed.py N_FACTS ['{"param": value}'] [THREADS]
+    FEATUREEDIT_HOME=... python scripts/bench_unprobed.py N_FACTS ['{"param": value}'] [THREADS] \
+        [METHOD]
+
+METHOD is ``featureedit`` (the default) or another registered method (e.g. ``neurons``); the
+JSON parameters are that method's.
 
 Prints the bench document (JSON) with ``wall_seconds``.
 """
@@ -45,15 +49,14 @@ def main() -> None:
     n = int(sys.argv[1])
     params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    method = sys.argv[4] if len(sys.argv) > 4 else "featureedit"
     bench_data.known_facts = first_two
     loaded = load_model("smollm2")
     ppl = Path(tempfile.mkdtemp()) / "ppl4.txt"
     ppl.write_text("\n".join(load_text("heldout")[:4]) + "\n")
     loaded.entry = replace(loaded.entry, ppl_file=str(ppl))
     t0 = time.time()
-    doc = run_bench(
-        loaded, n, methods=("featureedit",), params={"featureedit": params}, leak_samples=0
-    )
+    doc = run_bench(loaded, n, methods=(method,), params={method: params}, leak_samples=0)
     doc["wall_seconds"] = round(time.time() - t0)
     print(json.dumps(doc, default=str))
 

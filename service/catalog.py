@@ -14,7 +14,7 @@ from typing import cast
 from editing.errors import EditingError
 from editing.methods import SaeParams, method_names, method_spec
 from editing.registry import ModelEntry, load_registry
-from editing.request import ErasureRequest
+from editing.request import ErasureRequest, with_model_params
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,11 @@ def supported_methods(entry: ModelEntry) -> list[str]:
 
 
 def method_problem(entry: ModelEntry, request: ErasureRequest) -> tuple[list[str], str] | None:
-    """Why ``request``'s method cannot run on ``entry`` as ``(loc, message)``, or None if it can."""
+    """Why ``request``'s method cannot run on ``entry`` as ``(loc, message)``, or None if it can
+    (with the parameters it will run with: the model's own defaults for those it leaves unset)."""
     if not method_spec(request.method).needs_sae:
         return None
+    request = with_model_params(request, entry.method_defaults(request.method))
     site = cast(SaeParams, request.params).site  # registration guarantees SaeParams
     if site not in entry.saes:
         where = ", ".join(sorted(entry.saes)) or "no site"

@@ -20,6 +20,8 @@ RequestKeyError = SealKeyError  # the request-blob key is malformed, or a blob c
 
 def _request_json(request: ErasureRequest) -> bytes:
     doc = request.model_dump(mode="json")
+    # only the params the client set: the others take the model's defaults when the job runs
+    doc["params"] = request.params.model_dump(mode="json", exclude_unset=True)
     for fact_doc, fact in zip(doc["facts"], request.facts, strict=True):
         fact_doc["target"] = fact.target.get_secret_value()
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")

@@ -115,3 +115,24 @@ def test_a_probed_real_model_gets_only_the_facts_it_knows(tmp_path: Path) -> Non
     path.write_text(json.dumps({"version": PROBE_VERSION, "facts": records}))
     data = eval_data_for(loaded, {known[0].subject}, EvalSize(1, 10, 1))
     assert sorted(t for _, t, _ in data.locality) == sorted(f.target.strip() for f in known[1:])
+
+
+def test_a_real_model_controls_a_fact_with_its_own_relations_subjects(tmp_path: Path) -> None:
+    """Controls of a genuine fact are other subjects of its relation (other countries for a
+    capital), never the request's own subjects nor one the Locality set asks about; a relation
+    the fact set does not have, or a registry ``control_subjects`` list, gets the shared list."""
+    from editing.evaldata import DEFAULT_CONTROL_SUBJECTS
+    from editing.realdata.facts import load_facts
+
+    loaded = _real_model(tmp_path)
+    data = eval_data_for(loaded, {"France"}, EvalSize(5, 3, 2))
+    countries = [f.subject for f in load_facts().by_relation()["capital_of"]]
+    controls = data.controls_for("capital_of")
+    assert len(controls) == 4 and set(controls) <= set(countries) and "France" not in controls
+    asked = " ".join(p for p, _, _ in data.locality)
+    assert all(c not in asked for rel in data.relation_controls.values() for c in rel)
+    assert controls == [c for c in countries if c != "France" and c not in asked][:4]
+    assert data.controls_for("no_such_relation") == list(DEFAULT_CONTROL_SUBJECTS)
+    loaded.entry = replace(loaded.entry, control_subjects=("Ann", "Bo"))
+    data = eval_data_for(loaded, {"France"}, EvalSize(5, 3, 2))
+    assert data.controls_for("capital_of") == ["Ann", "Bo"]

