@@ -252,6 +252,7 @@ class MergedChunks:
     def __init__(self, chunks: Sequence[ChunkEdit]) -> None:
         self.chunks = sorted(chunks, key=lambda c: c.index)
         self.outcomes = {i: o for c in self.chunks for i, o in c.outcomes.items()}
+        self.chunk_of = {i: c.index for c in self.chunks for i in c.outcomes}
         self.merged = False
         self.overlapping_entries = 0
         self.seconds = 0.0
@@ -268,10 +269,13 @@ class MergedChunks:
         found = self.outcomes.get(case.index)
         if found is None:  # its chunk found nothing to erase; the merged edit may still erase it
             return FactOutcome(units=[], timings={"locate": 0.0, "edit": 0.0}, evidence={})
+        # the method's evidence was measured on its chunk's edit, not on the merged one (whose
+        # Reliability, Generalization and attacks the merge job measures again): say so
+        evidence = {**found["evidence"], "measured_on": f"chunk {self.chunk_of[case.index] + 1}"}
         return FactOutcome(
             units=[Unit(**u) for u in found["units"]],
             timings=dict(found["timings"]),
-            evidence=dict(found["evidence"]),
+            evidence=evidence,
         )
 
     def lineage(self) -> dict[str, Any]:

@@ -146,6 +146,9 @@ def test_a_large_request_runs_as_chunks_and_publishes_one_merged_checkpoint(
     assert manifest["chunks"]["count"] == 2
     assert [c["facts"] for c in manifest["chunks"]["chunks"]] == [[0, 2], [2, 4]]
     assert len(manifest["facts"]) == 4
+    report = store.get_report(erasure_id)
+    measured_on = [f["evidence"].get("measured_on") for f in report["facts"] if f["evidence"]]
+    assert measured_on and set(measured_on) <= {"chunk 1", "chunk 2"}  # not the merged edit
     assert not list((store.root / "private" / erasure_id).glob("chunk-*"))
     assert store.get_request_blob(erasure_id) is None
     for job_id in (f"{erasure_id}-chunk-0", f"{erasure_id}-chunk-1", f"{erasure_id}-merge"):
