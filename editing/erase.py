@@ -228,7 +228,11 @@ def _before_snapshots(
     fresh = _snapshots(model, tok, [cases[i] for i in todo], leak_samples) if todo else []
     for i, snap in zip(todo, fresh):
         found[i] = snap
-    kept.keep({keys[i]: [found[i].model_dump(mode="json")] for i in todo})  # type: ignore[union-attr]
+    # exact figures (not to_json: the cache feeds decisions) and only the fields set, so a
+    # snapshot read back keeps the report's shape
+    kept.keep(
+        {keys[i]: [found[i].model_dump(mode="json", exclude_unset=True)] for i in todo}  # type: ignore[union-attr]
+    )
     return [snap for snap in found if snap is not None]
 
 

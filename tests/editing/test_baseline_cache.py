@@ -166,6 +166,8 @@ def test_fact_before_figures_come_from_the_cache(small_model, erasable_fact, cac
     before = plain.facts[0].metrics.before
     assert before is not None and before.leak_rate is not None and before.leak_rate.count > 0
     assert warm.facts[0].metrics.before == before
+    shown = [r.report().to_json()["facts"][0]["metrics"] for r in (warm, plain)]
+    assert shown[0] == shown[1]  # read back, the figures keep the report's shape
     assert warm.facts[0].metrics.after == plain.facts[0].metrics.after
     assert run_erasure(request, small_model, leak_samples=2, baseline_cache=fresh)
     assert measured[1:] == [1, 1]  # another leak budget: measured again
