@@ -10,8 +10,8 @@ birth date has ~22 k candidates) and undoes the erasure without any attack on th
 So every JSON document leaving the engine (:meth:`editing.report.ReportModel.to_json`) states
 those figures coarsely, by key, wherever they sit in the document:
 
-- probabilities (``prob``, ``edit_prompts_max_target_prob``, ``refine_*_loss``): the upper
-  bound of their decade (``0.0123`` → ``0.1``);
+- probabilities (``prob``, ``edit_prompts_max_target_prob``) and refinement losses
+  (``refine_*_loss``, not capped at 1): the upper bound of their decade (``0.0123`` → ``0.1``);
 - exposure in bits (``exposure*``, ``control_exposure``): whole bits;
 - ``delta_prob`` (relative drop of the secret's probability): two decimals;
 - ranks (``worst_rank``): the power of two at or above;
@@ -45,11 +45,16 @@ def exact_figures() -> Iterator[None]:
         _EXACT.reset(token)
 
 
+def coarse_magnitude(x: float) -> float:
+    """The upper bound of a non-negative ``x``'s decade (0 stays): 0.0123 → 0.1, 3.2 → 10."""
+    if x <= 0.0:
+        return 0.0
+    return float(10.0 ** math.ceil(math.log10(x) - 1e-9))
+
+
 def coarse_probability(p: float) -> float:
-    """The upper bound of ``p``'s decade (0 and 1 stay): 0.0123 → 0.1, 0.001 → 0.001."""
-    if p <= 0.0 or p >= 1.0:
-        return float(min(max(p, 0.0), 1.0))
-    return float(10.0 ** math.ceil(math.log10(p) - 1e-9))
+    """:func:`coarse_magnitude` of a probability, at most 1: 0.0123 → 0.1, 0.99 → 1."""
+    return min(coarse_magnitude(p), 1.0)
 
 
 def coarse_bits(bits: float) -> float:
@@ -70,8 +75,8 @@ def coarse_rank(rank: float) -> float:
 _RULES: dict[str, Callable[[float], Any]] = {
     "prob": coarse_probability,
     "edit_prompts_max_target_prob": coarse_probability,
-    "refine_rank_loss": coarse_probability,
-    "refine_exposure_loss": coarse_probability,
+    "refine_rank_loss": coarse_magnitude,
+    "refine_exposure_loss": coarse_magnitude,
     "exposure": coarse_bits,
     "exposure_before": coarse_bits,
     "exposure_after": coarse_bits,

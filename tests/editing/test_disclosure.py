@@ -21,6 +21,13 @@ def test_a_probability_is_stated_as_its_decade(p: float, shown: float) -> None:
     assert math.isclose(coarse_probability(p), shown)
 
 
+def test_a_loss_is_stated_as_its_decade_without_a_cap() -> None:
+    assert coarsen({"refine_exposure_loss": 3.2, "refine_rank_loss": 0.0}) == {
+        "refine_exposure_loss": 10.0,
+        "refine_rank_loss": 0.0,
+    }
+
+
 def test_ranks_round_up_to_a_power_of_two() -> None:
     assert [coarse_rank(r) for r in (1, 2, 3, 17.5, 64)] == [1, 2, 4, 32, 64]
 
