@@ -11,9 +11,10 @@ The cache is content-addressed twice:
 - its directory is named by the **model key** (:func:`model_key`): the sha256 of the weights
   files (cached per file state, :func:`editing.evaldata.model_weights_sha256`), of the
   down-projections in memory (so a sequential erasure's parent edit, applied before the
-  baseline, gives another key), of the tokenizer files, of the parameters' dtype and of the
-  device type, and :data:`BASELINE_VERSION`. A changed base checkpoint, dtype or device class is
-  another directory: never a reuse;
+  baseline, gives another key), of the tokenizer files, of the model's configuration as loaded
+  (e.g. a changed ``rope_theta`` or norm epsilon in ``config.json`` with the same weights), of
+  the parameters' dtype and of the device type, and :data:`BASELINE_VERSION`. A changed base
+  checkpoint, configuration, dtype or device class is another directory: never a reuse;
 - each entry is keyed by an HMAC of its evaluation row (Locality prompt and answer) or passage
   text, with the home's fingerprint key (:func:`editing.fingerprint.fingerprint_key`; the files
   name no prompt, answer or passage). A changed evaluation set misses on every changed row and
@@ -58,8 +59,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BASELINE_VERSION = 1  # bump when what is scored or how changes: old entries are never read
+BASELINE_VERSION = 2  # bump when what is scored or how changes: old entries are never read
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# configuration keys that name where or with what a model was loaded, not what it computes
+CONFIG_VOLATILE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")
 
 
 @dataclass
@@ -93,10 +96,19 @@ def _tokenizer_sha256(loaded: LoadedModel) -> str:
     return digest.hexdigest()
 
 
+def _config_sha256(loaded: LoadedModel) -> str:
+    """sha256 of the model's configuration as loaded (what it computes, not where it came
+    from: :data:`CONFIG_VOLATILE` keys left out)."""
+    config = loaded.model.config.to_dict()
+    for key in CONFIG_VOLATILE:
+        config.pop(key, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def model_key(loaded: LoadedModel, down_proj_sha256: str) -> str:
     """The cache key of ``loaded`` as it is now: weights files, ``down_proj_sha256`` (of the
     down-projections in memory, :func:`editing.checkpoints.publish.down_proj_sha256`),
-    tokenizer, dtype, device type and :data:`BASELINE_VERSION`."""
+    tokenizer, configuration, dtype, device type and :data:`BASELINE_VERSION`."""
     from editing.evaldata import model_weights_sha256
 
     param = next(loaded.model.parameters())
@@ -105,6 +117,7 @@ def model_key(loaded: LoadedModel, down_proj_sha256: str) -> str:
         "weights": model_weights_sha256(loaded),
         "down_proj": down_proj_sha256,
         "tokenizer": _tokenizer_sha256(loaded),
+        "config": _config_sha256(loaded),
         "dtype": str(param.dtype),
         "device": param.device.type,
     }

@@ -3,6 +3,7 @@ never for a changed base checkpoint, evaluation set or dtype."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shutil
@@ -94,6 +95,19 @@ def test_a_changed_base_checkpoint_is_another_model(small_model, tmp_path: Path)
     save_file(tensors, weights, metadata={"format": "pt"})
     other = dataclasses.replace(small_model, source_dir=copy)
     assert model_key(other, pristine) != model_key(small_model, pristine)
+
+
+def test_a_changed_config_with_the_same_weights_is_another_model(small_model) -> None:
+    """config.json changes what the same weights compute (e.g. a norm epsilon, rope theta)."""
+    pristine = down_proj_sha256(small_model.adapter)
+    config = copy.deepcopy(small_model.model.config)
+    key = next(k for k in ("rms_norm_eps", "layer_norm_eps") if hasattr(config, k))
+    setattr(config, key, getattr(config, key) * 10)
+    other_model = copy.copy(small_model.model)
+    other_model.config = config
+    other = dataclasses.replace(small_model, model=other_model)
+    assert model_key(other, pristine) != model_key(small_model, pristine)
+    assert small_model.model.config is not config  # the shared fixture is untouched
 
 
 def test_another_dtype_is_another_model(small_model, fe_home, data, cache) -> None:
