@@ -46,6 +46,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from service.private_records import (
+    REVERT,
     keep_revert_data,
     keep_subjects,
     subjects_of,
@@ -297,6 +298,7 @@ class _ErasureRun:
             checkpoint_id = erasure.checkpoint.name
             if self._check_cancel_quietly():  # ended while publishing: take the checkpoint back
                 self.store.delete_checkpoint(checkpoint_id)
+                self.store.delete_private(self.id, REVERT)  # and the revert data sealed for it
                 raise Cancelled()
             self.store.register_checkpoint(checkpoint_id, record.tenant, self.id)
             log.info("erasure %s: published checkpoint %s", self.id, checkpoint_id)

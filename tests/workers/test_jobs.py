@@ -20,6 +20,7 @@ import redis
 from rq.job import Job, JobStatus
 
 from service.config import Settings
+from service.private_records import REVERT
 from service.queueing import JOB_SERIALIZER
 from service.records import TERMINAL, ErasureRecord
 from service.store import FilesystemStore
@@ -475,6 +476,7 @@ def test_an_erasure_ended_elsewhere_while_publishing_publishes_nothing(
     record = _record(store, erasure_id)
     assert record.status == "failed" and record.checkpoint_id is None
     assert _checkpoint_dirs(store) == [], "a checkpoint of an ended erasure stayed published"
+    assert store.get_private(erasure_id, REVERT) is None, "its sealed revert data stayed"
 
 
 def test_error_after_editing_is_retried_then_failed_redacted_and_the_model_is_pristine(
