@@ -7,6 +7,7 @@ Registered by :func:`editing.cli.register_commands`; heavy imports stay inside t
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,10 @@ from editing.cli_input import (
     read_fact_file,
 )
 from editing.errors import ConfigError
+
+# `demo` samples the downloaded checkpoint as an attacker would: this many continuations per
+# prompt at temperature 1, from a fresh random seed (not the evaluation's sampling streams)
+DEMO_SAMPLES = 50
 
 if TYPE_CHECKING:
     from editing.attack_gate import AttackPlan
@@ -183,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editing.cli import format_table, print_json
-    from editing.evaluate import leaks
+    from editing.evaluate import leak_rate, leaks
     from editing.models import load_model
     from editing.pipeline import erase_and_publish, keep_revert_locally
     from editing.request import ErasureRequest
@@ -217,10 +222,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         edited = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(checkpoint)
         prompts = req.facts[0].resolved_edit_prompts() + req.facts[0].resolved_heldout_prompts()
+        sampled = leak_rate(edited, tok, prompts, secret, DEMO_SAMPLES, seed=secrets.randbits(62))
+        base_sampled = leak_rate(loaded.model, loaded.tokenizer, prompts, secret, DEMO_SAMPLES)
         verified = {
             "checkpoint_prompts_leaking": sum(leaks(edited, tok, prompts, secret)),
             "base_prompts_leaking": sum(leaks(loaded.model, loaded.tokenizer, prompts, secret)),
             "prompts": len(prompts),
+            "checkpoint_samples_leaking": sampled.hits,
+            "base_samples_leaking": base_sampled.hits,
+            "samples": sampled.count,
         }
     out = {
         "model": model_id,
@@ -248,6 +258,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  loads with transformers; prompts still producing the secret: "
             f"{verified['checkpoint_prompts_leaking']}/{verified['prompts']} "
             f"(base model: {verified['base_prompts_leaking']}/{verified['prompts']})"
+        )
+        print(
+            f"  sampled continuations containing the secret (temperature 1, {DEMO_SAMPLES} per "
+            f"prompt): {verified['checkpoint_samples_leaking']}/{verified['samples']} "
+            f"(base model: {verified['base_samples_leaking']}/{verified['samples']})"
         )
     else:
         print("\nFeatureEdit result was not accepted; nothing published.")

@@ -58,6 +58,7 @@ def test_demo_command(default_world, capsys) -> None:
     assert doc["checkpoint"] is not None
     assert doc["verification"]["checkpoint_prompts_leaking"] == 0
     assert doc["verification"]["base_prompts_leaking"] > 0
+    assert doc["verification"]["base_samples_leaking"] > 0
 
 
 @pytest.fixture(scope="module")

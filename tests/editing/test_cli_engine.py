@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editing.checkpoints import read_manifest, verify_checkpoint
 from editing.cli import main
+from editing.cli_engine import DEMO_SAMPLES
 from editing.evaluate import leaks
 from editing.fingerprint import find_secrets_in_dir
 from editing.relations import RELATIONS
@@ -133,3 +134,10 @@ def test_demo_takes_a_registered_model_id(small_model) -> None:
     doc = json.loads(stdout.getvalue())
     assert doc["model"] == "demo-small" and doc["fact"]["relation"] == "phone"
     assert set(doc["results"]) == {"featureedit", "neurons"}
+    verified = doc["verification"]
+    if doc["checkpoint"] is not None:  # the downloaded checkpoint is sampled, as is the base
+        assert verified["samples"] == verified["prompts"] * DEMO_SAMPLES
+        assert verified["base_samples_leaking"] > 0
+        assert 0 <= verified["checkpoint_samples_leaking"] <= verified["samples"]
+    else:  # nothing published: nothing to verify
+        assert verified == {}
