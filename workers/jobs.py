@@ -253,9 +253,36 @@ class _ErasureRun:
         """What the manifest records of how the edit was made, besides the erasure id."""
         return {}
 
-    def _run(self, record: ErasureRecord, t0: float) -> str:
+    def _erasure(
+        self, request: Any, record: ErasureRecord, loaded: Any, base_edit: Any, editor: Any
+    ) -> Any:
+        """Erase and publish (:func:`editing.pipeline.erase_and_publish`); the
+        :class:`~editing.pipeline.Erasure` (a chunked request's finishing job gathers instead)."""
         from editing.pipeline import erase_and_publish
 
+        # the erasure id in the patch's metadata makes the (content-addressed) checkpoint id
+        # unique per erasure: two tenants never share one, a retry of this erasure does
+        return erase_and_publish(
+            request,
+            loaded,
+            checkpoint_root=self.store.checkpoint_root(),
+            keep_revert=self._keep_revert,
+            base_edit=base_edit,
+            publish_mode=self.ctx.settings.publish_mode,
+            progress=self._on_progress,
+            should_cancel=self.should_cancel,
+            eval_size=self.ctx.tuning.eval_size(loaded.entry),
+            edit_metadata={"erasure_id": self.id},
+            manifest_extra={"erasure_id": self.id, **self._lineage()},
+            attacks=self.ctx.tuning.attack_plan(),
+            editor=editor,
+        )
+
+    def _keep_revert(self, edit: Any, checkpoint_id: str) -> None:
+        """Keep a published checkpoint's revert data in the erasure's private record."""
+        keep_revert_data(self.store, self.id, edit, checkpoint_id, self.ctx.settings)
+
+    def _run(self, record: ErasureRecord, t0: float) -> str:
         request = self._request(record)
         keep_subjects(self.store, self.id, subjects_of(request), self.ctx.settings)
         if self._split(request, record):
@@ -270,25 +297,7 @@ class _ErasureRun:
         self._check_cancel(force=True)
         editor = self._editor(request, record)
 
-        # the erasure id in the patch's metadata makes the (content-addressed) checkpoint id
-        # unique per erasure: two tenants never share one, a retry of this erasure does
-        erasure = erase_and_publish(
-            request,
-            loaded,
-            checkpoint_root=self.store.checkpoint_root(),
-            keep_revert=lambda edit, cid: keep_revert_data(
-                self.store, self.id, edit, cid, self.ctx.settings
-            ),
-            base_edit=base_edit,
-            publish_mode=self.ctx.settings.publish_mode,
-            progress=self._on_progress,
-            should_cancel=self.should_cancel,
-            eval_size=self.ctx.tuning.eval_size(loaded.entry),
-            edit_metadata={"erasure_id": self.id},
-            manifest_extra={"erasure_id": self.id, **self._lineage()},
-            attacks=self.ctx.tuning.attack_plan(),
-            editor=editor,
-        )
+        erasure = self._erasure(request, record, loaded, base_edit, editor)
         result = erasure.result
         self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
         self.timings.update(erasure.timings)
