@@ -58,7 +58,7 @@ def job_row(record: dict[str, Any], public: dict[str, Any], e2e_client: float) -
     # (report, terminal record write) until the terminal event; a chunked request's job is the
     # finishing job (its locate, edit and per-fact scoring ran in the chunk and evaluation jobs:
     # its own Locality and perplexity are in *other*)
-    inside = ("model_load", "publish") if row["chunked"] else JOB_STAGES[1:]
+    inside = ("model_load", "publish") if row["chunked"] else (*JOB_STAGES[1:], "attacks")
     row["worker_other"] = round(row["worker_total"] - sum(row[s] for s in inside), 4)
     row["engine"] = round(sum(row[s] for s in ENGINE_STAGES), 4)
     row["e2e_server"] = round(epoch_of(end["at"]) - created, 4) if end else None
