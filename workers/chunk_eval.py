@@ -140,9 +140,7 @@ class _FinishRun(_ErasureRun):
     def _split(self, request: Any, record: ErasureRecord) -> bool:
         return False
 
-    def _erasure(
-        self, request: Any, record: ErasureRecord, loaded: Any, base_edit: Any, editor: Any
-    ) -> Any:
+    def _erasure(self, request: Any, record: ErasureRecord, loaded: Any, base_edit: Any) -> Any:
         from editing.baseline import default_baseline_cache
         from editing.chunk_eval import FactsEvaluation, finish_chunked
         from editing.pipeline import publish_result

@@ -147,7 +147,7 @@ class _ErasureRun:
     """One attempt at one erasure (state shared by the steps of :func:`run_erasure_job`).
 
     :mod:`workers.chunks` subclasses it for a chunked request's chunk and merge jobs (the hooks
-    :meth:`_split`, :meth:`_editor` and the start stage and progress).
+    :meth:`_split`, :meth:`_erasure` and the start stage and progress).
     """
 
     shares: dict[str, tuple[float, float]] = PROGRESS_SHARES
@@ -245,17 +245,11 @@ class _ErasureRun:
 
         return split(self.ctx, request, record)
 
-    def _editor(self, request: Any, record: ErasureRecord) -> Any:
-        """The locate + edit step in place of the request's method (None: the method's own)."""
-        return None
-
     def _lineage(self) -> dict[str, Any]:
         """What the manifest records of how the edit was made, besides the erasure id."""
         return {}
 
-    def _erasure(
-        self, request: Any, record: ErasureRecord, loaded: Any, base_edit: Any, editor: Any
-    ) -> Any:
+    def _erasure(self, request: Any, record: ErasureRecord, loaded: Any, base_edit: Any) -> Any:
         """Erase and publish (:func:`editing.pipeline.erase_and_publish`); the
         :class:`~editing.pipeline.Erasure` (a chunked request's finishing job gathers instead)."""
         from editing.pipeline import erase_and_publish
@@ -275,7 +269,6 @@ class _ErasureRun:
             edit_metadata={"erasure_id": self.id},
             manifest_extra={"erasure_id": self.id, **self._lineage()},
             attacks=self.ctx.tuning.attack_plan(),
-            editor=editor,
         )
 
     def _keep_revert(self, edit: Any, checkpoint_id: str) -> None:
@@ -295,9 +288,8 @@ class _ErasureRun:
         self.timings["model_cached"] = 1.0 if cached else 0.0
         base_edit = self._base_edit(request.base_checkpoint, record, loaded)
         self._check_cancel(force=True)
-        editor = self._editor(request, record)
 
-        erasure = self._erasure(request, record, loaded, base_edit, editor)
+        erasure = self._erasure(request, record, loaded, base_edit)
         result = erasure.result
         self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
         self.timings.update(erasure.timings)
