@@ -202,6 +202,7 @@ class FeatureEdit:
                     stranger=p.refine_stranger,
                     stranger_subjects=p.refine_stranger_subjects,
                     stranger_margin=p.refine_stranger_margin,
+                    digit_rank=p.refine_digit_rank,
                 ),
                 subject=case.subject,
             )
@@ -217,6 +218,8 @@ class FeatureEdit:
                 refined["refine_exposure_loss"] = round(result.exposure_loss, 6)
             if p.refine_stranger > 0:
                 refined["refine_stranger_loss"] = round(result.stranger_loss, 6)
+            if p.refine_digit_rank > 0:
+                refined["refine_digit_loss"] = round(result.digit_loss, 6)
         return FactOutcome(
             units=chosen,
             timings={"locate": t_locate, "edit": t_edit},

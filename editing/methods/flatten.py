@@ -30,6 +30,12 @@ minimises, on the edit prompts teacher-forced on the secret's prefix:
   fixed, so the term cannot be met by lowering the whole format space; ``exposure_anchor`` ×
   the mean squared change of the candidates' log-probabilities (against the same pre-edit
   scores) keeps the format space where it was while the secret goes down into it.
+- **digit rank** (optional, weighted by ``digit_rank``): at every position of the edit prompts
+  whose secret token is a single digit, ``relu(log p(secret digit) - median_d log p(d))`` over the
+  ten digit tokens at that position: the secret's digit must not be above the median digit there.
+  A ranking among the digits of the same position, so lowering every digit (other people's
+  numbers) does not meet it; the positions where the secret's digit is not above the median
+  (where the model does not know it) are left alone. Converges only once it is zero.
 
 Adam on float32 copies of the trainable columns; no randomness (deterministic for given
 weights). Devices and dtypes follow the model's. Stops as soon as every hinge term is zero.
@@ -73,6 +79,7 @@ class FlattenConfig:
     stranger: float = 0.0
     stranger_subjects: int = 4
     stranger_margin: float = 0.0
+    digit_rank: float = 0.0
 
 
 # Names no demo world draws (its name lists share no first or last name with these) and no real
@@ -100,6 +107,7 @@ class FlattenResult:
     converged: bool
     exposure_loss: float = 0.0
     stranger_loss: float = 0.0
+    digit_loss: float = 0.0
 
 
 def snapshot(loaded: LoadedModel, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -357,6 +365,26 @@ def stranger_kl(target: StrangerTarget, logits: torch.Tensor) -> torch.Tensor:
     return (ref.exp() * (ref - lp)).sum(-1).mean()
 
 
+def digit_ids(loaded: LoadedModel) -> list[int]:
+    """Token ids of the ten digits, each a token of its own (empty if the vocabulary has not)."""
+    ids = [loaded.tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
+    return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else []
+
+
+def digit_rank_loss(logits: torch.Tensor, tok: torch.Tensor, digits: list[int]) -> torch.Tensor:
+    """Mean over the secret's digit positions of ``relu(log p(secret digit) - median digit
+    log p)`` (``logits`` ``[tokens, vocab]`` at the secret's positions, ``tok`` its tokens); 0
+    when the secret has no digit token."""
+    ids = torch.tensor(digits, dtype=torch.long, device=logits.device)
+    at = torch.isin(tok, ids)
+    if not digits or not bool(at.any()):
+        return logits.sum() * 0
+    lp = logits[at].log_softmax(-1)
+    mine = lp.gather(-1, tok[at][:, None]).squeeze(-1)
+    median = lp[:, ids].median(-1).values
+    return torch.relu(mine - median).mean()
+
+
 def flatten(
     loaded: LoadedModel,
     prompts: list[str],
@@ -408,7 +436,8 @@ def flatten(
         )
     opt = torch.optim.Adam(list(fwd.deltas.values()), lr=cfg.lr)
     leak_l = rank_l = float("nan")
-    exposure_l = stranger_l = 0.0
+    exposure_l = stranger_l = digit_l = 0.0
+    digits = digit_ids(loaded) if cfg.digit_rank > 0 else []
     steps = 0
     converged = False
     with torch.enable_grad():
@@ -423,7 +452,12 @@ def flatten(
                 over = secret_logprob(z) - stranger.secret - cfg.stranger_margin
                 stranger_l = torch.relu(over).mean().item()
                 loss = loss + cfg.stranger * stranger_kl(stranger, z[-1])
-            if leak_l == 0.0 and rank_l == 0.0 and exposure_l == 0.0 and stranger_l == 0.0:
+            if digits:
+                digit = digit_rank_loss(z[-1], tok, digits)
+                digit_l = digit.item()
+                loss = loss + cfg.digit_rank * digit
+            hinges = (leak_l, rank_l, exposure_l, stranger_l, digit_l)
+            if all(h == 0.0 for h in hinges):
                 converged = True
                 break
             if step == cfg.steps:
@@ -447,7 +481,9 @@ def flatten(
     for d in fwd.deltas.values():
         d.requires_grad_(False)
     fwd.commit()
-    return FlattenResult(steps, fwd.columns, leak_l, rank_l, converged, exposure_l, stranger_l)
+    return FlattenResult(
+        steps, fwd.columns, leak_l, rank_l, converged, exposure_l, stranger_l, digit_l
+    )
 
 
 def _add_gradient_columns(

@@ -185,6 +185,16 @@ class FeatureEditParams(SaeParams):
         ),
     )
 
+    refine_digit_rank: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "`flatten`: weight of the digit-rank hinge (0: off): at every digit of the secret "
+            "on the edit prompts (teacher-forced), its log-probability must not exceed the "
+            "median of the ten digits' there; the refinement converges only once it is zero."
+        ),
+    )
+
 
 class NeuronParams(MethodParams):
     """The neuron baseline's parameters: integrated gradients, then a capped neuron set."""

@@ -13,6 +13,7 @@ from editing.methods.flatten import (
     _Forward,
     _targets,
     _teacher_forced,
+    digit_rank_loss,
     stranger_kl,
     stranger_target,
 )
@@ -103,3 +104,19 @@ def test_stranger_term_brings_the_secret_down_to_the_strangers(
     after = _secret_logprobs(small_model, fact, with_term.edit)
     assert (after <= target.secret + 1e-2).all()
     assert after.mean() < _secret_logprobs(small_model, fact, without.edit).mean()
+
+
+def test_digit_rank_loss_counts_only_digits_above_the_median_digit() -> None:
+    """The digit-rank hinge is zero when the secret's digit is at or below the median digit at
+    its position (or the secret has no digit), positive by the log-probability gap when it is
+    the argmax, and unchanged when every digit is lowered alike (a ranking, not a push)."""
+    digits = list(range(10))
+    logits = torch.zeros(3, 16)
+    tok = torch.tensor([4, 12, 7])  # a digit, a non-digit, a digit
+    assert float(digit_rank_loss(logits, tok, digits)) == 0.0
+    logits[0, 4] = 2.0  # the secret's first digit is now the argmax among the digits
+    assert float(digit_rank_loss(logits, tok, digits)) == pytest.approx(1.0)  # (2 + 0) / 2
+    lowered = logits.clone()
+    lowered[:, :10] -= 5.0
+    assert float(digit_rank_loss(lowered, tok, digits)) == pytest.approx(1.0)
+    assert float(digit_rank_loss(logits, torch.tensor([12, 13, 14]), digits)) == 0.0
