@@ -89,8 +89,9 @@ def test_stranger_term_brings_the_secret_down_to_the_strangers(
     small_model, erasable_digit_fact
 ) -> None:
     """With the term on, the refinement converges with a zero stranger loss: on every edit
-    prompt the secret is no more likely than under the strangers' distribution, and lower than
-    after the flatten refinement without the term."""
+    prompt the secret is no more likely than under the strangers' distribution, and the edited
+    model is closer (KL) to that distribution than after the flatten refinement without the
+    term (the KL pulls both ways: the secret may end up above where flatten alone left it)."""
     fact = erasable_digit_fact
     params = {"refine": "flatten", "refine_steps": 300}
     with_term = _erase(small_model, fact, {**params, "refine_stranger": 1.0})
@@ -103,7 +104,13 @@ def test_stranger_term_brings_the_secret_down_to_the_strangers(
     target = stranger_target(_Forward(small_model, {}), prompts, fact.subject, fact.target, 4)
     after = _secret_logprobs(small_model, fact, with_term.edit)
     assert (after <= target.secret + 1e-2).all()
-    assert after.mean() < _secret_logprobs(small_model, fact, without.edit).mean()
+    kl = {}
+    for name, out in (("with", with_term), ("without", without)):
+        with out.edit.applied(small_model.adapter):
+            kl[name] = float(
+                stranger_kl(target, _logits_at_secret(small_model, prompts, fact.target))
+            )
+    assert kl["with"] < kl["without"]
 
 
 def test_digit_rank_loss_counts_only_digits_above_the_median_digit() -> None:
