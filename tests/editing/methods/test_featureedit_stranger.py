@@ -127,3 +127,20 @@ def test_digit_rank_loss_counts_only_digits_above_the_median_digit() -> None:
     lowered[:, :10] -= 5.0
     assert float(digit_rank_loss(lowered, tok, digits)) == pytest.approx(1.0)
     assert float(digit_rank_loss(logits, torch.tensor([12, 13, 14]), digits)) == 0.0
+
+
+def test_digit_rank_term_lowers_the_secret_on_the_small_world(
+    small_model, erasable_digit_fact
+) -> None:
+    """With the digit-rank term on, the refinement converges with a zero digit loss and the
+    secret's log-probability on the edit prompts is lower than after flatten alone."""
+    fact = erasable_digit_fact
+    params = {"refine": "flatten", "refine_steps": 300}
+    with_term = _erase(small_model, fact, {**params, "refine_digit_rank": 1.0})
+    without = _erase(small_model, fact, params)
+    ev = with_term.facts[0].evidence
+    assert ev["refine_converged"] is True
+    assert ev["refine_digit_loss"] == 0.0
+    assert "refine_digit_loss" not in without.facts[0].evidence
+    after = _secret_logprobs(small_model, fact, with_term.edit)
+    assert after.mean() < _secret_logprobs(small_model, fact, without.edit).mean()
