@@ -77,6 +77,8 @@ _RULES: dict[str, Callable[[float], Any]] = {
     "edit_prompts_max_target_prob": coarse_probability,
     "refine_rank_loss": coarse_magnitude,
     "refine_exposure_loss": coarse_magnitude,
+    "refine_stranger_loss": coarse_magnitude,
+    "refine_digit_loss": coarse_magnitude,
     "exposure": coarse_bits,
     "exposure_before": coarse_bits,
     "exposure_after": coarse_bits,

@@ -199,7 +199,12 @@ class FeatureEdit:
                     exposure_candidates=p.refine_exposure_candidates,
                     exposure_quantile=p.refine_exposure_quantile,
                     exposure_anchor=p.refine_exposure_anchor,
+                    stranger=p.refine_stranger,
+                    stranger_subjects=p.refine_stranger_subjects,
+                    stranger_margin=p.refine_stranger_margin,
+                    digit_rank=p.refine_digit_rank,
                 ),
+                subject=case.subject,
             )
             t_edit += time.perf_counter() - t0
             still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
@@ -211,6 +216,10 @@ class FeatureEdit:
             }
             if p.refine_exposure > 0:
                 refined["refine_exposure_loss"] = round(result.exposure_loss, 6)
+            if p.refine_stranger > 0:
+                refined["refine_stranger_loss"] = round(result.stranger_loss, 6)
+            if p.refine_digit_rank > 0:
+                refined["refine_digit_loss"] = round(result.digit_loss, 6)
         return FactOutcome(
             units=chosen,
             timings={"locate": t_locate, "edit": t_edit},

@@ -30,6 +30,12 @@ minimises, on the edit prompts teacher-forced on the secret's prefix:
   fixed, so the term cannot be met by lowering the whole format space; ``exposure_anchor`` ×
   the mean squared change of the candidates' log-probabilities (against the same pre-edit
   scores) keeps the format space where it was while the secret goes down into it.
+- **digit rank** (optional, weighted by ``digit_rank``): at every position of the edit prompts
+  whose secret token is a single digit, ``relu(log p(secret digit) - median_d log p(d))`` over the
+  ten digit tokens at that position: the secret's digit must not be above the median digit there.
+  A ranking among the digits of the same position, so lowering every digit (other people's
+  numbers) does not meet it; the positions where the secret's digit is not above the median
+  (where the model does not know it) are left alone. Converges only once it is zero.
 
 Adam on float32 copies of the trainable columns; no randomness (deterministic for given
 weights). Devices and dtypes follow the model's. Stops as soon as every hinge term is zero.
@@ -70,6 +76,24 @@ class FlattenConfig:
     exposure_anchor: float = 1.0
     exposure_seed: int = 13
     exposure_min_digits: int = 3
+    stranger: float = 0.0
+    stranger_subjects: int = 4
+    stranger_margin: float = 0.0
+    digit_rank: float = 0.0
+
+
+# Names no demo world draws (its name lists share no first or last name with these) and no real
+# model is likely to know as a person: the stranger term's subjects.
+STRANGERS = (
+    "Quillon Varrow",
+    "Edda Thistlemarch",
+    "Orrin Pellavast",
+    "Maelis Corrowyn",
+    "Tavish Oldquarry",
+    "Sorrel Vintmoor",
+    "Ansel Brackwater",
+    "Ysolde Fenmarrow",
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,8 @@ class FlattenResult:
     rank_loss: float
     converged: bool
     exposure_loss: float = 0.0
+    stranger_loss: float = 0.0
+    digit_loss: float = 0.0
 
 
 def snapshot(loaded: LoadedModel, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -289,6 +315,76 @@ class _Candidates:
         return per_row.view(self.shape)
 
 
+@dataclass(frozen=True)
+class StrangerTarget:
+    """The stranger term's target at the edit prompts' secret positions (the order of
+    :func:`_targets` over the edit prompts): log of the mean next-token distribution over the
+    strangers ``[tokens, vocab]``, which tokens have one (``valid``: their prompt names the
+    subject), and per edit prompt the secret's log-probability under it (``secret``)."""
+
+    logprobs: torch.Tensor
+    valid: torch.Tensor
+    secret: torch.Tensor
+
+
+def stranger_target(
+    fwd: _Forward, prompts: list[str], subject: str, secret: str, n: int
+) -> StrangerTarget | None:
+    """:class:`StrangerTarget` under ``fwd``'s weights (no gradient): every edit prompt with
+    each of the first ``n`` :data:`STRANGERS` in place of ``subject``, teacher-forced on
+    ``secret``; None when no prompt names the subject or ``n`` is 0."""
+    strangers = [s for s in STRANGERS if s != subject][:n]
+    named = [i for i, p in enumerate(prompts) if subject and subject in p]
+    if not strangers or not named:
+        return None
+    loaded = fwd.loaded
+    device = loaded.adapter.device
+    rows = [(prompts[i].replace(subject, s), secret) for s in strangers for i in named]
+    pairs = [encode_pair(loaded.tokenizer, p, t) for p, t in rows]
+    ids, mask = _teacher_forced(loaded, rows)
+    row, pos, _ = _targets(pairs, device)
+    with torch.no_grad():
+        probs = fwd.logits(ids, mask)[row, pos].softmax(-1)
+    n_tok = len(pairs[0][1])
+    probs = probs.view(len(strangers), len(named), n_tok, -1).mean(0)  # [named, tokens, vocab]
+    vocab = probs.shape[-1]
+    logprobs = torch.zeros(len(prompts), n_tok, vocab, device=device)
+    logprobs[named] = probs.clamp_min(1e-30).log()
+    valid = torch.zeros(len(prompts), n_tok, dtype=torch.bool, device=device)
+    valid[named] = True
+    tok = torch.tensor(pairs[0][1], device=device)
+    secret_lp = logprobs.gather(-1, tok[None, :, None].expand(len(prompts), -1, 1)).sum((1, 2))
+    return StrangerTarget(logprobs.view(-1, vocab), valid.view(-1), secret_lp)
+
+
+def stranger_kl(target: StrangerTarget, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid secret positions of ``KL(p_stranger || softmax(logits))``;
+    ``logits`` are the edited model's at the same positions ``[tokens, vocab]``."""
+    ref = target.logprobs[target.valid]
+    lp = logits[target.valid].log_softmax(-1)
+    return (ref.exp() * (ref - lp)).sum(-1).mean()
+
+
+def digit_ids(loaded: LoadedModel) -> list[int]:
+    """Token ids of the ten digits, each a token of its own (empty if the vocabulary has not)."""
+    ids = [loaded.tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
+    return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else []
+
+
+def digit_rank_loss(logits: torch.Tensor, tok: torch.Tensor, digits: list[int]) -> torch.Tensor:
+    """Mean over the secret's digit positions of ``relu(log p(secret digit) - median digit
+    log p)`` (``logits`` ``[tokens, vocab]`` at the secret's positions, ``tok`` its tokens); 0
+    when the secret has no digit token."""
+    ids = torch.tensor(digits, dtype=torch.long, device=logits.device)
+    at = torch.isin(tok, ids)
+    if not digits or not bool(at.any()):
+        return logits.sum() * 0
+    lp = logits[at].log_softmax(-1)
+    mine = lp.gather(-1, tok[at][:, None]).squeeze(-1)
+    median = lp[:, ids].median(-1).values
+    return torch.relu(mine - median).mean()
+
+
 def flatten(
     loaded: LoadedModel,
     prompts: list[str],
@@ -296,8 +392,10 @@ def flatten(
     base: dict[int, torch.Tensor],
     control_ref: ControlReference | None,
     cfg: FlattenConfig,
+    subject: str = "",
 ) -> FlattenResult:
-    """Refine the columns changed since ``base`` (see the module docstring); edits in place."""
+    """Refine the columns changed since ``base`` (see the module docstring); edits in place.
+    ``subject`` (the fact's, as named in ``prompts``) is what the stranger term replaces."""
     cols = changed_columns(loaded, base)
     if not prompts or not (cfg.extra_columns or any(c.numel() for c in cols.values())):
         return FlattenResult(0, 0, 0.0, 0.0, False)
@@ -331,9 +429,15 @@ def flatten(
         with torch.no_grad():
             before = scored.logprobs(_Forward(loaded, {}, base))
         typical = before.quantile(cfg.exposure_quantile, dim=0)
+    stranger = None
+    if cfg.stranger > 0:  # what the model said about strangers before this fact's edit
+        stranger = stranger_target(
+            _Forward(loaded, {}, base), prompts, subject, secret, cfg.stranger_subjects
+        )
     opt = torch.optim.Adam(list(fwd.deltas.values()), lr=cfg.lr)
     leak_l = rank_l = float("nan")
-    exposure_l = 0.0
+    exposure_l = stranger_l = digit_l = 0.0
+    digits = digit_ids(loaded) if cfg.digit_rank > 0 else []
     steps = 0
     converged = False
     with torch.enable_grad():
@@ -344,7 +448,16 @@ def flatten(
                 exposure = torch.relu(secret_logprob(z) - typical).mean()
                 exposure_l = exposure.item()
                 loss = loss + cfg.exposure * exposure
-            if leak_l == 0.0 and rank_l == 0.0 and exposure_l == 0.0:
+            if stranger is not None:
+                over = secret_logprob(z) - stranger.secret - cfg.stranger_margin
+                stranger_l = torch.relu(over).mean().item()
+                loss = loss + cfg.stranger * stranger_kl(stranger, z[-1])
+            if digits:
+                digit = digit_rank_loss(z[-1], tok, digits)
+                digit_l = digit.item()
+                loss = loss + cfg.digit_rank * digit
+            hinges = (leak_l, rank_l, exposure_l, stranger_l, digit_l)
+            if all(h == 0.0 for h in hinges):
                 converged = True
                 break
             if step == cfg.steps:
@@ -368,7 +481,9 @@ def flatten(
     for d in fwd.deltas.values():
         d.requires_grad_(False)
     fwd.commit()
-    return FlattenResult(steps, fwd.columns, leak_l, rank_l, converged, exposure_l)
+    return FlattenResult(
+        steps, fwd.columns, leak_l, rank_l, converged, exposure_l, stranger_l, digit_l
+    )
 
 
 def _add_gradient_columns(

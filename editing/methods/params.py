@@ -163,6 +163,38 @@ class FeatureEditParams(SaeParams):
         ),
     )
 
+    refine_stranger: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "`flatten`: weight of the stranger term (0: off): at every secret position of the "
+            "edit prompts, the KL from the next-token distribution the model gave, before the "
+            "fact's edit, for subjects it never saw on the same prompts to the edited one; the "
+            "refinement converges only once the secret is no more likely than under it."
+        ),
+    )
+    refine_stranger_subjects: int = Field(
+        4, ge=1, le=8, description="`flatten`: never-seen subjects averaged (stranger term)."
+    )
+    refine_stranger_margin: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "`flatten`: nats by which the secret may exceed its log-probability under the "
+            "strangers' distribution before the stranger term counts it as not converged."
+        ),
+    )
+
+    refine_digit_rank: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "`flatten`: weight of the digit-rank hinge (0: off): at every digit of the secret "
+            "on the edit prompts (teacher-forced), its log-probability must not exceed the "
+            "median of the ten digits' there; the refinement converges only once it is zero."
+        ),
+    )
+
 
 class NeuronParams(MethodParams):
     """The neuron baseline's parameters: integrated gradients, then a capped neuron set."""
