@@ -91,6 +91,38 @@ def summaries(per_fact: Sequence[Mapping[str, Any]]) -> dict[str, AttackSummary]
     return out
 
 
+def planned_attacks(
+    plan: AttackPlan, request_thresholds: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """The thresholds an erasure is decided with (the request's, unset attack limits from the
+    plan) and the attacks to run: the plan's and those a set limit needs."""
+    thresholds = plan.thresholds(request_thresholds)
+    limited = [attack for key, attack, *_ in ATTACK_CRITERIA if thresholds.get(key) is not None]
+    return thresholds, list(dict.fromkeys([*plan.names, *limited]))
+
+
+def decide_attacked(
+    result: ErasureResult,
+    thresholds: Mapping[str, Any],
+    per_fact: Sequence[Mapping[str, Any]],
+) -> ErasureResult:
+    """``result`` with its attacks summarised over facts (``per_fact``: every fact's attack
+    results, in the request's order) and the acceptance decided again with them."""
+    from editing.disclosure import exact_figures
+
+    attacks = summaries(per_fact)
+    with exact_figures():  # the decision uses the exact figures; documents state them coarsely
+        as_json = {name: s.to_json() for name, s in attacks.items()}
+    accepted, reasons = decide(result.metrics, dict(thresholds), as_json)
+    return replace(
+        result,
+        status="succeeded" if accepted else "rejected",
+        thresholds=dict(thresholds),
+        acceptance=Acceptance(accepted=accepted, reasons=reasons),
+        attacks=attacks,
+    )
+
+
 def attack_result(
     result: ErasureResult,
     request: ErasureRequest,
@@ -101,18 +133,16 @@ def attack_result(
 ) -> ErasureResult:
     """``result`` with the plan's attacks on its edit and the acceptance decided again.
 
-    The attacks run are the plan's and those a set limit needs; ``progress(done, total)`` is
-    called as they start and after each one. No edit (nothing to erase) or no attack and no
-    limit: ``result`` unchanged (``progress`` not called). ``before_cache``: the unedited
-    model's attack scores kept from earlier requests (:func:`editing.baseline.attack_before_cache`).
+    The attacks run are the plan's and those a set limit needs (:func:`planned_attacks`);
+    ``progress(done, total)`` is called as they start and after each one. No edit (nothing to
+    erase) or no attack and no limit: ``result`` unchanged (``progress`` not called).
+    ``before_cache``: the unedited model's attack scores kept from earlier requests
+    (:func:`editing.baseline.attack_before_cache`).
     """
     from editing.attacks import AttackCase
     from editing.attacks.suite import run_attacks
-    from editing.disclosure import exact_figures
 
-    thresholds = plan.thresholds(result.thresholds)
-    limited = [attack for key, attack, *_ in ATTACK_CRITERIA if thresholds.get(key) is not None]
-    names = list(dict.fromkeys([*plan.names, *limited]))
+    thresholds, names = planned_attacks(plan, result.thresholds)
     if result.edit is None or result.status == "nothing_to_erase" or not names:
         return result
     cases = [AttackCase.from_fact(f) for f in request.facts]
@@ -120,14 +150,4 @@ def attack_result(
     if progress is not None:  # the stage starts (attacks take seconds)
         progress(0, len(cases) * len(names))
     per_fact = run_attacks(loaded, result.edit, cases, names, budgets, progress, before_cache)
-    attacks = summaries(per_fact)
-    with exact_figures():  # the decision uses the exact figures; documents state them coarsely
-        as_json = {name: s.to_json() for name, s in attacks.items()}
-    accepted, reasons = decide(result.metrics, thresholds, as_json)
-    return replace(
-        result,
-        status="succeeded" if accepted else "rejected",
-        thresholds=thresholds,
-        acceptance=Acceptance(accepted=accepted, reasons=reasons),
-        attacks=attacks,
-    )
+    return decide_attacked(result, thresholds, per_fact)

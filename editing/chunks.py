@@ -29,18 +29,19 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from editing.checkpoints.patch import Patch
 from editing.edits import Edit, LayerDelta, WeightSession, region
 from editing.errors import CancelledError, ConfigError, CorruptCacheError
 from editing.methods import FactCase, FactOutcome, get_method, method_spec
 
 if TYPE_CHECKING:
-    from editing.checkpoints.patch import Patch
     from editing.models import LoadedModel
     from editing.registry import EvalSize
     from editing.request import ErasureRequest
 
 CHUNK_FORMAT = "featureedit-chunk"
 CHUNK_FORMAT_VERSION = 1
+MERGED = -1  # the index of the merged edit of every chunk (:func:`merge_chunk_edits`)
 
 
 def chunk_ranges(n_facts: int, chunk_facts: int) -> list[tuple[int, int]]:
@@ -73,6 +74,8 @@ class ChunkEdit:
     patch: Patch
     outcomes: dict[int, dict[str, Any]]  # request fact index -> units, timings, evidence
     timings: dict[str, float] = field(default_factory=dict)
+    # the merged edit (index MERGED): the chunks' lineage, the attack plan, overlapping entries
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """The chunk as one safetensors blob (tensors, and the rest as JSON metadata)."""
@@ -100,6 +103,7 @@ class ChunkEdit:
             "metadata": self.patch.metadata,
             "outcomes": {str(k): v for k, v in self.outcomes.items()},
             "timings": self.timings,
+            "extra": self.extra,
         }
         return save_tensors(tensors, metadata={"chunk": json.dumps(doc)})
 
@@ -134,6 +138,7 @@ class ChunkEdit:
                 patch=Patch(layers, dict(doc.get("metadata") or {})),
                 outcomes={int(k): v for k, v in doc["outcomes"].items()},
                 timings=dict(doc.get("timings") or {}),
+                extra=dict(doc.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise CorruptCacheError(f"a chunk's stored edit is unreadable: {exc}") from None
@@ -169,7 +174,6 @@ def edit_chunk(
     skipped (the merge's evaluation reports them as nothing to erase). CancelledError when
     ``should_cancel`` says so.
     """
-    from editing.checkpoints.patch import Patch
     from editing.erase import fact_cases
     from editing.evaldata import eval_data_for
     from editing.request import with_model_params
@@ -242,6 +246,72 @@ def merge_patches(loaded: LoadedModel, patches: Sequence[Patch]) -> int:
     return overlaps
 
 
+def merge_chunk_edits(
+    loaded: LoadedModel,
+    chunks: Sequence[ChunkEdit],
+    *,
+    method: str,
+    base_edit: Edit | None = None,
+    extra: dict[str, Any] | None = None,
+) -> ChunkEdit:
+    """The chunks' patches merged (:func:`merge_patches`) into one edit of the whole request,
+    relative to the pristine base model (the parent's ``base_edit`` included, as
+    :func:`editing.erase.run_erasure`'s edit is), with every chunk's outcomes; ``extra`` holds
+    the chunks' lineage and what the caller adds. ``loaded`` is restored after."""
+    ordered = sorted(chunks, key=lambda c: c.index)
+    t0 = time.perf_counter()
+    with WeightSession(loaded.adapter) as session:
+        if base_edit is not None:
+            base_edit.apply(loaded.adapter)
+        overlaps = merge_patches(loaded, [c.patch for c in ordered])
+        edit = session.edit({"method": method})
+    lineage = {"count": len(ordered), "chunks": [c.lineage() for c in ordered]}
+    return ChunkEdit(
+        index=MERGED,
+        start=min(c.start for c in ordered),
+        stop=max(c.stop for c in ordered),
+        patch=Patch.from_edit(edit),
+        outcomes={i: _measured_on(c, o) for c in ordered for i, o in c.outcomes.items()},
+        timings={"merge": round(time.perf_counter() - t0, 4)},
+        extra={**(extra or {}), "lineage": lineage, "overlapping_entries": overlaps},
+    )
+
+
+def _measured_on(chunk: ChunkEdit, outcome: dict[str, Any]) -> dict[str, Any]:
+    """``outcome`` with its evidence marked as measured on ``chunk``'s own edit."""
+    evidence = {**outcome["evidence"], "measured_on": f"chunk {chunk.index + 1}"}
+    return {**outcome, "evidence": evidence}
+
+
+def bound_edit(loaded: LoadedModel, chunk: ChunkEdit) -> Edit:
+    """``chunk``'s patch as an edit of ``loaded``'s weights as they are (hash-checked)."""
+    canonical = {
+        layer: loaded.adapter.down_proj_weight(layer).detach() for layer in chunk.patch.layer_ids
+    }
+    where = "the merged edit" if chunk.index == MERGED else f"chunk {chunk.index + 1}"
+    return chunk.patch.bind(canonical, where)
+
+
+def chunk_outcome(chunk: ChunkEdit | None, index: int) -> FactOutcome:
+    """Fact ``index``'s outcome as its chunk recorded it, its evidence marked as measured on
+    that chunk's edit; an empty outcome if its chunk found nothing to erase (the merged edit
+    may still erase it)."""
+    from editing.locate import Unit
+
+    found = None if chunk is None else chunk.outcomes.get(index)
+    if chunk is None or found is None:
+        return FactOutcome(units=[], timings={"locate": 0.0, "edit": 0.0}, evidence={})
+    # the method's evidence was measured on its chunk's edit, not on the merged one (whose
+    # Reliability, Generalization and attacks are measured again): say so
+    if chunk.index != MERGED:  # the merged edit's outcomes say it already
+        found = _measured_on(chunk, found)
+    return FactOutcome(
+        units=[Unit(**u) for u in found["units"]],
+        timings=dict(found["timings"]),
+        evidence=dict(found["evidence"]),
+    )
+
+
 class MergedChunks:
     """The merge step as a method for :func:`editing.erase.run_erasure` (``editor=``).
 
@@ -251,32 +321,19 @@ class MergedChunks:
 
     def __init__(self, chunks: Sequence[ChunkEdit]) -> None:
         self.chunks = sorted(chunks, key=lambda c: c.index)
-        self.outcomes = {i: o for c in self.chunks for i, o in c.outcomes.items()}
-        self.chunk_of = {i: c.index for c in self.chunks for i in c.outcomes}
+        self.chunk_of = {i: c for c in self.chunks for i in c.outcomes}
         self.merged = False
         self.overlapping_entries = 0
         self.seconds = 0.0
 
     def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:
         """Merge on the first call; the fact's outcome from its chunk."""
-        from editing.locate import Unit
-
         if not self.merged:
             t0 = time.perf_counter()
             self.overlapping_entries = merge_patches(loaded, [c.patch for c in self.chunks])
             self.merged = True
             self.seconds = time.perf_counter() - t0
-        found = self.outcomes.get(case.index)
-        if found is None:  # its chunk found nothing to erase; the merged edit may still erase it
-            return FactOutcome(units=[], timings={"locate": 0.0, "edit": 0.0}, evidence={})
-        # the method's evidence was measured on its chunk's edit, not on the merged one (whose
-        # Reliability, Generalization and attacks the merge job measures again): say so
-        evidence = {**found["evidence"], "measured_on": f"chunk {self.chunk_of[case.index] + 1}"}
-        return FactOutcome(
-            units=[Unit(**u) for u in found["units"]],
-            timings=dict(found["timings"]),
-            evidence=evidence,
-        )
+        return chunk_outcome(self.chunk_of.get(case.index), case.index)
 
     def lineage(self) -> dict[str, Any]:
         """The manifest's ``chunks`` entry: every chunk's facts, layers and size."""

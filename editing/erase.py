@@ -236,6 +236,207 @@ def _before_snapshots(
     return [snap for snap in found if snap is not None]
 
 
+def fact_reports(facts: Sequence[FactSpec], cases: Sequence[FactCase]) -> list[FactReport]:
+    """One report per fact (aligned with ``cases``): fingerprints, prompt counts and status."""
+    reports = []
+    for f, case in zip(facts, cases, strict=True):
+        edit_p, held_p = f.resolved_edit_prompts(), f.resolved_heldout_prompts()
+        reports.append(
+            FactReport(
+                index=case.index,
+                subject_fingerprint=subject_fingerprint(f.subject),
+                relation=f.relation,
+                fingerprint=fingerprint(f.secret),
+                prompts=FactPrompts(
+                    edit=len(edit_p),
+                    edit_known=len(case.edit_prompts),
+                    heldout=len(held_p),
+                    heldout_known=len(case.heldout_prompts),
+                    control=len(case.control_prompts),
+                ),
+                units=[],
+                metrics=FactMetrics(),
+                evidence={},
+                timings={},
+                status="erased" if case.edit_prompts else "nothing_to_erase",
+            )
+        )
+    return reports
+
+
+def measure_before(
+    loaded: LoadedModel,
+    cases: Sequence[FactCase],
+    reports: Sequence[FactReport],
+    leak_samples: int,
+    kept: KeptRows | None,
+) -> None:
+    """Set each erasable fact's figures before the edit (the model as it is now) on its report
+    (``reports`` aligned with ``cases``; :func:`_before_snapshots`)."""
+    erasable = [(c, r) for c, r in zip(cases, reports, strict=True) if c.edit_prompts]
+    snapshots = _before_snapshots(loaded, [c for c, _ in erasable], leak_samples, kept)
+    for (_, rep), snapshot in zip(erasable, snapshots, strict=True):
+        rep.metrics.before = snapshot
+
+
+def record_outcome(rep: FactReport, out: FactOutcome) -> None:
+    """Put what the method located for a fact (units, evidence, timings) on its report."""
+    rep.units = [UnitReport(**u.to_dict()) for u in out.units]
+    rep.evidence = out.evidence
+    rep.timings = {k: round(v, 4) for k, v in out.timings.items()}
+
+
+def evaluate_facts(
+    model: Any,
+    tok: Any,
+    active: Sequence[tuple[FactCase, FactReport]],
+    leak_samples: int,
+) -> tuple[list[ev.Rate], list[ev.Rate]]:
+    """Measure the model as it is now (edited) on each active fact: Reliability and
+    Generalization (greedy leaks on its known edit and held-out prompts), its figures after the
+    edit and ΔProb, set on its report; all facts in shared batches. Returns the facts'
+    Reliability and Generalization rates, in order."""
+    if not active:
+        return [], []
+    cases = [c for c, _ in active]
+    leaked = ev.leaks_many(
+        model,
+        tok,
+        [(c.edit_prompts, c.secret) for c in cases]
+        + [(c.heldout_prompts, c.secret) for c in cases],
+    )
+    snapshots = _snapshots(model, tok, cases, leak_samples)
+    rel, gen = [], []
+    for n, (_, rep) in enumerate(active):
+        leak_e, leak_h = leaked[n], leaked[len(cases) + n]
+        r = ev.Rate(sum(not x for x in leak_e), len(leak_e))
+        g = ev.Rate(sum(not x for x in leak_h), len(leak_h))
+        rel.append(r)
+        gen.append(g)
+        before = rep.metrics.before.prob if rep.metrics.before is not None else None
+        rep.metrics.after = snapshots[n]
+        prob_after = snapshots[n].prob
+        rep.metrics.reliability = _rate(r)
+        rep.metrics.generalization = _rate(g)
+        rep.metrics.delta_prob = (
+            None if not before or prob_after is None else (before - prob_after) / before
+        )
+    return rel, gen
+
+
+@dataclass
+class RequestWide:
+    """What an erasure measures once for the whole request: Locality (its known rows scored
+    before and after) and perplexity before and after."""
+
+    locality: ev.Rate
+    by_kind: dict[str, ReportedRate]
+    set_size: int
+    ppl_before: float | None
+    ppl_after: float | None
+
+
+def evaluate_request_wide(model: Any, tok: Any, data: EvalData, base: Any) -> RequestWide:
+    """:class:`RequestWide` of the model as it is now (edited), against ``base``
+    (:func:`editing.baseline.baseline_scores` of the unedited model on ``data``)."""
+    loc_prompts = [x[0] for x in data.locality]
+    loc_targets = [x[1] for x in data.locality]
+    known_idx = [i for i, s in enumerate(base.locality) if s.reproduced]
+    after = ev.known(
+        model, tok, [loc_prompts[i] for i in known_idx], [loc_targets[i] for i in known_idx]
+    )
+    kinds = {}
+    for kind in ("private", "public"):
+        idx = [j for j, i in enumerate(known_idx) if data.locality[i][2] == kind]
+        kinds[kind] = _rate(ev.Rate(sum(after[j] for j in idx), len(idx)))
+    ppl_after = ev.perplexity(model, tok, data.ppl_texts) if data.ppl_texts else None
+    return RequestWide(
+        ev.Rate(sum(after), len(known_idx)), kinds, len(loc_prompts), base.perplexity, ppl_after
+    )
+
+
+def nothing_to_erase(
+    request: ErasureRequest,
+    loaded: LoadedModel,
+    reports: list[FactReport],
+    timings: dict[str, float],
+    pristine: str,
+) -> ErasureResult:
+    """The result of a request none of whose facts the unedited model produces."""
+    return ErasureResult(
+        status="nothing_to_erase",
+        model_id=loaded.model_id,
+        method=request.method,
+        params=request.params.model_dump(),
+        thresholds=request.thresholds.model_dump(),
+        facts=reports,
+        metrics=Metrics(
+            note="the unedited model reproduces none of the targets on the edit "
+            "prompts; there is nothing to erase"
+        ),
+        acceptance=Acceptance(accepted=False, reasons=["nothing to erase"]),
+        timings=timings,
+        edit=None,
+        produces_checkpoint=False,
+        base_weights_sha256=pristine,
+    )
+
+
+def decided_result(
+    request: ErasureRequest,
+    loaded: LoadedModel,
+    reports: list[FactReport],
+    rel: list[ev.Rate],
+    gen: list[ev.Rate],
+    wide: RequestWide,
+    edit: Edit | None,
+    timings: dict[str, float],
+    pristine: str,
+) -> ErasureResult:
+    """The erasure's metrics over facts (``rel``/``gen``: the active facts' rates, in order),
+    the acceptance decision (:func:`editing.acceptance.decide`) and the result."""
+    ppl_before, ppl_after = wide.ppl_before, wide.ppl_after
+    delta_ppl = None if ppl_before is None else (ppl_after - ppl_before) / ppl_before
+    befores = [r.metrics.before for r in reports if r.metrics.before is not None]
+    afters = [r.metrics.after for r in reports if r.metrics.after is not None]
+    active = sum(1 for r in reports if r.status != "nothing_to_erase")
+    metrics = Metrics(
+        reliability=_rate_sum(rel),
+        generalization=_rate_sum(gen),
+        locality=LocalityRate(
+            **wide.locality.to_dict(), by_kind=wide.by_kind, set_size=wide.set_size
+        ),
+        delta_ppl=None if delta_ppl is None else round(delta_ppl, 5),
+        ppl_before=ppl_before,
+        ppl_after=ppl_after,
+        delta_prob=_mean([r.metrics.delta_prob for r in reports]),
+        exposure_before=_mean([b.exposure for b in befores]),
+        exposure_after=_mean([a.exposure for a in afters]),
+        leak_rate_before=_mean([b.leak_rate.value for b in befores if b.leak_rate is not None]),
+        leak_rate_after=_mean([a.leak_rate.value for a in afters if a.leak_rate is not None]),
+        facts_erased=active,
+        facts_nothing_to_erase=len(reports) - active,
+        units=sum(len(r.units) for r in reports),
+        entries_changed=None if edit is None else edit.entries_changed,
+    )
+    t = request.thresholds
+    accepted, reasons = decide(metrics, t.model_dump())
+    return ErasureResult(
+        status="succeeded" if accepted else "rejected",
+        model_id=loaded.model_id,
+        method=request.method,
+        params=request.params.model_dump(),
+        thresholds=t.model_dump(),
+        facts=reports,
+        metrics=metrics,
+        acceptance=Acceptance(accepted=accepted, reasons=reasons),
+        timings=timings,
+        edit=edit,
+        produces_checkpoint=method_spec(request.method).produces_checkpoint,
+        base_weights_sha256=pristine,
+    )
+
+
 def run_erasure(
     request: ErasureRequest,
     loaded: LoadedModel,
@@ -298,68 +499,23 @@ def run_erasure(
         subjects = {f.subject for f in request.facts}
         data = eval_data or eval_data_for(loaded, subjects, eval_size)
         cases = fact_cases(loaded, request.facts, data)
-        reports: list[FactReport] = []
-        for i, (f, case) in enumerate(zip(request.facts, cases)):
-            edit_p, held_p = f.resolved_edit_prompts(), f.resolved_heldout_prompts()
-            rep = FactReport(
-                index=i,
-                subject_fingerprint=subject_fingerprint(f.subject),
-                relation=f.relation,
-                fingerprint=fingerprint(f.secret),
-                prompts=FactPrompts(
-                    edit=len(edit_p),
-                    edit_known=len(case.edit_prompts),
-                    heldout=len(held_p),
-                    heldout_known=len(case.heldout_prompts),
-                    control=len(case.control_prompts),
-                ),
-                units=[],
-                metrics=FactMetrics(),
-                evidence={},
-                timings={},
-                status="erased" if case.edit_prompts else "nothing_to_erase",
-            )
-            reports.append(rep)
+        reports = fact_reports(request.facts, cases)
         # the unedited model's per-fact figures, Locality answers and perplexity: cached per
         # model (its key: the weights as they are now) and rows
         current = pristine if base_edit is None else down_proj_sha256(loaded.adapter)
         kept = None
         if baseline_cache is not None:
             kept = KeptRows(baseline_cache, model_key(loaded, current), "fact_before")
-        erasable = [c for c in cases if c.edit_prompts]
-        for case, snapshot in zip(
-            erasable, _before_snapshots(loaded, erasable, leak_samples, kept)
-        ):
-            reports[case.index].metrics.before = snapshot
+        measure_before(loaded, cases, reports, leak_samples, kept)
         base = baseline_scores(loaded, data, current, baseline_cache)
-        loc_prompts = [x[0] for x in data.locality]
-        loc_targets = [x[1] for x in data.locality]
-        loc_known = [s.reproduced for s in base.locality]
-        ppl_before = base.perplexity
         timings["baseline"] = time.perf_counter() - t0
 
-        active = [c for c, r in zip(cases, reports) if r.status != "nothing_to_erase"]
+        active = [(c, r) for c, r in zip(cases, reports) if r.status != "nothing_to_erase"]
         if not active:
-            return ErasureResult(
-                status="nothing_to_erase",
-                model_id=loaded.model_id,
-                method=request.method,
-                params=p.model_dump(),
-                thresholds=request.thresholds.model_dump(),
-                facts=reports,
-                metrics=Metrics(
-                    note="the unedited model reproduces none of the targets on the edit "
-                    "prompts; there is nothing to erase"
-                ),
-                acceptance=Acceptance(accepted=False, reasons=["nothing to erase"]),
-                timings=timings,
-                edit=None,
-                produces_checkpoint=False,
-                base_weights_sha256=pristine,
-            )
+            return nothing_to_erase(request, loaded, reports, timings, pristine)
 
         outcomes: dict[int, FactOutcome] = {}
-        for n, case in enumerate(active):
+        for n, (case, rep) in enumerate(active):
             if cancelled():
                 raise CancelledError("Erasure cancelled; the model was restored.")
             report("locate+edit", n / len(active))
@@ -367,10 +523,7 @@ def run_erasure(
             outcomes[case.index] = out
             timings["locate"] += out.timings["locate"]
             timings["edit"] += out.timings["edit"]
-            rep = reports[case.index]
-            rep.units = [UnitReport(**u.to_dict()) for u in out.units]
-            rep.evidence = out.evidence
-            rep.timings = {k: round(v, 4) for k, v in out.timings.items()}
+            record_outcome(rep, out)
         edit = session.edit({"method": request.method}) if spec.produces_checkpoint else None
 
         if cancelled():
@@ -381,82 +534,13 @@ def run_erasure(
             for out in outcomes.values():
                 if out.intervention is not None:
                     stack.enter_context(out.intervention())
-            n_active = len(active)
-            leaked = ev.leaks_many(
-                model,
-                tok,
-                [(c.edit_prompts, c.secret) for c in active]
-                + [(c.heldout_prompts, c.secret) for c in active],
-            )
-            report("evaluate", 0.25)
-            snapshots = _snapshots(model, tok, active, leak_samples)
+            rel, gen = evaluate_facts(model, tok, active, leak_samples)
             report("evaluate", 0.5)
-            rel, gen = [], []
-            for n, case in enumerate(active):
-                rep = reports[case.index]
-                leak_e, leak_h = leaked[n], leaked[n_active + n]
-                r = ev.Rate(sum(not x for x in leak_e), len(leak_e))
-                g = ev.Rate(sum(not x for x in leak_h), len(leak_h))
-                rel.append(r)
-                gen.append(g)
-                before = rep.metrics.before.prob if rep.metrics.before is not None else None
-                rep.metrics.after = snapshots[n]
-                prob_after = snapshots[n].prob
-                rep.metrics.reliability = _rate(r)
-                rep.metrics.generalization = _rate(g)
-                rep.metrics.delta_prob = (
-                    None if not before or prob_after is None else (before - prob_after) / before
-                )
-            known_idx = [i for i, k in enumerate(loc_known) if k]
-            after = ev.known(
-                model, tok, [loc_prompts[i] for i in known_idx], [loc_targets[i] for i in known_idx]
-            )
-            locality = ev.Rate(sum(after), len(known_idx))
-            kinds = {}
-            for kind in ("private", "public"):
-                idx = [j for j, i in enumerate(known_idx) if data.locality[i][2] == kind]
-                kinds[kind] = _rate(ev.Rate(sum(after[j] for j in idx), len(idx)))
-            ppl_after = ev.perplexity(model, tok, data.ppl_texts) if data.ppl_texts else None
+            wide = evaluate_request_wide(model, tok, data, base)
         timings["evaluate"] = time.perf_counter() - t0
         report("evaluate", 1.0)
 
     restored = down_proj_sha256(loaded.adapter)
     if restored != pristine:  # WeightSession guarantees this; checked because it is the promise
         raise RuntimeError("model weights were not restored after the erasure")
-
-    delta_ppl = None if ppl_before is None else (ppl_after - ppl_before) / ppl_before
-    befores = [r.metrics.before for r in reports if r.metrics.before is not None]
-    afters = [r.metrics.after for r in reports if r.metrics.after is not None]
-    metrics = Metrics(
-        reliability=_rate_sum(rel),
-        generalization=_rate_sum(gen),
-        locality=LocalityRate(**locality.to_dict(), by_kind=kinds, set_size=len(loc_prompts)),
-        delta_ppl=None if delta_ppl is None else round(delta_ppl, 5),
-        ppl_before=ppl_before,
-        ppl_after=ppl_after,
-        delta_prob=_mean([r.metrics.delta_prob for r in reports]),
-        exposure_before=_mean([b.exposure for b in befores]),
-        exposure_after=_mean([a.exposure for a in afters]),
-        leak_rate_before=_mean([b.leak_rate.value for b in befores if b.leak_rate is not None]),
-        leak_rate_after=_mean([a.leak_rate.value for a in afters if a.leak_rate is not None]),
-        facts_erased=len(active),
-        facts_nothing_to_erase=len(cases) - len(active),
-        units=sum(len(r.units) for r in reports),
-        entries_changed=None if edit is None else edit.entries_changed,
-    )
-    t = request.thresholds
-    accepted, reasons = decide(metrics, t.model_dump())
-    return ErasureResult(
-        status="succeeded" if accepted else "rejected",
-        model_id=loaded.model_id,
-        method=request.method,
-        params=p.model_dump(),
-        thresholds=t.model_dump(),
-        facts=reports,
-        metrics=metrics,
-        acceptance=Acceptance(accepted=accepted, reasons=reasons),
-        timings=timings,
-        edit=edit,
-        produces_checkpoint=spec.produces_checkpoint,
-        base_weights_sha256=pristine,
-    )
+    return decided_result(request, loaded, reports, rel, gen, wide, edit, timings, pristine)

@@ -143,9 +143,6 @@ def erase_and_publish(
     ``baseline_cache`` (default: the model's home's, unless ``FEATUREEDIT_BASELINE_CACHE=0``,
     :func:`editing.baseline.default_baseline_cache`) keeps the unedited model's evaluation.
     """
-    from editing.checkpoints import publish_checkpoint
-    from editing.checkpoints.manifest import checkpoint_summary
-
     cache = baseline_cache or default_baseline_cache(loaded)
     result = run_erasure(
         request,
@@ -161,7 +158,44 @@ def erase_and_publish(
     result, seconds = _attacked(result, request, loaded, attacks or AttackPlan(), progress, cache)
     if result.attacks is not None:
         timings["attacks"] = seconds
-    erasure = Erasure(result, timings=timings)
+    return publish_result(
+        Erasure(result, timings=timings),
+        request,
+        loaded,
+        checkpoint_root=checkpoint_root,
+        keep_revert=keep_revert,
+        publish=publish,
+        publish_mode=publish_mode,
+        progress=progress,
+        should_cancel=should_cancel,
+        edit_metadata=edit_metadata,
+        manifest_extra=manifest_extra,
+    )
+
+
+def publish_result(
+    erasure: Erasure,
+    request: ErasureRequest,
+    loaded: LoadedModel,
+    *,
+    checkpoint_root: str | Path,
+    keep_revert: KeepRevert,
+    publish: bool = True,
+    publish_mode: PublishMode = "full",
+    progress: Progress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    edit_metadata: Mapping[str, Any] | None = None,
+    manifest_extra: Mapping[str, Any] | None = None,
+) -> Erasure:
+    """Publish ``erasure``'s edit if its result is accepted and edits weights (and ``publish``);
+    the erasure, with its checkpoint, summary and publish time when published. The arguments
+    are :func:`erase_and_publish`'s (which ends with it; a chunked request's finishing step
+    too). Cancellation is checked once more before publishing (CancelledError: nothing
+    published)."""
+    from editing.checkpoints import publish_checkpoint
+    from editing.checkpoints.manifest import checkpoint_summary
+
+    result = erasure.result
     if not (publish and result.status == "succeeded" and result.produces_checkpoint):
         return erasure
     if result.edit is None:

@@ -10,8 +10,10 @@ Two sealed data per erasure, kept in the store beside (never inside) the public 
     (:mod:`editing.checkpoints.revert`). Only it can roll the erasure back.
 
 While a chunked erasure runs (:mod:`workers.chunks`) each chunk's edit is kept here too, as
-``chunk-<n>`` (:func:`keep_chunk`): new weight values, never published, deleted by the merge
-whatever its outcome (:func:`forget_chunks`), whatever the retention.
+``chunk-<n>`` (:func:`keep_chunk`), then the merged edit (``merged``) and each fact range's
+evaluation of it (``eval-<n>``): new weight values and figures, never published; the chunks'
+edits are deleted once merged, the rest when the erasure ends, whatever its outcome
+(:func:`forget_chunks`), whatever the retention.
 
 All are sealed with the service's key (:mod:`editing.sealing`, the key that seals request
 blobs), no route serves them, and ``Settings.private_retention`` decides how long they live:
@@ -22,7 +24,7 @@ delete``), ``"none"`` deletes them as soon as the erasure ends.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from editing import sealing
 from editing.errors import NotFoundError
@@ -103,25 +105,45 @@ def apply_retention(store: Store, erasure_id: str, settings: Settings) -> None:
         store.delete_private(erasure_id)
 
 
-def chunk_name(index: int) -> str:
-    """The private datum name of chunk ``index`` of a chunked erasure."""
-    return f"chunk-{index}"
+ChunkPart = Literal["chunk", "merged", "eval"]
+CHUNK_PARTS: tuple[ChunkPart, ...] = ("chunk", "merged", "eval")
 
 
-def keep_chunk(store: Store, erasure_id: str, index: int, data: bytes, settings: Settings) -> None:
-    """Seal and keep chunk ``index``'s edit (:meth:`editing.chunks.ChunkEdit.to_bytes`)."""
-    store.put_private(erasure_id, chunk_name(index), _seal(data, settings))
+def chunk_name(index: int, part: ChunkPart = "chunk") -> str:
+    """The private datum name of a chunked erasure's ``part``: chunk ``index``'s edit
+    (``chunk-<n>``), the merged edit (``merged``; no index) or fact range ``index``'s evaluation
+    of it (``eval-<n>``)."""
+    return "merged" if part == "merged" else f"{part}-{index}"
 
 
-def load_chunk(store: Store, erasure_id: str, index: int, settings: Settings) -> bytes | None:
-    """Chunk ``index``'s edit as :func:`keep_chunk` kept it, or None if it was not kept."""
-    token = store.get_private(erasure_id, chunk_name(index))
+def keep_chunk(
+    store: Store,
+    erasure_id: str,
+    index: int,
+    data: bytes,
+    settings: Settings,
+    part: ChunkPart = "chunk",
+) -> None:
+    """Seal and keep a chunked erasure's ``part`` (:func:`chunk_name`; a chunk's edit is
+    :meth:`editing.chunks.ChunkEdit.to_bytes`)."""
+    store.put_private(erasure_id, chunk_name(index, part), _seal(data, settings))
+
+
+def load_chunk(
+    store: Store, erasure_id: str, index: int, settings: Settings, part: ChunkPart = "chunk"
+) -> bytes | None:
+    """The ``part`` as :func:`keep_chunk` kept it, or None if it was not kept."""
+    token = store.get_private(erasure_id, chunk_name(index, part))
     if token is None:
         return None
-    return _unseal(token, settings, f"Chunk {index} of erasure {erasure_id}")
+    return _unseal(token, settings, f"Part {chunk_name(index, part)} of erasure {erasure_id}")
 
 
-def forget_chunks(store: Store, erasure_id: str, count: int) -> None:
-    """Delete the edits of chunks ``0 .. count - 1`` (idempotent)."""
-    for index in range(count):
-        store.delete_private(erasure_id, chunk_name(index))
+def forget_chunks(
+    store: Store, erasure_id: str, count: int, parts: tuple[ChunkPart, ...] = CHUNK_PARTS
+) -> None:
+    """Delete ``parts`` of chunks ``0 .. count - 1`` (default: the chunks' edits, the merged
+    edit and the evaluations; idempotent)."""
+    names = {chunk_name(index, part) for part in parts for index in range(count)}
+    for name in sorted(names):
+        store.delete_private(erasure_id, name)

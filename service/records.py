@@ -66,5 +66,6 @@ class ErasureRecord(BaseModel):
     cancel_requested: bool = False
     worker: str | None = None
     request_id: str | None = None  # X-Request-ID of the submission (in the worker's log lines)
-    # a chunked erasure's chunks: {"total", "done", "facts" (chunk size), "split_at" (epoch s)}
+    # a chunked erasure's chunks: {"total", "done", "facts" (chunk size), "split_at" (epoch s),
+    # "evaluated" (fact ranges evaluated on the merged edit, once it is merged)}
     chunks: dict[str, float] | None = None

@@ -11,11 +11,23 @@ erasure record (``chunks``: total, done, chunk size, when) and enqueues, on the 
   private record (``chunk-<index>``; never published), then counts itself done on the record;
 * one :func:`merge_chunks_job` ``(erasure_id)`` (job id ``<id>-merge``) that *depends on* every
   chunk job, with ``allow_failure``: rq enqueues it once every chunk job has ended, successfully
-  or with its retries used up. It runs the erasure as the erasure job would, with the merged
-  chunk patches as the locate + edit step (:class:`editing.chunks.MergedChunks`): baseline,
-  evaluation of the merged edit as a whole, attacks, acceptance, one checkpoint whose manifest
-  lists the chunks (``chunks``), report, terminal status, callback. A chunk that did not finish
-  fails the erasure ("nothing was published"); the chunk patches are deleted when the merge ends.
+  or with its retries used up. It adds the chunks' patches into one **merged edit**
+  (:func:`editing.chunks.merge_chunk_edits`, with the worker's attack plan), keeps it sealed
+  (``merged``), deletes the chunks' patches and fans the merged edit's per-fact evaluation out
+  (:func:`fan_out`), over the same fact ranges as the chunks:
+* one :func:`workers.chunk_eval.evaluate_chunk_job` ``(erasure_id, index)`` per range (job id
+  ``<id>-eval-<index>``): any worker loads the merged edit onto its base model, measures the
+  range's facts on it (before/after figures, Reliability, Generalization, the attack suite:
+  :func:`editing.chunk_eval.evaluate_fact_range`), restores the model and keeps the figures
+  sealed (``eval-<index>``);
+* one :func:`workers.chunk_eval.finish_chunks_job` ``(erasure_id)`` (job id ``<id>-finish``)
+  depending on every evaluation job (``allow_failure``): Locality and perplexity of the merged
+  edit, the ranges' figures gathered, acceptance, one checkpoint whose manifest lists the chunks
+  (``chunks``), report, terminal status, callback (:func:`editing.chunk_eval.finish_chunked`).
+
+A chunk or range that did not finish fails the erasure ("nothing was published"); the security
+claim (attacks, acceptance) is always the merged edit's. What is kept privately is deleted when
+the erasure ends, whatever the outcome.
 
 Jobs carry ids only (the request stays encrypted in the store), are JSON-encoded and on the
 erasure workers' allow-list (:mod:`workers.job_policy`, with their argument shapes). Cancelling a
@@ -45,17 +57,14 @@ log = logging.getLogger(__name__)
 
 CHUNK_FUNC = "workers.chunks.run_chunk_job"
 MERGE_FUNC = "workers.chunks.merge_chunks_job"
+EVAL_FUNC = "workers.chunk_eval.evaluate_chunk_job"
+FINISH_FUNC = "workers.chunk_eval.finish_chunks_job"
 MAX_CHUNKS = 10_000  # chunk indices are 0 .. MAX_CHUNKS - 1 (MAX_FACTS facts of one each)
 CHUNKS_START, CHUNKS_END = PROGRESS_SHARES["chunks"]
-# the merge job's stages share what is left after the chunks
+EVAL_START, EVAL_END = 0.76, 0.95  # the evaluation jobs' share, by ranges evaluated
 MERGE_SHARES: dict[str, tuple[float, float]] = {
-    "merge": (CHUNKS_END, CHUNKS_END),
-    "loading model": (CHUNKS_END, 0.76),
-    "baseline": (0.76, 0.8),
-    "locate+edit": (0.8, 0.82),
-    "evaluate": (0.82, 0.9),
-    "attacks": PROGRESS_SHARES["attacks"],
-    "publish": PROGRESS_SHARES["publish"],
+    "merge": (CHUNKS_END, EVAL_START),
+    "loading model": (CHUNKS_END, CHUNKS_END),
 }
 
 
@@ -69,12 +78,27 @@ def merge_job_id(erasure_id: str) -> str:
     return f"{erasure_id}-merge"
 
 
+def eval_job_id(erasure_id: str, index: int) -> str:
+    """The rq job id of the evaluation of fact range ``index`` of ``erasure_id``."""
+    return f"{erasure_id}-eval-{index}"
+
+
+def finish_job_id(erasure_id: str) -> str:
+    """The rq job id of ``erasure_id``'s finishing job."""
+    return f"{erasure_id}-finish"
+
+
 def erasure_of_job(job_id: str) -> str:
-    """The erasure id of an erasure, chunk or merge job id (an erasure job's id is its own)."""
-    stem, sep, index = job_id.rpartition("-chunk-")
-    if sep and index.isdigit():
-        return stem
-    return job_id.removesuffix("-merge")
+    """The erasure id of an erasure, chunk, merge, evaluation or finishing job id (an erasure
+    job's id is its own)."""
+    for infix in ("-chunk-", "-eval-"):
+        stem, sep, index = job_id.rpartition(infix)
+        if sep and index.isdigit():
+            return stem
+    for suffix in ("-merge", "-finish"):
+        if job_id.endswith(suffix):
+            return job_id.removesuffix(suffix)
+    return job_id
 
 
 def split(ctx: JobContext, request: Any, record: ErasureRecord) -> bool:
@@ -146,7 +170,14 @@ def run_chunk_job(erasure_id: str, index: int) -> str:
 
 
 class _ChunkRun(_ErasureRun):
-    """One attempt at one chunk of a chunked erasure."""
+    """One attempt at one chunk of a chunked erasure (:mod:`workers.chunk_eval` subclasses it
+    for a fact range's evaluation: what it counts, at which stage and progress)."""
+
+    counter = "done"  # the record's chunks[...] this job counts when it ends
+    count_stage = "chunks"
+    count_range = (CHUNKS_START, CHUNKS_END)
+    label = "chunk"
+    did = "located and edited"
 
     def __init__(self, ctx: JobContext, erasure_id: str, index: int) -> None:
         super().__init__(ctx, erasure_id)
@@ -196,22 +227,22 @@ class _ChunkRun(_ErasureRun):
         return "done"
 
     def _count_done(self, timings: dict[str, float]) -> None:
-        """Count this chunk done on the record (progress: the share of chunks done)."""
+        """Count this job done on the record (progress: the share of its kind done)."""
+        lo, hi = self.count_range
 
         def mutate(r: ErasureRecord) -> None:
             if r.status != "running" or r.chunks is None:
                 return
-            r.chunks["done"] = int(r.chunks.get("done", 0)) + 1
+            done = r.chunks[self.counter] = int(r.chunks.get(self.counter, 0)) + 1
             total = int(r.chunks["total"])
-            share = min(1.0, r.chunks["done"] / total)
             record_event(
                 r,
                 "running",
-                stage="chunks",
-                progress=round(CHUNKS_START + (CHUNKS_END - CHUNKS_START) * share, 4),
-                detail=f"chunk {self.index + 1} of {total} located and edited by "
+                stage=self.count_stage,
+                progress=round(lo + (hi - lo) * min(1.0, done / total), 4),
+                detail=f"{self.label} {self.index + 1} of {total} {self.did} by "
                 f"{self.ctx.name()} ({timings.get('total', 0.0):.1f} s); "
-                f"{int(r.chunks['done'])} of {total} done",
+                f"{done} of {total} done",
             )
 
         self.store.update_erasure(self.id, mutate)
@@ -224,10 +255,12 @@ class _ChunkRun(_ErasureRun):
         if failure.kind == "cancelled":
             return "skipped"
         summary = redact(f"{type(exc).__name__}: {exc}", self.secrets)
-        log.error("erasure %s: chunk %d failed: %s", self.id, self.index, summary)
+        log.error("erasure %s: %s %d failed: %s", self.id, self.label, self.index, summary)
         if failure.unexpected and self._retries_left() > 0:
-            raise RetryableJobError(f"erasure {self.id} chunk {self.index}: {summary}") from None
-        self._fail(f"chunk {self.index + 1}: {failure.reason}", failure.kind)
+            raise RetryableJobError(
+                f"erasure {self.id} {self.label} {self.index}: {summary}"
+            ) from None
+        self._fail(f"{self.label} {self.index + 1}: {failure.reason}", failure.kind)
         return "failed"
 
 
@@ -242,32 +275,54 @@ def merge_chunks_job(erasure_id: str) -> str:
 
 
 class _MergeRun(_ErasureRun):
-    """The merge of a chunked erasure: the erasure job with the chunks' merged edit."""
+    """The merge of a chunked erasure: the chunks' patches into one edit, its evaluation fanned
+    out (the erasure job's steps up to the hand-over, :meth:`_split`)."""
 
     shares = MERGE_SHARES
     start_stage = "merge"
     start_progress = CHUNKS_END
 
-    def __init__(self, ctx: JobContext, erasure_id: str) -> None:
-        super().__init__(ctx, erasure_id)
-        self.merged: Any = None
-
     def run(self) -> str:
-        status = super().run()  # a retry (RetryableJobError) keeps the chunks for the next try
+        status = super().run()  # a retry (RetryableJobError) keeps everything for the next try
         record = self.store.get_erasure(self.id)
         if record is not None and record.chunks is not None:
-            forget_chunks(self.store, self.id, int(record.chunks["total"]))
+            total = int(record.chunks["total"])
+            merged = load_chunk(self.store, self.id, 0, self.ctx.settings, "merged") is not None
+            if record.status in TERMINAL:
+                forget_chunks(self.store, self.id, total)
+            elif merged:  # the merged edit holds the chunks' patches now
+                forget_chunks(self.store, self.id, total, ("chunk",))
         return status
 
     def _split(self, request: Any, record: ErasureRecord) -> bool:
-        return False
-
-    def _editor(self, request: Any, record: ErasureRecord) -> Any:
-        from editing.chunks import ChunkEdit, MergedChunks
-
+        """Merge the chunks (unless a previous attempt did) and fan the evaluation out; this
+        job's part then ends (the finishing job ends the erasure)."""
         if record.chunks is None:
             raise JobFailure("the erasure was not split into chunks; nothing to merge")
         total = int(record.chunks["total"])
+        if load_chunk(self.store, self.id, 0, self.ctx.settings, "merged") is None:
+            merged = self._merge(request, record, total)
+            keep_chunk(self.store, self.id, 0, merged.to_bytes(), self.ctx.settings, "merged")
+            seconds, overlaps = merged.timings["merge"], merged.extra["overlapping_entries"]
+            log.info(
+                "erasure %s: merged %d chunks in %.3f s (%d entries changed by more than one)",
+                self.id,
+                total,
+                seconds,
+                overlaps,
+            )
+        self._check_cancel(force=True)
+        fan_out(self.ctx, record, total)
+        return True
+
+    def _merge(self, request: Any, record: ErasureRecord, total: int) -> Any:
+        """The chunks' merged edit (:func:`editing.chunks.merge_chunk_edits`), with the worker's
+        attack plan and when the chunks and the merge ended."""
+        from editing.chunk_eval import plan_to_json
+        from editing.chunks import ChunkEdit, merge_chunk_edits
+
+        assert record.chunks is not None
+        self._progress("merge", 0.0, force=True)
         chunks = []
         for index in range(total):
             data = load_chunk(self.store, self.id, index, self.ctx.settings)
@@ -277,20 +332,58 @@ class _MergeRun(_ErasureRun):
                     "nothing was published"
                 )
             chunks.append(ChunkEdit.from_bytes(data))
-        self.timings["chunks"] = round(time.time() - float(record.chunks["split_at"]), 4)
-        self.merged = MergedChunks(chunks)
-        return self.merged
+        chunks_seconds = round(time.time() - float(record.chunks["split_at"]), 4)
+        loaded, _, _ = self.ctx.cache.get(request.model)
+        self.loaded = loaded
+        merged = merge_chunk_edits(
+            loaded,
+            chunks,
+            method=request.method,
+            base_edit=self._base_edit(request.base_checkpoint, record, loaded),
+            extra={"plan": plan_to_json(self.ctx.tuning.attack_plan())},
+        )
+        merged.timings["chunks"] = chunks_seconds
+        merged.extra["merged_at"] = time.time()
+        return merged
 
-    def _lineage(self) -> dict[str, Any]:
-        return {} if self.merged is None else {"chunks": self.merged.lineage()}
 
-    def _observe_stages(self, cached: bool) -> None:
-        if self.merged is not None:
-            self.timings["merge"] = round(self.merged.seconds, 4)
-            log.info(
-                "erasure %s: merged %d chunks (%d entries changed by more than one)",
-                self.id,
-                len(self.merged.chunks),
-                self.merged.overlapping_entries,
+def fan_out(ctx: JobContext, record: ErasureRecord, total: int) -> None:
+    """Enqueue the merged edit's evaluation: one job per fact range and the finishing job that
+    depends on them all (``allow_failure``: it ends the erasure whatever they did). Idempotent
+    (jobs that already exist are left alone)."""
+
+    def plan(r: ErasureRecord) -> None:
+        if r.chunks is not None and "evaluated" not in r.chunks:
+            r.chunks["evaluated"] = 0
+            record_event(
+                r,
+                "running",
+                stage="merge",
+                progress=EVAL_START,
+                detail=f"merged {total} chunks; their facts are evaluated on the merged edit "
+                f"in {total} parts",
             )
-        super()._observe_stages(cached)
+
+    ctx.store.update_erasure(record.id, plan)
+    jobs = JobQueue(ctx.connection(), ctx.settings)
+    queue, options = jobs.queue(record.model), jobs.job_options()
+    ids = [eval_job_id(record.id, i) for i in range(total)]
+    for index, job_id in enumerate(ids):
+        if not Job.exists(job_id, connection=queue.connection):
+            queue.enqueue(
+                EVAL_FUNC,
+                record.id,
+                index,
+                job_id=job_id,
+                description=f"erasure {record.id} evaluation {index + 1} of {total}",
+                **options,
+            )
+    if not Job.exists(finish_job_id(record.id), connection=queue.connection):
+        queue.enqueue(
+            FINISH_FUNC,
+            record.id,
+            job_id=finish_job_id(record.id),
+            description=f"erasure {record.id} finish of {total} evaluations",
+            depends_on=Dependency(jobs=ids, allow_failure=True),
+            **options,
+        )

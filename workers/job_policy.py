@@ -9,9 +9,9 @@ holds the request key). Two defences, applied by every featureedit worker:
 * before a job runs, :func:`refusal` checks it against the worker's allow-list: the function is
   one of the worker class's own (:data:`ERASURE_FUNCTIONS` for model workers,
   :data:`CALLBACK_FUNCTIONS` for callback workers), called with exactly the arguments of its shape
-  (:data:`ARGUMENT_SHAPES`: an erasure id; a chunk job an erasure id and a chunk index), with no
-  instance and no rq success/failure/stopped callback (those name functions rq imports and calls
-  too). A refused job is logged (its id, queue and the refused function's name, never its
+  (:data:`ARGUMENT_SHAPES`: an erasure id; a chunk or evaluation job an erasure id and an index),
+  with no instance and no rq success/failure/stopped callback (those name functions rq imports
+  and calls too). A refused job is logged (its id, queue and the refused function's name, never its
   arguments), not run, and marked failed without retries; its stored data is replaced by the
   inert name :data:`REFUSED_FUNC` with no arguments.
 """
@@ -26,15 +26,20 @@ from rq.job import Job
 
 from service.queueing import JOB_FUNC
 from workers.callbacks import CALLBACK_FUNC
-from workers.chunks import CHUNK_FUNC, MAX_CHUNKS, MERGE_FUNC
+from workers.chunks import CHUNK_FUNC, EVAL_FUNC, FINISH_FUNC, MAX_CHUNKS, MERGE_FUNC
 
-ERASURE_FUNCTIONS: frozenset[str] = frozenset({JOB_FUNC, CHUNK_FUNC, MERGE_FUNC})
+ERASURE_FUNCTIONS: frozenset[str] = frozenset(
+    {JOB_FUNC, CHUNK_FUNC, MERGE_FUNC, EVAL_FUNC, FINISH_FUNC}
+)
 CALLBACK_FUNCTIONS: frozenset[str] = frozenset({CALLBACK_FUNC})
-# the positional arguments of each job function: "id" an erasure id, "index" a chunk index
+# the positional arguments of each job function: "id" an erasure id, "index" a chunk (or fact
+# range) index
 ARGUMENT_SHAPES: dict[str, tuple[str, ...]] = {
     JOB_FUNC: ("id",),
     CHUNK_FUNC: ("id", "index"),
     MERGE_FUNC: ("id",),
+    EVAL_FUNC: ("id", "index"),
+    FINISH_FUNC: ("id",),
     CALLBACK_FUNC: ("id",),
 }
 ERASURE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")

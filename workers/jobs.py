@@ -148,7 +148,7 @@ class _ErasureRun:
     """One attempt at one erasure (state shared by the steps of :func:`run_erasure_job`).
 
     :mod:`workers.chunks` subclasses it for a chunked request's chunk and merge jobs (the hooks
-    :meth:`_split`, :meth:`_editor` and the start stage and progress).
+    :meth:`_split`, :meth:`_erasure` and the start stage and progress).
     """
 
     shares: dict[str, tuple[float, float]] = PROGRESS_SHARES
@@ -246,17 +246,37 @@ class _ErasureRun:
 
         return split(self.ctx, request, record)
 
-    def _editor(self, request: Any, record: ErasureRecord) -> Any:
-        """The locate + edit step in place of the request's method (None: the method's own)."""
-        return None
-
     def _lineage(self) -> dict[str, Any]:
         """What the manifest records of how the edit was made, besides the erasure id."""
         return {}
 
-    def _run(self, record: ErasureRecord, t0: float) -> str:
+    def _erasure(self, request: Any, record: ErasureRecord, loaded: Any, base_edit: Any) -> Any:
+        """Erase and publish (:func:`editing.pipeline.erase_and_publish`); the
+        :class:`~editing.pipeline.Erasure` (a chunked request's finishing job gathers instead)."""
         from editing.pipeline import erase_and_publish
 
+        # the erasure id in the patch's metadata makes the (content-addressed) checkpoint id
+        # unique per erasure: two tenants never share one, a retry of this erasure does
+        return erase_and_publish(
+            request,
+            loaded,
+            checkpoint_root=self.store.checkpoint_root(),
+            keep_revert=self._keep_revert,
+            base_edit=base_edit,
+            publish_mode=self.ctx.settings.publish_mode,
+            progress=self._on_progress,
+            should_cancel=self.should_cancel,
+            eval_size=self.ctx.tuning.eval_size(loaded.entry),
+            edit_metadata={"erasure_id": self.id},
+            manifest_extra={"erasure_id": self.id, **self._lineage()},
+            attacks=self.ctx.tuning.attack_plan(),
+        )
+
+    def _keep_revert(self, edit: Any, checkpoint_id: str) -> None:
+        """Keep a published checkpoint's revert data in the erasure's private record."""
+        keep_revert_data(self.store, self.id, edit, checkpoint_id, self.ctx.settings)
+
+    def _run(self, record: ErasureRecord, t0: float) -> str:
         request = self._request(record)
         keep_subjects(self.store, self.id, subjects_of(request), self.ctx.settings)
         if self._split(request, record):
@@ -269,27 +289,8 @@ class _ErasureRun:
         self.timings["model_cached"] = 1.0 if cached else 0.0
         base_edit = self._base_edit(request.base_checkpoint, record, loaded)
         self._check_cancel(force=True)
-        editor = self._editor(request, record)
 
-        # the erasure id in the patch's metadata makes the (content-addressed) checkpoint id
-        # unique per erasure: two tenants never share one, a retry of this erasure does
-        erasure = erase_and_publish(
-            request,
-            loaded,
-            checkpoint_root=self.store.checkpoint_root(),
-            keep_revert=lambda edit, cid: keep_revert_data(
-                self.store, self.id, edit, cid, self.ctx.settings
-            ),
-            base_edit=base_edit,
-            publish_mode=self.ctx.settings.publish_mode,
-            progress=self._on_progress,
-            should_cancel=self.should_cancel,
-            eval_size=self.ctx.tuning.eval_size(loaded.entry),
-            edit_metadata={"erasure_id": self.id},
-            manifest_extra={"erasure_id": self.id, **self._lineage()},
-            attacks=self.ctx.tuning.attack_plan(),
-            editor=editor,
-        )
+        erasure = self._erasure(request, record, loaded, base_edit)
         result = erasure.result
         self.timings.update({k: round(v, 4) for k, v in result.timings.items()})
         self.timings.update(erasure.timings)

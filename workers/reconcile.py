@@ -30,9 +30,10 @@ def reconcile_erasure(ctx: JobContext, job_id: str, connection: Redis) -> str | 
     (a retry) while the record says running: it shows ``queued`` (stage ``retrying``). Returns
     what was done (``"failed"``, ``"retrying"``) or None. Idempotent.
 
-    ``job_id`` is the erasure's job (its id is the erasure id) or a chunked erasure's chunk or
-    merge job (:mod:`workers.chunks`): a chunk or merge job that FAILED fails the erasure (and
-    deletes the chunks' patches); one queued again leaves the record as it is (still running).
+    ``job_id`` is the erasure's job (its id is the erasure id) or a chunked erasure's chunk,
+    merge, evaluation or finishing job (:mod:`workers.chunks`): one that FAILED fails the erasure
+    (and deletes what the erasure kept privately for its chunks); one queued again leaves the
+    record as it is (still running).
     """
     if job_id.endswith(CALLBACK_JOB_SUFFIX):
         return None
@@ -69,7 +70,7 @@ def reconcile_erasure(ctx: JobContext, job_id: str, connection: Redis) -> str | 
         if part_of_chunked and record.chunks is not None:
             forget_chunks(ctx.store, erasure_id, int(record.chunks["total"]))
         return "failed" if moved else None
-    if part_of_chunked:  # a chunk or the merge queued again: the erasure is still running
+    if part_of_chunked:  # a part of a chunked run queued again: the erasure is still running
         return None
     if status in (JobStatus.SCHEDULED, JobStatus.QUEUED) and record.status == "running":
         moved = transitions.mark_retrying(

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 
 JOB_STAGES = ("queue_wait", "model_load", "baseline", "locate", "edit", "evaluate", "publish")
 ENGINE_STAGES = ("baseline", "locate", "edit", "evaluate")
-# a chunked request (workers.chunks): the chunk jobs' wall time (split to merge) and the merge of
-# their patches; its locate and edit are the chunk jobs' (summed), outside the merge job's total
-CHUNK_STAGES = ("chunks", "merge")
+# a chunked request (workers.chunks): the chunk jobs' wall time (split to merge), the merge of
+# their patches and the evaluation jobs' wall time (merge to finish); its locate, edit, and the
+# per-fact part of baseline, evaluate and attacks are those jobs' worker-seconds (summed), outside
+# the finishing job's total
+CHUNK_STAGES = ("chunks", "merge", "eval_chunks")
 # the time split of the growth table (wall-clock stages of one request, as the service ran it)
 GROWTH_STAGES = (
     "queue_wait",
@@ -27,6 +29,7 @@ GROWTH_STAGES = (
     "locate",
     "edit",
     "merge",
+    "eval_chunks",
     "evaluate",
     "attacks",
     "publish",
@@ -53,12 +56,9 @@ def job_row(record: dict[str, Any], public: dict[str, Any], e2e_client: float) -
     row["worker_total"] = round(float(t.get("total", 0.0)), 4)
     # inside the job but in no stage (e.g. the first job's imports), and after ``total``
     # (report, terminal record write) until the terminal event; a chunked request's job is the
-    # merge job (its locate and edit ran in the chunk jobs)
-    inside = (
-        ("model_load", "baseline", "merge", "evaluate", "publish")
-        if row["chunked"]
-        else JOB_STAGES[1:]
-    )
+    # finishing job (its locate, edit and per-fact scoring ran in the chunk and evaluation jobs:
+    # its own Locality and perplexity are in *other*)
+    inside = ("model_load", "publish") if row["chunked"] else (*JOB_STAGES[1:], "attacks")
     row["worker_other"] = round(row["worker_total"] - sum(row[s] for s in inside), 4)
     row["engine"] = round(sum(row[s] for s in ENGINE_STAGES), 4)
     row["e2e_server"] = round(epoch_of(end["at"]) - created, 4) if end else None

@@ -61,7 +61,9 @@ _FACT_GROWTH_COLUMNS = (
     ("locate", "locate"),
     ("edit", "edit"),
     ("merge", "merge"),
+    ("eval_chunks", "eval jobs"),
     ("evaluate", "evaluate"),
+    ("attacks", "attacks"),
     ("publish", "publish"),
     ("worker_other", "other"),
     ("reliability", "R"),
@@ -201,7 +203,10 @@ def bench_service_markdown(result: dict[str, Any]) -> str:
             "1-fact request on as many workers; *×1 worker*: over the same request on 1 worker; "
             "*chunks*: a chunked request's chunk jobs, split → merge, wall; its *locate* and "
             "*edit* are the chunk jobs' summed over workers; *merge*: adding the chunk patches; "
-            "*other*: the job's time in no stage above, mostly the operator's attack suite):",
+            "*eval jobs*: the merged edit's evaluation jobs, merge → finish, wall (their "
+            "*baseline*, *evaluate* and *attacks* are summed over workers); *attacks*: the "
+            "operator's attack suite; *other*: the job's time in no stage above (a chunked "
+            "request's: the finishing job's Locality, perplexity and gathering):",
             "",
             *_table(_FACT_GROWTH_COLUMNS, facts, markdown=True),
         ]

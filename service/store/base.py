@@ -129,15 +129,18 @@ class Store(Protocol):
 # ----------------------------------------------------------------------------- shared helpers
 _SAFE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 PRIVATE_NAMES = frozenset({"revert", "subjects"})
-# a chunk's edit while a chunked erasure runs (service.private_records.keep_chunk)
-CHUNK_NAME_RE = re.compile(r"chunk-[0-9]{1,5}")
+# while a chunked erasure runs (service.private_records.keep_chunk): a chunk's edit, the
+# merged edit, a fact range's evaluation of it
+CHUNK_NAME_RE = re.compile(r"(?:chunk|eval)-[0-9]{1,5}|merged")
 
 
 def check_private_name(name: str) -> None:
-    """ValueError unless ``name`` is one of :data:`PRIVATE_NAMES` or a chunk's (``chunk-<n>``)."""
+    """ValueError unless ``name`` is one of :data:`PRIVATE_NAMES` or a chunked erasure's part
+    (``chunk-<n>``, ``merged``, ``eval-<n>``)."""
     if name not in PRIVATE_NAMES and not CHUNK_NAME_RE.fullmatch(name):
         raise ValueError(
-            f"private data name {name!r} is not one of {sorted(PRIVATE_NAMES)} nor chunk-<n>"
+            f"private data name {name!r} is not one of {sorted(PRIVATE_NAMES)} nor chunk-<n>, "
+            "merged, eval-<n>"
         )
 
 
