@@ -87,16 +87,22 @@ def seed() -> int:
 
 
 def _first_erased(small_model, facts, what: str):
-    """The first of ``facts`` that default FeatureEdit erases (RuntimeError naming ``what``)."""
+    """The first of ``facts`` that default FeatureEdit erases, and the feature projection alone
+    (``refine="none"``) too: its located features carry the erasure, which tests of locate,
+    relocation and the paper's variants rely on (RuntimeError naming ``what``)."""
     from editing.erase import run_erasure
     from editing.request import ErasureRequest
 
     for fact in facts:
-        req = ErasureRequest(
-            model="demo-small",
-            facts=[fact.spec()],
-        )
-        if run_erasure(req, small_model, leak_samples=1).status == "succeeded":
+        if all(
+            run_erasure(
+                ErasureRequest(model="demo-small", facts=[fact.spec()], params=params),
+                small_model,
+                leak_samples=1,
+            ).status
+            == "succeeded"
+            for params in ({"refine": "none"}, {})
+        ):
             return fact
     raise RuntimeError(f"no {what} of the small world is erasable with default FeatureEdit")
 

@@ -85,7 +85,7 @@ class FeatureEditParams(SaeParams):
     )
 
     refine: Literal["none", "flatten"] = Field(
-        "none",
+        "flatten",
         description=(
             "After the projection: `flatten` trains the down-projection columns the projection "
             "changed until the secret's sampling probability is at most `leak_bound` and no "

@@ -127,7 +127,9 @@ def test_engine_and_bench_use_the_model_defaults(small_model, erasable_fact, mon
     assert capped.params["max_features"] == 1 and capped.params["gamma"] == 0.5
     assert len(capped.facts[0].units) <= 1
     own = run_erasure(
-        ErasureRequest(model="demo-small", facts=[spec], params={"max_features": 32}),
+        ErasureRequest(
+            model="demo-small", facts=[spec], params={"max_features": 32, "refine": "none"}
+        ),
         small_model,
         leak_samples=0,
     )

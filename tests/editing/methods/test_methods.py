@@ -135,7 +135,10 @@ def test_relocation_continues_where_candidates_ran_out(small_model, small_world)
     only add features never edited before and leave no more edit prompts leaking than one round
     (the benchmark measures how much they help: docs/benchmarks.md)."""
     for fact in small_world.private_facts()[:8]:
-        one = run_erasure(_request(fact, "featureedit", {"relocate_rounds": 0}), small_model)
+        # the projection's greedy loop alone (the refinement would take over where it stops)
+        one = run_erasure(
+            _request(fact, "featureedit", {"relocate_rounds": 0, "refine": "none"}), small_model
+        )
         if one.status == "nothing_to_erase":
             continue
         ev_one = one.facts[0].evidence
@@ -143,7 +146,9 @@ def test_relocation_continues_where_candidates_ran_out(small_model, small_world)
             # erased in one round; or nothing located at all (no round to continue from); or
             # stopped by the cap rather than by the candidates
             continue
-        more = run_erasure(_request(fact, "featureedit", {"relocate_rounds": 2}), small_model)
+        more = run_erasure(
+            _request(fact, "featureedit", {"relocate_rounds": 2, "refine": "none"}), small_model
+        )
         ev = more.facts[0].evidence
         units = [(u.layer, u.index) for u in more.facts[0].units]
         assert ev_one["locate_rounds"] == 1
