@@ -87,10 +87,10 @@ class FeatureEditParams(SaeParams):
     refine: Literal["none", "flatten"] = Field(
         "flatten",
         description=(
-            "After the projection: `flatten` trains the down-projection columns the projection "
-            "changed until the secret's sampling probability is at most `leak_bound` and no "
-            "layer's logit lens ranks a secret token in its top `refine_rank` "
-            "(editing/methods/flatten.py)."
+            "After the projection: `flatten` (the default) trains the down-projection columns "
+            "the projection changed until the secret's sampling probability is at most "
+            "`leak_bound` and no layer's logit lens ranks a secret token in its top "
+            "`refine_rank` (editing/methods/flatten.py); `none`: the projection alone."
         ),
     )
     refine_steps: int = Field(100, ge=1, le=500, description="`flatten`: at most this many steps.")
