@@ -137,7 +137,11 @@ _GEMMA2_LIKE = replace(_GEMMA, post_ffn_norm=NormSpec("post_feedforward_layernor
 
 register_architecture("gemma", _GEMMA)
 register_architecture("gemma2", _GEMMA2_LIKE)
-register_architecture("gemma3_text", _GEMMA2_LIKE)  # Gemma3ForCausalLM (text-only Gemma 3)
+# Gemma 3 (text-only Gemma3ForCausalLM, e.g. gemma-3-270m): Gemma-2's layout. What differs lives
+# inside attention (q/k RMSNorms, sliding-window layers between global ones) or in the
+# embedding (scaled by sqrt(d_model), tied to the unembedding; edits never touch it), none of it
+# at a site or in a down-projection; it has no final soft-capping (lens_logits reads the config).
+register_architecture("gemma3_text", _GEMMA2_LIKE)
 register_architecture(
     "gpt2",
     ArchSpec(
