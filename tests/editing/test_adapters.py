@@ -56,11 +56,22 @@ def _common(config_class: type[PretrainedConfig]) -> Callable[[], PretrainedConf
     return lambda: config_class(**_COMMON)
 
 
+def _gemma3(sliding_window: int = 3) -> Gemma3TextConfig:
+    """Gemma 3 as the 270M model is built, in miniature: a sliding-window layer (window 3, shorter
+    than the 7-token test inputs) then a global one, q/k norms, tied and scaled embeddings."""
+    return Gemma3TextConfig(
+        **_COMMON,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+        tie_word_embeddings=True,
+    )
+
+
 # Every registered family, as a tiny config; test_every_family_is_tested keeps this complete.
 CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "gemma": _common(GemmaConfig),
     "gemma2": _common(Gemma2Config),
-    "gemma3_text": _common(Gemma3TextConfig),
+    "gemma3_text": _gemma3,
     "gpt2": _gpt2,
     "llama": _common(LlamaConfig),
     "mistral": _common(MistralConfig),
@@ -169,6 +180,36 @@ def test_view_writes_through(adapter: ModelAdapter) -> None:
     raw = adapter.model.state_dict()[adapter.down_proj_param_name(1)]
     canon = ModelAdapter.to_canonical(adapter.model_type, raw)
     assert torch.all(canon[:, 3] == 0) and canon.abs().sum() > 0
+
+
+def test_lens_of_the_last_layer_is_the_models_output(
+    adapter: ModelAdapter, ids: torch.Tensor
+) -> None:
+    """lens_logits of the last layer's resid_post reproduces the logits: the final norm's
+    scaling, the (tied) unembedding and Gemma-2's final soft-capping are all accounted for."""
+    last = adapter.n_layers - 1
+    with adapter.capture([("resid_post", last)]) as acts, torch.no_grad():
+        logits = adapter.model(input_ids=ids).logits
+        lens = adapter.lens_logits(acts[("resid_post", last)])
+    torch.testing.assert_close(lens, logits.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_gemma3_tiny_config_has_what_gemma3_270m_has() -> None:
+    """The family tests run Gemma 3 through its own parts: a sliding window shorter than the
+    inputs (which changes the output), q/k norms, an embedding scaled by sqrt(d_model) and tied
+    to the unembedding."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_gemma3()).eval()
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.q_norm, torch.nn.Module) and isinstance(attn.k_norm, torch.nn.Module)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ids = torch.randint(3, 100, (1, 7), generator=torch.Generator().manual_seed(1))
+    plain = model.model.embed_tokens.weight[ids]
+    torch.testing.assert_close(model.model.embed_tokens(ids), plain * 32**0.5)
+    wide = AutoModelForCausalLM.from_config(_gemma3(sliding_window=64)).eval()
+    wide.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, wide(input_ids=ids).logits)
 
 
 def test_resid_post_matches_hidden_states(adapter: ModelAdapter, ids: torch.Tensor) -> None:

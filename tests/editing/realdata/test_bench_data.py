@@ -1,5 +1,5 @@
 """Benchmark data for a real (non-demo) model: known facts spread over relations as request facts
-with their own prompts, a Locality file of the *other* known facts, the held-out text for ΔPPL."""
+with their own prompts, a Locality file of the *other* known facts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 from editing.realdata import bench_data
 from editing.realdata.facts import load_facts
-from editing.realdata.text import text_file
 from editing.registry import ModelEntry
 from editing.request import ErasureRequest
 
@@ -30,7 +29,7 @@ def test_real_bench_facts(monkeypatch, tmp_path: Path, small_model) -> None:
         assert p["edit_prompts"] and p["heldout_prompts"]
 
     entry = small_model.entry
-    assert entry.ppl_file == str(text_file("heldout"))
+    assert entry.ppl_file is None  # ΔPPL: the shipped passages every erasure scores (evaldata)
     rows = [json.loads(line) for line in Path(entry.locality_file).read_text().splitlines()]
     assert len(rows) == 2 * (len(known) - 6)
     assert all(not r["target"].startswith(" ") for r in rows)  # scoring adds the space
