@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rq import get_current_job
@@ -128,28 +129,13 @@ def split(ctx: JobContext, request: Any, record: ErasureRecord) -> bool:
             )
 
     ctx.store.update_erasure(record.id, plan)
-    jobs = JobQueue(ctx.connection(), ctx.settings)
-    queue, options = jobs.queue(record.model), jobs.job_options()
-    ids = [chunk_job_id(record.id, i) for i in range(count)]
-    for index, job_id in enumerate(ids):
-        if not Job.exists(job_id, connection=queue.connection):
-            queue.enqueue(
-                CHUNK_FUNC,
-                record.id,
-                index,
-                job_id=job_id,
-                description=f"erasure {record.id} chunk {index + 1} of {count}",
-                **options,
-            )
-    if not Job.exists(merge_job_id(record.id), connection=queue.connection):
-        queue.enqueue(
-            MERGE_FUNC,
-            record.id,
-            job_id=merge_job_id(record.id),
-            description=f"erasure {record.id} merge of {count} chunks",
-            depends_on=Dependency(jobs=ids, allow_failure=True),
-            **options,
-        )
+    _enqueue_parts(
+        ctx,
+        record,
+        count,
+        (CHUNK_FUNC, chunk_job_id, "chunk"),
+        (MERGE_FUNC, merge_job_id(record.id), f"merge of {count} chunks"),
+    )
     log.info("erasure %s: split into %d chunks", record.id, count, extra={"chunks": count})
     return True
 
@@ -365,25 +351,48 @@ def fan_out(ctx: JobContext, record: ErasureRecord, total: int) -> None:
             )
 
     ctx.store.update_erasure(record.id, plan)
+    _enqueue_parts(
+        ctx,
+        record,
+        total,
+        (EVAL_FUNC, eval_job_id, "evaluation"),
+        (FINISH_FUNC, finish_job_id(record.id), f"finish of {total} evaluations"),
+    )
+
+
+def _enqueue_parts(
+    ctx: JobContext,
+    record: ErasureRecord,
+    count: int,
+    part: tuple[str, Callable[[str, int], str], str],
+    gather: tuple[str, str, str],
+) -> None:
+    """Enqueue ``count`` part jobs (``part``: function, job id of (erasure id, index), noun) on
+    the record's model queue, and the job that gathers them (``gather``: function, job id,
+    description), which depends on them all with ``allow_failure`` (it ends the erasure whatever
+    they did). Job arguments are the erasure id (and the part's index) only. Idempotent: jobs
+    that already exist are left alone."""
+    part_func, part_id, noun = part
+    gather_func, gather_id, gather_what = gather
     jobs = JobQueue(ctx.connection(), ctx.settings)
     queue, options = jobs.queue(record.model), jobs.job_options()
-    ids = [eval_job_id(record.id, i) for i in range(total)]
+    ids = [part_id(record.id, i) for i in range(count)]
     for index, job_id in enumerate(ids):
         if not Job.exists(job_id, connection=queue.connection):
             queue.enqueue(
-                EVAL_FUNC,
+                part_func,
                 record.id,
                 index,
                 job_id=job_id,
-                description=f"erasure {record.id} evaluation {index + 1} of {total}",
+                description=f"erasure {record.id} {noun} {index + 1} of {count}",
                 **options,
             )
-    if not Job.exists(finish_job_id(record.id), connection=queue.connection):
+    if not Job.exists(gather_id, connection=queue.connection):
         queue.enqueue(
-            FINISH_FUNC,
+            gather_func,
             record.id,
-            job_id=finish_job_id(record.id),
-            description=f"erasure {record.id} finish of {total} evaluations",
+            job_id=gather_id,
+            description=f"erasure {record.id} {gather_what}",
             depends_on=Dependency(jobs=ids, allow_failure=True),
             **options,
         )
