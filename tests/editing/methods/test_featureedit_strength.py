@@ -15,11 +15,13 @@ from editing.scoring import TargetScore
 
 
 def _request(fact, params: dict) -> ErasureRequest:
+    """FeatureEdit's feature projection alone (``refine="none"``): these tests are about its
+    stopping rule and strength, which the default refinement would follow and blur."""
     return ErasureRequest(
         model="demo-small",
         method="featureedit",
         facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
-        params=params,
+        params={"refine": "none", **params},
     )
 
 
