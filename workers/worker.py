@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 T = TypeVar("T")
+PUBSUB_READ_SECONDS = 1.0  # the command channel is read in slices this long (see subscribe)
 
 
 def default_queue_names(
@@ -293,6 +294,21 @@ class FeatureeditWorker(SimpleWorker):
                 stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ pubsub
+    def subscribe(self) -> None:
+        """rq's subscription to this worker's command channel, read in 1 s slices instead of
+        rq's 60 s: on a warm shutdown rq unsubscribes on the connection its pubsub thread is
+        reading, which waits for that read to return, so with 60 s a SIGTERM could take up to a
+        minute to stop an idle worker (past a 60 s grace period: SIGKILL)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_READ_SECONDS,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,
+        )
 
     # ------------------------------------------------------------------ maintenance
     def clean_registries(self) -> None:
