@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from safetensors.torch import load as load_tensors
@@ -64,6 +64,10 @@ def chunkable(request: ErasureRequest) -> bool:
     return method_spec(request.method).produces_checkpoint
 
 
+MergeRule = Literal["sum", "agreeing_mean"]
+MERGE_RULES: tuple[MergeRule, ...] = ("sum", "agreeing_mean")
+
+
 @dataclass
 class ChunkEdit:
     """One chunk's edit (a patch on the weights it started from) and its facts' outcomes."""
@@ -76,6 +80,8 @@ class ChunkEdit:
     timings: dict[str, float] = field(default_factory=dict)
     # the merged edit (index MERGED): the chunks' lineage, the attack plan, overlapping entries
     extra: dict[str, Any] = field(default_factory=dict)
+    # how an entry several chunks change is merged (the method's params say; merge_patches)
+    merge: MergeRule = "sum"
 
     def to_bytes(self) -> bytes:
         """The chunk as one safetensors blob (tensors, and the rest as JSON metadata)."""
@@ -104,6 +110,7 @@ class ChunkEdit:
             "outcomes": {str(k): v for k, v in self.outcomes.items()},
             "timings": self.timings,
             "extra": self.extra,
+            "merge": self.merge,
         }
         return save_tensors(tensors, metadata={"chunk": json.dumps(doc)})
 
@@ -139,6 +146,7 @@ class ChunkEdit:
                 outcomes={int(k): v for k, v in doc["outcomes"].items()},
                 timings=dict(doc.get("timings") or {}),
                 extra=dict(doc.get("extra") or {}),
+                merge=_stored_rule(doc.get("merge", "sum")),
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise CorruptCacheError(f"a chunk's stored edit is unreadable: {exc}") from None
@@ -214,21 +222,43 @@ def edit_chunk(
         "edit": sum(o["timings"].get("edit", 0.0) for o in outcomes.values()),
         "total": seconds,
     }
-    return ChunkEdit(index, start, stop, Patch.from_edit(edit), outcomes, timings)
+    return ChunkEdit(
+        index,
+        start,
+        stop,
+        Patch.from_edit(edit),
+        outcomes,
+        timings,
+        merge=request.params.chunk_merge(),
+    )
 
 
-def merge_patches(loaded: LoadedModel, patches: Sequence[Patch]) -> int:
+def merge_patches(loaded: LoadedModel, patches: Sequence[Patch], rule: MergeRule = "sum") -> int:
     """Add every patch's change to ``loaded``'s weights (which all patches were made from).
 
     Every patch is bound to the current weights before any is written (ConfigError if one was
-    made from other weights); an entry one patch changes gets its new value exactly, an entry
-    several change gets the sum of their changes (computed in float32, stored in the weight's
-    dtype, on the weight's device). Returns the number of entries more than one patch changed.
+    made from other weights); an entry one patch changes gets its new value exactly. An entry
+    several change gets, by ``rule`` (the method's :meth:`~editing.methods.params.MethodParams.
+    chunk_merge`; computed in float32, stored in the weight's dtype, on the weight's device):
+
+    - ``"sum"``: the sum of their changes (right for edits that add independent parts, e.g.
+      projections of different feature directions);
+    - ``"agreeing_mean"``: the mean of the changes whose sign has the larger total magnitude
+      (the sign election and disjoint mean of TIES-merging, Yadav et al., NeurIPS 2023): right
+      for edits that set an entry to a value (two chunks zeroing one neuron zero it once, where
+      a sum would flip it) or that were each optimised from the same weights (the refinement of
+      ``refine="flatten"``, whose shared part a sum counts once per chunk).
+
+    Returns the number of entries more than one patch changed.
     """
+    if rule not in MERGE_RULES:
+        raise ConfigError(f"unknown chunk merge rule {rule!r}; known: {list(MERGE_RULES)}")
     adapter = loaded.adapter
     layers = sorted({layer for p in patches for layer in p.layer_ids})
     canonical = {layer: adapter.down_proj_weight(layer).detach() for layer in layers}
     edits = [p.bind(canonical, f"chunk {n}") for n, p in enumerate(patches)]
+    if rule == "agreeing_mean":
+        return _merge_agreeing_mean(loaded, canonical, edits)
     overlaps = 0
     for edit in edits:
         for d in edit.deltas:
@@ -244,6 +274,59 @@ def merge_patches(loaded: LoadedModel, patches: Sequence[Patch]) -> int:
                 adapter, check=False
             )
     return overlaps
+
+
+def _merge_agreeing_mean(
+    loaded: LoadedModel, canonical: dict[int, torch.Tensor], edits: Sequence[Edit]
+) -> int:
+    """:func:`merge_patches` by ``"agreeing_mean"``, one layer at a time."""
+    overlaps = 0
+    for layer, weight in canonical.items():
+        # per entry: the sum and count of positive changes, and of negative ones
+        acc = torch.zeros((4, *weight.shape), dtype=torch.float32, device=weight.device)
+        exact = weight.clone()  # an entry one patch changes gets its new value exactly
+        for edit in edits:
+            for d in edit.deltas:
+                if d.layer != layer:
+                    continue
+                change = torch.zeros_like(acc[0])
+                written = weight.clone()
+                new = d.new.to(weight.device)
+                delta = new.float() - d.old.to(weight.device).float()
+                where = d.indices.to(weight.device)
+                if d.axis == "rows":
+                    change[where], written[where] = delta, new
+                elif d.axis == "cols":
+                    change[:, where], written[:, where] = delta, new
+                else:
+                    change, written = delta.reshape(change.shape), new.reshape(written.shape)
+                exact = torch.where(change != 0, written, exact)
+                acc[0] += change.clamp(min=0)
+                acc[1] += (change > 0).float()
+                acc[2] += change.clamp(max=0)
+                acc[3] += (change < 0).float()
+        changes = acc[1] + acc[3]
+        overlaps += int((changes > 1).sum())
+        up = acc[0] >= -acc[2]  # the elected sign: the larger total magnitude
+        mean = torch.where(up, acc[0] / acc[1].clamp(min=1), acc[2] / acc[3].clamp(min=1))
+        merged = (weight.float() + mean).to(weight.dtype)
+        loaded.adapter.set_down_proj_weight(layer, torch.where(changes > 1, merged, exact))
+    return overlaps
+
+
+def merge_rule(chunks: Sequence[ChunkEdit]) -> MergeRule:
+    """The merge rule every chunk was made for (ConfigError if they differ)."""
+    rules = {c.merge for c in chunks}
+    if len(rules) != 1:
+        raise ConfigError(f"the chunks were made for different merge rules: {sorted(rules)}")
+    return rules.pop()
+
+
+def _stored_rule(value: Any) -> MergeRule:
+    """A stored chunk's merge rule (ValueError, read as a corrupt chunk, if unknown)."""
+    if value not in MERGE_RULES:
+        raise ValueError(f"unknown merge rule {value!r}")
+    return value  # type: ignore[no-any-return]
 
 
 def merge_chunk_edits(
@@ -263,9 +346,10 @@ def merge_chunk_edits(
     with WeightSession(loaded.adapter) as session:
         if base_edit is not None:
             base_edit.apply(loaded.adapter)
-        overlaps = merge_patches(loaded, [c.patch for c in ordered])
+        rule = merge_rule(ordered)
+        overlaps = merge_patches(loaded, [c.patch for c in ordered], rule)
         edit = session.edit({"method": method})
-    lineage = {"count": len(ordered), "chunks": [c.lineage() for c in ordered]}
+    lineage = {"count": len(ordered), "merge": rule, "chunks": [c.lineage() for c in ordered]}
     return ChunkEdit(
         index=MERGED,
         start=min(c.start for c in ordered),
@@ -274,6 +358,7 @@ def merge_chunk_edits(
         outcomes={i: _measured_on(c, o) for c in ordered for i, o in c.outcomes.items()},
         timings={"merge": round(time.perf_counter() - t0, 4)},
         extra={**(extra or {}), "lineage": lineage, "overlapping_entries": overlaps},
+        merge=rule,
     )
 
 
@@ -330,11 +415,17 @@ class MergedChunks:
         """Merge on the first call; the fact's outcome from its chunk."""
         if not self.merged:
             t0 = time.perf_counter()
-            self.overlapping_entries = merge_patches(loaded, [c.patch for c in self.chunks])
+            self.overlapping_entries = merge_patches(
+                loaded, [c.patch for c in self.chunks], merge_rule(self.chunks)
+            )
             self.merged = True
             self.seconds = time.perf_counter() - t0
         return chunk_outcome(self.chunk_of.get(case.index), case.index)
 
     def lineage(self) -> dict[str, Any]:
         """The manifest's ``chunks`` entry: every chunk's facts, layers and size."""
-        return {"count": len(self.chunks), "chunks": [c.lineage() for c in self.chunks]}
+        return {
+            "count": len(self.chunks),
+            "merge": merge_rule(self.chunks),
+            "chunks": [c.lineage() for c in self.chunks],
+        }

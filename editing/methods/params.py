@@ -20,6 +20,12 @@ class MethodParams(BaseModel):
 
     layers: list[int] | None = Field(default=None, description="Layers to search; default all.")
 
+    def chunk_merge(self) -> Literal["sum", "agreeing_mean"]:
+        """How a chunked erasure merges an entry several chunks changed
+        (:func:`editing.chunks.merge_patches`): ``"sum"`` unless a method's edits set values
+        or are optimised from the same weights."""
+        return "sum"
+
 
 class SaeParams(MethodParams):
     """Parameters of a method that locates SAE features: where the SAEs read."""
@@ -195,6 +201,16 @@ class FeatureEditParams(SaeParams):
         ),
     )
 
+    def chunk_merge(self) -> Literal["sum", "agreeing_mean"]:
+        """``"agreeing_mean"`` when the flatten refinement runs: every chunk's refinement is
+        optimised from the same weights, and summing counts their shared part once per chunk
+        (measured on the small world, 4 e-mail facts in 2 chunks: ΔPPL 0.084 summed, 0.041
+        by agreeing mean, 0.048 unchunked; Locality 0.92 / 0.955 / 0.94; sampled leak
+        0.009 / 0.005 / 0.009). The projection alone adds parts: ``"sum"``."""
+        if self.refine == "flatten" and self.variant != "rows":
+            return "agreeing_mean"
+        return "sum"
+
 
 class NeuronParams(MethodParams):
     """The neuron baseline's parameters: integrated gradients, then a capped neuron set."""
@@ -202,6 +218,11 @@ class NeuronParams(MethodParams):
     ig_steps: int = Field(20, ge=2, le=200, description="Integrated-gradient steps.")
     ig_threshold: float = Field(0.2, gt=0, le=1, description="Coarse neuron set threshold.")
     neuron_cap: int = Field(20, ge=1, le=1000, description="At most this many neurons per fact.")
+
+    def chunk_merge(self) -> Literal["sum", "agreeing_mean"]:
+        """``"agreeing_mean"``: the baseline zeroes columns, and two chunks zeroing one neuron
+        must zero it once (a sum would flip its sign)."""
+        return "agreeing_mean"
 
 
 class NeuronLensParams(NeuronParams):

@@ -111,6 +111,90 @@ def test_merge_adds_the_changes_of_overlapping_chunks(small_model: Any) -> None:
         session.restore()
 
 
+def test_agreeing_mean_merges_set_values_once_and_keeps_single_changes_exact(
+    small_model: Any,
+) -> None:
+    """``agreeing_mean``: two chunks zeroing one column zero it once (a sum flips its sign);
+    changes of opposite sign keep the side with the larger total magnitude (its mean); an entry
+    one patch changes gets its value exactly, even inside another patch's unchanged region."""
+    import torch
+
+    from editing.checkpoints.patch import Patch
+    from editing.chunks import merge_patches
+    from editing.edits import WeightSession
+
+    adapter = small_model.adapter
+    w = adapter.down_proj_weight(0)
+    base = w.detach().clone()
+
+    def patch(change: Callable[[torch.Tensor], None]) -> Patch:
+        with WeightSession(adapter) as one:
+            with torch.no_grad():
+                change(w)
+            return Patch.from_edit(one.edit())
+
+    def first(x: torch.Tensor) -> None:
+        x[:, 2] = 0.0  # both zero column 2
+        x[:, 6] += 0.5  # opposite signs on column 6: +0.5 here, -0.125 and -0.125 below
+        x[:, 7] += 0.25  # only this patch changes column 7
+
+    def second(x: torch.Tensor) -> None:
+        x[:, 2] = 0.0
+        x[:, 6] -= 0.125
+        x[:, 7] += 0.0  # column 7 in no region of this patch: nothing changes it here
+        x[0, 8] += 1.0
+
+    def third(x: torch.Tensor) -> None:
+        x[:, 6] -= 0.125
+        x[1, 8] += 0.75  # column 8 is in both regions; each changes one entry of it
+        x[0, 9] -= 2.0
+
+    patches = [patch(first), patch(second), patch(third)]
+    assert torch.equal(adapter.down_proj_weight(0), base)
+    with WeightSession(adapter) as session:
+        merge_patches(small_model, patches, "sum")
+        assert torch.allclose(adapter.down_proj_weight(0)[:, 2], -base[:, 2], atol=1e-6)
+        session.restore()
+        overlaps = merge_patches(small_model, patches, "agreeing_mean")
+        after = adapter.down_proj_weight(0)
+        assert torch.equal(after[:, 2], torch.zeros_like(after[:, 2]))
+        assert torch.allclose(after[:, 6], base[:, 6] + 0.5, atol=1e-6)  # 0.5 > 0.125 + 0.125
+        assert torch.equal(after[:, 7], base[:, 7] + 0.25)
+        assert after[0, 8] == base[0, 8] + 1.0 and after[1, 8] == base[1, 8] + 0.75
+        assert after[0, 9] == base[0, 9] - 2.0 and torch.equal(after[2:, 8], base[2:, 8])
+        assert torch.equal(after[:, 10:], base[:, 10:])
+        assert overlaps == 2 * base.shape[0] - int((base[:, 2] == 0).sum())
+        session.restore()
+    with pytest.raises(Exception, match="unknown chunk merge rule"):
+        merge_patches(small_model, patches, "median")  # type: ignore[arg-type]
+    assert torch.equal(adapter.down_proj_weight(0), base)
+
+
+def test_each_method_names_its_merge_rule_and_a_chunk_keeps_it() -> None:
+    """FeatureEdit with the flatten refinement and the neuron baseline merge by agreeing mean,
+    the projection alone by sum; a stored chunk keeps its rule, and mixed rules are refused."""
+    from editing.checkpoints.patch import Patch
+    from editing.chunks import ChunkEdit, merge_rule
+    from editing.errors import ConfigError, CorruptCacheError
+    from editing.methods.params import FeatureEditParams, NeuronParams
+
+    assert FeatureEditParams().chunk_merge() == "agreeing_mean"
+    assert FeatureEditParams(refine="none").chunk_merge() == "sum"
+    assert FeatureEditParams(variant="rows").chunk_merge() == "sum"
+    assert NeuronParams().chunk_merge() == "agreeing_mean"
+
+    def chunk(index: int, rule: Any) -> ChunkEdit:
+        return ChunkEdit(index, index, index + 1, Patch([], {}), {}, merge=rule)
+
+    stored = ChunkEdit.from_bytes(chunk(0, "agreeing_mean").to_bytes())
+    assert stored.merge == "agreeing_mean"
+    assert merge_rule([stored, chunk(1, "agreeing_mean")]) == "agreeing_mean"
+    with pytest.raises(ConfigError, match="different merge rules"):
+        merge_rule([stored, chunk(1, "sum")])
+    with pytest.raises(CorruptCacheError, match="merge rule"):
+        ChunkEdit.from_bytes(chunk(0, "median").to_bytes())
+
+
 def test_a_large_request_runs_as_chunks_and_publishes_one_merged_checkpoint(
     settings: Settings,
     store: FilesystemStore,
