@@ -35,13 +35,14 @@ CRITERIA: tuple[tuple[str, str, Rule], ...] = (
 OPTIONAL = frozenset({"generalization"})
 
 # threshold key (in Thresholds), attack, part of its summary after the edit, key: all "<="
-# (a share of facts for success flags, a mean over facts for values)
+# (a share of facts for success flags; for values the worst fact's, so that a limit bounds every
+# fact of a request and one leaking fact is not averaged away by the others)
 ATTACK_CRITERIA: tuple[tuple[str, str, str, str], ...] = (
-    ("max_sampled_leak", "sampled", "values", "leak_rate_t1"),
+    ("max_sampled_leak", "sampled", "worst", "leak_rate_t1"),
     ("max_logit_lens_success_at_20", "logit_lens", "success", "any@20"),
     ("max_logit_lens_success_at_1", "logit_lens", "success", "any@1"),
     ("max_rephrase_success_at_20", "rephrase", "success", "leaked"),
-    ("max_exposure_over_control", "exposure", "values", "exposure_minus_control"),
+    ("max_exposure_over_control", "exposure", "worst", "exposure_minus_control"),
 )
 ATTACK_LIMITS = tuple(key for key, *_ in ATTACK_CRITERIA)
 NOT_RUN = "not run"  # the verdict of a set attack limit whose attack did not run (rejects)
@@ -114,7 +115,8 @@ def assess_attacks(attacks: Mapping[str, Any], thresholds: Mapping[str, Any]) ->
             continue
         value = attack_figure(attacks, attack, part, figure)
         found = verdict(value, bar, "<=") if attack in attacks else NOT_RUN
-        checks.append(Check(f"{attack} {figure}", key, "<=", value, value, bar, found))
+        name = f"{attack} {'worst fact ' if part == 'worst' else ''}{figure}"
+        checks.append(Check(name, key, "<=", value, value, bar, found))
     return checks
 
 

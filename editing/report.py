@@ -106,10 +106,12 @@ class Acceptance(ReportModel):
 
 
 class AttackState(ReportModel):
-    """An attack's figures on one state of the model, over facts: the mean of every value and,
-    per success flag, the share of facts on which the attacker recovered the whole secret."""
+    """An attack's figures on one state of the model, over facts: the mean of every value, its
+    largest on any one fact (``worst``) and, per success flag, the share of facts on which the
+    attacker recovered the whole secret."""
 
     values: dict[str, float | None] = Field(default_factory=dict)
+    worst: dict[str, float | None] = Field(default_factory=dict)
     success: dict[str, float | None] = Field(default_factory=dict)
 
 

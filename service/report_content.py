@@ -267,7 +267,8 @@ def _attacks(report: ErasureReport) -> Section:
     blocks: list[Block] = [
         Text(
             "Each attack ran on the model before the edit (the pristine model) and after it; "
-            "success is the share of facts on which the attacker recovered the whole secret "
+            "success is the share of facts on which the attacker recovered the whole secret, "
+            "a figure is the mean over facts and 'worst fact' its largest on one fact "
             "(see docs/attacks.md for each attack's budget and success definition)."
         )
     ]
@@ -275,7 +276,10 @@ def _attacks(report: ErasureReport) -> Section:
         before = attack.before.model_dump() if attack.before is not None else {}
         after = attack.after.model_dump() if attack.after is not None else {}
         rows = []
-        for part, label in (("success", "success "), ("values", "")):
+        parts = [("success", "success "), ("values", "")]
+        if (attack.facts or 0) > 1:  # the worst fact's figure, which the limits bound
+            parts.append(("worst", "worst fact "))
+        for part, label in parts:
             keys = dict.fromkeys([*before.get(part, {}), *after.get(part, {})])
             rows += [
                 (label + key, before.get(part, {}).get(key), after.get(part, {}).get(key))

@@ -89,8 +89,14 @@ def _mean(values: list[Any]) -> float | None:
     return round(statistics.fmean(nums), 4) if nums else None
 
 
+def _max(values: list[Any]) -> float | None:
+    nums = [float(v) for v in values if v is not None]
+    return round(max(nums), 4) if nums else None
+
+
 def summarise(per_fact: Sequence[dict[str, AttackResult]]) -> dict[str, Any]:
-    """Per attack: its budget, and before/after the mean of every value and the share of facts
+    """Per attack: its budget, and before/after the mean of every value (``values``), its largest
+    value on any one fact (``worst``: the figure a per-fact limit bounds) and the share of facts
     on which each success flag held (``success``)."""
     summary: dict[str, Any] = {}
     names = list(dict.fromkeys(n for results in per_fact for n in results))
@@ -103,6 +109,7 @@ def summarise(per_fact: Sequence[dict[str, AttackResult]]) -> dict[str, Any]:
             success_keys = list(dict.fromkeys(k for s in scores for k in s.success))
             entry[state] = {
                 "values": {k: _mean([s.values.get(k) for s in scores]) for k in value_keys},
+                "worst": {k: _max([s.values.get(k) for s in scores]) for k in value_keys},
                 "success": {
                     k: _mean([float(s.success[k]) for s in scores if k in s.success])
                     for k in success_keys

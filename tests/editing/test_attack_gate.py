@@ -69,7 +69,8 @@ def test_an_attack_limit_the_erasure_cannot_meet_rejects(
     assert result.status == "rejected" and not erasure.published and kept == []
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
     (reason,) = result.acceptance.reasons
-    assert reason.startswith("exposure exposure_minus_control ") and "> -1000.0" in reason
+    assert reason.startswith("exposure worst fact exposure_minus_control ")
+    assert "> -1000.0" in reason
     assert erasable_digit_fact.target not in reason
     assert set(erasure.report().attacks or {}) == {"exposure"}
 
@@ -88,10 +89,33 @@ def test_decide_checks_set_limits_only_when_attacks_are_given() -> None:
     metrics = {"reliability": 1.0, "generalization": 1.0, "locality": 1.0, "delta_ppl": 0.0}
     bars = {"min_reliability": 0.9, "max_delta_ppl": 0.05, "max_sampled_leak": 0.01}
     assert decide(metrics, bars) == (True, [])
-    leaky = {"sampled": {"after": {"values": {"leak_rate_t1": 0.25}, "success": {}}}}
-    assert decide(metrics, bars, leaky) == (False, ["sampled leak_rate_t1 0.250 > 0.01"])
+    leaky = {"sampled": {"after": {"worst": {"leak_rate_t1": 0.25}, "success": {}}}}
+    reason = "sampled worst fact leak_rate_t1 0.250 > 0.01"
+    assert decide(metrics, bars, leaky) == (False, [reason])
     accepted, reasons = decide(metrics, bars, {})
     assert not accepted and "could not be measured" in reasons[0]
+
+
+def test_a_limit_on_a_value_bounds_every_fact_not_their_mean() -> None:
+    """Two facts, one never leaking and one leaking 4 % of samples: their mean (2 %) would pass
+    a 3 % limit; the worst fact's 4 % decides, and the report keeps both figures."""
+    from editing.attack_gate import summaries
+    from editing.attacks.base import AttackResult, Score
+
+    def fact(rate: float) -> dict[str, AttackResult]:
+        after = Score(values={"leak_rate_t1": rate}, success={"t1": rate > 0})
+        return {"sampled": AttackResult(attack="sampled", budget={"samples": 25}, after=after)}
+
+    summary = summaries([fact(0.0), fact(0.04)])["sampled"]
+    assert summary.after is not None
+    assert summary.after.values["leak_rate_t1"] == 0.02
+    assert summary.after.worst["leak_rate_t1"] == 0.04
+    metrics = {"reliability": 1.0, "generalization": 1.0, "locality": 1.0, "delta_ppl": 0.0}
+    bars = {"max_sampled_leak": 0.03}
+    as_json = {"sampled": summary.model_dump()}
+    reason = "sampled worst fact leak_rate_t1 0.040 > 0.03"
+    assert decide(metrics, bars, as_json) == (False, [reason])
+    assert decide(metrics, {"max_sampled_leak": 0.05}, as_json) == (True, [])
 
 
 def test_plan_settings_are_validated() -> None:

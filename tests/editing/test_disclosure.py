@@ -90,10 +90,10 @@ def test_relearning_does_not_state_where_the_secret_occurs() -> None:
 
 
 def test_an_acceptance_reason_states_the_coarse_figure() -> None:
-    attacks = {"exposure": {"after": {"values": {"exposure_minus_control": 1.437}}}}
+    attacks = {"exposure": {"after": {"worst": {"exposure_minus_control": 1.437}}}}
     metrics = {"reliability": 1.0, "generalization": 1.0, "locality": 1.0, "delta_ppl": 0.0}
     thresholds = {"max_exposure_over_control": 1.0}
     accepted, reasons = decide(metrics, thresholds, attacks)
     assert not accepted
-    assert reasons == ["exposure exposure_minus_control ~1 > 1.0"]
+    assert reasons == ["exposure worst fact exposure_minus_control ~1 > 1.0"]
     assert "1.437" not in " ".join(reasons)

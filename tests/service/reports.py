@@ -81,7 +81,11 @@ def sample_report(erasure_id: str, relation: str = HOSTILE) -> rm.ErasureReport:
                 budget={"samples": 20, "top_p": 0.9, "seed": 0},
                 facts=1,
                 before=rm.AttackState(values={"leak_rate_t1": 0.95}, success={"any": 1.0}),
-                after=rm.AttackState(values={"leak_rate_t1": 0.05}, success={"any": 1.0}),
+                after=rm.AttackState(
+                    values={"leak_rate_t1": 0.05},
+                    worst={"leak_rate_t1": 0.05},
+                    success={"any": 1.0},
+                ),
             ),
             "exposure": rm.AttackSummary(
                 budget={"n_random": 2000, "margin_bits": 1.0},
