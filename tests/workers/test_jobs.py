@@ -242,7 +242,10 @@ def test_the_job_evaluates_on_the_operator_sized_locality_set(
 
 def test_attack_settings_are_the_operators(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = WorkerSettings().attack_plan()
-    assert list(plan.names) == ["sampled", "logit_lens"] and plan.limits == {}  # limits off
+    assert list(plan.names) == ["sampled", "logit_lens"]
+    assert plan.limits == {"max_sampled_leak": 0.01, "max_logit_lens_success_at_1": 0.0}
+    monkeypatch.setenv("FEATUREEDIT_WORKER_ATTACK_LIMITS", "")
+    assert WorkerSettings().attack_plan().limits == {}  # an operator can turn them off
     monkeypatch.setenv("FEATUREEDIT_WORKER_ATTACKS", "")
     monkeypatch.setenv("FEATUREEDIT_WORKER_ATTACK_LIMITS", "max_sampled_leak=0.01")
     plan = WorkerSettings().attack_plan()
@@ -275,7 +278,8 @@ def test_an_attack_limit_the_erasure_cannot_meet_rejects_and_publishes_nothing(
     assert record.status == "rejected", record.error
     assert record.checkpoint_id is None and _checkpoint_dirs(store) == []
     (reason,) = record.acceptance["reasons"]
-    assert reason.startswith("exposure exposure_minus_control ") and "> -1000.0" in reason
+    assert reason.startswith("exposure worst fact exposure_minus_control ")
+    assert "> -1000.0" in reason
     report = store.get_report(erasure_id)
     assert set(report["attacks"]) == {"logit_lens", "exposure"}
     assert report["thresholds"]["max_exposure_over_control"] == -1000.0
