@@ -87,22 +87,27 @@ def seed() -> int:
 
 
 def _first_erased(small_model, facts, what: str):
-    """The first of ``facts`` that default FeatureEdit erases, and the feature projection alone
-    (``refine="none"``) too: its located features carry the erasure, which tests of locate,
-    relocation and the paper's variants rely on (RuntimeError naming ``what``)."""
+    """The first of ``facts`` that default FeatureEdit erases — the greedy criteria and the
+    worker's default attacks and limits (``workers.config.WorkerSettings``) pass, so a worker
+    publishes it — and that the feature projection alone (``refine="none"``) erases greedily too:
+    its located features carry the erasure, which tests of locate, relocation and the paper's
+    variants rely on (RuntimeError naming ``what``)."""
+    from editing.attack_gate import attack_result
     from editing.erase import run_erasure
     from editing.request import ErasureRequest
+    from workers.config import WorkerSettings
+
+    plan = WorkerSettings().attack_plan()
+
+    def erased(fact, params: dict, attacked: bool) -> bool:
+        request = ErasureRequest(model="demo-small", facts=[fact.spec()], params=params)
+        result = run_erasure(request, small_model, leak_samples=1)
+        if attacked and result.status == "succeeded":
+            result = attack_result(result, request, small_model, plan)
+        return result.status == "succeeded"
 
     for fact in facts:
-        if all(
-            run_erasure(
-                ErasureRequest(model="demo-small", facts=[fact.spec()], params=params),
-                small_model,
-                leak_samples=1,
-            ).status
-            == "succeeded"
-            for params in ({"refine": "none"}, {})
-        ):
+        if erased(fact, {"refine": "none"}, False) and erased(fact, {}, True):
             return fact
     raise RuntimeError(f"no {what} of the small world is erasable with default FeatureEdit")
 

@@ -19,17 +19,12 @@ import redis
 from ops.stack import LocalStack, partial_checkpoints
 from service.store import FilesystemStore
 from tests.conftest import reachable_redis
+from tests.thresholds import ACCEPT_ALL
 from tests.workers.conftest import MODEL
 
 pytestmark = pytest.mark.slow
 
 REDIS_URL = os.environ.get("FEATUREEDIT_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/13")
-ACCEPT_ALL = {
-    "min_reliability": 0.0,
-    "min_generalization": 0.0,
-    "min_locality": 0.0,
-    "max_delta_ppl": 1e9,
-}
 TOLERANCE = 0.25  # Reliability/Generalization on 4 facts: one fact's worth
 TIMEOUT = 1200.0  # seconds for one request (a shared 2-core machine is slow)
 

@@ -35,8 +35,17 @@ FACT_KEY = "capital_of:France"  # " Paris": SmolLM2 answers it on every edit pro
 # The Locality set a CPU test can afford: 20 genuine facts × 2 prompts.
 # Accept whatever the edit does: with the test's one small SAE (FVU ~0.3) FeatureEdit does not
 # yet flip the fact (measured: Reliability 0.0 on capital_of:France and on Picasso's birth
-# country); the test checks the published checkpoint does what the report says it does.
-RELAXED = {"min_reliability": 0, "min_generalization": 0, "min_locality": 0, "max_delta_ppl": 10}
+# country), and the worker's default attack limits reject it (measured: the sampled leak of the
+# fact 0.18, a layer's lens ranks the answer first); the test checks the published checkpoint does
+# what the report says it does.
+RELAXED = {
+    "min_reliability": 0,
+    "min_generalization": 0,
+    "min_locality": 0,
+    "max_delta_ppl": 10,
+    "max_sampled_leak": 1.0,
+    "max_logit_lens_success_at_1": 1.0,
+}
 WORKER_ENV = {
     "FEATUREEDIT_WORKER_LOCALITY_PUBLIC_FACTS": "20",
     "FEATUREEDIT_WORKER_LOCALITY_PROMPTS_PER_FACT": "2",

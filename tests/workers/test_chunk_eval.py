@@ -21,16 +21,11 @@ from rq.job import Job
 from service.config import Settings
 from service.queueing import JOB_SERIALIZER
 from service.store import FilesystemStore
+from tests.thresholds import ACCEPT_ALL
 from tests.workers.conftest import MODEL, redis_bytes, secret_forms, submit
 from tests.workers.test_jobs import cache, context, run_worker, tuning  # noqa: F401
 from workers.worker import FeatureeditWorker
 
-ACCEPT_ALL = {
-    "min_reliability": 0.0,
-    "min_generalization": 0.0,
-    "min_locality": 0.0,
-    "max_delta_ppl": 1e9,
-}
 # a small attack suite (the worker's default attacks, fewer samples) and one attack limit
 BUDGETS = {"sampled": {"samples": 2}}
 LIMITS = {"max_sampled_leak": 1.0}

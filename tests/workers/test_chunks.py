@@ -19,16 +19,11 @@ from rq.job import Job
 from service.config import Settings
 from service.queueing import JOB_SERIALIZER
 from service.store import FilesystemStore
+from tests.thresholds import ACCEPT_ALL
 from tests.workers.conftest import MODEL, redis_bytes, secret_forms, submit
 from tests.workers.test_jobs import cache, context, run_worker, tuning  # noqa: F401
 from workers.worker import FeatureeditWorker
 
-ACCEPT_ALL = {
-    "min_reliability": 0.0,
-    "min_generalization": 0.0,
-    "min_locality": 0.0,
-    "max_delta_ppl": 1e9,
-}
 TOLERANCE = 0.25  # chunked vs unchunked Reliability/Generalization on 4 facts (1 fact = 0.25)
 
 
