@@ -223,6 +223,7 @@ def test_a_large_request_runs_as_chunks_and_publishes_one_merged_checkpoint(
     assert directory is not None and verify_checkpoint(directory) == []
     manifest = read_manifest(directory)
     assert manifest["chunks"]["count"] == 2
+    assert manifest["chunks"]["merge"] == "agreeing_mean"  # the default refine=flatten's rule
     assert [c["facts"] for c in manifest["chunks"]["chunks"]] == [[0, 2], [2, 4]]
     assert len(manifest["facts"]) == 4
     report = store.get_report(erasure_id)
