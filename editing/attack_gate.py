@@ -77,6 +77,15 @@ def plan_from_text(attacks: str, budgets: str = "", limits: str = "") -> AttackP
     return AttackPlan(names, parse_budgets(_pairs(budgets)), checked)
 
 
+def default_plan() -> AttackPlan:
+    """The service's default plan (:data:`editing.acceptance.DEFAULT_ATTACKS`, its budgets and
+    limits): what a worker runs unless its operator changes it, and what `featureedit erase` and
+    `featureedit demo` decide with."""
+    from editing.acceptance import DEFAULT_ATTACK_BUDGETS, DEFAULT_ATTACK_LIMITS, DEFAULT_ATTACKS
+
+    return plan_from_text(DEFAULT_ATTACKS, DEFAULT_ATTACK_BUDGETS, DEFAULT_ATTACK_LIMITS)
+
+
 def summaries(per_fact: Sequence[Mapping[str, Any]]) -> dict[str, AttackSummary]:
     """The typed report section of :func:`editing.attacks.suite.run_attacks`' results: per
     attack :func:`~editing.attacks.suite.summarise`'s figures, plus its control figures after

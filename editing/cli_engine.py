@@ -96,14 +96,22 @@ def _progress(args: argparse.Namespace):
 
 
 def _attack_plan(args: argparse.Namespace) -> AttackPlan | None:
-    """The attacks ``--attacks``/``--budget`` ask for (None without ``--attacks``)."""
-    from editing.attack_gate import AttackPlan
+    """The attacks of the publish decision: the service's default plan (the worker's default
+    attacks, budgets and limits, :data:`editing.acceptance.DEFAULT_ATTACKS`), or the attacks
+    ``--attacks``/``--budget`` name with the default limits; None with ``--no-attacks``."""
+    from editing.attack_gate import AttackPlan, default_plan
     from editing.attacks import parse_attacks
     from editing.cli_attack import parse_budgets
 
-    if args.attacks is None:
+    if args.no_attacks:
+        if args.attacks is not None or args.budget:
+            raise ConfigError("--no-attacks cannot be combined with --attacks or --budget")
         return None
-    return AttackPlan(parse_attacks(args.attacks), parse_budgets(args.budget))
+    default = default_plan()
+    if args.attacks is None and not args.budget:
+        return default
+    names = default.names if args.attacks is None else parse_attacks(args.attacks)
+    return AttackPlan(names, parse_budgets(args.budget), default.limits)
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
@@ -187,6 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from editing.attack_gate import default_plan
     from editing.cli import format_table, print_json
     from editing.evaluate import leak_rate, leaks
     from editing.models import load_model
@@ -214,6 +223,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             keep_revert=keep_revert_locally(loaded.home),
             publish=method == "featureedit",
             progress=_progress(args),
+            attacks=default_plan(),  # the service's publish decision
         )
         reports[method] = erasures[method].result.report()
     checkpoint = erasures["featureedit"].checkpoint
@@ -323,8 +333,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     add_method_options(erase)
     add_attack_options(
         erase,
-        "attack the edit before the publish decision (default all attacks); limits are "
-        "thresholds, e.g. --threshold max_sampled_leak=0.01 (see docs/attacks.md)",
+        "the attacks run before the publish decision (default: the service's, sampled and "
+        "logit_lens; given alone: all attacks). The service's default limits apply "
+        "(max_sampled_leak=0.01, max_logit_lens_success_at_1=0); a --threshold of the same key "
+        "replaces one (see docs/attacks.md)",
+    )
+    erase.add_argument(
+        "--no-attacks",
+        action="store_true",
+        help="decide on the greedy criteria alone: no attack and no attack limit (a weaker "
+        "claim than the service makes)",
     )
     erase.add_argument("--out", help="checkpoint root directory")
     erase.add_argument("--no-publish", action="store_true", help="evaluate only")

@@ -1,7 +1,7 @@
 """Request thresholds the tests share.
 
 ``ACCEPT_ALL`` accepts whatever the erasure measures — every greedy criterion and the worker's
-default attack limits (``workers.config.DEFAULT_ATTACK_LIMITS``), which a request's own limits
+default attack limits (``editing.acceptance.DEFAULT_ATTACK_LIMITS``), which a request's own limits
 override — for tests of the queue, chunking and publishing mechanics, not of an erasure's strength.
 The attacks still run and are reported.
 """

@@ -24,9 +24,10 @@ The attack suite run on every edit before the publish decision (issue #13) is an
 too: ``FEATUREEDIT_WORKER_ATTACKS`` (comma-separated attack names; empty: none; default the cheap
 ``sampled,logit_lens``), ``FEATUREEDIT_WORKER_ATTACK_BUDGETS`` (``ATTACK.KEY=NUMBER`` pairs,
 comma-separated; default ``sampled.samples=20``) and ``FEATUREEDIT_WORKER_ATTACK_LIMITS`` (default
-limits, ``KEY=NUMBER`` pairs; default :data:`DEFAULT_ATTACK_LIMITS`: a checkpoint publishes only if
-at most 1 % of the sampled continuations carry the secret and no layer's logit lens ranks a
-secret token first; empty: off). A request's own limit (its thresholds) wins over the default.
+limits, ``KEY=NUMBER`` pairs; default :data:`editing.acceptance.DEFAULT_ATTACK_LIMITS`: a
+checkpoint publishes only if no fact's secret comes out in more than 1 % of its sampled
+continuations and no layer's logit lens ranks a secret token first; empty: off). A request's own
+limit (its thresholds) wins over the default. ``featureedit erase`` uses the same defaults.
 """
 
 from __future__ import annotations
@@ -37,16 +38,11 @@ from typing import TYPE_CHECKING
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from editing.acceptance import DEFAULT_ATTACK_BUDGETS, DEFAULT_ATTACK_LIMITS, DEFAULT_ATTACKS
+
 if TYPE_CHECKING:
     from editing.attack_gate import AttackPlan
     from editing.registry import EvalSize, ModelEntry
-
-# The operator's default attack limits (issue #13), on since the flatten refinement is
-# FeatureEdit's default. Measured on demo-small (30 facts, one erasure each, the worker's attacks
-# and budgets): the sampled leak after the edit is 0.2 % on average and above 1 % on one fact
-# (an e-mail, 13 of 220 samples: rejected now, published before); no fact's secret is ranked
-# first by any layer's lens. The lens at B = 20 (3 of 30 facts) is not a default limit.
-DEFAULT_ATTACK_LIMITS = "max_sampled_leak=0.01,max_logit_lens_success_at_1=0"
 
 CALLBACK_QUEUE_SUFFIX = "callbacks"
 DEFAULT_API_PORT = 8000
@@ -109,12 +105,12 @@ class WorkerSettings(BaseSettings):
     )
 
     attacks: str = Field(
-        default="sampled,logit_lens",
+        default=DEFAULT_ATTACKS,
         description="Attacks run on every edit before the publish decision (comma-separated "
         "names from `featureedit attack`; empty: none).",
     )
     attack_budgets: str = Field(
-        default="sampled.samples=20",
+        default=DEFAULT_ATTACK_BUDGETS,
         description="Their budgets, ATTACK.KEY=NUMBER pairs, comma-separated.",
     )
     attack_limits: str = Field(

@@ -158,9 +158,18 @@ def test_cli_erase_attacks_and_rejects_on_a_limit(
     assert main([*args, *limit, "--json"]) == 1  # the limit runs exposure too, and rejects
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
-    assert set(doc["attacks"]) == {"logit_lens", "exposure"} and doc["checkpoint"] is None
+    # the service's default limits apply too, so their attacks run (sampled for its limit)
+    assert set(doc["attacks"]) == {"logit_lens", "exposure", "sampled"}
+    assert doc["checkpoint"] is None
+    assert doc["thresholds"]["max_sampled_leak"] == 0.01
     assert main([*args, "--budget", "logit_lens.b_small=2"]) == 0
     table = capsys.readouterr().out
     assert "any@2" in table and "checkpoint: " in table
     for text in (captured.out + captured.err, table):
         assert erasable_digit_fact.target not in text
+    # --no-attacks: the greedy criteria alone, and it says so by not listing any attack
+    assert main([*args[:-3], "--no-attacks", "-q", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert not doc.get("attacks") and doc["thresholds"].get("max_sampled_leak") is None
+    assert main([*args, "--no-attacks"]) == 2
+    assert "--no-attacks cannot be combined" in capsys.readouterr().err

@@ -67,6 +67,10 @@ def published(tmp_path_factory, small_model, erasable_fact):
 def test_checkpoint_loads_and_secret_is_gone(published, small_world, erasable_fact) -> None:
     doc, ckpt, _ = published
     assert doc["status"] == "succeeded"
+    # published by the service's decision: its default attacks ran and its limits passed
+    assert set(doc["attacks"]) == {"sampled", "logit_lens"}
+    assert doc["thresholds"]["max_sampled_leak"] == 0.01
+    assert doc["thresholds"]["max_logit_lens_success_at_1"] == 0.0
     assert verify_checkpoint(ckpt) == []
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(ckpt)
