@@ -56,6 +56,19 @@ ATTACK_LIMITS = tuple(key for key, *_ in ATTACK_CRITERIA)
 DEFAULT_ATTACKS = "sampled,logit_lens"
 DEFAULT_ATTACK_BUDGETS = "sampled.samples=20"
 DEFAULT_ATTACK_LIMITS = "max_sampled_leak=0.01,max_logit_lens_success_at_1=0"
+
+# Thresholds that accept whatever an erasure measures — the greedy criteria and the default
+# attack limits at their loosest (a request's own limits override the defaults) — for runs that
+# measure or exercise the machinery (benchmarks, drills, tests), not an erasure's strength. The
+# attacks still run and are reported.
+ACCEPT_ALL: dict[str, float] = {
+    "min_reliability": 0.0,
+    "min_generalization": 0.0,
+    "min_locality": 0.0,
+    "max_delta_ppl": 1e9,
+    "max_sampled_leak": 1.0,
+    "max_logit_lens_success_at_1": 1.0,
+}
 NOT_RUN = "not run"  # the verdict of a set attack limit whose attack did not run (rejects)
 
 
@@ -111,8 +124,12 @@ def assess(metrics: Any, thresholds: Mapping[str, Any]) -> list[Check]:
 
 
 def attack_figure(attacks: Mapping[str, Any], attack: str, part: str, key: str) -> float | None:
-    """The figure ``attacks[attack]["after"][part][key]`` of a summary (None if absent)."""
+    """The figure ``attacks[attack]["after"][part][key]`` of a summary (None if absent). A
+    summary stored before summaries had ``worst`` gives its mean there (reports of one fact,
+    where the two are equal, and older multi-fact ones, which were decided by the mean)."""
     after = (attacks.get(attack) or {}).get("after") or {}
+    if part == "worst" and not after.get("worst"):
+        part = "values"
     return number((after.get(part) or {}).get(key))
 
 

@@ -10,7 +10,8 @@ never published: the service keeps it sealed in the erasure's private record unt
 :class:`MergedChunks` is the merge: the method :func:`editing.erase.run_erasure` uses instead of
 the request's one (``editor=``). Its first call adds every chunk's change (new − old) to the
 weights — an entry only one chunk changed gets that chunk's new value bit for bit; an entry
-several chunks changed gets the sum of their changes, in float32 — and every call returns the
+several chunks changed gets the sum of their changes or their agreeing mean, by the rule the
+method's params name (:func:`merge_patches`) — and every call returns the
 fact's outcome as its chunk found it. ``run_erasure`` then evaluates the merged edit as a whole
 (baseline, Reliability, Generalization, Locality, ΔPPL on every fact of the request) and decides
 acceptance exactly as for an unchunked request, so the published checkpoint is one edit.
@@ -30,7 +31,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from editing.checkpoints.patch import Patch
-from editing.edits import Edit, LayerDelta, WeightSession, region
+from editing.edits import Edit, LayerDelta, WeightSession, bit_patterns, region
 from editing.errors import CancelledError, ConfigError, CorruptCacheError
 from editing.methods import FactCase, FactOutcome, get_method, method_spec
 
@@ -80,8 +81,9 @@ class ChunkEdit:
     timings: dict[str, float] = field(default_factory=dict)
     # the merged edit (index MERGED): the chunks' lineage, the attack plan, overlapping entries
     extra: dict[str, Any] = field(default_factory=dict)
-    # how an entry several chunks change is merged (the method's params say; merge_patches)
-    merge: MergeRule = "sum"
+    # how an entry several chunks change is merged (the method's params say; merge_patches);
+    # None for a chunk stored before chunks recorded it (the merge then takes the request's)
+    merge: MergeRule | None = None
 
     def to_bytes(self) -> bytes:
         """The chunk as one safetensors blob (tensors, and the rest as JSON metadata)."""
@@ -146,7 +148,7 @@ class ChunkEdit:
                 outcomes={int(k): v for k, v in doc["outcomes"].items()},
                 timings=dict(doc.get("timings") or {}),
                 extra=dict(doc.get("extra") or {}),
-                merge=_stored_rule(doc.get("merge", "sum")),
+                merge=_stored_rule(doc.get("merge")),
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise CorruptCacheError(f"a chunk's stored edit is unreadable: {exc}") from None
@@ -279,52 +281,97 @@ def merge_patches(loaded: LoadedModel, patches: Sequence[Patch], rule: MergeRule
 def _merge_agreeing_mean(
     loaded: LoadedModel, canonical: dict[int, torch.Tensor], edits: Sequence[Edit]
 ) -> int:
-    """:func:`merge_patches` by ``"agreeing_mean"``, one layer at a time."""
+    """:func:`merge_patches` by ``"agreeing_mean"``, one layer at a time, on the union of the
+    columns (or rows) the patches changed; returns the entries more than one patch changed."""
     overlaps = 0
     for layer, weight in canonical.items():
-        # per entry: the sum and count of positive changes, and of negative ones
-        acc = torch.zeros((4, *weight.shape), dtype=torch.float32, device=weight.device)
-        exact = weight.clone()  # an entry one patch changes gets its new value exactly
-        for edit in edits:
-            for d in edit.deltas:
-                if d.layer != layer:
-                    continue
-                change = torch.zeros_like(acc[0])
-                written = weight.clone()
-                new = d.new.to(weight.device)
-                delta = new.float() - d.old.to(weight.device).float()
-                where = d.indices.to(weight.device)
-                if d.axis == "rows":
-                    change[where], written[where] = delta, new
-                elif d.axis == "cols":
-                    change[:, where], written[:, where] = delta, new
-                else:
-                    change, written = delta.reshape(change.shape), new.reshape(written.shape)
-                exact = torch.where(change != 0, written, exact)
-                acc[0] += change.clamp(min=0)
-                acc[1] += (change > 0).float()
-                acc[2] += change.clamp(max=0)
-                acc[3] += (change < 0).float()
-        changes = acc[1] + acc[3]
-        overlaps += int((changes > 1).sum())
-        up = acc[0] >= -acc[2]  # the elected sign: the larger total magnitude
-        mean = torch.where(up, acc[0] / acc[1].clamp(min=1), acc[2] / acc[3].clamp(min=1))
-        merged = (weight.float() + mean).to(weight.dtype)
-        loaded.adapter.set_down_proj_weight(layer, torch.where(changes > 1, merged, exact))
+        deltas = [d for e in edits for d in e.deltas if d.layer == layer]
+        axis, where = _union_region(deltas)
+        block = region(weight, axis, where).detach()
+        sides = [_Side(block), _Side(block)]  # changes up, changes down
+        for d in deltas:
+            new = _placed(d, axis, where, block)
+            change = new.float() - block.float()
+            changed = bit_patterns(new) != bit_patterns(block)  # as diff_weights compares
+            down = changed & (change < 0)
+            sides[0].add(changed & ~down, change, new)
+            sides[1].add(down, change, new)
+        up, down_side = sides
+        overlaps += int((up.count + down_side.count > 1).sum())
+        elected_up = up.total >= -down_side.total  # the sign with the larger total magnitude
+        merged = torch.where(elected_up, up.value(block), down_side.value(block))
+        merged = torch.where((up.count + down_side.count) > 0, merged, block)
+        Edit([LayerDelta(layer, deltas[0].param, axis, where.cpu(), block.cpu(), merged)]).apply(
+            loaded.adapter, check=False
+        )
     return overlaps
 
 
-def merge_rule(chunks: Sequence[ChunkEdit]) -> MergeRule:
-    """The merge rule every chunk was made for (ConfigError if they differ)."""
-    rules = {c.merge for c in chunks}
+def _union_region(deltas: Sequence[LayerDelta]) -> tuple[str, torch.Tensor]:
+    """The smallest region every delta lies in: the union of their columns (all along columns),
+    of their rows (all along rows), or the whole matrix (``"dense"``, no indices)."""
+    axes = {d.axis for d in deltas}
+    if len(axes) == 1 and axes <= {"rows", "cols"}:
+        return axes.pop(), torch.unique(torch.cat([d.indices.cpu() for d in deltas]))
+    return "dense", torch.empty(0, dtype=torch.long)
+
+
+def _placed(d: LayerDelta, axis: str, where: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """``block`` (the region of :func:`_union_region`) with delta ``d``'s new values written."""
+    new = d.new.to(device=block.device, dtype=block.dtype)
+    if d.axis == "dense":
+        return new.reshape(block.shape)
+    indices = d.indices.to(block.device)
+    if axis != "dense":  # positions of d's indices among the region's
+        indices = torch.searchsorted(where.to(block.device), indices)
+    out = block.clone()
+    if d.axis == "cols":
+        out[:, indices] = new
+    else:
+        out[indices] = new
+    return out
+
+
+class _Side:
+    """The changes of one sign at every entry of a region: their sum, their count, and whether
+    they all wrote the same value (then that value is kept bit for bit, not a float mean)."""
+
+    def __init__(self, block: torch.Tensor) -> None:
+        self.total = torch.zeros(block.shape, dtype=torch.float32, device=block.device)
+        self.count = torch.zeros(block.shape, dtype=torch.int32, device=block.device)
+        self.first = block.clone()
+        self.same = torch.ones(block.shape, dtype=torch.bool, device=block.device)
+
+    def add(self, mask: torch.Tensor, change: torch.Tensor, new: torch.Tensor) -> None:
+        """Count the changes at ``mask`` (``change`` = new − old in float32, ``new`` the values)."""
+        fresh = mask & (self.count == 0)
+        later = mask & ~fresh
+        self.same &= ~later | (bit_patterns(new) == bit_patterns(self.first))
+        self.first = torch.where(fresh, new, self.first)
+        self.total += torch.where(mask, change, torch.zeros_like(change))
+        self.count += mask.int()
+
+    def value(self, block: torch.Tensor) -> torch.Tensor:
+        """Per entry: the one value every change wrote, or ``block`` + their mean change."""
+        mean = (block.float() + self.total / self.count.clamp(min=1)).to(block.dtype)
+        return torch.where(self.same, self.first, mean)
+
+
+def merge_rule(chunks: Sequence[ChunkEdit], default: MergeRule | None = None) -> MergeRule:
+    """The merge rule the chunks were made for; ``default`` (the request's, from its method's
+    params) for chunks that recorded none. ConfigError if they differ, or if none is known."""
+    rules = {c.merge for c in chunks if c.merge is not None}
+    if not rules and default is not None:
+        rules = {default}
     if len(rules) != 1:
-        raise ConfigError(f"the chunks were made for different merge rules: {sorted(rules)}")
+        raise ConfigError(f"the chunks' merge rule is not one rule: {sorted(rules)}")
     return rules.pop()
 
 
-def _stored_rule(value: Any) -> MergeRule:
-    """A stored chunk's merge rule (ValueError, read as a corrupt chunk, if unknown)."""
-    if value not in MERGE_RULES:
+def _stored_rule(value: Any) -> MergeRule | None:
+    """A stored chunk's merge rule, None if it has none (ValueError, read as a corrupt chunk,
+    if unknown)."""
+    if value is not None and value not in MERGE_RULES:
         raise ValueError(f"unknown merge rule {value!r}")
     return value  # type: ignore[no-any-return]
 
@@ -334,19 +381,22 @@ def merge_chunk_edits(
     chunks: Sequence[ChunkEdit],
     *,
     method: str,
+    rule: MergeRule | None = None,
     base_edit: Edit | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ChunkEdit:
     """The chunks' patches merged (:func:`merge_patches`) into one edit of the whole request,
     relative to the pristine base model (the parent's ``base_edit`` included, as
     :func:`editing.erase.run_erasure`'s edit is), with every chunk's outcomes; ``extra`` holds
-    the chunks' lineage and what the caller adds. ``loaded`` is restored after."""
+    the chunks' lineage and what the caller adds. ``rule``: the request's merge rule, for
+    chunks stored before they recorded theirs (:func:`merge_rule`). ``loaded`` is restored
+    after."""
     ordered = sorted(chunks, key=lambda c: c.index)
     t0 = time.perf_counter()
     with WeightSession(loaded.adapter) as session:
         if base_edit is not None:
             base_edit.apply(loaded.adapter)
-        rule = merge_rule(ordered)
+        rule = merge_rule(ordered, rule)
         overlaps = merge_patches(loaded, [c.patch for c in ordered], rule)
         edit = session.edit({"method": method})
     lineage = {"count": len(ordered), "merge": rule, "chunks": [c.lineage() for c in ordered]}

@@ -111,7 +111,10 @@ def _attack_plan(args: argparse.Namespace) -> AttackPlan | None:
     if args.attacks is None and not args.budget:
         return default
     names = default.names if args.attacks is None else parse_attacks(args.attacks)
-    return AttackPlan(names, parse_budgets(args.budget), default.limits)
+    budgets = {name: dict(b) for name, b in default.budgets.items()}
+    for name, budget in parse_budgets(args.budget).items():  # given keys replace the defaults
+        budgets[name] = {**budgets.get(name, {}), **budget}
+    return AttackPlan(names, budgets, default.limits)
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
@@ -341,8 +344,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     erase.add_argument(
         "--no-attacks",
         action="store_true",
-        help="decide on the greedy criteria alone: no attack and no attack limit (a weaker "
-        "claim than the service makes)",
+        help="decide on the greedy criteria alone: no default attack or limit (a weaker claim "
+        "than the service makes; a --threshold attack limit still runs its attack)",
     )
     erase.add_argument("--out", help="checkpoint root directory")
     erase.add_argument("--no-publish", action="store_true", help="evaluate only")

@@ -148,7 +148,7 @@ class Edit:
         ]
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
+def bit_patterns(t: torch.Tensor) -> torch.Tensor:
     """Integer view of a float tensor's bit patterns (exact comparison)."""
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}
     return t.contiguous().view(ints[t.element_size()])
@@ -165,7 +165,7 @@ def diff_weights(
     for layer in sorted(original):
         old_w = original[layer]
         new_w = adapter.down_proj_weight(layer).detach()
-        changed = _bits(old_w) != _bits(new_w)  # bit patterns: -0.0 vs 0.0 and NaNs count right
+        changed = bit_patterns(old_w) != bit_patterns(new_w)  # -0.0 vs 0.0 and NaNs count right
         if not changed.any():
             continue
         rows = changed.any(1).nonzero().squeeze(1)

@@ -134,21 +134,32 @@ class Thresholds(BaseModel):
     min_locality: float = Field(0.9, ge=0, le=1)
     max_delta_ppl: float = Field(0.05, ge=0)
     # attack limits (issue #13; editing.acceptance.ATTACK_CRITERIA): None = the operator's
-    # default (FEATUREEDIT_WORKER_ATTACK_LIMITS; off unless set); checked after the edit
+    # default (FEATUREEDIT_WORKER_ATTACK_LIMITS, default editing.acceptance.DEFAULT_ATTACK_LIMITS:
+    # max_sampled_leak 0.01 and max_logit_lens_success_at_1 0); checked after the edit
     max_sampled_leak: float | None = Field(
-        None, ge=0, le=1, description="Sampled leak rate (temperature 1, no top-k) at most."
+        None,
+        ge=0,
+        le=1,
+        description="Sampled leak rate (temperature 1, no top-k) of every fact (the worst one), "
+        "at most; unset: the operator's default (0.01 unless changed).",
     )
     max_logit_lens_success_at_20: float | None = Field(
         None, ge=0, le=1, description="Share of facts the logit lens recovers at B = 20, at most."
     )
     max_logit_lens_success_at_1: float | None = Field(
-        None, ge=0, le=1, description="Share of facts the logit lens recovers at B = 1, at most."
+        None,
+        ge=0,
+        le=1,
+        description="Share of facts the logit lens recovers at B = 1, at most; unset: the "
+        "operator's default (0 unless changed).",
     )
     max_rephrase_success_at_20: float | None = Field(
         None, ge=0, le=1, description="Share of facts unnamed paraphrases leak (B = 20), at most."
     )
     max_exposure_over_control: float | None = Field(
-        None, description="Exposure of the secret minus a never-seen control's, bits, at most."
+        None,
+        description="Exposure of every fact's secret (the worst one) minus a never-seen "
+        "control's, bits, at most.",
     )
 
 

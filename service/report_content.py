@@ -260,7 +260,8 @@ def _metrics(report: ErasureReport) -> Section:
 
 def _attacks(report: ErasureReport) -> Section:
     """Each attack of the suite: its budget, every figure before and after the edit (means over
-    facts; success = share of facts whose whole secret the attacker recovered), its control."""
+    facts, and with several facts the worst fact's; success = share of facts whose whole secret
+    the attacker recovered), its control."""
     title = "Attacks on the edit"
     if report.attacks is None:
         return Section(title, [Text("No attack was run on this erasure.", "note")])

@@ -306,6 +306,7 @@ class _MergeRun(_ErasureRun):
         attack plan and when the chunks and the merge ended."""
         from editing.chunk_eval import plan_to_json
         from editing.chunks import ChunkEdit, merge_chunk_edits
+        from editing.request import with_model_params
 
         assert record.chunks is not None
         self._progress("merge", 0.0, force=True)
@@ -325,6 +326,9 @@ class _MergeRun(_ErasureRun):
             loaded,
             chunks,
             method=request.method,
+            rule=with_model_params(
+                request, loaded.entry.method_defaults(request.method)
+            ).params.chunk_merge(),
             base_edit=self._base_edit(request.base_checkpoint, record, loaded),
             extra={"plan": plan_to_json(self.ctx.tuning.attack_plan())},
         )

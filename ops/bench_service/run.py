@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from editing.acceptance import ACCEPT_ALL
 from editing.request import MAX_FACTS
 from ops.bench_service.job_times import job_row, summarize
 from ops.bench_service.plan import (
@@ -23,13 +24,8 @@ from ops.bench_service.plan import (
 )
 from service.records import TERMINAL
 
-# Accept every result so every job publishes a checkpoint (publish is measured too).
-ACCEPT_ALL = {
-    "min_reliability": 0.0,
-    "min_generalization": 0.0,
-    "min_locality": 0.0,
-    "max_delta_ppl": 1e9,
-}
+# Accept every result (editing.acceptance.ACCEPT_ALL) so every job publishes a checkpoint
+# (publish is measured too).
 POLL_SECONDS = 0.2
 # The workers run at normal priority: stage times are what is measured, and on a machine shared
 # with other jobs a niced worker (the default, see workers.config) would measure their load.

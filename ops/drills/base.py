@@ -25,16 +25,12 @@ from typing import Any
 
 import httpx
 
+from editing.acceptance import ACCEPT_ALL
 from ops.stack import DEMO_MODEL, LocalStack, link_worlds
 
 STORE_TMPFS_SIZE = "256m"
-# Every accepted drill erasure runs with these: accepted whatever the metrics, so it publishes.
-RELAXED_THRESHOLDS = {
-    "min_reliability": 0,
-    "min_generalization": 0,
-    "min_locality": 0,
-    "max_delta_ppl": 10,
-}
+# Every drill erasure runs with ACCEPT_ALL: accepted whatever the metrics and the attacks find,
+# so it publishes.
 
 
 @dataclass
@@ -250,7 +246,7 @@ class DrillContext:
         self.secrets.extend(f["target"] for f in facts)
         return http.post(
             "/v1/erasures",
-            json={"model": DEMO_MODEL, "facts": list(facts), "thresholds": RELAXED_THRESHOLDS},
+            json={"model": DEMO_MODEL, "facts": list(facts), "thresholds": ACCEPT_ALL},
         )
 
     def wait_status(self, erasure_id: str, statuses: set[str], timeout: float) -> str:

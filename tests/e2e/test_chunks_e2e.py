@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import redis
 
+from editing.acceptance import ACCEPT_ALL
 from ops.stack import LocalStack, partial_checkpoints
 from service.store import FilesystemStore
 from tests.conftest import reachable_redis
-from tests.thresholds import ACCEPT_ALL
 from tests.workers.conftest import MODEL
 
 pytestmark = pytest.mark.slow

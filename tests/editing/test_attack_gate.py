@@ -116,6 +116,9 @@ def test_a_limit_on_a_value_bounds_every_fact_not_their_mean() -> None:
     reason = "sampled worst fact leak_rate_t1 0.040 > 0.03"
     assert decide(metrics, bars, as_json) == (False, [reason])
     assert decide(metrics, {"max_sampled_leak": 0.05}, as_json) == (True, [])
+    # a summary stored before summaries had `worst` is decided by what it has, its mean
+    stored = {"sampled": {"after": {"values": {"leak_rate_t1": 0.04}, "success": {}}}}
+    assert decide(metrics, bars, stored) == (False, [reason])
 
 
 def test_plan_settings_are_validated() -> None:
@@ -162,6 +165,7 @@ def test_cli_erase_attacks_and_rejects_on_a_limit(
     assert set(doc["attacks"]) == {"logit_lens", "exposure", "sampled"}
     assert doc["checkpoint"] is None
     assert doc["thresholds"]["max_sampled_leak"] == 0.01
+    assert doc["attacks"]["sampled"]["budget"]["samples"] == 20  # the service's budget
     assert main([*args, "--budget", "logit_lens.b_small=2"]) == 0
     table = capsys.readouterr().out
     assert "any@2" in table and "checkpoint: " in table

@@ -18,10 +18,10 @@ import pytest
 import redis
 from rq.job import Job
 
+from editing.acceptance import ACCEPT_ALL
 from service.config import Settings
 from service.queueing import JOB_SERIALIZER
 from service.store import FilesystemStore
-from tests.thresholds import ACCEPT_ALL
 from tests.workers.conftest import MODEL, redis_bytes, secret_forms, submit
 from tests.workers.test_jobs import cache, context, run_worker, tuning  # noqa: F401
 from workers.worker import FeatureeditWorker

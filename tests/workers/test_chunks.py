@@ -16,10 +16,10 @@ import pytest
 import redis
 from rq.job import Job
 
+from editing.acceptance import ACCEPT_ALL
 from service.config import Settings
 from service.queueing import JOB_SERIALIZER
 from service.store import FilesystemStore
-from tests.thresholds import ACCEPT_ALL
 from tests.workers.conftest import MODEL, redis_bytes, secret_forms, submit
 from tests.workers.test_jobs import cache, context, run_worker, tuning  # noqa: F401
 from workers.worker import FeatureeditWorker
@@ -140,6 +140,7 @@ def test_agreeing_mean_merges_set_values_once_and_keeps_single_changes_exact(
         x[0, 8] += 1.0
 
     def third(x: torch.Tensor) -> None:
+        x[:, 2] = 0.0  # a third zeroing: still exactly zero, not a float mean
         x[:, 6] -= 0.125
         x[1, 8] += 0.75  # column 8 is in both regions; each changes one entry of it
         x[0, 9] -= 2.0
@@ -148,7 +149,7 @@ def test_agreeing_mean_merges_set_values_once_and_keeps_single_changes_exact(
     assert torch.equal(adapter.down_proj_weight(0), base)
     with WeightSession(adapter) as session:
         merge_patches(small_model, patches, "sum")
-        assert torch.allclose(adapter.down_proj_weight(0)[:, 2], -base[:, 2], atol=1e-6)
+        assert torch.allclose(adapter.down_proj_weight(0)[:, 2], -2 * base[:, 2], atol=1e-6)
         session.restore()
         overlaps = merge_patches(small_model, patches, "agreeing_mean")
         after = adapter.down_proj_weight(0)
@@ -164,6 +165,24 @@ def test_agreeing_mean_merges_set_values_once_and_keeps_single_changes_exact(
         merge_patches(small_model, patches, "median")  # type: ignore[arg-type]
     assert torch.equal(adapter.down_proj_weight(0), base)
 
+    # patches along rows (as the rows variant makes them): the same rule, on the rows' union
+    def zero_row(x: torch.Tensor) -> None:
+        x[1] = 0.0
+
+    def zero_row_and_shift(x: torch.Tensor) -> None:
+        x[1] = 0.0
+        x[3] += 0.5
+
+    by_rows = [patch(zero_row), patch(zero_row_and_shift)]
+    assert {d.axis for p in by_rows for d in p.layers} == {"rows"}
+    with WeightSession(adapter) as session:
+        assert merge_patches(small_model, by_rows, "agreeing_mean") == base.shape[1]
+        after = adapter.down_proj_weight(0)
+        assert torch.equal(after[1], torch.zeros_like(after[1]))
+        assert torch.equal(after[3], base[3] + 0.5)
+        assert torch.equal(after[[0, 2]], base[[0, 2]]) and torch.equal(after[4:], base[4:])
+        session.restore()
+
 
 def test_each_method_names_its_merge_rule_and_a_chunk_keeps_it() -> None:
     """FeatureEdit with the flatten refinement and the neuron baseline merge by agreeing mean,
@@ -175,7 +194,7 @@ def test_each_method_names_its_merge_rule_and_a_chunk_keeps_it() -> None:
 
     assert FeatureEditParams().chunk_merge() == "agreeing_mean"
     assert FeatureEditParams(refine="none").chunk_merge() == "sum"
-    assert FeatureEditParams(variant="rows").chunk_merge() == "sum"
+    assert FeatureEditParams(variant="rows").chunk_merge() == "agreeing_mean"  # zeroes rows
     assert NeuronParams().chunk_merge() == "agreeing_mean"
 
     def chunk(index: int, rule: Any) -> ChunkEdit:
@@ -184,8 +203,14 @@ def test_each_method_names_its_merge_rule_and_a_chunk_keeps_it() -> None:
     stored = ChunkEdit.from_bytes(chunk(0, "agreeing_mean").to_bytes())
     assert stored.merge == "agreeing_mean"
     assert merge_rule([stored, chunk(1, "agreeing_mean")]) == "agreeing_mean"
-    with pytest.raises(ConfigError, match="different merge rules"):
+    with pytest.raises(ConfigError, match="not one rule"):
         merge_rule([stored, chunk(1, "sum")])
+    # a chunk stored before chunks recorded their rule: the request's
+    old = ChunkEdit.from_bytes(chunk(2, None).to_bytes())
+    assert old.merge is None and merge_rule([old], "agreeing_mean") == "agreeing_mean"
+    assert merge_rule([old, stored], "sum") == "agreeing_mean"  # a recorded rule wins
+    with pytest.raises(ConfigError, match="not one rule"):
+        merge_rule([old])
     with pytest.raises(CorruptCacheError, match="merge rule"):
         ChunkEdit.from_bytes(chunk(0, "median").to_bytes())
 
