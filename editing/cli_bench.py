@@ -138,7 +138,7 @@ def bench_markdown(result: dict[str, Any], command: str) -> str:
         cells = [f"{result['summary'][m]['seconds'][stage]['mean']:.3f}" for m in methods]
         lines.append(f"| seconds {stage} (per fact) | " + " | ".join(cells) + " | | |")
     cells = [f"{result['summary'][m]['accepted']}/{result['facts']}" for m in methods]
-    lines.append("| accepted (default thresholds) | " + " | ".join(cells) + " | | |")
+    lines.append("| accepted (greedy criteria, no attack limit) | " + " | ".join(cells) + " | | |")
     lines += ["", "Ratios measured in the same run:", ""]
     lines += [f"- `{k}`: {v}" for k, v in result["ratios"].items()]
     return "\n".join(lines)
