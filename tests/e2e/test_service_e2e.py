@@ -23,6 +23,7 @@ import httpx
 import pytest
 import redis
 
+from editing.acceptance import ACCEPT_ALL
 from ops.stack import LocalStack, partial_checkpoints
 from service.records import TERMINAL
 from tests.workers.conftest import MODEL, Fact
@@ -183,13 +184,7 @@ def test_sigkilled_worker_job_is_retried_by_another_worker(
             erasable_fact.spec(),
             {"subject": second_fact.subject, "relation": "email", "target": second_fact.target},
         ]
-        relaxed = {
-            "min_reliability": 0,
-            "min_generalization": 0,
-            "min_locality": 0,
-            "max_delta_ppl": 10,
-        }
-        erasure_id = _submit(client, facts, thresholds=relaxed)
+        erasure_id = _submit(client, facts, thresholds=ACCEPT_ALL)
 
         deadline = time.monotonic() + 300
         while (record := store.get_erasure(erasure_id)).status != "running":
