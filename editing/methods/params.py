@@ -79,6 +79,15 @@ class FeatureEditParams(SaeParams):
         description="Greedy selectors: locate again on the edited model when candidates run out.",
     )
     min_prompts: int = Field(2, ge=1, description="A feature must be active in this many prompts.")
+    locate_on: Literal["current", "request"] = Field(
+        "current",
+        description=(
+            "Weights features are located on: `current` (the model as the request's earlier "
+            "facts left it) or `request` (the down-projections as they were when the request's "
+            "first fact began; one copy of them is kept for the request). Edits and the stopping "
+            "rule always use the current weights."
+        ),
+    )
     leak_bound: float = Field(
         0.01,
         gt=0,
