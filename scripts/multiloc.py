@@ -144,6 +144,13 @@ def run(args: argparse.Namespace) -> None:
                     kept = ev.known(loaded.model, loaded.tokenizer, *zip(*known_rows, strict=True))
                 broken: Counter[str] = Counter()
                 total: Counter[str] = Counter()
+                controls = set(data.control_subjects)
+                subject = [where.get(data.locality[i][0], ("?", "?"))[0] for i in known_idx]
+                held = [ok for s, ok in zip(subject, kept, strict=True) if s not in controls]
+                # Locality on the rows whose subject is none of the request's control subjects
+                # (the edit is fitted to keep the controls' answers)
+                row["L_not_controls"] = round(sum(held) / max(1, len(held)), 4)
+                row["L_rows_not_controls"] = len(held)
                 for i, ok in zip(known_idx, kept, strict=True):
                     prompt, _, kind = data.locality[i]
                     rel = where.get(prompt, ("?", "?"))[1]

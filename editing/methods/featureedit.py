@@ -17,7 +17,8 @@ With ``refine="flatten"`` (projection variants) the greedy loop is followed by a
 refinement of the down-projection columns (:mod:`editing.methods.flatten`): trained until the
 whole secret's sampling probability is at most ``leak_bound`` on every edit prompt and no layer's
 logit lens (Head Projection, Probability Delta) ranks a secret token high, with a KL locality
-term on control prompts.
+term on control prompts (with ``refine_controls="request"`` also on every fact's control prompts
+of the request, read on the answers the model gave when the request began).
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ import torch
 from editing.adapters import ModelAdapter
 from editing.locate import FeatureEvidence, Unit, feature_evidence, rank_features
 from editing.methods.base import FactCase, FactOutcome
-from editing.methods.flatten import FlattenConfig, flatten, reference, snapshot
+from editing.methods.flatten import (
+    ControlReference,
+    FlattenConfig,
+    answers_reference,
+    flatten,
+    reference,
+    snapshot,
+)
 from editing.methods.params import FeatureEditParams
 from editing.models import LoadedModel
 from editing.scoring import TargetScore, score_targets
@@ -116,6 +124,10 @@ class FeatureEdit:
         # locate_on="request": the down-projections before this instance's first fact (an
         # instance serves one request, or one chunk of it)
         self._start: dict[int, torch.Tensor] | None = None
+        # refine_controls="request": the request's control prompts on the answers the model gave
+        # before this instance's first fact (computed once)
+        self._request_ref: ControlReference | None = None
+        self._request_ref_done = False
 
     def _evidence(self, loaded: LoadedModel, *args: Any, **kwargs: Any) -> FeatureEvidence:
         """:func:`feature_evidence` on the weights ``locate_on`` names: the current ones, or
@@ -159,6 +171,9 @@ class FeatureEdit:
             control_ref = reference(
                 loaded, case.control_prompts, case.secret, own=p.refine_locality_own
             )
+            if p.refine_controls == "request" and not self._request_ref_done:
+                self._request_ref = answers_reference(loaded, case.request_controls)
+                self._request_ref_done = True
         for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
             t0 = time.perf_counter()
             ev = self._evidence(
@@ -210,7 +225,7 @@ class FeatureEdit:
                 case.edit_prompts,
                 case.secret,
                 base,
-                control_ref,
+                [control_ref, self._request_ref],
                 FlattenConfig(
                     steps=p.refine_steps,
                     lr=p.refine_lr,

@@ -145,6 +145,15 @@ class FeatureEditParams(SaeParams):
             "the secret."
         ),
     )
+    refine_controls: Literal["fact", "request"] = Field(
+        "fact",
+        description=(
+            "`flatten`: `request` adds to the locality term every fact's control prompts of the "
+            "request (all its relations, the control subjects), teacher-forced on what the "
+            "model said for them when the request began, read on those answers: later facts "
+            "then keep the answers earlier facts' edits must not move either."
+        ),
+    )
     refine_entropy: float = Field(
         0.0, ge=0, description="`flatten`: weight of the lens distributions' max-entropy term."
     )
