@@ -137,6 +137,13 @@ def run(args: argparse.Namespace) -> None:
                 "L_rows": m["locality"]["count"],
                 "seconds": round(secs, 1),
             }
+            conv = [
+                f.evidence["refine_converged"]
+                for f in res.facts
+                if "refine_converged" in f.evidence
+            ]
+            if conv:  # the refinement's hinges all reached zero (within refine_steps)
+                row["refine_converged"] = round(sum(conv) / len(conv), 3)
             if editor is not None:
                 row["trace"] = editor.curve
             if args.diagnose and res.edit is not None:
@@ -210,10 +217,39 @@ def singles(args: argparse.Namespace, loaded: LoadedModel, facts: list, data: An
         print(json.dumps(row), flush=True)
 
 
+COLUMNS = ("R", "G", "L", "L_private", "L_public", "L_not_controls", "dppl", "leak_after")
+
+
+def table(path: str) -> None:
+    """Markdown table of a JSONL file of rows: per (facts, spec) the mean over fact sets
+    (offsets) of every figure, the sampled attack's worst fact and the lens attack's @1/@20
+    success share (their largest over the sets)."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        groups.setdefault((row["facts"], row["spec"]), []).append(row)
+    head = ["facts", "spec", "sets", *COLUMNS, "sampled worst", "lens @1", "lens @20"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for (n, spec), rows in sorted(groups.items(), key=lambda kv: kv[0][0]):
+        cells = [str(n), spec, str(len(rows))]
+        for col in COLUMNS:
+            vals = [r[col] for r in rows if r.get(col) is not None]
+            cells.append(f"{sum(vals) / len(vals):.3g}" if vals else "")
+        att = [r.get("attacks", {}) for r in rows]
+        worst = [max(a["sampled"]["worst"].values()) for a in att if "sampled" in a]
+        lens1 = [a["logit_lens"]["success"]["any@1"] for a in att if "logit_lens" in a]
+        lens20 = [a["logit_lens"]["success"]["any@20"] for a in att if "logit_lens" in a]
+        for vals in (worst, lens1, lens20):
+            cells.append(f"{max(vals):.3g}" if vals else "")
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("specs", nargs="+", help="method[:k=v,...]")
-    ap.add_argument("--home", required=True)
+    ap.add_argument("specs", nargs="*", help="method[:k=v,...]")
+    ap.add_argument("--home")
+    ap.add_argument("--table", help="print the markdown table of this JSONL file and exit")
     ap.add_argument("--world", default="small")
     ap.add_argument("--model", default="demo-small")
     ap.add_argument("--facts", default="1,4,12,24")
@@ -225,7 +261,13 @@ def main() -> None:
     )
     ap.add_argument("--attacks", help="also run these attacks, e.g. sampled,logit_lens")
     ap.add_argument("--json", help="append rows to this JSONL file")
-    run(ap.parse_args())
+    args = ap.parse_args()
+    if args.table:
+        table(args.table)
+    elif args.home and args.specs:
+        run(args)
+    else:
+        ap.error("give --home and method specs, or --table")
 
 
 if __name__ == "__main__":
