@@ -161,12 +161,18 @@ def fact_cases(
     """``facts`` as a method sees them (indices from ``first_index``): the prompts the model in
     its current state answers with the secret (edit and held-out; every fact's known checks in
     shared batches), and the edit prompts with each of the fact's relation's control subjects
-    (:meth:`editing.evaldata.EvalData.controls_for`) in place of the subject."""
+    (:meth:`editing.evaldata.EvalData.controls_for`) in place of the subject; every case also
+    carries the union of all the facts' control prompts (``request_controls``)."""
     model, tok = loaded.model, loaded.tokenizer
     edit_ps = [f.resolved_edit_prompts() for f in facts]
     held_ps = [f.resolved_heldout_prompts() for f in facts]
     secrets = [f.secret for f in facts]
     knowns = ev.known_many(model, tok, list(zip(edit_ps + held_ps, secrets + secrets)))
+    controls = [
+        control_prompts(edit_ps[i], f.subject, data.controls_for(f.relation))
+        for i, f in enumerate(facts)
+    ]
+    request_controls = list(dict.fromkeys(q for c in controls for q in c))
     return [
         FactCase(
             index=first_index + i,
@@ -175,7 +181,8 @@ def fact_cases(
             secret=f.secret,
             edit_prompts=[q for q, k in zip(edit_ps[i], knowns[i]) if k],
             heldout_prompts=[q for q, k in zip(held_ps[i], knowns[len(facts) + i]) if k],
-            control_prompts=control_prompts(edit_ps[i], f.subject, data.controls_for(f.relation)),
+            control_prompts=controls[i],
+            request_controls=request_controls,
         )
         for i, f in enumerate(facts)
     ]

@@ -28,6 +28,9 @@ class FactCase:
     edit_prompts: list[str]
     heldout_prompts: list[str]
     control_prompts: list[str]
+    # every fact's control prompts of the request (its relations' prompts with the control
+    # subjects, never a subject of the request), for a method's request-wide locality term
+    request_controls: list[str] = field(default_factory=list)
 
 
 @dataclass

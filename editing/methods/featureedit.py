@@ -17,23 +17,39 @@ With ``refine="flatten"`` (projection variants) the greedy loop is followed by a
 refinement of the down-projection columns (:mod:`editing.methods.flatten`): trained until the
 whole secret's sampling probability is at most ``leak_bound`` on every edit prompt and no layer's
 logit lens (Head Projection, Probability Delta) ranks a secret token high, with a KL locality
-term on control prompts.
+term on control prompts (with ``refine_controls="request"`` also on every fact's control prompts
+of the request, read on the answers the model gave when the request began).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 
 from editing.adapters import ModelAdapter
-from editing.locate import Unit, feature_evidence, rank_features
+from editing.locate import FeatureEvidence, Unit, feature_evidence, rank_features
 from editing.methods.base import FactCase, FactOutcome
-from editing.methods.flatten import FlattenConfig, flatten, reference, snapshot
+from editing.methods.flatten import (
+    ControlReference,
+    FlattenConfig,
+    answers_reference,
+    flatten,
+    reference,
+    snapshot,
+)
 from editing.methods.params import FeatureEditParams
 from editing.models import LoadedModel
 from editing.scoring import TargetScore, score_targets
+
+
+def _load(loaded: LoadedModel, weights: dict[int, torch.Tensor]) -> None:
+    """Write canonical down-projection ``weights`` (per layer) into the model, in place."""
+    with torch.no_grad():
+        for layer, w in weights.items():
+            loaded.adapter.down_proj_weight(layer).copy_(w)
 
 
 def leaking_prompts(scores: list[TargetScore], leak_bound: float) -> int:
@@ -105,6 +121,25 @@ class FeatureEdit:
 
     def __init__(self, params: FeatureEditParams) -> None:
         self.params = params
+        # locate_on="request": the down-projections before this instance's first fact (an
+        # instance serves one request, or one chunk of it)
+        self._start: dict[int, torch.Tensor] | None = None
+        # refine_controls="request": the request's control prompts on the answers the model gave
+        # before this instance's first fact (computed once)
+        self._request_ref: ControlReference | None = None
+        self._request_ref_done = False
+
+    def _evidence(self, loaded: LoadedModel, *args: Any, **kwargs: Any) -> FeatureEvidence:
+        """:func:`feature_evidence` on the weights ``locate_on`` names: the current ones, or
+        those of the request's start swapped in for the call (the current ones put back)."""
+        if self.params.locate_on == "current" or self._start is None:
+            return feature_evidence(loaded, *args, **kwargs)
+        now = snapshot(loaded, list(self._start))
+        try:
+            _load(loaded, self._start)
+            return feature_evidence(loaded, *args, **kwargs)
+        finally:
+            _load(loaded, now)
 
     def erase_fact(self, loaded: LoadedModel, case: FactCase) -> FactOutcome:
         """Locate features for ``case`` and edit them into the down-projections.
@@ -129,14 +164,19 @@ class FeatureEdit:
         rounds_run = 0
         t_locate = t_edit = 0.0
         refine = p.refine == "flatten" and p.variant != "rows"
+        if p.locate_on == "request" and self._start is None:
+            self._start = snapshot(loaded, list(range(loaded.adapter.n_layers)))
         if refine:
             base = snapshot(loaded, list(range(loaded.adapter.n_layers)))
             control_ref = reference(
                 loaded, case.control_prompts, case.secret, own=p.refine_locality_own
             )
+            if p.refine_controls == "request" and not self._request_ref_done:
+                self._request_ref = answers_reference(loaded, case.request_controls)
+                self._request_ref_done = True
         for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
             t0 = time.perf_counter()
-            ev = feature_evidence(
+            ev = self._evidence(
                 loaded,
                 case.edit_prompts,
                 case.secret,
@@ -185,7 +225,7 @@ class FeatureEdit:
                 case.edit_prompts,
                 case.secret,
                 base,
-                control_ref,
+                [control_ref, self._request_ref],
                 FlattenConfig(
                     steps=p.refine_steps,
                     lr=p.refine_lr,

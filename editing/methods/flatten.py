@@ -20,7 +20,9 @@ minimises, on the edit prompts teacher-forced on the secret's prefix:
   the control prompts (the edit prompts with other subjects) teacher-forced on the secret and,
   optionally, on the model's own greedy continuation of each (what it says about that other
   subject: the answers Locality checks), weighted by ``locality``, against the model as it was
-  before this fact's edit;
+  before this fact's edit; with several references (FeatureEdit's ``refine_controls="request"``:
+  every fact's control prompts of the request on the answers the model gave when the request
+  began, :func:`answers_reference`) their KLs are added;
 - **exposure** (optional, weighted by ``exposure``; secrets with at least 3 digits): per edit
   prompt, ``relu(log P(secret) - q)`` where ``q`` is the ``exposure_quantile`` quantile of the
   log-probabilities of ``exposure_candidates`` random strings of the secret's format (drawn by
@@ -223,6 +225,36 @@ class ControlReference:
     ids: torch.Tensor
     mask: torch.Tensor
     logprobs: torch.Tensor
+    # where the KL is read ([rows, seq] bool); None: every position of ``mask``
+    positions: torch.Tensor | None = None
+
+    def kl(self, fwd: _Forward) -> torch.Tensor:
+        """Mean ``KL(p_reference || p_now)`` over the read positions, under ``fwd``'s weights."""
+        now = fwd.logits(self.ids, self.mask).log_softmax(-1)
+        at = (self.positions if self.positions is not None else self.mask).bool()
+        return (self.logprobs.exp() * (self.logprobs - now)).sum(-1)[at].mean()
+
+
+def answers_reference(
+    loaded: LoadedModel, prompts: list[str], max_new_tokens: int = 8
+) -> ControlReference | None:
+    """A locality reference on what the model says now: ``prompts`` teacher-forced on their own
+    greedy continuations (``max_new_tokens``), the KL read only at the positions that predict
+    the continuation (what Locality checks); None without prompts or answers."""
+    if not prompts:
+        return None
+    tok = loaded.tokenizer
+    said = greedy_generate(loaded.model, tok, prompts, max_new_tokens)
+    rows = [(p, text.strip()) for p, text in zip(prompts, said) if text.strip()]
+    if not rows:
+        return None
+    ids, mask = _teacher_forced(loaded, rows)
+    positions = torch.zeros_like(mask, dtype=torch.bool)
+    for r, (p_ids, t_ids) in enumerate(encode_pair(tok, p, t) for p, t in rows):
+        positions[r, len(p_ids) - 1 : len(p_ids) - 1 + len(t_ids)] = True
+    with torch.inference_mode():
+        out = loaded.model(input_ids=ids, attention_mask=mask)
+    return ControlReference(ids, mask, out.logits.float().log_softmax(-1).clone(), positions)
 
 
 def reference(
@@ -390,12 +422,15 @@ def flatten(
     prompts: list[str],
     secret: str,
     base: dict[int, torch.Tensor],
-    control_ref: ControlReference | None,
+    control_ref: ControlReference | list[ControlReference | None] | None,
     cfg: FlattenConfig,
     subject: str = "",
 ) -> FlattenResult:
     """Refine the columns changed since ``base`` (see the module docstring); edits in place.
+    ``control_ref``: the locality term's reference, or a list of them (their KLs added).
     ``subject`` (the fact's, as named in ``prompts``) is what the stranger term replaces."""
+    listed = control_ref if isinstance(control_ref, list) else [control_ref]
+    refs = [r for r in listed if r is not None]
     cols = changed_columns(loaded, base)
     if not prompts or not (cfg.extra_columns or any(c.numel() for c in cols.values())):
         return FlattenResult(0, 0, 0.0, 0.0, False)
@@ -466,11 +501,8 @@ def flatten(
                 p = z[1:].log_softmax(-1)
                 neg_h = math.log(z.shape[-1]) + (p.exp() * p).sum(-1)
                 loss = loss + cfg.entropy * neg_h.mean()
-            if control_ref is not None and cfg.locality > 0:
-                ref = control_ref.logprobs
-                c_lp = fwd.logits(control_ref.ids, control_ref.mask).log_softmax(-1)
-                kl = (ref.exp() * (ref - c_lp)).sum(-1)[control_ref.mask.bool()].mean()
-                loss = loss + cfg.locality * kl
+            if refs and cfg.locality > 0:
+                loss = loss + cfg.locality * sum(r.kl(fwd) for r in refs)
             if scored is not None and cfg.exposure_anchor > 0:
                 drift = (scored.logprobs(fwd) - before).square().mean()
                 loss = loss + cfg.exposure * cfg.exposure_anchor * drift

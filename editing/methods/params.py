@@ -79,6 +79,15 @@ class FeatureEditParams(SaeParams):
         description="Greedy selectors: locate again on the edited model when candidates run out.",
     )
     min_prompts: int = Field(2, ge=1, description="A feature must be active in this many prompts.")
+    locate_on: Literal["current", "request"] = Field(
+        "current",
+        description=(
+            "Weights features are located on: `current` (the model as the request's earlier "
+            "facts left it) or `request` (the down-projections as they were when the request's "
+            "first fact began; one copy of them is kept for the request). Edits and the stopping "
+            "rule always use the current weights."
+        ),
+    )
     leak_bound: float = Field(
         0.01,
         gt=0,
@@ -134,6 +143,15 @@ class FeatureEditParams(SaeParams):
             "`flatten`: the locality term also reads the control prompts teacher-forced on the "
             "unedited model's own greedy continuation (other subjects' answers), not only on "
             "the secret."
+        ),
+    )
+    refine_controls: Literal["fact", "request"] = Field(
+        "fact",
+        description=(
+            "`flatten`: `request` adds to the locality term every fact's control prompts of the "
+            "request (all its relations, the control subjects), teacher-forced on what the "
+            "model said for them when the request began, read on those answers: later facts "
+            "then keep the answers earlier facts' edits must not move either."
         ),
     )
     refine_entropy: float = Field(
