@@ -2,8 +2,9 @@
 
 A bench run only prints at the end; this keeps the rows of a run stopped early (docs/benchmarks.md,
 SmolLM2 "30-fact bench"). Attack results, when `--attacks` is given, go to `$ROWLOG.attacks`.
-`BENCH_LIMIT=N` runs only the first N facts of the selection (its Locality file is the full
-selection's, so the rows match a full run's). Rows name the fact's relation and subject.
+`BENCH_LIMIT=N` runs only the first N facts of the selection and `BENCH_SKIP=M` skips its first
+M (to finish a stopped run); the Locality file stays the full selection's, so the rows match a
+full run's. Rows name the fact's relation and subject.
 
     ROWLOG=rows.jsonl python scripts/bench_rowlog.py bench --model smollm2 --facts 30 \\
         --methods neurons --json
@@ -19,6 +20,7 @@ from editing.acceptance import metric, number
 
 LOG = os.environ["ROWLOG"]
 LIMIT = int(os.environ.get("BENCH_LIMIT", "0"))
+SKIP = int(os.environ.get("BENCH_SKIP", "0"))
 _run_erasure = bench.run_erasure
 _bench_facts = bench.bench_facts
 _attack = bench._attack
@@ -58,7 +60,7 @@ def logged(request, loaded, **kw):
 
 def limited(loaded, n_facts, seed=0):
     facts = _bench_facts(loaded, n_facts, seed)
-    return facts[:LIMIT] if LIMIT else facts
+    return (facts[:LIMIT] if LIMIT else facts)[SKIP:]
 
 
 def logged_attack(loaded, edit, request, attacks, budgets, before_cache):
