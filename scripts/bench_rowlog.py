@@ -1,26 +1,25 @@
-"""Run `featureedit ARGS` with every bench erasure's row appended to $ROWLOG (JSONL) as it ends.
+"""Run `featureedit ARGS` with every bench erasure's row appended to ROWLOG (JSONL) as it ends.
 
 A bench run only prints at the end; this keeps the rows of a run stopped early (docs/benchmarks.md,
-SmolLM2 "30-fact bench"). Attack results, when `--attacks` is given, go to `$ROWLOG.attacks`.
-`BENCH_LIMIT=N` runs only the first N facts of the selection and `BENCH_SKIP=M` skips its first
-M (to finish a stopped run); the Locality file stays the full selection's, so the rows match a
-full run's. Rows name the fact's relation and subject.
+SmolLM2 "30-fact bench"). Attack results, when `--attacks` is given, go to `ROWLOG.attacks`.
+`--limit N` runs only the first N facts of the selection and `--skip M` skips its first M (to
+finish a stopped run); the Locality file stays the full selection's, so the rows match a full
+run's. Rows name the fact's relation and subject.
 
-    ROWLOG=rows.jsonl python scripts/bench_rowlog.py bench --model smollm2 --facts 30 \\
-        --methods neurons --json
+    python scripts/bench_rowlog.py rows.jsonl [--limit N] [--skip M] bench --model smollm2 \\
+        --facts 30 --methods neurons --json
 """
 
 import json
-import os
 import sys
 import time
 
 import editing.bench as bench
 from editing.acceptance import metric, number
 
-LOG = os.environ["ROWLOG"]
-LIMIT = int(os.environ.get("BENCH_LIMIT", "0"))
-SKIP = int(os.environ.get("BENCH_SKIP", "0"))
+LOG = ""  # set from the command line (see the module docstring)
+LIMIT = 0
+SKIP = 0
 _run_erasure = bench.run_erasure
 _bench_facts = bench.bench_facts
 _attack = bench._attack
@@ -75,7 +74,21 @@ bench.run_erasure = logged
 bench.bench_facts = limited
 bench._attack = logged_attack
 
+
+def _options(argv: list[str]) -> list[str]:
+    """Read ROWLOG, --limit and --skip off the front of ``argv``; the rest is featureedit's."""
+    global LOG, LIMIT, SKIP
+    LOG, rest = argv[0], argv[1:]
+    while rest and rest[0] in ("--limit", "--skip"):
+        flag, value, rest = rest[0], int(rest[1]), rest[2:]
+        if flag == "--limit":
+            LIMIT = value
+        else:
+            SKIP = value
+    return rest
+
+
 if __name__ == "__main__":
     from editing.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(_options(sys.argv[1:])))
