@@ -86,28 +86,36 @@ def seed() -> int:
     return 0
 
 
-def _first_erased(small_model, facts, what: str):
-    """The first of ``facts`` that default FeatureEdit erases — the greedy criteria and the
-    worker's default attacks and limits (``workers.config.WorkerSettings``) pass, so a worker
-    publishes it — and that the feature projection alone (``refine="none"``) erases greedily too:
-    its located features carry the erasure, which tests of locate, relocation and the paper's
-    variants rely on (RuntimeError naming ``what``)."""
-    from editing.attack_gate import attack_result
+def erased_as_published(small_model, spec: dict, params: dict | None = None, **kw) -> bool:
+    """Whether one erasure of ``spec`` on demo-small is accepted as the service decides it: the
+    greedy criteria, then the default attacks and limits (:func:`editing.attack_gate.default_plan`).
+    ``kw`` goes to :func:`editing.erase.run_erasure`."""
+    from editing.attack_gate import attack_result, default_plan
     from editing.erase import run_erasure
     from editing.request import ErasureRequest
-    from workers.config import WorkerSettings
 
-    plan = WorkerSettings().attack_plan()
+    request = ErasureRequest(model="demo-small", facts=[spec], params=params or {})
+    result = run_erasure(request, small_model, **kw)
+    if result.status == "succeeded":
+        result = attack_result(result, request, small_model, default_plan())
+    return result.status == "succeeded"
 
-    def erased(fact, params: dict, attacked: bool) -> bool:
-        request = ErasureRequest(model="demo-small", facts=[fact.spec()], params=params)
-        result = run_erasure(request, small_model, leak_samples=1)
-        if attacked and result.status == "succeeded":
-            result = attack_result(result, request, small_model, plan)
-        return result.status == "succeeded"
+
+def _first_erased(small_model, facts, what: str):
+    """The first of ``facts`` that default FeatureEdit erases as the service publishes it
+    (:func:`erased_as_published`) and that the feature projection alone (``refine="none"``)
+    erases greedily too: its located features carry the erasure, which tests of locate,
+    relocation and the paper's variants rely on (RuntimeError naming ``what``)."""
+    from editing.erase import run_erasure
+    from editing.request import ErasureRequest
+
+    def projection_erases(fact) -> bool:
+        request = ErasureRequest(model="demo-small", facts=[fact.spec()], params={"refine": "none"})
+        return run_erasure(request, small_model, leak_samples=1).status == "succeeded"
 
     for fact in facts:
-        if erased(fact, {"refine": "none"}, False) and erased(fact, {}, True):
+        spec = fact.spec()
+        if projection_erases(fact) and erased_as_published(small_model, spec, leak_samples=1):
             return fact
     raise RuntimeError(f"no {what} of the small world is erasable with default FeatureEdit")
 
