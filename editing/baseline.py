@@ -32,8 +32,9 @@ draws one stream per prompt and sample, :mod:`editing.sampling`), so it is compu
 resubmitted or chunked request; a benchmark's methods). Its entry is keyed by the HMAC of all
 of those and holds numbers and success flags only (:class:`editing.attacks.base.Score`): no
 secret, subject, prompt or answer is on disk, only keyed digests as in a checkpoint's manifest.
-Deleting a request's private record (``featureedit private delete``) leaves these numbers:
-``FEATUREEDIT_BASELINE_CACHE=0`` keeps nothing. Workers share the cache through their home
+Deleting a request's private record (``featureedit private delete``) leaves these numbers
+(docs/security.md, "What stays after `private delete`"): ``FEATUREEDIT_BASELINE_CACHE=0`` keeps
+nothing. Workers share the cache through their home
 directory (``$FEATUREEDIT_HOME``), not through the store.
 """
 
