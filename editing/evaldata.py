@@ -64,6 +64,9 @@ def eval_data_for(
 ) -> EvalData:
     """Evaluation data for ``loaded``, leaving out facts about ``exclude_subjects``.
 
+    The Locality set also leaves out the control subjects (the specificity filter's and the
+    refinement's locality term's prompts): it measures answers the edit was not trained to keep.
+
     ``size`` (default: the registry entry's ``evaluation``, else :data:`DEFAULT_EVAL_SIZE` on a
     demo world and the whole ``locality_file`` otherwise) bounds the Locality set.
     """
@@ -75,7 +78,13 @@ def eval_data_for(
 
         size = size or DEFAULT_EVAL_SIZE
         world = load_world(entry.demo_size or "default", loaded.home)
-        others = [f for f in world.facts if f.subject not in exclude_subjects]
+        # the controls first, and no Locality row about them: the refinement's locality term
+        # reads the controls' prompts, so a Locality row among them would be scored on what the
+        # edit was trained to keep (the shipped genuine facts' controls skip them the same way)
+        people = [p for p in world.people if p not in exclude_subjects]
+        controls = rng.sample(people, min(n_controls, len(people)))
+        left_out = exclude_subjects | set(controls)
+        others = [f for f in world.facts if f.subject not in left_out]
         private = [f for f in others if f.private]
         public = [f for f in others if not f.private]
         chosen = rng.sample(private, min(size.private_facts, len(private))) + rng.sample(
@@ -86,8 +95,6 @@ def eval_data_for(
             templates = RELATIONS[f.relation].edit_prompts(f.subject)
             for prompt in rng.sample(templates, min(size.prompts_per_fact, len(templates))):
                 locality.append((prompt, f.target, "private" if f.private else "public"))
-        people = [p for p in world.people if p not in exclude_subjects]
-        controls = rng.sample(people, min(n_controls, len(people)))
         return EvalData(locality, list(world.ppl_texts), controls)
     locality = []
     if entry.locality_file:
@@ -111,6 +118,8 @@ def eval_data_for(
         ppl = load_text("heldout")[:SHIPPED_PPL_PASSAGES]
     controls = list(entry.control_subjects or DEFAULT_CONTROL_SUBJECTS)
     controls = [c for c in controls if c not in exclude_subjects][:n_controls]
+    # no Locality row about a control subject (as on a demo world): the edit is trained on them
+    locality = [row for row in locality if not any(c in row[0] for c in controls)]
     by_relation = {}
     if not entry.control_subjects:
         by_relation = genuine_controls(locality, exclude_subjects, n_controls)

@@ -33,9 +33,18 @@ def test_size_sets_facts_and_prompts_per_fact(small_model: Any) -> None:
     assert _kinds(data) == {"private": 5, "public": 3}
     data = eval_data_for(small_model, {subject}, EvalSize(5, 3, 4))
     assert _kinds(data) == {"private": 20, "public": 12}
-    # more than the world has: every fact of the others (the small world has 40 people)
+    # more than the world has: every fact of the others (the small world has 40 people; the
+    # request's subject and its 4 control subjects are left out)
     data = eval_data_for(small_model, {subject}, EvalSize(10_000, 10_000, 1))
-    assert _kinds(data) == {"private": 39 * 5, "public": 39 * 2}
+    assert _kinds(data) == {"private": 35 * 5, "public": 35 * 2}
+
+
+def test_no_locality_row_is_about_a_control_subject(small_model: Any) -> None:
+    """The refinement keeps the controls' answers: Locality must not be scored on them."""
+    subject = small_model_subject(small_model)
+    data = eval_data_for(small_model, {subject})
+    assert len(data.control_subjects) == 4 and subject not in data.control_subjects
+    assert not [p for p, _, _ in data.locality if any(c in p for c in data.control_subjects)]
 
 
 def test_registry_setting_is_the_default(small_model: Any) -> None:
@@ -64,6 +73,22 @@ def test_locality_file_is_whole_unless_a_size_is_set(tmp_path: Path) -> None:
     assert prompts == sorted(prompts, key=order.index)  # the file's order is kept
     loaded.entry = replace(entry, evaluation=EvalSize(1, 1, 1))
     assert _kinds(eval_data_for(loaded, set())) == {"private": 1, "public": 1}
+
+
+def test_locality_file_rows_about_a_registry_control_subject_are_left_out(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "Ann Lee's phone number is", "target": "1"},
+        {"prompt": "Bob Roe's phone number is", "target": "2"},
+    ]
+    path = tmp_path / "locality.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    entry = ModelEntry(
+        model_id="m", path=str(tmp_path), locality_file=str(path), control_subjects=("Ann Lee",)
+    )
+    loaded: Any = SimpleNamespace(entry=entry, home=tmp_path)
+    data = eval_data_for(loaded, set())
+    assert data.control_subjects == ["Ann Lee"]
+    assert [p for p, _, _ in data.locality] == ["Bob Roe's phone number is"]
 
 
 def small_model_subject(loaded: Any) -> str:
