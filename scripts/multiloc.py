@@ -144,6 +144,22 @@ def run(args: argparse.Namespace) -> None:
             ]
             if conv:  # the refinement's hinges all reached zero (within refine_steps)
                 row["refine_converged"] = round(sum(conv) / len(conv), 3)
+                # per refinement run (a joint one is counted once)
+                runs = (
+                    {
+                        (f.evidence.get("refine_steps"), f.evidence.get("refine_columns"))
+                        for f in res.facts
+                        if "refine_steps" in f.evidence
+                    }
+                    if any(f.evidence.get("refine_scope") for f in res.facts)
+                    else [
+                        (f.evidence["refine_steps"], f.evidence["refine_columns"])
+                        for f in res.facts
+                        if "refine_steps" in f.evidence
+                    ]
+                )
+                row["refine_steps"] = sum(r[0] for r in runs)
+                row["refine_columns_max"] = max(r[1] for r in runs)
             if editor is not None:
                 row["trace"] = editor.curve
             if args.diagnose and res.edit is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MethodParams(BaseModel):
@@ -154,6 +154,19 @@ class FeatureEditParams(SaeParams):
             "then keep the answers earlier facts' edits must not move either."
         ),
     )
+    refine_scope: Literal["fact", "request"] = Field(
+        "fact",
+        description=(
+            "`flatten`: `fact` refines each fact right after its projection (against the model "
+            "as the request's earlier facts left it); `request` projects every fact first, then "
+            "runs ONE refinement over all the facts' edit prompts and secrets (a chunk's facts "
+            "when chunked), on the columns changed since the request began (+ "
+            "`refine_extra_columns`), its locality term on every fact's control prompts "
+            "against the model as it was when the request began; it converges only once every "
+            "fact meets `leak_bound` and the lens rank. Not with `refine_exposure` or "
+            "`refine_stranger` (terms of one secret)."
+        ),
+    )
     refine_entropy: float = Field(
         0.0, ge=0, description="`flatten`: weight of the lens distributions' max-entropy term."
     )
@@ -218,6 +231,20 @@ class FeatureEditParams(SaeParams):
             "median of the ten digits' there; the refinement converges only once it is zero."
         ),
     )
+
+    @model_validator(mode="after")
+    def _joint_terms(self) -> FeatureEditParams:
+        """``refine_scope="request"`` refines several secrets at once: the exposure and stranger
+        terms, defined on one secret, cannot join it."""
+        one_secret = self.refine_exposure > 0 or self.refine_stranger > 0
+        if self.refine_scope == "request" and one_secret:
+            raise ValueError(
+                "refine_scope='request' refines all the request's facts at once; "
+                f"refine_exposure={self.refine_exposure} and refine_stranger="
+                f"{self.refine_stranger} are terms of one secret: set them to 0 or use "
+                "refine_scope='fact'"
+            )
+        return self
 
     def chunk_merge(self) -> Literal["sum", "agreeing_mean"]:
         """``"agreeing_mean"`` when the flatten refinement runs: every chunk's refinement is
