@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -117,6 +118,27 @@ def edit_feature(
         new = w[:, cols] - strength * v[:, None] * writes[cols][None, :]
         weight[:, cols] = new.to(weight.dtype)
         return int(cols.numel()) * w.shape[0]
+
+
+# FlattenConfig field -> the FeatureEditParams field it takes
+FLATTEN_KNOBS = {
+    "steps": "refine_steps",
+    "lr": "refine_lr",
+    "rank": "refine_rank",
+    "tokens": "refine_tokens",
+    "locality": "refine_locality",
+    "entropy": "refine_entropy",
+    "extra_columns": "refine_extra_columns",
+    "leak_bound": "leak_bound",
+    "exposure": "refine_exposure",
+    "exposure_candidates": "refine_exposure_candidates",
+    "exposure_quantile": "refine_exposure_quantile",
+    "exposure_anchor": "refine_exposure_anchor",
+    "stranger": "refine_stranger",
+    "stranger_subjects": "refine_stranger_subjects",
+    "stranger_margin": "refine_stranger_margin",
+    "digit_rank": "refine_digit_rank",
+}
 
 
 class FeatureEdit:
@@ -285,7 +307,7 @@ class FeatureEdit:
             [(q, c.secret) for c in cases for q in c.edit_prompts],
             start,
             [control_ref, self._request_ref],
-            self._flatten_config(),
+            self._joint_config(len(cases)),
         )
         evidence: dict[int, dict[str, Any]] = {}
         for case in cases:
@@ -299,25 +321,20 @@ class FeatureEdit:
         return RequestFinish(evidence, time.perf_counter() - t0)
 
     def _flatten_config(self) -> FlattenConfig:
-        """The refinement's knobs from the ``refine_*`` parameters."""
-        p = self.params
-        return FlattenConfig(
-            steps=p.refine_steps,
-            lr=p.refine_lr,
-            rank=p.refine_rank,
-            tokens=p.refine_tokens,
-            locality=p.refine_locality,
-            entropy=p.refine_entropy,
-            extra_columns=p.refine_extra_columns,
-            leak_bound=p.leak_bound,
-            exposure=p.refine_exposure,
-            exposure_candidates=p.refine_exposure_candidates,
-            exposure_quantile=p.refine_exposure_quantile,
-            exposure_anchor=p.refine_exposure_anchor,
-            stranger=p.refine_stranger,
-            stranger_subjects=p.refine_stranger_subjects,
-            stranger_margin=p.refine_stranger_margin,
-            digit_rank=p.refine_digit_rank,
+        """The refinement's knobs from the ``refine_*`` parameters (:data:`FLATTEN_KNOBS`)."""
+        return FlattenConfig(**{k: getattr(self.params, v) for k, v in FLATTEN_KNOBS.items()})
+
+    def _joint_config(self, facts: int) -> FlattenConfig:
+        """The joint refinement's knobs: :meth:`_flatten_config`, with the request-scope
+        locality weight and leak target when it covers two or more ``facts``."""
+        p, cfg = self.params, self._flatten_config()
+        if facts < 2:
+            return cfg
+        locality, bound = p.refine_request_locality, p.refine_request_leak_bound
+        return replace(
+            cfg,
+            locality=cfg.locality if locality is None else locality,
+            leak_bound=cfg.leak_bound if bound is None else bound,
         )
 
     def _refined(self, result: FlattenResult) -> dict[str, float | int | bool | str]:

@@ -167,6 +167,25 @@ class FeatureEditParams(SaeParams):
             "`refine_stranger` (terms of one secret)."
         ),
     )
+    refine_request_locality: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "`refine_scope=request`: weight of the locality term when the joint refinement "
+            "covers two or more facts (None: `refine_locality`); one fact is refined as alone."
+        ),
+    )
+    refine_request_leak_bound: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "`refine_scope=request`: the joint refinement of two or more facts trains every "
+            "edit prompt's P(secret) down to this (None: `leak_bound`); a joint run stops "
+            "when the last fact crosses its bound, with no later fact's edit to push the "
+            "others further down as in the fact scope."
+        ),
+    )
     refine_entropy: float = Field(
         0.0, ge=0, description="`flatten`: weight of the lens distributions' max-entropy term."
     )
