@@ -19,6 +19,13 @@ whole secret's sampling probability is at most ``leak_bound`` on every edit prom
 logit lens (Head Projection, Probability Delta) ranks a secret token high, with a KL locality
 term on control prompts (with ``refine_controls="request"`` also on every fact's control prompts
 of the request, read on the answers the model gave when the request began).
+
+With ``refine_scope="request"`` a request's facts (a chunk's, when chunked) are only projected
+one after another; :meth:`FeatureEdit.finish_request` then runs ONE refinement of all of them
+(every fact's edit prompts and secret, the columns changed since the request began, the locality
+term on every fact's control prompts against the model as it was then), instead of one per fact
+against the model as the earlier facts left it, whose damage compounds (docs/benchmarks.md,
+*Multi-fact requests*).
 """
 
 from __future__ import annotations

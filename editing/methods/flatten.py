@@ -39,6 +39,11 @@ minimises, on the edit prompts teacher-forced on the secret's prefix:
   numbers) does not meet it; the positions where the secret's digit is not above the median
   (where the model does not know it) are left alone. Converges only once it is zero.
 
+:func:`flatten_rows` takes the edit prompts of several facts, each with its own secret
+(FeatureEdit's joint refinement, ``refine_scope="request"``): the leak and lens terms are read
+per row, so it converges only once every fact's prompts meet them; the exposure and stranger
+terms are defined on one secret and refuse several.
+
 Adam on float32 copies of the trainable columns; no randomness (deterministic for given
 weights). Devices and dtypes follow the model's. Stops as soon as every hinge term is zero.
 """
