@@ -187,6 +187,10 @@ def run(args: argparse.Namespace) -> None:
                         if "refine_steps" in f.evidence
                     ]
                 )
+                # facts an edit prompt of which still has P(secret) above leak_bound
+                row["facts_still_leaking"] = sum(
+                    bool(f.evidence.get("edit_prompts_still_leaking")) for f in res.facts
+                )
                 row["refine_steps"] = sum(r[0] for r in runs)
                 row["refine_columns_max"] = max(r[1] for r in runs)
             if editor is not None:
