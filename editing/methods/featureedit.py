@@ -20,12 +20,13 @@ logit lens (Head Projection, Probability Delta) ranks a secret token high, with 
 term on control prompts (with ``refine_controls="request"`` also on every fact's control prompts
 of the request, read on the answers the model gave when the request began).
 
-With ``refine_scope="request"`` a request's facts (a chunk's, when chunked) are only projected
-one after another; :meth:`FeatureEdit.finish_request` then runs ONE refinement of all of them
-(every fact's edit prompts and secret, the columns changed since the request began, the locality
-term on every fact's control prompts against the model as it was then), instead of one per fact
-against the model as the earlier facts left it, whose damage compounds (docs/benchmarks.md,
-*Multi-fact requests*).
+With ``refine_scope="request"`` (``auto``, the default, unless a per-secret term is on) a
+request's facts (a chunk's, when chunked) are only projected one after another;
+:meth:`FeatureEdit.finish_request` then runs ONE refinement of all of them (every fact's edit
+prompts and secret, the columns changed since the request began, the locality term on every
+fact's control prompts against the model as it was then, weighted ``refine_request_locality``
+from two facts on), instead of one per fact against the model as the earlier facts left it,
+whose damage compounds (docs/benchmarks.md, *Multi-fact requests*).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class FeatureEdit:
         rounds_run = 0
         t_locate = t_edit = 0.0
         refine = p.refine == "flatten" and p.variant != "rows"
-        joint = refine and p.refine_scope == "request"
+        joint = refine and p.joint_refinement()
         if p.locate_on == "request" and self._start is None:
             self._start = snapshot(loaded, list(range(loaded.adapter.n_layers)))
         if joint and self._joint_start is None:
@@ -359,6 +360,6 @@ class FeatureEdit:
             refined["refine_stranger_loss"] = round(result.stranger_loss, 6)
         if p.refine_digit_rank > 0:
             refined["refine_digit_loss"] = round(result.digit_loss, 6)
-        if p.refine_scope == "request":
+        if p.joint_refinement():
             refined["refine_scope"] = "request"
         return refined

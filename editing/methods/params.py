@@ -45,7 +45,11 @@ class FeatureEditParams(SaeParams):
     Locality 1.0 (15 facts); 1 and 3 rounds measured the same, 3 leaves room on harder facts.
     Issue #13: stopping only when every edit prompt's teacher-forced P(whole secret) is at most
     ``leak_bound`` = 0.01 cut the sampled leak 10.5 % -> 1.1 % at Reliability, Generalization
-    and Locality 1.0 (default world, 10 facts, 2,080 samples).
+    and Locality 1.0 (default world, 10 facts, 2,080 samples). Multi-fact requests (issue #16,
+    ``scripts/multiloc.py``, small world, mixed relations): refining the request's facts at once
+    (``refine_scope="request"``) at locality weight 300 (``refine_request_locality``) kept
+    Locality .79 at 12 facts where one refinement per fact kept .13 (4 facts: .90 vs .55), R and
+    G 1.0, worst sampled leak .0045, lens @1 0; one fact is refined exactly as alone.
     """
 
     variant: Literal["project-cols", "project", "rows"] = "project-cols"
@@ -154,8 +158,8 @@ class FeatureEditParams(SaeParams):
             "then keep the answers earlier facts' edits must not move either."
         ),
     )
-    refine_scope: Literal["fact", "request"] = Field(
-        "fact",
+    refine_scope: Literal["auto", "fact", "request"] = Field(
+        "auto",
         description=(
             "`flatten`: `fact` refines each fact right after its projection (against the model "
             "as the request's earlier facts left it); `request` projects every fact first, then "
@@ -164,11 +168,12 @@ class FeatureEditParams(SaeParams):
             "`refine_extra_columns`), its locality term on every fact's control prompts "
             "against the model as it was when the request began; it converges only once every "
             "fact meets `leak_bound` and the lens rank. Not with `refine_exposure` or "
-            "`refine_stranger` (terms of one secret)."
+            "`refine_stranger` (terms of one secret). `auto` (the default): `request` unless "
+            "one of those terms is on."
         ),
     )
     refine_request_locality: float | None = Field(
-        None,
+        300.0,
         ge=0,
         description=(
             "`refine_scope=request`: weight of the locality term when the joint refinement "
@@ -250,6 +255,12 @@ class FeatureEditParams(SaeParams):
             "median of the ten digits' there; the refinement converges only once it is zero."
         ),
     )
+
+    def joint_refinement(self) -> bool:
+        """Whether the request's facts are refined together (``refine_scope`` ``request``, or
+        ``auto`` with neither per-secret term on)."""
+        one_secret = self.refine_exposure > 0 or self.refine_stranger > 0
+        return self.refine_scope == "request" or (self.refine_scope == "auto" and not one_secret)
 
     @model_validator(mode="after")
     def _joint_terms(self) -> FeatureEditParams:

@@ -52,7 +52,7 @@ def _erased(loaded: LoadedModel, cases: list[FactCase], **params) -> dict[int, t
 def test_one_fact_refined_with_its_request_is_refined_alone(small_world, small_model) -> None:
     """With one fact the request's start is the fact's: the same edit, bit for bit."""
     cases = _cases(small_world, small_model, 1)
-    alone = _erased(small_model, cases, refine_steps=8)
+    alone = _erased(small_model, cases, refine_steps=8, refine_scope="fact")
     joint = _erased(small_model, cases, refine_steps=8, refine_scope="request")
     assert all(torch.equal(alone[i], joint[i]) for i in alone)
 
@@ -87,7 +87,7 @@ def test_the_joint_refinement_runs_once_after_every_projection(small_world, smal
 
 def test_the_fact_scope_has_nothing_to_finish(small_world, small_model) -> None:
     cases = _cases(small_world, small_model, 1)
-    editor = FeatureEdit(FeatureEditParams(refine_steps=2))
+    editor = FeatureEdit(FeatureEditParams(refine_steps=2, refine_scope="fact"))
     with WeightSession(small_model.adapter):
         editor.erase_fact(small_model, cases[0])
         finished = editor.finish_request(small_model)
@@ -100,6 +100,10 @@ def test_the_per_secret_terms_are_refused_in_the_request_scope() -> None:
     with pytest.raises(ValidationError, match="refine_scope"):
         FeatureEditParams(refine_scope="request", refine_stranger=1.0)
     FeatureEditParams(refine_scope="request", refine_digit_rank=1.0)  # per token: allowed
+    assert FeatureEditParams().joint_refinement()  # the default: the request's facts together
+    assert not FeatureEditParams(refine_exposure=1.0).joint_refinement()  # auto: one by one
+    assert not FeatureEditParams(refine_stranger=1.0).joint_refinement()
+    assert not FeatureEditParams(refine_scope="fact").joint_refinement()
 
 
 def test_flatten_rows_refuses_the_exposure_term_on_two_secrets(small_world, small_model) -> None:
@@ -135,3 +139,13 @@ def test_run_erasure_and_one_chunk_make_the_same_joint_edit(small_world, small_m
     merged = run_erasure(request, small_model, leak_samples=1, editor=MergedChunks([chunk]))
     assert result.edit is not None and merged.edit is not None
     assert merged.edit.footprint() == result.edit.footprint()
+
+
+def test_the_request_locality_weight_applies_from_two_facts() -> None:
+    editor = FeatureEdit(FeatureEditParams(refine_locality=2.0, refine_request_locality=50.0))
+    assert editor._joint_config(1).locality == 2.0  # one fact: refined as alone
+    assert editor._joint_config(2).locality == 50.0
+    bound = FeatureEdit(FeatureEditParams(refine_request_leak_bound=0.005))
+    assert bound._joint_config(1).leak_bound == 0.01 and bound._joint_config(3).leak_bound == 0.005
+    same = FeatureEdit(FeatureEditParams(refine_request_locality=None))
+    assert same._joint_config(4).locality == FeatureEditParams().refine_locality
