@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from itertools import pairwise
 from typing import Any
 
 import torch
@@ -306,10 +305,10 @@ class FeatureEdit:
             return RequestFinish()
         t0 = time.perf_counter()
         groups = -(-len(cases) // self.params.refine_request_facts)
-        bounds = list(pairwise(len(cases) * g // groups for g in range(groups + 1)))
-        runs = [self._refine_group(loaded, start, cases[a:b]) for a, b in bounds]
+        cuts = [len(cases) * g // groups for g in range(groups + 1)]
+        runs = [self._refine_group(loaded, start, cases[a:b]) for a, b in zip(cuts, cuts[1:])]
         evidence: dict[int, dict[str, Any]] = {}
-        for g, (a, b) in enumerate(bounds):
+        for g, (a, b) in enumerate(zip(cuts, cuts[1:])):
             for case in cases[a:b]:
                 still_leaking, max_prob = leak_state(loaded, case, self.params.leak_bound)
                 evidence[case.index] = {
