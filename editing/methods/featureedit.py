@@ -295,51 +295,38 @@ class FeatureEdit:
         prompts and secrets), on the columns changed since then (+ ``refine_extra_columns``),
         the locality term on every fact's control prompts teacher-forced on its secret, read
         on the model as it was before the first fact (and, with ``refine_controls="request"``,
-        on the answers it gave then). More than ``refine_request_facts`` facts are refined in
-        consecutive groups of near-equal size, each against the request's start. Each fact's
-        evidence: its group's run and its own leak state after all of them. Nothing to do
-        (empty) for the other scopes."""
+        on the answers it gave then). Each fact's evidence: the joint run's figures and its own
+        leak state after it. Nothing to do (empty) for the other scopes."""
         cases, start = self._joint_cases, self._joint_start
         self._joint_cases = []
         if not cases or start is None:
             return RequestFinish()
+        p = self.params
         t0 = time.perf_counter()
-        groups = -(-len(cases) // self.params.refine_request_facts)
-        cuts = [len(cases) * g // groups for g in range(groups + 1)]
-        runs = [self._refine_group(loaded, start, cases[a:b]) for a, b in zip(cuts, cuts[1:])]
-        evidence: dict[int, dict[str, Any]] = {}
-        for g, (a, b) in enumerate(zip(cuts, cuts[1:])):
-            for case in cases[a:b]:
-                still_leaking, max_prob = leak_state(loaded, case, self.params.leak_bound)
-                evidence[case.index] = {
-                    "edit_prompts_still_leaking": still_leaking,
-                    "edit_prompts_max_target_prob": round(max_prob, 6),
-                    "refine_facts": b - a,
-                    "refine_group": g,
-                    **self._refined(runs[g]),
-                }
-        return RequestFinish(evidence, time.perf_counter() - t0)
-
-    def _refine_group(
-        self, loaded: LoadedModel, start: dict[int, torch.Tensor], cases: list[FactCase]
-    ) -> FlattenResult:
-        """One joint refinement of ``cases`` on the columns changed since ``start``, the
-        locality reference taken on ``start`` (swapped in for it, the current weights put
-        back)."""
         now = snapshot(loaded, list(start))
-        try:
+        try:  # the controls' reference on the weights of the request's start
             _load(loaded, start)
             controls = [(q, c.secret) for c in cases for q in c.control_prompts]
-            control_ref = rows_reference(loaded, controls, own=self.params.refine_locality_own)
+            control_ref = rows_reference(loaded, controls, own=p.refine_locality_own)
         finally:
             _load(loaded, now)
-        return flatten_rows(
+        result = flatten_rows(
             loaded,
             [(q, c.secret) for c in cases for q in c.edit_prompts],
             start,
             [control_ref, self._request_ref],
             self._joint_config(len(cases)),
         )
+        evidence: dict[int, dict[str, Any]] = {}
+        for case in cases:
+            still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
+            evidence[case.index] = {
+                "edit_prompts_still_leaking": still_leaking,
+                "edit_prompts_max_target_prob": round(max_prob, 6),
+                "refine_facts": len(cases),
+                **self._refined(result),
+            }
+        return RequestFinish(evidence, time.perf_counter() - t0)
 
     def _flatten_config(self) -> FlattenConfig:
         """The refinement's knobs from the ``refine_*`` parameters (:data:`FLATTEN_KNOBS`)."""

@@ -172,18 +172,6 @@ class FeatureEditParams(SaeParams):
             "one of those terms is on."
         ),
     )
-    refine_request_facts: int = Field(
-        24,
-        ge=1,
-        le=1000,
-        description=(
-            "`refine_scope=request`: a joint refinement covers at most this many facts; a "
-            "request (chunk) of more is refined in consecutive groups of near-equal size, each "
-            "after every projection and against the request's start. Bounds the locality "
-            "reference's memory (float32 log-probabilities of ~20 control rows per fact × "
-            "positions × vocabulary) and the batch of every step."
-        ),
-    )
     refine_request_locality: float | None = Field(
         300.0,
         ge=0,

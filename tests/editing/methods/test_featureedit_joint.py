@@ -149,16 +149,3 @@ def test_the_request_locality_weight_applies_from_two_facts() -> None:
     assert bound._joint_config(1).leak_bound == 0.01 and bound._joint_config(3).leak_bound == 0.005
     same = FeatureEdit(FeatureEditParams(refine_request_locality=None))
     assert same._joint_config(4).locality == FeatureEditParams().refine_locality
-
-
-def test_more_facts_than_a_group_are_refined_in_groups(small_world, small_model) -> None:
-    """``refine_request_facts=1``: after every projection, one refinement per fact (its own
-    group), each reported with its group."""
-    cases = _cases(small_world, small_model, 3)
-    editor = FeatureEdit(FeatureEditParams(refine_request_facts=1, refine_steps=4))
-    with WeightSession(small_model.adapter):
-        outcomes = {c.index: editor.erase_fact(small_model, c) for c in cases}
-        finish_request(editor, small_model, outcomes)
-    groups = sorted(o.evidence["refine_group"] for o in outcomes.values())
-    assert groups == list(range(len(cases)))
-    assert all(o.evidence["refine_facts"] == 1 for o in outcomes.values())
