@@ -100,10 +100,8 @@ def test_the_per_secret_terms_are_refused_in_the_request_scope() -> None:
     with pytest.raises(ValidationError, match="refine_scope"):
         FeatureEditParams(refine_scope="request", refine_stranger=1.0)
     FeatureEditParams(refine_scope="request", refine_digit_rank=1.0)  # per token: allowed
-    assert FeatureEditParams().joint_refinement()  # the default: the request's facts together
-    assert not FeatureEditParams(refine_exposure=1.0).joint_refinement()  # auto: one by one
-    assert not FeatureEditParams(refine_stranger=1.0).joint_refinement()
-    assert not FeatureEditParams(refine_scope="fact").joint_refinement()
+    assert FeatureEditParams(refine_scope="request").joint_refinement()
+    assert not FeatureEditParams().joint_refinement()  # the default: one fact at a time
 
 
 def test_flatten_rows_refuses_the_exposure_term_on_two_secrets(small_world, small_model) -> None:
@@ -142,7 +140,9 @@ def test_run_erasure_and_one_chunk_make_the_same_joint_edit(small_world, small_m
 
 
 def test_the_request_locality_weight_applies_from_two_facts() -> None:
-    editor = FeatureEdit(FeatureEditParams(refine_locality=2.0, refine_request_locality=50.0))
+    editor = FeatureEdit(
+        FeatureEditParams(refine_scope="request", refine_locality=2.0, refine_request_locality=50.0)
+    )
     assert editor._joint_config(1).locality == 2.0  # one fact: refined as alone
     assert editor._joint_config(2).locality == 50.0
     bound = FeatureEdit(FeatureEditParams(refine_request_leak_bound=0.005))
