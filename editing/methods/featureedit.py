@@ -22,10 +22,10 @@ of the request, read on the answers the model gave when the request began).
 
 With ``refine_scope="request"`` (opt-in) a request's facts (a chunk's, when chunked) are only
 projected one after another; :meth:`FeatureEdit.finish_request` then runs ONE refinement of all
-of them (every fact's edit prompts and secret, the columns changed since the request began, the locality term on every
-fact's control prompts against the model as it was then, weighted ``refine_request_locality``
-from two facts on), instead of one per fact against the model as the earlier facts left it,
-whose damage compounds (docs/benchmarks.md, *Multi-fact requests*).
+of them (every fact's edit prompts and secret, the columns changed since the request began, the
+locality term on every fact's control prompts against the model as it was then, weighted
+``refine_request_locality`` from two facts on), instead of one per fact against the model as the
+earlier facts left it, whose damage compounds (docs/benchmarks.md, *Multi-fact requests*).
 """
 
 from __future__ import annotations
