@@ -266,7 +266,17 @@ def singles(args: argparse.Namespace, loaded: LoadedModel, facts: list, data: An
         print(json.dumps(row), flush=True)
 
 
-COLUMNS = ("R", "G", "L", "L_private", "L_public", "L_not_controls", "dppl", "leak_after")
+COLUMNS = (
+    "R",
+    "G",
+    "L",
+    "L_private",
+    "L_public",
+    "L_not_controls",
+    "dppl",
+    "leak_after",
+    "seconds",
+)
 
 
 def table(path: str) -> None:
