@@ -33,7 +33,7 @@ from safetensors.torch import save as save_tensors
 from editing.checkpoints.patch import Patch
 from editing.edits import Edit, LayerDelta, WeightSession, bit_patterns, region
 from editing.errors import CancelledError, ConfigError, CorruptCacheError
-from editing.methods import FactCase, FactOutcome, get_method, method_spec
+from editing.methods import FactCase, FactOutcome, finish_request, get_method, method_spec
 
 if TYPE_CHECKING:
     from editing.models import LoadedModel
@@ -196,7 +196,7 @@ def edit_chunk(
     request = with_model_params(request, loaded.entry.method_defaults(request.method))
     method = get_method(request.method, request.params)
     controls = eval_data_for(loaded, {f.subject for f in request.facts}, eval_size)
-    outcomes: dict[int, dict[str, Any]] = {}
+    erased: dict[int, FactOutcome] = {}
     with WeightSession(loaded.adapter):
         if base_edit is not None:
             base_edit.apply(loaded.adapter)
@@ -210,18 +210,21 @@ def edit_chunk(
                     progress(n / len(cases))
                 if not case.edit_prompts:
                     continue
-                i = case.index
-                out = method.erase_fact(loaded, case)
-                outcomes[i] = {
-                    "units": [u.to_dict() for u in out.units],
-                    "timings": {k: round(v, 4) for k, v in out.timings.items()},
-                    "evidence": out.evidence,
-                }
+                erased[case.index] = method.erase_fact(loaded, case)
+            joint = finish_request(method, loaded, erased)  # e.g. the chunk's joint refinement
             edit = session.edit({"method": request.method, "chunk": index})
+    outcomes = {
+        i: {
+            "units": [u.to_dict() for u in out.units],
+            "timings": {k: round(v, 4) for k, v in out.timings.items()},
+            "evidence": out.evidence,
+        }
+        for i, out in erased.items()
+    }
     seconds = time.perf_counter() - t0
     timings = {
         "locate": sum(o["timings"].get("locate", 0.0) for o in outcomes.values()),
-        "edit": sum(o["timings"].get("edit", 0.0) for o in outcomes.values()),
+        "edit": sum(o["timings"].get("edit", 0.0) for o in outcomes.values()) + joint,
         "total": seconds,
     }
     return ChunkEdit(

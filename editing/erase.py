@@ -22,7 +22,15 @@ from editing.edits import Edit, WeightSession
 from editing.errors import CancelledError, ConfigError
 from editing.evaldata import EvalData, control_prompts, eval_data_for
 from editing.fingerprint import fingerprint, subject_fingerprint
-from editing.methods import FactCase, FactOutcome, Method, SaeParams, get_method, method_spec
+from editing.methods import (
+    FactCase,
+    FactOutcome,
+    Method,
+    SaeParams,
+    finish_request,
+    get_method,
+    method_spec,
+)
 from editing.models import LoadedModel
 from editing.registry import EvalSize
 from editing.report import (
@@ -522,7 +530,7 @@ def run_erasure(
             return nothing_to_erase(request, loaded, reports, timings, pristine)
 
         outcomes: dict[int, FactOutcome] = {}
-        for n, (case, rep) in enumerate(active):
+        for n, (case, _) in enumerate(active):
             if cancelled():
                 raise CancelledError("Erasure cancelled; the model was restored.")
             report("locate+edit", n / len(active))
@@ -530,7 +538,9 @@ def run_erasure(
             outcomes[case.index] = out
             timings["locate"] += out.timings["locate"]
             timings["edit"] += out.timings["edit"]
-            record_outcome(rep, out)
+        timings["edit"] += finish_request(method, loaded, outcomes)
+        for case, rep in active:
+            record_outcome(rep, outcomes[case.index])
         edit = session.edit({"method": request.method}) if spec.produces_checkpoint else None
 
         if cancelled():

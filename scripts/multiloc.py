@@ -28,8 +28,8 @@ from editing import evaluate as ev
 from editing.baseline import baseline_scores
 from editing.checkpoints.publish import down_proj_sha256
 from editing.erase import run_erasure
-from editing.evaldata import eval_data_for
-from editing.methods import FactCase, FactOutcome, get_method
+from editing.evaldata import control_prompts, eval_data_for
+from editing.methods import FactCase, FactOutcome, RequestFinish, get_method
 from editing.models import LoadedModel, load_model
 from editing.relations import RELATIONS
 from editing.request import ErasureRequest, with_model_params
@@ -77,6 +77,24 @@ def prompt_relations(world: Any) -> dict[str, tuple[str, str]]:
     return out
 
 
+def control_overlap(
+    facts: list[dict[str, str]], data: Any, rows: list[tuple[str, str]], where: dict
+) -> dict[str, int]:
+    """How much of the Locality set (its known ``rows``) the refinement's control prompts touch:
+    rows whose prompt IS one of the request's control prompts (the locality term is fitted on
+    exactly that prompt: test-set leakage) and rows about a control subject (any relation)."""
+    prompts: set[str] = set()
+    for f in facts:
+        edit = RELATIONS[f["relation"]].edit_prompts(f["subject"])
+        prompts.update(control_prompts(edit, f["subject"], data.controls_for(f["relation"])))
+    controls = set(data.control_subjects)
+    return {
+        "rows": len(rows),
+        "rows_prompt_in_controls": sum(p in prompts for p, _ in rows),
+        "rows_about_a_control": sum(where.get(p, ("?", "?"))[0] in controls for p, _ in rows),
+    }
+
+
 class Tracer:
     """Wraps a method: after every fact, Locality on the request's own set (known rows)."""
 
@@ -88,6 +106,15 @@ class Tracer:
         kept = ev.known(loaded.model, loaded.tokenizer, *zip(*self.rows, strict=True))
         self.curve.append(round(sum(kept) / max(1, len(kept)), 3))
         return out
+
+    def finish_request(self, loaded: LoadedModel) -> RequestFinish:
+        """The inner method's request-wide step (if any), then Locality once more."""
+        hook = getattr(self.inner, "finish_request", None)
+        done = hook(loaded) if hook is not None else RequestFinish()
+        if done.evidence:
+            kept = ev.known(loaded.model, loaded.tokenizer, *zip(*self.rows, strict=True))
+            self.curve.append(round(sum(kept) / max(1, len(kept)), 3))
+        return done
 
 
 def run(args: argparse.Namespace) -> None:
@@ -104,6 +131,7 @@ def run(args: argparse.Namespace) -> None:
         base = baseline_scores(loaded, data, down_proj_sha256(loaded.adapter))
         known_idx = [i for i, s in enumerate(base.locality) if s.reproduced]
         known_rows = [data.locality[i][:2] for i in known_idx]
+        overlap = control_overlap(facts, data, known_rows, where)
         if args.singles:
             singles(args, loaded, facts, data)
             continue
@@ -136,6 +164,7 @@ def run(args: argparse.Namespace) -> None:
                 else round(m["leak_rate_after"], 4),
                 "L_rows": m["locality"]["count"],
                 "seconds": round(secs, 1),
+                "control_overlap": overlap,
             }
             conv = [
                 f.evidence["refine_converged"]
@@ -144,6 +173,26 @@ def run(args: argparse.Namespace) -> None:
             ]
             if conv:  # the refinement's hinges all reached zero (within refine_steps)
                 row["refine_converged"] = round(sum(conv) / len(conv), 3)
+                # per refinement run (a joint one is counted once)
+                runs = (
+                    {
+                        (f.evidence.get("refine_steps"), f.evidence.get("refine_columns"))
+                        for f in res.facts
+                        if "refine_steps" in f.evidence
+                    }
+                    if any(f.evidence.get("refine_scope") for f in res.facts)
+                    else [
+                        (f.evidence["refine_steps"], f.evidence["refine_columns"])
+                        for f in res.facts
+                        if "refine_steps" in f.evidence
+                    ]
+                )
+                # facts an edit prompt of which still has P(secret) above leak_bound
+                row["facts_still_leaking"] = sum(
+                    bool(f.evidence.get("edit_prompts_still_leaking")) for f in res.facts
+                )
+                row["refine_steps"] = sum(r[0] for r in runs)
+                row["refine_columns_max"] = max(r[1] for r in runs)
             if editor is not None:
                 row["trace"] = editor.curve
             if args.diagnose and res.edit is not None:
@@ -217,7 +266,17 @@ def singles(args: argparse.Namespace, loaded: LoadedModel, facts: list, data: An
         print(json.dumps(row), flush=True)
 
 
-COLUMNS = ("R", "G", "L", "L_private", "L_public", "L_not_controls", "dppl", "leak_after")
+COLUMNS = (
+    "R",
+    "G",
+    "L",
+    "L_private",
+    "L_public",
+    "L_not_controls",
+    "dppl",
+    "leak_after",
+    "seconds",
+)
 
 
 def table(path: str) -> None:

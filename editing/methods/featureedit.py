@@ -19,25 +19,36 @@ whole secret's sampling probability is at most ``leak_bound`` on every edit prom
 logit lens (Head Projection, Probability Delta) ranks a secret token high, with a KL locality
 term on control prompts (with ``refine_controls="request"`` also on every fact's control prompts
 of the request, read on the answers the model gave when the request began).
+
+With ``refine_scope="request"`` (opt-in) a request's facts (a chunk's, when chunked) are only
+projected one after another; :meth:`FeatureEdit.finish_request` then runs ONE refinement of all
+of them (every fact's edit prompts and secret, the columns changed since the request began, the
+locality term on every fact's control prompts against the model as it was then, weighted
+``refine_request_locality`` from two facts on), instead of one per fact against the model as the
+earlier facts left it, whose damage compounds (docs/benchmarks.md, *Multi-fact requests*).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from editing.adapters import ModelAdapter
 from editing.locate import FeatureEvidence, Unit, feature_evidence, rank_features
-from editing.methods.base import FactCase, FactOutcome
+from editing.methods.base import FactCase, FactOutcome, RequestFinish
 from editing.methods.flatten import (
     ControlReference,
     FlattenConfig,
+    FlattenResult,
     answers_reference,
     flatten,
+    flatten_rows,
     reference,
+    rows_reference,
     snapshot,
 )
 from editing.methods.params import FeatureEditParams
@@ -116,6 +127,27 @@ def edit_feature(
         return int(cols.numel()) * w.shape[0]
 
 
+# FlattenConfig field -> the FeatureEditParams field it takes
+FLATTEN_KNOBS = {
+    "steps": "refine_steps",
+    "lr": "refine_lr",
+    "rank": "refine_rank",
+    "tokens": "refine_tokens",
+    "locality": "refine_locality",
+    "entropy": "refine_entropy",
+    "extra_columns": "refine_extra_columns",
+    "leak_bound": "leak_bound",
+    "exposure": "refine_exposure",
+    "exposure_candidates": "refine_exposure_candidates",
+    "exposure_quantile": "refine_exposure_quantile",
+    "exposure_anchor": "refine_exposure_anchor",
+    "stranger": "refine_stranger",
+    "stranger_subjects": "refine_stranger_subjects",
+    "stranger_margin": "refine_stranger_margin",
+    "digit_rank": "refine_digit_rank",
+}
+
+
 class FeatureEdit:
     """SAE-feature erasure (the paper's FeatureEdit and our variants)."""
 
@@ -128,6 +160,10 @@ class FeatureEdit:
         # before this instance's first fact (computed once)
         self._request_ref: ControlReference | None = None
         self._request_ref_done = False
+        # refine_scope="request": the down-projections before this instance's first fact and
+        # the facts projected since, refined together by finish_request
+        self._joint_start: dict[int, torch.Tensor] | None = None
+        self._joint_cases: list[FactCase] = []
 
     def _evidence(self, loaded: LoadedModel, *args: Any, **kwargs: Any) -> FeatureEvidence:
         """:func:`feature_evidence` on the weights ``locate_on`` names: the current ones, or
@@ -164,16 +200,19 @@ class FeatureEdit:
         rounds_run = 0
         t_locate = t_edit = 0.0
         refine = p.refine == "flatten" and p.variant != "rows"
+        joint = refine and p.joint_refinement()
         if p.locate_on == "request" and self._start is None:
             self._start = snapshot(loaded, list(range(loaded.adapter.n_layers)))
-        if refine:
+        if joint and self._joint_start is None:
+            self._joint_start = snapshot(loaded, list(range(loaded.adapter.n_layers)))
+        if refine and not joint:
             base = snapshot(loaded, list(range(loaded.adapter.n_layers)))
             control_ref = reference(
                 loaded, case.control_prompts, case.secret, own=p.refine_locality_own
             )
-            if p.refine_controls == "request" and not self._request_ref_done:
-                self._request_ref = answers_reference(loaded, case.request_controls)
-                self._request_ref_done = True
+        if refine and p.refine_controls == "request" and not self._request_ref_done:
+            self._request_ref = answers_reference(loaded, case.request_controls)
+            self._request_ref_done = True
         for round_no in range(1 + (p.relocate_rounds if greedy else 0)):
             t0 = time.perf_counter()
             ev = self._evidence(
@@ -217,8 +256,11 @@ class FeatureEdit:
             t_edit += time.perf_counter() - t0
             if not greedy or still_leaking == 0 or len(chosen) >= p.max_features:
                 break
-        refined: dict[str, float | int | bool] = {}
-        if refine and (chosen or p.refine_extra_columns):
+        refined: dict[str, float | int | bool | str] = {}
+        if joint:  # refined with the request's other facts by finish_request
+            self._joint_cases.append(case)
+            refined = {"refine_scope": "request"}
+        elif refine and (chosen or p.refine_extra_columns):
             t0 = time.perf_counter()
             result = flatten(
                 loaded,
@@ -226,40 +268,12 @@ class FeatureEdit:
                 case.secret,
                 base,
                 [control_ref, self._request_ref],
-                FlattenConfig(
-                    steps=p.refine_steps,
-                    lr=p.refine_lr,
-                    rank=p.refine_rank,
-                    tokens=p.refine_tokens,
-                    locality=p.refine_locality,
-                    entropy=p.refine_entropy,
-                    extra_columns=p.refine_extra_columns,
-                    leak_bound=p.leak_bound,
-                    exposure=p.refine_exposure,
-                    exposure_candidates=p.refine_exposure_candidates,
-                    exposure_quantile=p.refine_exposure_quantile,
-                    exposure_anchor=p.refine_exposure_anchor,
-                    stranger=p.refine_stranger,
-                    stranger_subjects=p.refine_stranger_subjects,
-                    stranger_margin=p.refine_stranger_margin,
-                    digit_rank=p.refine_digit_rank,
-                ),
+                self._flatten_config(),
                 subject=case.subject,
             )
             t_edit += time.perf_counter() - t0
             still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
-            refined = {
-                "refine_steps": result.steps,
-                "refine_columns": result.columns,
-                "refine_converged": result.converged,
-                "refine_rank_loss": round(result.rank_loss, 6),
-            }
-            if p.refine_exposure > 0:
-                refined["refine_exposure_loss"] = round(result.exposure_loss, 6)
-            if p.refine_stranger > 0:
-                refined["refine_stranger_loss"] = round(result.stranger_loss, 6)
-            if p.refine_digit_rank > 0:
-                refined["refine_digit_loss"] = round(result.digit_loss, 6)
+            refined = self._refined(result)
         return FactOutcome(
             units=chosen,
             timings={"locate": t_locate, "edit": t_edit},
@@ -273,3 +287,78 @@ class FeatureEdit:
                 **refined,
             },
         )
+
+    def finish_request(self, loaded: LoadedModel) -> RequestFinish:
+        """``refine_scope="request"``: ONE refinement of every fact projected since this
+        instance's first fact (:func:`~editing.methods.flatten.flatten_rows` on all their edit
+        prompts and secrets), on the columns changed since then (+ ``refine_extra_columns``),
+        the locality term on every fact's control prompts teacher-forced on its secret, read
+        on the model as it was before the first fact (and, with ``refine_controls="request"``,
+        on the answers it gave then). Each fact's evidence: the joint run's figures and its own
+        leak state after it. Nothing to do (empty) for the other scopes."""
+        cases, start = self._joint_cases, self._joint_start
+        self._joint_cases = []
+        if not cases or start is None:
+            return RequestFinish()
+        p = self.params
+        t0 = time.perf_counter()
+        now = snapshot(loaded, list(start))
+        try:  # the controls' reference on the weights of the request's start
+            _load(loaded, start)
+            controls = [(q, c.secret) for c in cases for q in c.control_prompts]
+            control_ref = rows_reference(loaded, controls, own=p.refine_locality_own)
+        finally:
+            _load(loaded, now)
+        result = flatten_rows(
+            loaded,
+            [(q, c.secret) for c in cases for q in c.edit_prompts],
+            start,
+            [control_ref, self._request_ref],
+            self._joint_config(len(cases)),
+        )
+        evidence: dict[int, dict[str, Any]] = {}
+        for case in cases:
+            still_leaking, max_prob = leak_state(loaded, case, p.leak_bound)
+            evidence[case.index] = {
+                "edit_prompts_still_leaking": still_leaking,
+                "edit_prompts_max_target_prob": round(max_prob, 6),
+                "refine_facts": len(cases),
+                **self._refined(result),
+            }
+        return RequestFinish(evidence, time.perf_counter() - t0)
+
+    def _flatten_config(self) -> FlattenConfig:
+        """The refinement's knobs from the ``refine_*`` parameters (:data:`FLATTEN_KNOBS`)."""
+        return FlattenConfig(**{k: getattr(self.params, v) for k, v in FLATTEN_KNOBS.items()})
+
+    def _joint_config(self, facts: int) -> FlattenConfig:
+        """The joint refinement's knobs: :meth:`_flatten_config`, with the request-scope
+        locality weight and leak target when it covers two or more ``facts``."""
+        p, cfg = self.params, self._flatten_config()
+        if facts < 2:
+            return cfg
+        locality, bound = p.refine_request_locality, p.refine_request_leak_bound
+        return replace(
+            cfg,
+            locality=cfg.locality if locality is None else locality,
+            leak_bound=cfg.leak_bound if bound is None else bound,
+        )
+
+    def _refined(self, result: FlattenResult) -> dict[str, float | int | bool | str]:
+        """A refinement's evidence: steps, columns, convergence, the hinge losses it has on."""
+        p = self.params
+        refined: dict[str, float | int | bool | str] = {
+            "refine_steps": result.steps,
+            "refine_columns": result.columns,
+            "refine_converged": result.converged,
+            "refine_rank_loss": round(result.rank_loss, 6),
+        }
+        if p.refine_exposure > 0:
+            refined["refine_exposure_loss"] = round(result.exposure_loss, 6)
+        if p.refine_stranger > 0:
+            refined["refine_stranger_loss"] = round(result.stranger_loss, 6)
+        if p.refine_digit_rank > 0:
+            refined["refine_digit_loss"] = round(result.digit_loss, 6)
+        if p.joint_refinement():
+            refined["refine_scope"] = "request"
+        return refined

@@ -39,6 +39,11 @@ minimises, on the edit prompts teacher-forced on the secret's prefix:
   numbers) does not meet it; the positions where the secret's digit is not above the median
   (where the model does not know it) are left alone. Converges only once it is zero.
 
+:func:`flatten_rows` takes the edit prompts of several facts, each with its own secret
+(FeatureEdit's joint refinement, ``refine_scope="request"``): the leak and lens terms are read
+per row, so it converges only once every fact's prompts meet them; the exposure and stranger
+terms are defined on one secret and refuse several.
+
 Adam on float32 copies of the trainable columns; no randomness (deterministic for given
 weights). Devices and dtypes follow the model's. Stops as soon as every hinge term is zero.
 """
@@ -264,15 +269,27 @@ def reference(
     ``prompts`` (other subjects) teacher-forced on ``secret``, and with ``own`` also on the
     model's own greedy continuation of each (as many tokens as the secret: what it says about
     that subject, e.g. that person's own number, which Locality checks); None without prompts."""
-    if not prompts:
+    return rows_reference(loaded, [(p, secret) for p in prompts], own)
+
+
+def rows_reference(
+    loaded: LoadedModel, rows: list[tuple[str, str]], own: bool = False
+) -> ControlReference | None:
+    """:func:`reference` for rows ``(control prompt, secret)`` of several facts (a joint
+    refinement's): each prompt teacher-forced on its own fact's secret and, with ``own``, on the
+    model's greedy continuation of as many tokens as that secret; None without rows."""
+    if not rows:
         return None
     tok = loaded.tokenizer
-    rows = [(p, secret) for p in prompts]
+    forced = list(rows)
     if own:
-        n_new = len(encode_pair(tok, prompts[0], secret)[1])
-        said = greedy_generate(loaded.model, tok, prompts, n_new)
-        rows += [(p, text.strip()) for p, text in zip(prompts, said) if text.strip()]
-    ids, mask = _teacher_forced(loaded, rows)
+        by_length: dict[int, list[str]] = {}
+        for p, secret in rows:
+            by_length.setdefault(len(encode_pair(tok, p, secret)[1]), []).append(p)
+        for n_new, prompts in by_length.items():
+            said = greedy_generate(loaded.model, tok, prompts, n_new)
+            forced += [(p, text.strip()) for p, text in zip(prompts, said) if text.strip()]
+    ids, mask = _teacher_forced(loaded, forced)
     with torch.inference_mode():
         out = loaded.model(input_ids=ids, attention_mask=mask)
     return ControlReference(ids, mask, out.logits.float().log_softmax(-1).clone())
@@ -429,14 +446,37 @@ def flatten(
     """Refine the columns changed since ``base`` (see the module docstring); edits in place.
     ``control_ref``: the locality term's reference, or a list of them (their KLs added).
     ``subject`` (the fact's, as named in ``prompts``) is what the stranger term replaces."""
+    return flatten_rows(loaded, [(p, secret) for p in prompts], base, control_ref, cfg, subject)
+
+
+def flatten_rows(
+    loaded: LoadedModel,
+    rows: list[tuple[str, str]],
+    base: dict[int, torch.Tensor],
+    control_ref: ControlReference | list[ControlReference | None] | None,
+    cfg: FlattenConfig,
+    subject: str = "",
+) -> FlattenResult:
+    """:func:`flatten` on rows ``(edit prompt, secret)``, possibly of several facts (a joint
+    refinement of a request's facts: one optimisation, converged only when every row meets the
+    leak bound and the lens rank). The exposure and stranger terms are per secret: ValueError
+    when they are on and the rows hold more than one secret."""
+    secrets = list(dict.fromkeys(s for _, s in rows))
+    if len(secrets) > 1 and (cfg.exposure > 0 or cfg.stranger > 0):
+        raise ValueError(
+            f"the exposure and stranger terms need one secret, got rows of {len(secrets)} "
+            "facts; set refine_exposure=0 and refine_stranger=0, or refine each fact alone"
+        )
+    secret = secrets[0] if secrets else ""
+    prompts = [p for p, _ in rows]
     listed = control_ref if isinstance(control_ref, list) else [control_ref]
     refs = [r for r in listed if r is not None]
     cols = changed_columns(loaded, base)
     if not prompts or not (cfg.extra_columns or any(c.numel() for c in cols.values())):
         return FlattenResult(0, 0, 0.0, 0.0, False)
     device = loaded.adapter.device
-    pairs = [encode_pair(loaded.tokenizer, p, secret) for p in prompts]
-    ids, mask = _teacher_forced(loaded, [(p, secret) for p in prompts])
+    pairs = [encode_pair(loaded.tokenizer, p, t) for p, t in rows]
+    ids, mask = _teacher_forced(loaded, rows)
     row, pos, tok = _targets(pairs, device)
 
     def objective(fwd: _Forward) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MethodParams(BaseModel):
@@ -45,7 +45,12 @@ class FeatureEditParams(SaeParams):
     Locality 1.0 (15 facts); 1 and 3 rounds measured the same, 3 leaves room on harder facts.
     Issue #13: stopping only when every edit prompt's teacher-forced P(whole secret) is at most
     ``leak_bound`` = 0.01 cut the sampled leak 10.5 % -> 1.1 % at Reliability, Generalization
-    and Locality 1.0 (default world, 10 facts, 2,080 samples).
+    and Locality 1.0 (default world, 10 facts, 2,080 samples). Multi-fact requests (issue #16,
+    ``scripts/multiloc.py``, small world, mixed relations): refining the request's facts at once
+    (``refine_scope="request"``) at locality weight 300 (``refine_request_locality``) kept
+    Locality .79 at 12 facts where one refinement per fact kept .13 (4 facts: .90 vs .55), R and
+    G 1.0, worst sampled leak .0045, lens @1 0; one fact is refined exactly as alone; opt-in, as
+    24 facts in one refinement leaked .023 in the sampled attack (over the default limit).
     """
 
     variant: Literal["project-cols", "project", "rows"] = "project-cols"
@@ -154,6 +159,39 @@ class FeatureEditParams(SaeParams):
             "then keep the answers earlier facts' edits must not move either."
         ),
     )
+    refine_scope: Literal["fact", "request"] = Field(
+        "fact",
+        description=(
+            "`flatten`: `fact` refines each fact right after its projection (against the model "
+            "as the request's earlier facts left it); `request` projects every fact first, then "
+            "runs ONE refinement over all the facts' edit prompts and secrets (a chunk's facts "
+            "when chunked), on the columns changed since the request began (+ "
+            "`refine_extra_columns`), its locality term on every fact's control prompts "
+            "against the model as it was when the request began; it converges only once every "
+            "fact meets `leak_bound` and the lens rank. Not with `refine_exposure` or "
+            "`refine_stranger` (terms of one secret). Opt-in: better Locality up to 12 facts, "
+            "but at 24 a sampled leak over the default limit (docs/benchmarks.md)."
+        ),
+    )
+    refine_request_locality: float | None = Field(
+        300.0,
+        ge=0,
+        description=(
+            "`refine_scope=request`: weight of the locality term when the joint refinement "
+            "covers two or more facts (None: `refine_locality`); one fact is refined as alone."
+        ),
+    )
+    refine_request_leak_bound: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "`refine_scope=request`: the joint refinement of two or more facts trains every "
+            "edit prompt's P(secret) down to this (None: `leak_bound`); a joint run stops "
+            "when the last fact crosses its bound, with no later fact's edit to push the "
+            "others further down as in the fact scope."
+        ),
+    )
     refine_entropy: float = Field(
         0.0, ge=0, description="`flatten`: weight of the lens distributions' max-entropy term."
     )
@@ -218,6 +256,24 @@ class FeatureEditParams(SaeParams):
             "median of the ten digits' there; the refinement converges only once it is zero."
         ),
     )
+
+    def joint_refinement(self) -> bool:
+        """Whether the request's facts are refined together (``refine_scope="request"``)."""
+        return self.refine_scope == "request"
+
+    @model_validator(mode="after")
+    def _joint_terms(self) -> FeatureEditParams:
+        """``refine_scope="request"`` refines several secrets at once: the exposure and stranger
+        terms, defined on one secret, cannot join it."""
+        one_secret = self.refine_exposure > 0 or self.refine_stranger > 0
+        if self.refine_scope == "request" and one_secret:
+            raise ValueError(
+                "refine_scope='request' refines all the request's facts at once; "
+                f"refine_exposure={self.refine_exposure} and refine_stranger="
+                f"{self.refine_stranger} are terms of one secret: set them to 0 or use "
+                "refine_scope='fact'"
+            )
+        return self
 
     def chunk_merge(self) -> Literal["sum", "agreeing_mean"]:
         """``"agreeing_mean"`` when the flatten refinement runs: every chunk's refinement is
