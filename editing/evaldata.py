@@ -62,7 +62,8 @@ def eval_data_for(
     n_controls: int = 4,
     seed: int = 0,
 ) -> EvalData:
-    """Evaluation data for ``loaded``, leaving out facts about ``exclude_subjects``.
+    """Evaluation data for ``loaded``, leaving out facts about ``exclude_subjects`` (a
+    ``locality_file`` row whose prompt names one of them is skipped).
 
     ``size`` (default: the registry entry's ``evaluation``, else :data:`DEFAULT_EVAL_SIZE` on a
     demo world and the whole ``locality_file`` otherwise) bounds the Locality set.
@@ -94,7 +95,8 @@ def eval_data_for(
         for i, line in enumerate(_read_lines(entry.locality_file, "locality_file")):
             try:
                 row = json.loads(line)
-                locality.append((row["prompt"], row["target"], row.get("kind", "public")))
+                if not any(subject in row["prompt"] for subject in exclude_subjects):
+                    locality.append((row["prompt"], row["target"], row.get("kind", "public")))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ConfigError(
                     f"{entry.locality_file} line {i + 1}: expected JSON with 'prompt' and 'target'"
