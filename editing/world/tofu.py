@@ -242,7 +242,8 @@ def _write_outputs(
 
 def register_tofu(build: TofuBuild, base: LoadedModel, home: str | os.PathLike[str] | None) -> str:
     """Register ``build`` as ``build.model_id`` (path, dtype, facts, Locality, controls, the
-    Locality set's size and the base model's method defaults); the registry file."""
+    Locality set's size and the base model's method defaults but its SAE ``layers``); the
+    registry file."""
     from editing.registry import register_model
 
     people = list(dict.fromkeys(f["subject"] for f in build.doc["facts"]))
@@ -251,12 +252,17 @@ def register_tofu(build: TofuBuild, base: LoadedModel, home: str | os.PathLike[s
         "locality_file": str(build.root / LOCALITY_FILE),
         "control_subjects": people[-N_CONTROLS:],
     }
+    # the base's method defaults, less the SAE layers: the fine-tune's own SAEs decide those
+    params = {
+        method: {k: v for k, v in values.items() if k != "layers"}
+        for method, values in base.entry.method_params.items()
+    }
     file, _ = register_model(
         build.model_id,
         build.model_dir,
         base.entry.dtype,
         home,
-        params=base.entry.method_params,
+        params=params,
         extra=extra,
         evaluation=EVAL_SIZE,
     )
