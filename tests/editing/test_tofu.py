@@ -192,3 +192,18 @@ def test_a_demo_base_is_refused(fe_home: Path) -> None:
 
     with pytest.raises(ConfigError, match="demo world"):
         build_tofu("demo-small", replace(TINY), home=fe_home)
+
+
+def test_world_build_base_reuses_the_cached_build(
+    tiny_tofu: Any, tofu_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from editing.cli import main
+
+    recipe = ["--people", "2", "--steps", "6", "--batch-size", "4", "--knowledge-facts", "1"]
+    build = ["world", "build", "--base", "tiny-base", "--model-id", "tiny-tofu"]
+    recipe += ["--from-layer", "1"]
+    code = main(["--home", str(tofu_home), "-q", *build, *recipe, "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cached"] and doc["root"] == str(tiny_tofu.root)
+    assert doc["quality"] == tiny_tofu.doc["quality"]
