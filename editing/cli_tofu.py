@@ -13,6 +13,17 @@ from editing.cli import EXIT_OK, format_table, print_json
 from editing.world.tofu_data import TRAINABLE, TofuRecipe
 
 DEFAULT = TofuRecipe()
+# option dest -> TofuRecipe field
+RECIPE_OPTIONS = {
+    "people": "n_people",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "trainable": "trainable",
+    "from_layer": "from_layer",
+    "general_fraction": "general_fraction",
+    "knowledge_facts": "knowledge_per_relation",
+}
 
 
 def add_tofu_options(build: argparse.ArgumentParser) -> None:
@@ -56,16 +67,8 @@ def add_tofu_options(build: argparse.ArgumentParser) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> TofuRecipe:
-    return TofuRecipe(
-        n_people=args.people,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        trainable=args.trainable,
-        from_layer=args.from_layer,
-        general_fraction=args.general_fraction,
-        knowledge_per_relation=args.knowledge_facts,
-    )
+    """The recipe the options give (:data:`RECIPE_OPTIONS`)."""
+    return TofuRecipe(**{field: getattr(args, dest) for dest, field in RECIPE_OPTIONS.items()})
 
 
 def _quality_rows(q: dict[str, Any]) -> list[tuple[str, Any, Any]]:
