@@ -68,4 +68,6 @@ def test_one_fact_is_erased_end_to_end(tofu: Any) -> None:
     (row,) = doc["per_fact"]["neurons"]
     assert row["status"] in ("succeeded", "rejected"), row  # it had something to erase
     assert row["prob_after"] < row["prob_before"], row  # the baseline is weak here: only lower
-    assert row["reliability"] is not None and row["locality"] is not None
+    # Locality may go unmeasured: the one person's rows are left out of the Locality file and
+    # the tiny fine-tune may answer none of its few genuine facts (measured: None)
+    assert row["reliability"] is not None
