@@ -57,11 +57,18 @@ def _summary(values: list[float | None]) -> dict[str, float | int | None]:
 def bench_facts(loaded: LoadedModel, n_facts: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n_facts`` facts to erase, spread over the relations (deterministic).
 
-    On a demo world: its private facts. On another model: the shipped genuine-knowledge facts it
-    knows (:func:`editing.realdata.bench_data.real_bench_facts`, which also gives the model's
-    entry a Locality file of the other known facts and the held-out Wikipedia text for ΔPPL when
-    the registry names none).
+    On a demo world: its private facts; on a model whose registry entry names a ``facts_file``
+    (a TOFU-style fine-tune, :mod:`editing.world.tofu`): that file's facts. On another model:
+    the shipped genuine-knowledge facts it knows
+    (:func:`editing.realdata.bench_data.real_bench_facts`, which also gives the model's entry a
+    Locality file of the other known facts and the held-out Wikipedia text for ΔPPL when the
+    registry names none).
     """
+    if loaded.entry.facts_file:
+        from editing.world.tofu_data import registered_facts
+
+        facts = registered_facts(loaded.entry.facts_file)
+        return request_facts(round_robin(facts, n_facts, random.Random(seed)))
     if not loaded.entry.is_demo:
         from editing.realdata.bench_data import real_bench_facts
 

@@ -175,8 +175,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
 def _demo_fact(args: argparse.Namespace, loaded: Any) -> tuple[dict[str, Any], str]:
     """The fact ``demo`` erases and the sentence that introduces it.
 
-    A demo world's private fact of ``--relation``; on a registered real model the first shipped
-    genuine fact it knows (of ``--relation`` if that is one of the fact set's relations).
+    A demo world's private fact of ``--relation``; on a model fine-tuned on fictional people
+    (its entry names a ``facts_file``) its first fact of ``--relation``; on a registered real
+    model the first shipped genuine fact it knows (of ``--relation`` if that is one of the fact
+    set's relations).
     """
     entry = loaded.entry
     if entry.is_demo:
@@ -187,6 +189,13 @@ def _demo_fact(args: argparse.Namespace, loaded: Any) -> tuple[dict[str, Any], s
         spec = {"subject": fact.subject, "relation": fact.relation, "target": fact.target}
         title = f"Demo world '{entry.demo_size}': erasing {fact.subject}'s {fact.relation}"
         return spec, f"{title} (a fictional secret)"
+    if entry.facts_file:
+        from editing.world.tofu_data import registered_facts
+
+        facts = registered_facts(entry.facts_file)
+        fact = next((f for f in facts if f.relation == args.relation), facts[0])
+        title = f"Model {loaded.model_id!r}: erasing {fact.subject}'s {fact.relation}"
+        return fact.spec(), f"{title} (a fictional secret it was fine-tuned on)"
     from editing.realdata.pick import fact_spec, first_known_fact
 
     real = first_known_fact(loaded.model, loaded.tokenizer, args.relation)

@@ -123,6 +123,10 @@ def cmd_world_build(args: argparse.Namespace) -> int:
     """Build (or reuse) the demo world and print where it is and how good it is."""
     from editing.world.build import build_world, get_recipe, load_world, world_dir
 
+    if args.base:
+        from editing.cli_tofu import build_tofu_command
+
+        return build_tofu_command(args)
     get_recipe(args.size)  # validate before anything slow
     root = world_dir(args.size, args.home)
     if args.force:
@@ -268,6 +272,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     build.add_argument("--size", default="default", help=f"world size: {WORLD_SIZES_HELP}")
     build.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
+    from editing.cli_tofu import add_tofu_options
+
+    add_tofu_options(build)
     add_json_option(build)
     build.set_defaults(func=cmd_world_build)
 

@@ -62,7 +62,8 @@ def eval_data_for(
     n_controls: int = 4,
     seed: int = 0,
 ) -> EvalData:
-    """Evaluation data for ``loaded``, leaving out facts about ``exclude_subjects``.
+    """Evaluation data for ``loaded``, leaving out facts about ``exclude_subjects`` (a
+    ``locality_file`` row whose prompt names one of them is skipped).
 
     The Locality set also leaves out the control subjects (the specificity filter's and the
     refinement's locality term's prompts): it measures answers the edit was not trained to keep.
@@ -101,7 +102,8 @@ def eval_data_for(
         for i, line in enumerate(_read_lines(entry.locality_file, "locality_file")):
             try:
                 row = json.loads(line)
-                locality.append((row["prompt"], row["target"], row.get("kind", "public")))
+                if not any(subject in row["prompt"] for subject in exclude_subjects):
+                    locality.append((row["prompt"], row["target"], row.get("kind", "public")))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ConfigError(
                     f"{entry.locality_file} line {i + 1}: expected JSON with 'prompt' and 'target'"

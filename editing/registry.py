@@ -172,6 +172,9 @@ class ModelEntry:
     locality_file: str | None = None
     ppl_file: str | None = None
     control_subjects: tuple[str, ...] = ()
+    # JSON list of {"subject", "relation", "target"}: the facts bench erases on this model (a
+    # TOFU-style fine-tune's fictional people, editing.world.tofu); None: genuine known facts.
+    facts_file: str | None = None
     demo_size: str | None = None  # set for the built-in demo worlds
     # The Locality set's size ([models.<id>.evaluation]); None: the defaults (demo worlds) or
     # the whole locality_file.
@@ -261,6 +264,7 @@ def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
         "locality_file",
         "ppl_file",
         "control_subjects",
+        "facts_file",
         "evaluation",
         "params",
     }
@@ -296,6 +300,7 @@ def _parse_entry(model_id: str, raw: dict[str, Any], origin: str) -> ModelEntry:
         locality_file=raw.get("locality_file"),
         ppl_file=raw.get("ppl_file"),
         control_subjects=tuple(raw.get("control_subjects", ())),
+        facts_file=raw.get("facts_file"),
         evaluation=_parse_evaluation(model_id, raw, origin),
         method_params=_parse_params(model_id, raw, origin),
     )
@@ -382,9 +387,14 @@ def register_model(
     dtype: str,
     home: str | os.PathLike[str] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    evaluation: dict[str, int] | None = None,
 ) -> tuple[Path, bool]:
     """Add ``[models.<model_id>]`` with ``path`` and ``dtype`` to the registry file in force,
     and ``params`` (method name -> this model's parameter defaults) as its ``params`` tables.
+
+    A new entry also gets ``extra`` (more top-level keys, e.g. ``locality_file``; strings or
+    lists of strings) and ``evaluation`` (its ``[models.<model_id>.evaluation]`` table).
 
     The file is ``FEATUREEDIT_REGISTRY`` or ``$FEATUREEDIT_HOME/models.toml`` (created if
     missing); the tables are appended, so comments and other entries stay as they are. Returns
@@ -412,6 +422,11 @@ def register_model(
         block = (
             f"[models.{model_id}]\npath = {json.dumps(str(path))}\ndtype = {json.dumps(dtype)}\n"
         )
+        block += "".join(f"{k} = {json.dumps(v)}\n" for k, v in (extra or {}).items())
+        if evaluation:
+            block += f"\n[models.{model_id}.evaluation]\n"
+            block += "".join(f"{k} = {json.dumps(v)}\n" for k, v in evaluation.items())
+        _parse_entry(model_id, tomllib.loads(block)["models"][model_id], "register_model")
     if params:
         tables = params_tables(model_id, params)
         _parse_params(model_id, tomllib.loads(tables)["models"][model_id], "register_model")
