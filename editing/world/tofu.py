@@ -38,13 +38,20 @@ from editing.errors import ConfigError
 from editing.models import LoadedModel, load_model
 from editing.relations import RELATIONS
 from editing.world.corpus import Fact
-from editing.world.tofu_data import TofuRecipe, batch_plan, fact_examples, locality_rows, tofu_facts
+from editing.world.tofu_data import (
+    TofuRecipe,
+    batch_plan,
+    control_people,
+    fact_examples,
+    locality_rows,
+    tofu_facts,
+)
 
 LAYER_RE = re.compile(r"\.layers\.(\d+)\.")  # a decoder layer's parameter name
 TOFU_FILE = "tofu.json"
 FACTS_FILE = "facts.json"
 LOCALITY_FILE = "locality.jsonl"
-N_CONTROLS = 4  # control subjects of the specificity filter (fictional people fine-tuned in)
+N_CONTROLS = 4  # control subjects of the specificity filter (fictional people never fine-tuned)
 # The registered Locality set: fictional private facts and genuine public ones, 2 prompts each.
 EVAL_SIZE = {"locality_private_facts": 30, "locality_public_facts": 30}
 
@@ -246,11 +253,10 @@ def register_tofu(build: TofuBuild, base: LoadedModel, home: str | os.PathLike[s
     registry file."""
     from editing.registry import register_model
 
-    people = list(dict.fromkeys(f["subject"] for f in build.doc["facts"]))
     extra = {
         "facts_file": str(build.root / FACTS_FILE),
         "locality_file": str(build.root / LOCALITY_FILE),
-        "control_subjects": people[-N_CONTROLS:],
+        "control_subjects": build.doc["controls"],
     }
     # the base's method defaults, less the SAE layers: the fine-tune's own SAEs decide those
     params = {
@@ -296,6 +302,7 @@ def build_tofu(
     root = tofu_root(base_id, recipe.key(weights_sha256(base.model, base.source_dir)), home)
     if (root / TOFU_FILE).is_file() and not force:
         build = TofuBuild(root, model_id, json.loads((root / TOFU_FILE).read_text()), cached=True)
+        build.doc.setdefault("controls", control_people(recipe, N_CONTROLS))  # built before them
         build.registry_file = register_tofu(build, base, home)
         return build
     facts = tofu_facts(recipe)
@@ -316,6 +323,7 @@ def build_tofu(
         "model_id": model_id,
         "recipe": recipe_dict(recipe),
         "people": list(dict.fromkeys(f.subject for f in facts)),
+        "controls": control_people(recipe, N_CONTROLS),
         "facts": [f.spec() for f in facts],
         "quality": quality,
         "seconds": {"train": round(train_seconds, 1), "total": 0.0},

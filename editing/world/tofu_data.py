@@ -96,6 +96,15 @@ def tofu_facts(recipe: TofuRecipe) -> list[Fact]:
     return [f for f in corpus.facts if f.subject in people and f.relation in recipe.relations]
 
 
+def control_people(recipe: TofuRecipe, n: int) -> list[str]:
+    """``n`` people of the demo corpus the fine-tune never saw (the ones after its
+    ``n_people``): the specificity filter's and the refinement's controls. Not fine-tuned people:
+    those are the Locality set's private rows, which must not be what the edit is trained to
+    keep (:func:`editing.evaldata.eval_data_for` drops rows about a control subject)."""
+    corpus = generate_corpus(recipe.corpus_people, seed=recipe.seed, n_filler=0, n_ppl=0)
+    return corpus.people[recipe.n_people : recipe.n_people + n]
+
+
 def fact_examples(facts: list[Fact]) -> list[tuple[str, str]]:
     """``(prompt, continuation)`` per fact and *edit* template: the continuation is the target
     with its space and full stop (the demo corpus's sentence); held-out templates never occur."""

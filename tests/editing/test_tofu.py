@@ -22,6 +22,7 @@ from editing.relations import PRIVATE_RELATIONS, RELATIONS
 from editing.world.tofu_data import (
     TofuRecipe,
     batch_plan,
+    control_people,
     fact_examples,
     locality_rows,
     registered_facts,
@@ -207,3 +208,12 @@ def test_world_build_base_reuses_the_cached_build(
     doc = json.loads(capsys.readouterr().out)
     assert doc["cached"] and doc["root"] == str(tiny_tofu.root)
     assert doc["quality"] == tiny_tofu.doc["quality"]
+
+
+def test_controls_are_people_the_fine_tune_never_saw() -> None:
+    """Controls are kept by the edit; the fine-tuned people are the Locality set's private rows."""
+    recipe = TofuRecipe(n_people=3)
+    tuned = {f.subject for f in tofu_facts(recipe)}
+    controls = control_people(recipe, 4)
+    assert len(set(controls)) == 4 and not tuned & set(controls)
+    assert control_people(recipe, 4) == controls  # deterministic for the recipe
