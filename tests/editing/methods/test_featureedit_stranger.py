@@ -93,7 +93,9 @@ def test_stranger_term_brings_the_secret_down_to_the_strangers(
     model is closer (KL) to that distribution than after the flatten refinement without the
     term (the KL pulls both ways: the secret may end up above where flatten alone left it)."""
     fact = erasable_digit_fact
-    params = {"refine": "flatten", "refine_steps": 300}
+    # 500 steps: with the controls drawn apart from the Locality set (2026-12-07) this fact's
+    # refinement needs more than 300 to converge with the term
+    params = {"refine": "flatten", "refine_steps": 500}
     with_term = _erase(small_model, fact, {**params, "refine_stranger": 1.0})
     without = _erase(small_model, fact, params)
     ev = with_term.facts[0].evidence
