@@ -97,12 +97,17 @@ def eval_data_for(
             for prompt in rng.sample(templates, min(size.prompts_per_fact, len(templates))):
                 locality.append((prompt, f.target, "private" if f.private else "public"))
         return EvalData(locality, list(world.ppl_texts), controls)
+    controls = list(entry.control_subjects or DEFAULT_CONTROL_SUBJECTS)
+    controls = [c for c in controls if c not in exclude_subjects][:n_controls]
+    # no Locality row about the request's subjects, nor (as on a demo world) about a control
+    # subject: the edit is trained to keep the controls' answers
+    left_out = exclude_subjects | set(controls)
     locality = []
     if entry.locality_file:
         for i, line in enumerate(_read_lines(entry.locality_file, "locality_file")):
             try:
                 row = json.loads(line)
-                if not any(subject in row["prompt"] for subject in exclude_subjects):
+                if not any(subject in row["prompt"] for subject in left_out):
                     locality.append((row["prompt"], row["target"], row.get("kind", "public")))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ConfigError(
@@ -111,17 +116,13 @@ def eval_data_for(
         if size is not None:
             locality = _sample_rows(locality, size, rng)
     else:
-        locality = genuine_locality(loaded, exclude_subjects, size or DEFAULT_EVAL_SIZE, rng)
+        locality = genuine_locality(loaded, left_out, size or DEFAULT_EVAL_SIZE, rng)
     if entry.ppl_file:
         ppl = _read_lines(entry.ppl_file, "ppl_file")
     else:
         from editing.realdata.text import load_text
 
         ppl = load_text("heldout")[:SHIPPED_PPL_PASSAGES]
-    controls = list(entry.control_subjects or DEFAULT_CONTROL_SUBJECTS)
-    controls = [c for c in controls if c not in exclude_subjects][:n_controls]
-    # no Locality row about a control subject (as on a demo world): the edit is trained on them
-    locality = [row for row in locality if not any(c in row[0] for c in controls)]
     by_relation = {}
     if not entry.control_subjects:
         by_relation = genuine_controls(locality, exclude_subjects, n_controls)

@@ -297,7 +297,7 @@ class FeatureEdit:
         on the answers it gave then). Each fact's evidence: the joint run's figures and its own
         leak state after it. Nothing to do (empty) for the other scopes."""
         cases, start = self._joint_cases, self._joint_start
-        self._joint_cases = []
+        self._joint_cases, self._joint_start = [], None
         if not cases or start is None:
             return RequestFinish()
         p = self.params
