@@ -21,6 +21,7 @@ DEFAULTS = {
     "batch_size": 1024,
     "seed": 0,
 }  # = editing.sae_training.SAETrainRecipe's (torch-free here; a test checks they agree)
+LOCATE_TOP = 2  # --layers locate: how many layers
 
 
 def parse_layers(text: str, n_layers: int) -> list[int]:
@@ -42,6 +43,51 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     if bad or not layers:
         raise ConfigError(f"--layers {text!r}: the model has layers 0..{n_layers - 1}.")
     return sorted(layers)
+
+
+def _locate_top(text: str) -> int | None:
+    """``N`` of ``--layers locate[:N]`` (default :data:`LOCATE_TOP`), or None for an explicit
+    layer list."""
+    from editing.errors import ConfigError
+
+    head, _, n = text.strip().partition(":")
+    if head != "locate":
+        return None
+    try:
+        top = int(n) if n else LOCATE_TOP
+    except ValueError:
+        msg = f"--layers {text!r}: expected locate or locate:N, e.g. locate:2"
+        raise ConfigError(msg) from None
+    if top < 1:
+        raise ConfigError(f"--layers {text!r}: choose at least one layer (locate:1 or more)")
+    return top
+
+
+def _locate_layers(loaded: Any, args: argparse.Namespace, quiet: bool) -> Any:
+    """Run the locate pass of ``--layers locate[:N]`` (progress bar, the choice on stderr)."""
+    from tqdm import tqdm
+
+    from editing.errors import ConfigError
+    from editing.layer_choice import choose_layers, locate_facts
+
+    if args.locate_facts < 1:
+        raise ConfigError(f"--locate-facts {args.locate_facts}: read at least one fact")
+    relations = [r.strip() for r in (args.locate_relations or "").split(",") if r.strip()]
+    facts = locate_facts(loaded, args.locate_facts, relations)
+    with tqdm(
+        total=len(facts), desc="locate layers", unit="fact", disable=quiet, file=sys.stderr
+    ) as bar:
+        choice = choose_layers(loaded, facts, _locate_top(args.layers) or LOCATE_TOP, bar.update)
+    if not quiet:
+        top = sorted(range(len(choice.shares)), key=lambda i: -choice.shares[i])[:5]
+        shares = ", ".join(f"{i}: {choice.shares[i]:.2f}" for i in top)
+        print(
+            f"locate: layers {choice.layers} carry most of the MLP writes for {choice.facts} facts "
+            f"({', '.join(choice.relations)}; {choice.unsupported} with no MLP support); "
+            f"largest mean shares {shares}",
+            file=sys.stderr,
+        )
+    return choice
 
 
 def _table(doc: dict[str, Any]) -> str:
@@ -76,10 +122,11 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
     if not args.no_register:
         registry_file_of(args.model, getattr(args, "home", None))  # fail before training
     loaded = load_model(args.model, home=getattr(args, "home", None))
-    layers = parse_layers(args.layers, loaded.adapter.n_layers)
+    quiet = bool(getattr(args, "quiet", False))
+    choice = _locate_layers(loaded, args, quiet) if _locate_top(args.layers) else None
+    layers = choice.layers if choice else parse_layers(args.layers, loaded.adapter.n_layers)
     train, held, text_sha = st.split_text(args.text)
     recipe = st.SAETrainRecipe(**{k: getattr(args, k) for k in DEFAULTS}, text_sha256=text_sha)
-    quiet = bool(getattr(args, "quiet", False))
     acts_bar = tqdm(
         total=recipe.tokens, desc="activations", unit="tok", disable=quiet, file=sys.stderr
     )
@@ -125,6 +172,8 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
             )
         )
     doc = summary.to_dict()
+    if choice:
+        doc["locate"] = choice.to_dict()
     if args.json:
         print_json(doc)
         return EXIT_OK
@@ -156,7 +205,24 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     train.add_argument("--model", required=True, help="registered model id")
     train.add_argument("--site", choices=("resid_post", "mlp_out"), default="resid_post")
-    train.add_argument("--layers", required=True, help="'all' or e.g. 9,12,15-17")
+    train.add_argument(
+        "--layers",
+        required=True,
+        help="'all', e.g. 9,12,15-17, or locate[:N]: the N (default 2) layers whose MLP writes "
+        "carry the model's benchmark facts most (a gradient pass per fact, no SAE needed)",
+    )
+    train.add_argument(
+        "--locate-facts",
+        type=int,
+        default=30,
+        metavar="N",
+        help="--layers locate: how many benchmark facts the locate pass reads (default 30)",
+    )
+    train.add_argument(
+        "--locate-relations",
+        metavar="R1,R2",
+        help="--layers locate: only facts of these relations (default: every relation)",
+    )
     train.add_argument("--width", type=int, default=DEFAULTS["width"], help="SAE latents")
     train.add_argument("--k", type=int, default=DEFAULTS["k"], help="TopK: active latents")
     train.add_argument(
