@@ -115,16 +115,25 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
 
     from editing import sae_training as st
     from editing.cli import EXIT_OK, print_json
+    from editing.errors import ConfigError
     from editing.models import load_model
     from editing.realdata.probe import weights_sha256
     from editing.registry import register_saes, registry_file_of
 
-    if not args.no_register:
+    if args.dry_run and not _locate_top(args.layers):
+        raise ConfigError("--dry-run shows what --layers locate[:N] chooses; give it locate")
+    if not args.no_register and not args.dry_run:
         registry_file_of(args.model, getattr(args, "home", None))  # fail before training
     loaded = load_model(args.model, home=getattr(args, "home", None))
     quiet = bool(getattr(args, "quiet", False))
     choice = _locate_layers(loaded, args, quiet) if _locate_top(args.layers) else None
     layers = choice.layers if choice else parse_layers(args.layers, loaded.adapter.n_layers)
+    if args.dry_run and choice:
+        if args.json:
+            print_json({"model_id": loaded.model_id, "site": args.site, "locate": choice.to_dict()})
+        else:
+            print(f"Would train SAEs of {loaded.model_id!r} at {args.site} on layers {layers}.")
+        return EXIT_OK
     train, held, text_sha = st.split_text(args.text)
     recipe = st.SAETrainRecipe(**{k: getattr(args, k) for k in DEFAULTS}, text_sha256=text_sha)
     acts_bar = tqdm(
@@ -242,5 +251,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     train.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS")
     train.add_argument("--no-register", action="store_true", help="do not touch the registry")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --layers locate: print the chosen layers and the evidence, train nothing",
+    )
     add_json_option(train)
     train.set_defaults(func=cmd_sae_train)

@@ -104,6 +104,7 @@ def test_sae_train_on_located_layers(capsys, fe_home: Path, small_world, tmp_pat
         ("locate:x", [], "locate:N"),
         ("locate", ["--locate-facts", "0"], "at least one fact"),
         ("locate", ["--locate-relations", "nope"], "nope not among"),
+        ("0", ["--dry-run"], "give it locate"),
     ],
 )
 def test_bad_locate_arguments_are_clear_errors(
@@ -114,3 +115,13 @@ def test_bad_locate_arguments_are_clear_errors(
     err = capsys.readouterr().err
     assert code != 0
     assert message in err and "Traceback" not in err
+
+
+def test_dry_run_reports_the_choice_and_trains_nothing(capsys, fe_home: Path, small_world) -> None:
+    argv = ["sae", "train", "--model", "demo-small", "--layers", "locate:1", "--dry-run"]
+    code = cli.main([*argv, "--locate-facts", "2", "--home", str(fe_home), "--json", "-q"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    doc = json.loads(out.out)
+    assert doc["locate"]["facts"] == 2 and len(doc["locate"]["layers"]) == 1
+    assert "layers" not in doc  # nothing trained
