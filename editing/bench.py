@@ -199,6 +199,7 @@ def run_bench(
         )
     return {
         "model": loaded.model_id,
+        "seed": seed,
         "facts": len(facts),
         "methods": list(methods),
         "params": {m: p.model_dump() for m, p in method_params.items()},
@@ -208,5 +209,89 @@ def run_bench(
         "paper": PAPER_FIGURES,
         "leak_samples": leak_samples,
         "per_fact": rows,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, population std, min and max of per-seed figures (None where a seed had none)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None, "per_seed": list(values)}
+    return {
+        "mean": round(statistics.fmean(vals), 4),
+        "std": round(statistics.pstdev(vals), 4),
+        "min": round(min(vals), 6),
+        "max": round(max(vals), 6),
+        "per_seed": list(values),
+    }
+
+
+def across_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per method, over the runs of :func:`run_bench_seeds` (one per seed of fact selection):
+    every metric's per-seed mean, with their mean ± spread; the share of erasures accepted; and
+    per attack the share of facts each success flag held after the edit, and the mean values."""
+    out: dict[str, Any] = {}
+    for method in runs[0]["summary"]:
+        per = [r["summary"][method] for r in runs]
+        entry: dict[str, Any] = {
+            name: _spread([p[name]["mean"] for p in per]) for name in METRICS + FACT_METRICS
+        }
+        entry["accepted_share"] = _spread(
+            [p["accepted"] / r["facts"] if r["facts"] else None for p, r in zip(per, runs)]
+        )
+        attacks: dict[str, Any] = {}
+        for name in dict.fromkeys(a for p in per for a in p.get("attacks", {})):
+            after = [p["attacks"].get(name, {}).get("after") or {} for p in per]
+            attacks[name] = {
+                kind: {
+                    key: _spread([a.get(kind, {}).get(key) for a in after])
+                    for key in dict.fromkeys(k for a in after for k in a.get(kind, {}))
+                }
+                for kind in ("success", "values", "worst")
+            }
+        if attacks:
+            entry["attacks"] = attacks
+        out[method] = entry
+    return out
+
+
+def run_bench_seeds(
+    loaded: LoadedModel,
+    seeds: Sequence[int],
+    n_facts: int = 30,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`run_bench` once per seed of fact selection (issue #13: figures that hold across
+    fact sets, reported as mean ± spread); one seed gives :func:`run_bench`'s document as is.
+
+    ``kwargs`` are :func:`run_bench`'s; ``progress(done, total)`` counts erasures over all seeds.
+    """
+    seeds = list(dict.fromkeys(seeds))
+    if len(seeds) == 1:
+        return run_bench(loaded, n_facts, seed=seeds[0], progress=progress, **kwargs)
+    runs: list[dict[str, Any]] = []
+    offset = 0
+
+    def step(done: int, total: int) -> None:
+        if progress:
+            progress(offset + done, total * len(seeds))
+
+    started = time.perf_counter()
+    for seed in seeds:
+        run = run_bench(loaded, n_facts, seed=seed, progress=step, **kwargs)
+        offset += run["facts"] * len(run["methods"])
+        runs.append(run)
+    return {
+        "model": loaded.model_id,
+        "seeds": seeds,
+        "facts": n_facts,
+        "methods": runs[0]["methods"],
+        "params": runs[0]["params"],
+        "attacks": runs[0]["attacks"],
+        "leak_samples": runs[0]["leak_samples"],
+        "across_seeds": across_seeds(runs),
+        "runs": runs,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

@@ -39,7 +39,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.model = args.model or "demo"
     from tqdm.auto import tqdm
 
-    from editing.bench import TIMED_STAGES, run_bench
+    from editing.bench import TIMED_STAGES, run_bench_seeds
     from editing.cli import format_table, print_json
     from editing.methods import method_names
     from editing.models import load_model
@@ -47,8 +47,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.methods = args.methods or ",".join(method_names())
     loaded = load_model(args.model)
     methods = tuple(args.methods.split(","))
+    seeds = parse_seeds(args.seeds)
     bar = tqdm(
-        total=args.facts * len(methods),
+        total=args.facts * len(methods) * len(seeds),
         desc="bench",
         file=sys.stderr,
         disable=args.quiet,
@@ -63,8 +64,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from editing.cli_attack import parse_budgets
 
     attacks = [] if args.attacks is None else parse_attacks(args.attacks)
-    result = run_bench(
+    result = run_bench_seeds(
         loaded,
+        seeds,
         args.facts,
         methods=methods,
         params=method_params(args.param),
@@ -76,6 +78,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bar.close()
     if args.json:
         print_json(result)
+        return 0
+    if "across_seeds" in result:
+        print(seeds_text(result, markdown=args.markdown))
         return 0
     if args.markdown:
         print(
@@ -110,6 +115,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("\nAttackSuccess (share of facts whose whole secret the attack recovered):")
         print(format_table(["method", "attack", "success", "before", "after"], rows))
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]`` (ConfigError naming the flag otherwise)."""
+    from editing.errors import ConfigError
+
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds {text!r}: expected non-negative integers such as 0,1,2")
+    return seeds
+
+
+def seeds_text(result: dict[str, Any], markdown: bool = False) -> str:
+    """The across-seeds table (mean ± std [min–max] of the per-seed means), text or Markdown."""
+    from editing.cli import format_table
+
+    def cell(v: dict[str, Any]) -> str:
+        if v["mean"] is None:
+            return "-"
+        return f"{v['mean']:.3f} ± {v['std']:.3f} [{v['min']:.3f}–{v['max']:.3f}]"
+
+    across = result["across_seeds"]
+    methods = list(across)
+    names = [*MARKDOWN_METRICS, "accepted_share"]
+    head = (
+        f"{len(result['seeds'])} fact selections (seeds {result['seeds']}) of {result['facts']} "
+        f"facts each, model `{result['model']}`: mean ± std [min–max] of the per-seed means "
+        f"({result['wall_seconds']} s wall)."
+    )
+    rows = [[name, *(cell(across[m][name]) for m in methods)] for name in names]
+    success = {
+        (attack, key): None
+        for m in methods
+        for attack, kinds in across[m].get("attacks", {}).items()
+        for key in kinds["success"]
+    }
+    for attack, key in success:
+        values = [across[m].get("attacks", {}).get(attack, {}).get("success", {}) for m in methods]
+        cells = [cell(v[key]) if key in v else "-" for v in values]
+        rows.append([f"{attack} AttackSuccess {key} (after)", *cells])
+    if not markdown:
+        return head + "\n\n" + format_table(["metric", *methods], rows)
+    lines = [head, "", "| metric | " + " | ".join(methods) + " |"]
+    lines += ["|---" * (len(methods) + 1) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def bench_markdown(result: dict[str, Any], command: str) -> str:
@@ -155,6 +208,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     bench.add_argument("--model", help="model id (default demo; an extension may differ)")
     bench.add_argument("--facts", type=int, default=30)
+    bench.add_argument(
+        "--seeds",
+        default="0",
+        help="seeds of the fact selection, e.g. 0,1,2: one run per seed and the figures' mean ± "
+        "spread across them (default 0: one run)",
+    )
     bench.add_argument("--methods", help="comma-separated (default: every registered method)")
     add_json_option(bench)
     bench.add_argument("--markdown", action="store_true", help="print a Markdown section")
