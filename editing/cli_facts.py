@@ -35,6 +35,7 @@ def cmd_facts_probe(args: argparse.Namespace) -> int:
         weights,
         home=getattr(args, "home", None),
         force=args.force,
+        progress=not getattr(args, "quiet", False),
     )
     doc = result.to_dict(args.rule)
     if args.json:

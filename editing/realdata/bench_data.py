@@ -31,11 +31,18 @@ LOCALITY_PROMPTS_PER_FACT = 2
 
 
 def known_facts(loaded: LoadedModel, rule: str = "majority") -> list[Fact]:
-    """Facts of the shipped set that ``loaded`` knows under ``rule`` (probe cached per weights)."""
+    """Facts of the shipped set that ``loaded`` knows under ``rule`` (probe cached per weights;
+    a probe that runs shows its progress on stderr, like a demo world's build)."""
     fact_set = load_facts()
     weights = weights_sha256(loaded.model, loaded.source_dir)
     result, _ = probe_model(
-        loaded.model_id, loaded.model, loaded.tokenizer, fact_set, weights, home=loaded.home
+        loaded.model_id,
+        loaded.model,
+        loaded.tokenizer,
+        fact_set,
+        weights,
+        home=loaded.home,
+        progress=True,
     )
     known = {f["key"] for f in result.known(rule)}
     return [f for f in fact_set.facts if f.key in known]

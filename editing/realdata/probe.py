@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,15 @@ def knows(answered: Sequence[bool], rule: str) -> bool:
 
 
 def greedy_continuations(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 32
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy continuation text of every prompt (batched, left-padded)."""
+    """Greedy continuation text of every prompt (batched, left-padded); ``on_batch(n)`` after
+    each batch of ``n`` prompts (a progress bar)."""
     import torch
 
     side = tokenizer.padding_side
@@ -75,6 +82,8 @@ def greedy_continuations(
                 )
             new = ids[:, batch["input_ids"].shape[1] :]
             out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            if on_batch:
+                on_batch(len(batch["input_ids"]))
     finally:
         tokenizer.padding_side = side
     return out
@@ -185,8 +194,11 @@ def probe_model(
     weights: str,
     home: str | os.PathLike[str] | None = None,
     force: bool = False,
+    progress: bool = False,
 ) -> tuple[ProbeResult, bool]:
-    """Probe (or read the cached probe of) ``model`` on ``fact_set``; ``(result, from_cache)``."""
+    """Probe (or read the cached probe of) ``model`` on ``fact_set``; ``(result, from_cache)``.
+
+    With ``progress`` a probe that runs shows a progress bar of its prompts on stderr."""
     path = cache_path(weights, fact_set, home)
     if path.is_file() and not force:
         doc = json.loads(path.read_text())
@@ -194,7 +206,16 @@ def probe_model(
             return ProbeResult(model_id, weights, fact_set.sha256, doc["facts"]), True
 
     def generate(prompts: Sequence[str], n: int) -> list[str]:
-        return greedy_continuations(model, tokenizer, prompts, n)
+        from tqdm.auto import tqdm
+
+        with tqdm(
+            total=len(prompts),
+            desc=f"probe {model_id} on {len(fact_set.facts)} facts",
+            unit="prompt",
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar:
+            return greedy_continuations(model, tokenizer, prompts, n, on_batch=bar.update)
 
     records = run_probe(fact_set.facts, generate, _max_new_tokens(tokenizer, fact_set.facts))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,14 +89,18 @@ def test_batched_decoding_matches_one_by_one(tiny) -> None:
     model, tokenizer = tiny
     side = tokenizer.padding_side
     prompts = ["the theory", "a much longer prompt about the 1969 theory", "x"]
-    batched = greedy_continuations(model, tokenizer, prompts, 4, batch_size=3)
+    sizes: list[int] = []
+    batched = greedy_continuations(
+        model, tokenizer, prompts, 4, batch_size=2, on_batch=sizes.append
+    )
+    assert sizes == [2, 1]
     single = [greedy_continuations(model, tokenizer, [p], 4)[0] for p in prompts]
     assert batched == single
     assert all(batched)  # four new tokens each
     assert tokenizer.padding_side == side  # restored
 
 
-def test_probe_is_cached_per_weights_and_facts(tiny, tmp_path: Path) -> None:
+def test_probe_is_cached_per_weights_and_facts(capsys, tiny, tmp_path: Path) -> None:
     model, tokenizer = tiny
     fs = load_facts()
     small = type(fs)(fs.name, fs.version, fs.license, fs.relations, fs.facts[:4], fs.sha256)
@@ -112,6 +116,11 @@ def test_probe_is_cached_per_weights_and_facts(tiny, tmp_path: Path) -> None:
     assert json.loads(json.dumps(doc))["rule"] == "majority"
     _, cached = probe_model("tiny", model, tokenizer, small, weights, home=tmp_path, force=True)
     assert not cached
+    again, _ = probe_model(
+        "tiny", model, tokenizer, small, weights, home=tmp_path, force=True, progress=True
+    )
+    assert again.facts == first.facts
+    assert "probe tiny on 4 facts" in capsys.readouterr().err  # the bar, on stderr
     other = tiny_llama(seed=2)
     assert weights_sha256(other, None) != weights
 
