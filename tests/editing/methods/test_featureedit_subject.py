@@ -98,9 +98,10 @@ def test_a_first_token_subject_without_bos_falls_back(small_model) -> None:
     tok = _NoBos(small_model.tokenizer)
     prompts = ["The phone number is", "Call The phone number"]
     assert len(tok(["The"])["input_ids"][0]) == 1
-    assert subject_positions(tok, prompts, [["The"]] * 2) == [0, 1]
+    later = len(tok(["Call The"])["input_ids"][0]) - 1
+    assert subject_positions(tok, prompts, [["The"]] * 2) == [0, later]
     last = torch.tensor([len(ids) - 1 for ids in tok(prompts)["input_ids"]])
-    assert _subject_columns(tok, prompts, [["The"]] * 2, last).tolist() == [int(last[0]), 1]
+    assert _subject_columns(tok, prompts, [["The"]] * 2, last).tolist() == [int(last[0]), later]
 
 
 def _evidence(small_model, prompts, **kw):
@@ -144,19 +145,23 @@ def test_controls_are_read_at_their_own_subject(small_model) -> None:
         _evidence(small_model, PROMPTS[:1], subject=SUBJECT, every_token=True)
 
 
-def test_erasure_at_the_subject_lowers_the_target(small_model, erasable_fact) -> None:
-    """End to end: located at the subject's token, the projection alone (no refinement, so
-    the located features carry it) edits features and lowers P(target)."""
+@pytest.mark.parametrize(("refine", "drop"), [("none", 0.0), ("flatten", 0.5)])
+def test_erasure_at_the_subject_lowers_the_target(
+    small_model, erasable_fact, refine: str, drop: float
+) -> None:
+    """End to end: located at the subject's token, features are edited and P(target) goes
+    down. On demo-small the projection alone lowers it only a little (by 7 % on the fixture's
+    fact when this was written: the two-layer model recalls at the last token); with the
+    default refinement by more than half."""
     fact = erasable_fact
     assert any(fact.subject in p for p in get_relation(fact.relation).edit_prompts(fact.subject))
     request = ErasureRequest(
         model="demo-small",
         method="featureedit",
         facts=[{"subject": fact.subject, "relation": fact.relation, "target": fact.target}],
-        params={"positions": "subject", "refine": "none"},
+        params={"positions": "subject", "refine": refine},
     )
     result = run_erasure(request, small_model, leak_samples=1)
-    outcome = result.facts[0]
-    assert outcome.units, "no feature located at the subject"
-    assert result.metrics.delta_prob > 0.5
+    assert result.facts[0].units, "no feature located at the subject"
+    assert result.metrics.delta_prob > drop
     assert result.params["positions"] == "subject"
