@@ -190,6 +190,7 @@ def fact_cases(
             edit_prompts=[q for q, k in zip(edit_ps[i], knowns[i]) if k],
             heldout_prompts=[q for q, k in zip(held_ps[i], knowns[len(facts) + i]) if k],
             control_prompts=controls[i],
+            control_subjects=list(data.controls_for(f.relation)),
             request_controls=request_controls,
         )
         for i, f in enumerate(facts)

@@ -1,7 +1,8 @@
 """Locate where a fact lives: SAE features (the knowledge microscope) and MLP neurons (IG).
 
-Feature evidence (METHOD.md "Locating features"): at the last prompt token of every edit prompt,
-each layer's SAE encodes the site activation; a feature is scored by its activation and by its
+Feature evidence (METHOD.md "Locating features"): at the last prompt token of every edit prompt
+(or at the last token of the subject's occurrence in it, ROME's "subject position"), each layer's
+SAE encodes the site activation; a feature is scored by its activation and by its
 attribution ``f_i * (W_dec[i] . grad log P(target))``. Control prompts (the same templates with
 other subjects) give the specificity filter. Neuron evidence (METHOD.md "Neuron baseline"):
 integrated gradients of ``P(first target token)`` with respect to each neuron at the last token.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -88,16 +90,80 @@ def _target_logprob(logits: torch.Tensor, last: torch.Tensor, targets: list[list
     return stacked.sum(), stacked
 
 
+def _subject_end(prompt: str, subjects: Sequence[str]) -> int | None:
+    """Character offset just past the subject in ``prompt``: the longest of ``subjects`` found
+    in it (so "Alex Morgan" wins over "Alex"), at its last occurrence; None if none is."""
+    found = [(len(s), prompt.rfind(s) + len(s)) for s in subjects if s and s in prompt]
+    return max(found)[1] if found else None
+
+
+def _covering_token(offsets: Sequence[tuple[int, int]], char: int) -> int | None:
+    """Index of the last token whose character span holds ``char`` (special tokens, whose span
+    is empty, never do); None if no token does."""
+    hits = [i for i, (start, end) in enumerate(offsets) if start < end and start <= char < end]
+    return hits[-1] if hits else None
+
+
+def subject_positions(
+    tokenizer: Any, prompts: Sequence[str], subjects: Sequence[Sequence[str]]
+) -> list[int | None]:
+    """Per prompt, the index of the last token of its subject in the prompt's token ids as
+    :func:`editing.scoring.encode_texts` gives them (special tokens such as BOS included).
+
+    ``subjects[i]`` are the candidate subjects of ``prompts[i]`` (:func:`_subject_end` picks
+    one). The token is the one whose character span holds the subject's last character, read
+    from the offsets of a fast tokenizer; a slow tokenizer counts the tokens of the prompt's
+    prefix up to the subject's end after the leading special tokens. None where the prompt
+    does not contain a subject (the caller falls back to the last prompt token).
+    """
+    ends = [_subject_end(p, s) for p, s in zip(prompts, subjects, strict=True)]
+    if not prompts:
+        return []
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    encoded = tokenizer(list(prompts), add_special_tokens=True, return_offsets_mapping=fast)
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    out: list[int | None] = []
+    for i, (prompt, end) in enumerate(zip(prompts, ends)):
+        if end is None:
+            out.append(None)
+            continue
+        index = _covering_token(encoded["offset_mapping"][i], end - 1) if fast else None
+        if index is None:
+            ids = encoded["input_ids"][i]
+            lead = next((j for j, t in enumerate(ids) if t not in special), len(ids))
+            prefix = tokenizer(prompt[:end], add_special_tokens=False)["input_ids"]
+            index = min(lead + len(prefix) - 1, len(ids) - 1)
+        out.append(index)
+    return out
+
+
+def _subject_columns(
+    tokenizer: Any, prompts: Sequence[str], subjects: Sequence[Sequence[str]], last: torch.Tensor
+) -> torch.Tensor:
+    """Column of each prompt's subject token in a :func:`_batch` (right-padded rows, so a
+    token's index in its row is its column): :func:`subject_positions`, the last prompt token
+    where the prompt has no subject, or where the subject's last token is the row's first token
+    (a one-token subject opening a prompt of a model without BOS): that position is the
+    model's attention sink, whose activations the SAEs never saw (``sae train`` drops them)."""
+    found = subject_positions(tokenizer, prompts, subjects)
+    cols = [int(last[i]) if not s else min(s, int(last[i])) for i, s in enumerate(found)]
+    return torch.tensor(cols, dtype=last.dtype, device=last.device)
+
+
 def _read_positions(
-    last: torch.Tensor, targets: list[list[int]], every_token: bool
+    last: torch.Tensor,
+    targets: list[list[int]],
+    every_token: bool,
+    at: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(rows, cols, owner)`` of the positions to read: each prompt's last token, or with
-    ``every_token`` every position that predicts a target token (teacher forced: the last prompt
-    token and each target token but the final one). ``owner`` is the prompt of each position."""
+    """``(rows, cols, owner)`` of the positions to read: each prompt's last token (or its column
+    ``at``, e.g. the subject's last token), or with ``every_token`` every position that predicts
+    a target token (teacher forced: the last prompt token and each target token but the final
+    one). ``owner`` is the prompt of each position."""
     dev = last.device
     if not every_token:
         rows = torch.arange(len(targets), device=dev)
-        return rows, last, rows
+        return rows, last if at is None else at, rows
     owner = torch.tensor([r for r, t in enumerate(targets) for _ in t], device=dev)
     offset = torch.tensor([j for t in targets for j in range(len(t))], device=dev)
     return owner, last[owner] + offset, owner
@@ -119,6 +185,8 @@ def feature_evidence(
     control_prompts: Sequence[str] = (),
     objective: str = "first_token",
     every_token: bool = False,
+    subject: str | None = None,
+    control_subjects: Sequence[str] = (),
 ) -> FeatureEvidence:
     """SAE activations and attributions at the last token of ``prompts`` for every layer.
 
@@ -132,14 +200,26 @@ def feature_evidence(
     feature at all of them), its activation the largest; neuron means are over all positions.
     Control prompts are then teacher-forced with the same target and read at the same positions,
     so the specificity filter drops features that fire on the target whoever the subject is.
+
+    With ``subject`` every quantity (activations, attributions: the gradient of the objective at
+    that position, neuron means, the MLP's write) is read at the last token of the subject in
+    each prompt instead, where causal tracing finds factual recall (ROME), and each control
+    prompt is read at the last token of the one of ``control_subjects`` it names; a prompt
+    without its subject, or whose subject token would be its first token (the attention sink
+    of a model without BOS), is read at its last token (:func:`_subject_columns`).
     """
+    if subject is not None and every_token:
+        raise ValueError("features are read at the subject or at the target positions, not both")
     adapter, model = loaded.adapter, loaded.model
     layers = [adapter.validate_layer(layer) for layer in layers]
     with_target = objective == "target"
     ids, mask, last, tgt = _batch(loaded, prompts, target, with_target=with_target)
     keys = [(site, layer) for layer in layers] + [("neurons", layer) for layer in layers]
     keys += [("mlp_out", layer) for layer in layers]
-    rows, cols, owner = _read_positions(last, tgt, every_token)
+    at = None
+    if subject is not None:
+        at = _subject_columns(loaded.tokenizer, prompts, [[subject]] * len(prompts), last)
+    rows, cols, owner = _read_positions(last, tgt, every_token, at)
     n = len(prompts)
     with torch.enable_grad():
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
@@ -168,7 +248,11 @@ def feature_evidence(
             c_ids, c_mask, c_last, c_tgt = _batch(
                 loaded, control_prompts, target, with_target=with_target and every_token
             )
-            c_rows, c_cols, c_owner = _read_positions(c_last, c_tgt, every_token)
+            c_at = None
+            if subject is not None:
+                named = [list(control_subjects)] * len(control_prompts)
+                c_at = _subject_columns(loaded.tokenizer, control_prompts, named, c_last)
+            c_rows, c_cols, c_owner = _read_positions(c_last, c_tgt, every_token, c_at)
             with adapter.capture([(site, layer) for layer in layers]) as c_acts:
                 model(input_ids=c_ids, attention_mask=c_mask)
             for layer in layers:

@@ -28,6 +28,8 @@ class FactCase:
     edit_prompts: list[str]
     heldout_prompts: list[str]
     control_prompts: list[str]
+    # the subjects the control prompts name in place of ``subject``
+    control_subjects: list[str] = field(default_factory=list)
     # every fact's control prompts of the request (its relations' prompts with the control
     # subjects, never a subject of the request), for a method's request-wide locality term
     request_controls: list[str] = field(default_factory=list)

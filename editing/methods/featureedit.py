@@ -224,6 +224,8 @@ class FeatureEdit:
                 case.control_prompts,
                 objective=p.objective,
                 every_token=p.positions == "target",
+                subject=case.subject if p.positions == "subject" else None,
+                control_subjects=case.control_subjects,
             )
             ranked = rank_features(ev, p.selector, p.tau1, p.gamma, p.min_prompts)
             ranked = [u for u in ranked if (u.layer, u.index) not in seen]

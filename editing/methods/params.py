@@ -59,11 +59,13 @@ class FeatureEditParams(SaeParams):
         "target",
         description="Attribution objective: log P of the first target token, or of the target.",
     )
-    positions: Literal["last", "target"] = Field(
+    positions: Literal["last", "target", "subject"] = Field(
         "last",
         description=(
-            "Where features are read: the last prompt token, or every position that predicts a "
-            "target token (teacher forced; with objective `target`)."
+            "Where features are read: the last prompt token, every position that predicts a "
+            "target token (teacher forced; with objective `target`), or the last token of the "
+            "subject in each prompt (control prompts: of their control subject; a prompt "
+            "without the subject: its last token)."
         ),
     )
     tau1: float = Field(0.2, gt=0, le=1, description="Activation selector threshold (× max).")
