@@ -22,6 +22,7 @@ from editing.layer_choice import (
     locate_facts,
     mlp_write_attribution,
 )
+from editing.locate import subject_positions
 from editing.request import FactSpec
 from editing.scoring import encode_pair
 
@@ -34,10 +35,12 @@ def _first_token_logprob(loaded, prompt: str, target: str) -> float:
     return float(logits[0, -1].float().log_softmax(-1)[t_ids[0]])
 
 
-def test_attribution_is_the_first_order_effect_of_the_write(small_model) -> None:
+def test_attribution_is_the_first_order_effect_of_the_write_at_the_subject(small_model) -> None:
     fact = FactSpec(**bench_facts(small_model, 1)[0])
     prompt = fact.resolved_edit_prompts()[0]
-    attrib = mlp_write_attribution(small_model, [prompt], fact.secret)[0]
+    (at,) = subject_positions(small_model.tokenizer, [prompt], [[fact.subject]])
+    assert at is not None and at < len(encode_pair(small_model.tokenizer, prompt, "x")[0]) - 1
+    attrib = mlp_write_attribution(small_model, [prompt], fact.subject, fact.secret)[0]
     assert attrib.shape == (small_model.adapter.n_layers,)
     base = _first_token_logprob(small_model, prompt, fact.secret)
     eps = 1e-3
@@ -45,7 +48,7 @@ def test_attribution_is_the_first_order_effect_of_the_write(small_model) -> None
 
         def shrink(x: torch.Tensor) -> torch.Tensor:
             x = x.clone()
-            x[:, -1] = x[:, -1] * (1 - eps)  # remove eps of the write at the last token
+            x[:, at] = x[:, at] * (1 - eps)  # remove eps of the write at the subject's token
             return x
 
         with small_model.adapter.patch("mlp_out", layer, shrink):
@@ -58,17 +61,21 @@ def test_shares_are_a_distribution_and_the_choice_takes_the_largest(small_model)
     facts = bench_facts(small_model, 4)
     for fact in facts:
         spec = FactSpec(**fact)
-        shares = fact_layer_shares(small_model, spec.resolved_edit_prompts(), spec.secret)
+        prompts = spec.resolved_edit_prompts()
+        shares = fact_layer_shares(small_model, prompts, spec.subject, spec.secret, first_layer=0)
         assert (shares >= 0).all()
         assert float(shares.sum()) == pytest.approx(1.0, abs=1e-5) or float(shares.sum()) == 0
-    choice = choose_layers(small_model, facts, top=1)
+        skip0 = fact_layer_shares(small_model, prompts, spec.subject, spec.secret)
+        assert float(skip0[0]) == 0  # layer 0 (part of the embedding) is never a candidate
+    choice = choose_layers(small_model, facts, top=1, first_layer=0)
     assert choice.facts == 4 and len(choice.shares) == small_model.adapter.n_layers
     assert choice.layers == [max(range(len(choice.shares)), key=choice.shares.__getitem__)]
     assert 0 <= choice.unsupported < 4
     assert sum(choice.shares) == pytest.approx(1.0, abs=1e-4)  # over the supported facts
     assert choice.relations == sorted({f["relation"] for f in facts})
-    both = choose_layers(small_model, facts, top=5)  # more than the model has: every layer
+    both = choose_layers(small_model, facts, top=5, first_layer=0)  # more than there are
     assert both.layers == list(range(small_model.adapter.n_layers))
+    assert choose_layers(small_model, facts, top=5).layers == [1]  # layer 0 left out
     text = json.dumps(choice.to_dict())
     assert not any(f["target"] in text or f["subject"] in text for f in facts)
 
