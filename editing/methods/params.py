@@ -65,7 +65,8 @@ class FeatureEditParams(SaeParams):
             "Where features are read: the last prompt token, every position that predicts a "
             "target token (teacher forced; with objective `target`), or the last token of the "
             "subject in each prompt (control prompts: of their control subject; a prompt "
-            "without the subject: its last token)."
+            "without the subject, or whose subject token is its first token on a model "
+            "without BOS, the attention sink: its last token)."
         ),
     )
     tau1: float = Field(0.2, gt=0, le=1, description="Activation selector threshold (× max).")

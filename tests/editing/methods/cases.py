@@ -18,6 +18,7 @@ METHOD_CASES = [
     ),
     pytest.param("featureedit", {"variant": "project"}, id="featureedit-project"),
     pytest.param("featureedit", {"site": "mlp_out"}, id="featureedit-mlp-out"),
+    pytest.param("featureedit", {"positions": "subject"}, id="featureedit-subject"),
     pytest.param("neurons", {"ig_steps": 8}, id="neurons"),
     pytest.param("neuronlens", {"ig_steps": 8}, id="neuronlens"),
 ]
