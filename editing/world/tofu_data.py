@@ -73,18 +73,13 @@ class TofuRecipe:
         if self.steps < 1 or self.batch_size < 1 or self.from_layer < 0:
             raise ConfigError("steps and batch_size must be positive, from_layer not negative.")
 
-    def key(self, base_weights_sha256: str) -> str:
-        """Short content hash of the base weights, this recipe, the templates and the format."""
+    def key(self, base_weights_sha256: str, dtype: str = "float32") -> str:
+        """Short content hash of the base weights, this recipe, the templates, the format and
+        the training ``dtype`` (float32 builds keep the keys they had before it was one)."""
         templates = {name: list(RELATIONS[name].templates) for name in self.relations}
-        blob = json.dumps(
-            {
-                "format": TOFU_FORMAT,
-                "base": base_weights_sha256,
-                "templates": templates,
-                **asdict(self),
-            },
-            sort_keys=True,
-        )
+        doc = {"format": TOFU_FORMAT, "base": base_weights_sha256, "templates": templates}
+        doc |= asdict(self) | ({} if dtype == "float32" else {"dtype": dtype})
+        blob = json.dumps(doc, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
