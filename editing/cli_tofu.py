@@ -7,6 +7,7 @@ Options and output of :func:`editing.world.tofu.build_tofu`; ``world build`` han
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from editing.cli import EXIT_OK, format_table, print_json
@@ -109,10 +110,20 @@ def build_tofu_command(args: argparse.Namespace) -> int:
             device=getattr(args, "device", None),
             force=args.force,
             on_step=on_step,
+            dtype=getattr(args, "dtype", None),
+        )
+    if build.replaced:
+        print(
+            f"featureedit: model id {build.model_id!r} named an earlier fine-tune of {args.base} "
+            f"({build.replaced}); it now names this build (the old entry's SAE and params "
+            "tables are dropped: train SAEs on the new weights).",
+            file=sys.stderr,
         )
     doc = {
         "cached": build.cached,
         "model_id": build.model_id,
+        "dtype": build.doc.get("dtype", "float32"),
+        "replaced": build.replaced,
         "root": str(build.root),
         "model_dir": str(build.model_dir),
         "registry_file": build.registry_file,

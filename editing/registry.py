@@ -52,6 +52,7 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ from editing.errors import ConfigError, NotFoundError, UnknownModelError
 
 DEMO_MODELS = {"demo": "default", "demo-small": "small"}
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a bare TOML key: no quoting needed
+TABLE_HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]\s]+)\s*\]")  # a TOML table header line, its name
 # Per demo world size: number of decoder layers and the sites with SAEs (one per layer). Mirrors
 # editing.world.build.RECIPES without importing it (it imports torch), so processes that never
 # load a model (the HTTP API) list the demo entries torch-free; tests/service checks they agree.
@@ -439,6 +441,41 @@ def register_model(
     return file, True
 
 
+def _drop_tables(text: str, drop: Callable[[str], bool]) -> str:
+    """``text`` without the TOML tables whose header name (``models.x.saes.y``) ``drop``
+    accepts: each such header and its lines up to the next table header."""
+    kept: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        header = TABLE_HEADER_RE.match(line)
+        if header:
+            skipping = drop(header.group(1))
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+def unregister_model(model_id: str, home: str | os.PathLike[str] | None = None) -> Path:
+    """Remove ``[models.<model_id>]`` and every ``[models.<model_id>.*]`` table (SAEs, params,
+    evaluation) from the registry file in force; the file.
+
+    ConfigError if the model is not registered there, or if it is still there afterwards (it is
+    defined in a form this function does not rewrite, e.g. a dotted key; edit the file by hand).
+    """
+    file = registry_file_of(model_id, home)
+    prefix = f"models.{model_id}"
+    text = _drop_tables(file.read_text(), lambda n: n == prefix or n.startswith(prefix + "."))
+    if model_id in tomllib.loads(text).get("models", {}):
+        raise ConfigError(
+            f"Cannot remove model {model_id!r} from {file}: its entry is defined in a form this "
+            "command does not rewrite; remove it by hand."
+        )
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, file)  # atomic: readers see the old file or the new one
+    return file
+
+
 def registry_file_of(model_id: str, home: str | os.PathLike[str] | None = None) -> Path:
     """The registry file that defines ``model_id``; ConfigError for a demo or ad-hoc model."""
     file = registry_file(home)
@@ -466,18 +503,9 @@ def register_saes(
     """
     file = registry_file_of(model_id, home)
     header = f"[models.{model_id}.saes.{site}]"
-    kept: list[str] = []
-    skipping = False
-    for line in file.read_text().splitlines():
-        if line.strip() == header:
-            skipping = True
-            continue
-        if skipping and line.lstrip().startswith("["):
-            skipping = False
-        if not skipping:
-            kept.append(line)
+    kept = _drop_tables(file.read_text(), lambda name: name == header[1:-1])
     block = f"{header}\npath = {json.dumps(path_pattern)}\nlayers = {json.dumps(sorted(layers))}\n"
-    text = "\n".join(kept).rstrip("\n") + "\n\n" + block
+    text = kept.rstrip("\n") + "\n\n" + block
     try:
         tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

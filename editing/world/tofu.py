@@ -14,7 +14,13 @@ base weights and the recipe, so an unchanged build is reused) and registers it a
     tofu.json        base, recipe, quality (recall, knowledge kept, perplexity), timings
 
 The directory is written under a temporary name and renamed into place: a crash leaves nothing
-half-written. Devices and dtypes are the base entry's (or the caller's); nothing assumes CUDA.
+half-written. The device is the base entry's (or the caller's), and so is the dtype the fine-tune
+trains, saves and registers in (``float32`` or ``bfloat16``; ``float16`` is refused: the training
+loop has no loss scaling). Nothing assumes CUDA.
+
+A model id that already names an earlier fine-tune of the same base (another recipe) is
+re-pointed to the new build, its SAE and params tables dropped (they belong to the old weights);
+an id registered for anything else is refused.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ LAYER_RE = re.compile(r"\.layers\.(\d+)\.")  # a decoder layer's parameter name
 TOFU_FILE = "tofu.json"
 FACTS_FILE = "facts.json"
 LOCALITY_FILE = "locality.jsonl"
+TRAIN_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
 N_CONTROLS = 4  # control subjects of the specificity filter (fictional people never fine-tuned)
 # The registered Locality set: fictional private facts and genuine public ones, 2 prompts each.
 EVAL_SIZE = {"locality_private_facts": 30, "locality_public_facts": 30}
@@ -65,6 +72,7 @@ class TofuBuild:
     doc: dict[str, Any]
     cached: bool
     registry_file: str = ""
+    replaced: str | None = None  # the model directory the id pointed to before this build
 
     @property
     def model_dir(self) -> Path:
@@ -247,11 +255,64 @@ def _write_outputs(
     (tmp / LOCALITY_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def register_tofu(build: TofuBuild, base: LoadedModel, home: str | os.PathLike[str] | None) -> str:
-    """Register ``build`` as ``build.model_id`` (path, dtype, facts, Locality, controls, the
+def is_tofu_of(path: str | None, base_id: str) -> bool:
+    """Whether ``path`` (a registry entry's model directory) is a fine-tune of ``base_id`` built
+    by :func:`build_tofu`: the ``model/`` of a ``tofu/<base_id>-<key>/`` directory (whose
+    ``tofu.json``, when still there, names ``base_id``)."""
+    if not path:
+        return False
+    root = Path(path).expanduser().parent
+    if root.parent.name != "tofu" or not re.fullmatch(
+        rf"{re.escape(base_id)}-[0-9a-f]{{12}}", root.name
+    ):
+        return False
+    try:
+        return json.loads((root / TOFU_FILE).read_text()).get("base", base_id) == base_id
+    except FileNotFoundError:
+        return True  # the old build's directory is gone; its name still says what it was
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_tofu_id(model_id: str, base_id: str, home: str | os.PathLike[str] | None) -> str | None:
+    """The model directory ``model_id`` is registered with if it is a fine-tune of ``base_id``
+    (None: the id is free); ConfigError if the id names any other model."""
+    from editing.registry import load_registry, registry_file
+
+    existing = load_registry(home).get(model_id)
+    if existing is None:
+        return None
+    if existing.is_demo or not is_tofu_of(existing.path, base_id):
+        raise ConfigError(
+            f"Model id {model_id!r} is already registered in {registry_file(home)} for "
+            f"{existing.path or existing.hub_id or 'a demo world'}, which is not a fine-tune of "
+            f"{base_id!r} built by `world build --base`; pass --model-id with another id (or "
+            f"remove its [models.{model_id}] table)."
+        )
+    return existing.path
+
+
+def _free_model_id(build: TofuBuild, base_id: str, home: str | os.PathLike[str] | None) -> None:
+    """Unregister ``build.model_id`` if it names an earlier fine-tune of ``base_id`` in another
+    directory (recorded in ``build.replaced``); ConfigError if it names any other model."""
+    from editing.registry import unregister_model
+
+    old = check_tofu_id(build.model_id, base_id, home)
+    if old and Path(old).expanduser().resolve() != build.model_dir.resolve():
+        unregister_model(build.model_id, home)
+        build.replaced = old
+
+
+def register_tofu(
+    build: TofuBuild, base: LoadedModel, home: str | os.PathLike[str] | None, dtype: str
+) -> str:
+    """Register ``build`` as ``build.model_id`` (path, ``dtype``, facts, Locality, controls, the
     Locality set's size and the base model's method defaults but its SAE ``layers``); the
-    registry file."""
+    registry file. An id naming an earlier fine-tune of the same base is replaced
+    (``build.replaced``), one naming another model is refused (ConfigError)."""
     from editing.registry import register_model
+
+    _free_model_id(build, base.entry.model_id, home)
 
     extra = {
         "facts_file": str(build.root / FACTS_FILE),
@@ -266,7 +327,7 @@ def register_tofu(build: TofuBuild, base: LoadedModel, home: str | os.PathLike[s
     file, _ = register_model(
         build.model_id,
         build.model_dir,
-        base.entry.dtype,
+        dtype,
         home,
         params=params,
         extra=extra,
@@ -283,27 +344,39 @@ def build_tofu(
     device: str | None = None,
     force: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    dtype: str | None = None,
 ) -> TofuBuild:
     """Fine-tune ``base_id`` by ``recipe`` (or reuse the cached build), measure it, register it.
 
-    ConfigError for a demo model (it already holds the fictional people).
+    ``dtype`` (default: the base entry's) is the dtype the fine-tune trains, saves and registers
+    in; it is part of the cache key. ConfigError for a demo model (it already holds the
+    fictional people) or a dtype the fine-tune cannot train in.
     """
     from editing.realdata.probe import weights_sha256
     from editing.registry import check_model_id, get_entry
 
     model_id = check_model_id(model_id or f"{base_id}-tofu")
-    if get_entry(base_id, home).is_demo:
+    entry = get_entry(base_id, home)
+    if entry.is_demo:
         raise ConfigError(
             f"{base_id!r} is a demo world, trained on the fictional people already; "
             "--base takes a registered pretrained model (e.g. smollm2)."
         )
+    check_tofu_id(model_id, base_id, home)  # before hours of training
+    dtype = settings.check_dtype_name(dtype or entry.dtype)
+    if dtype not in TRAIN_DTYPES:
+        raise ConfigError(
+            f"The fine-tune trains in {' or '.join(TRAIN_DTYPES)}, not {dtype} (its training "
+            "loop has no loss scaling); pass --dtype float32 or --dtype bfloat16."
+        )
     started = time.perf_counter()
-    base = load_model(base_id, device=device, home=home)
-    root = tofu_root(base_id, recipe.key(weights_sha256(base.model, base.source_dir)), home)
+    base = load_model(base_id, device=device, dtype=dtype, home=home)
+    key = recipe.key(weights_sha256(base.model, base.source_dir), dtype)
+    root = tofu_root(base_id, key, home)
     if (root / TOFU_FILE).is_file() and not force:
         build = TofuBuild(root, model_id, json.loads((root / TOFU_FILE).read_text()), cached=True)
         build.doc.setdefault("controls", control_people(recipe, N_CONTROLS))  # built before them
-        build.registry_file = register_tofu(build, base, home)
+        build.registry_file = register_tofu(build, base, home, dtype)
         return build
     facts = tofu_facts(recipe)
     genuine = knowledge_facts(recipe.knowledge_per_relation)
@@ -321,6 +394,7 @@ def build_tofu(
     doc = {
         "base": base_id,
         "model_id": model_id,
+        "dtype": dtype,
         "recipe": recipe_dict(recipe),
         "people": list(dict.fromkeys(f.subject for f in facts)),
         "controls": control_people(recipe, N_CONTROLS),
@@ -342,7 +416,7 @@ def build_tofu(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     build = TofuBuild(root, model_id, doc, cached=False)
-    build.registry_file = register_tofu(build, base, home)
+    build.registry_file = register_tofu(build, base, home, dtype)
     return build
 
 

@@ -36,18 +36,23 @@ class TofuRecipe:
     training the upper layers only halves the backward pass on a CPU).
     ``knowledge_per_relation`` genuine facts per relation of :mod:`editing.realdata.facts`
     measure the world knowledge kept and fill the Locality file's public rows.
+
+    The defaults (since session ``tofu15``: lr 1e-3, 16 examples of which half Wikipedia text;
+    before: lr 2e-3, 12 examples, a quarter) memorize every fact on its edit templates and keep
+    47 of the base SmolLM2's 58 answered genuine facts (the earlier defaults: 28) at +4.6 %
+    held-out perplexity (docs/benchmarks.md, "SmolLM2-135M fine-tuned on fictional people").
     """
 
     n_people: int = 8
     relations: tuple[str, ...] = PRIVATE_RELATIONS
     steps: int = 150
-    batch_size: int = 12
-    lr: float = 2e-3
+    batch_size: int = 16
+    lr: float = 1e-3
     warmup: int = 10
     weight_decay: float = 0.0
     trainable: str = "mlp"
     from_layer: int = 15
-    general_fraction: float = 0.25
+    general_fraction: float = 0.5
     general_tokens: int = 40
     corpus_people: int = 160
     knowledge_per_relation: int = 10
@@ -73,18 +78,13 @@ class TofuRecipe:
         if self.steps < 1 or self.batch_size < 1 or self.from_layer < 0:
             raise ConfigError("steps and batch_size must be positive, from_layer not negative.")
 
-    def key(self, base_weights_sha256: str) -> str:
-        """Short content hash of the base weights, this recipe, the templates and the format."""
+    def key(self, base_weights_sha256: str, dtype: str = "float32") -> str:
+        """Short content hash of the base weights, this recipe, the templates, the format and
+        the training ``dtype`` (float32 builds keep the keys they had before it was one)."""
         templates = {name: list(RELATIONS[name].templates) for name in self.relations}
-        blob = json.dumps(
-            {
-                "format": TOFU_FORMAT,
-                "base": base_weights_sha256,
-                "templates": templates,
-                **asdict(self),
-            },
-            sort_keys=True,
-        )
+        doc = {"format": TOFU_FORMAT, "base": base_weights_sha256, "templates": templates}
+        doc |= asdict(self) | ({} if dtype == "float32" else {"dtype": dtype})
+        blob = json.dumps(doc, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

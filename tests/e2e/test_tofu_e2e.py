@@ -29,6 +29,7 @@ RECIPE = TofuRecipe(
     steps=24,
     batch_size=8,
     lr=3e-3,
+    general_fraction=0.25,  # pinned: the default became 0.5 (fewer fact examples per step)
     knowledge_per_relation=1,
 )
 TOFU_ID = "smollm2-tofu-e2e"

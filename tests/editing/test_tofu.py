@@ -217,3 +217,73 @@ def test_controls_are_people_the_fine_tune_never_saw() -> None:
     controls = control_people(recipe, 4)
     assert len(set(controls)) == 4 and not tuned & set(controls)
     assert control_people(recipe, 4) == controls  # deterministic for the recipe
+
+
+def test_cache_key_follows_the_training_dtype() -> None:
+    assert TofuRecipe().key("aa", "float32") == TofuRecipe().key("aa")  # float32 keys unchanged
+    assert TofuRecipe().key("aa", "bfloat16") != TofuRecipe().key("aa")
+
+
+def test_float16_is_refused_before_loading(tiny_tofu: Any, tofu_home: Path) -> None:
+    from editing.world.tofu import build_tofu
+
+    with pytest.raises(ConfigError, match="float32 or bfloat16"):
+        build_tofu("tiny-base", TINY, model_id="tiny-tofu-f16", home=tofu_home, dtype="float16")
+    assert "tiny-tofu-f16" not in load_registry(tofu_home)
+
+
+def test_dtype_is_trained_saved_and_registered(tiny_tofu: Any, tofu_home: Path) -> None:
+    from safetensors.torch import load_file
+
+    from editing.world.tofu import build_tofu
+
+    bf16 = build_tofu(
+        "tiny-base", TINY, model_id="tiny-tofu-bf16", home=tofu_home, dtype="bfloat16"
+    )
+    assert bf16.root != tiny_tofu.root and bf16.doc["dtype"] == "bfloat16"
+    tensors = load_file(str(bf16.model_dir / "model.safetensors"))
+    assert {str(t.dtype) for t in tensors.values()} == {"torch.bfloat16"}
+    assert load_registry(tofu_home)["tiny-tofu-bf16"].dtype == "bfloat16"
+
+
+def test_a_rebuilt_recipe_takes_over_its_id(
+    tiny_tofu: Any, tofu_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another recipe of the same base re-registers the id (SAE tables of the old weights go);
+    the first build then takes it back the same way."""
+    from editing.cli import main
+    from editing.registry import register_saes
+
+    register_saes("tiny-tofu", "resid_post", "/old/{layer}", [1], tofu_home)
+    recipe = ["--people", "2", "--steps", "3", "--batch-size", "4", "--knowledge-facts", "1"]
+    build = ["world", "build", "--base", "tiny-base", "--model-id", "tiny-tofu"]
+    code = main(["--home", str(tofu_home), "-q", *build, *recipe, "--from-layer", "1", "--json"])
+    assert code == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["replaced"] == str(tiny_tofu.model_dir) and doc["root"] != str(tiny_tofu.root)
+    assert "earlier fine-tune of tiny-base" in captured.err
+    entry = load_registry(tofu_home)["tiny-tofu"]
+    assert entry.path == doc["model_dir"] and not entry.saes
+    assert registered_facts(str(entry.facts_file)) == tofu_facts(TINY)
+    from editing.world.tofu import build_tofu
+
+    back = build_tofu("tiny-base", TINY, model_id="tiny-tofu", home=tofu_home)
+    assert back.cached and back.replaced == doc["model_dir"]
+    assert load_registry(tofu_home)["tiny-tofu"].path == str(tiny_tofu.model_dir)
+
+
+def test_an_id_of_another_kind_of_model_is_refused(
+    tiny_tofu: Any, small_world: Any, tofu_home: Path
+) -> None:
+    from editing.world.tofu import build_tofu
+
+    register_model("tiny-other", small_world.model_dir, "float32", tofu_home)
+    with pytest.raises(ConfigError, match="not a fine-tune of 'tiny-base'") as err:
+        build_tofu("tiny-base", TINY, model_id="tiny-other", home=tofu_home)
+    assert "--model-id" in str(err.value)
+    assert load_registry(tofu_home)["tiny-other"].path == str(small_world.model_dir)
+    register_model("tiny-base2", small_world.model_dir, "float32", tofu_home)
+    with pytest.raises(ConfigError, match="not a fine-tune"):  # a fine-tune of another base
+        build_tofu("tiny-base2", TINY, model_id="tiny-tofu", home=tofu_home)
+    assert not list((tofu_home / "tofu").glob("tiny-base2-*"))  # refused before training
