@@ -24,8 +24,8 @@ PROMPTS = [
 ]
 
 
-class _NoBos:
-    """The demo tokenizer without its BOS (as SmolLM2's): a prompt's first token is its sink."""
+class _Wrapped:
+    """The demo tokenizer behind a changed call (subclasses say how)."""
 
     is_fast = True
 
@@ -33,18 +33,18 @@ class _NoBos:
         self._fast = fast
         self.all_special_ids = fast.all_special_ids
 
+
+class _NoBos(_Wrapped):
+    """The demo tokenizer without its BOS (as SmolLM2's): a prompt's first token is its sink."""
+
     def __call__(self, texts: Any, **kw: Any) -> Any:
         return self._fast(texts, **{**kw, "add_special_tokens": False})
 
 
-class _SlowTokenizer:
+class _SlowTokenizer(_Wrapped):
     """The demo tokenizer seen as a slow one: no offsets, so the prefix count is used."""
 
     is_fast = False
-
-    def __init__(self, fast: Any) -> None:
-        self._fast = fast
-        self.all_special_ids = fast.all_special_ids
 
     def __call__(self, texts: Any, **kw: Any) -> Any:
         kw.pop("return_offsets_mapping", None)
